@@ -1,0 +1,72 @@
+/* tpmidctl entry point: dispatches "tpmidctl GROUP VERB ..." to the group's
+ * file. Groups that are not built into this binary are reported as such. */
+#include <stdio.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "tpmid-config.h"
+
+/* Weak so that the CLI links while verb groups land one by one; a missing
+ * group is an error at run time, never a silent success. */
+#pragma weak ctl_tpm_main
+#pragma weak ctl_config_main
+#pragma weak ctl_system_main
+#pragma weak ctl_check_main
+#pragma weak ctl_identity_main
+
+static void usage(FILE *f) {
+        fputs("Usage: tpmidctl COMMAND ...\n"
+              "\n"
+              "TPM:\n"
+              "  tpm info [--tcti CONF] [--json]   registration id, endorsement key (the seed's script)\n"
+              "\n"
+              "Configuration:\n"
+              "  config check [-c FILE]            validate /etc/aziot/config.toml\n"
+              "  config apply [-c FILE]            validate, install for tpmidd, reload it\n"
+              "\n"
+              "Service:\n"
+              "  system status                     units and provisioning state\n"
+              "  system logs [-- JOURNALCTL-ARGS]  the daemon's journal\n"
+              "  system reprovision                ask tpmidd to run DPS registration again\n"
+              "  identity show | identity token    the device identity / a hub SAS token\n"
+              "  check [--json]                    TPM-aware health checks\n"
+              "\n"
+              "  --version, --help\n",
+              f);
+}
+
+int main(int argc, char **argv) {
+        if (argc < 2) {
+                usage(stderr);
+                return CTL_EXIT_USAGE;
+        }
+        const char *g = argv[1];
+        if (strcmp(g, "--help") == 0 || strcmp(g, "-h") == 0 || strcmp(g, "help") == 0) {
+                usage(stdout);
+                return CTL_EXIT_OK;
+        }
+        if (strcmp(g, "--version") == 0) {
+                printf("tpmidctl %s\n", TPMID_VERSION);
+                return CTL_EXIT_OK;
+        }
+        int (*fn)(int, char **) = NULL;
+        if (strcmp(g, "tpm") == 0)
+                fn = ctl_tpm_main;
+        else if (strcmp(g, "config") == 0)
+                fn = ctl_config_main;
+        else if (strcmp(g, "system") == 0)
+                fn = ctl_system_main;
+        else if (strcmp(g, "check") == 0)
+                fn = ctl_check_main;
+        else if (strcmp(g, "identity") == 0)
+                fn = ctl_identity_main;
+        else {
+                fprintf(stderr, "tpmidctl: unknown command '%s'. Try 'tpmidctl --help'.\n", g);
+                return CTL_EXIT_USAGE;
+        }
+        if (!fn) {
+                fprintf(stderr, "tpmidctl: command '%s' is not available in this build.\n", g);
+                return CTL_EXIT_FAILURE;
+        }
+        return fn(argc - 1, argv + 1);
+}

@@ -1,0 +1,226 @@
+"""Shared test harness for tpmidd integration tests (Debian's /usr/bin/python3).
+
+- Swtpm: a fresh, unprivileged swtpm per test on a private Unix socket, blank or
+  pre-provisioned like a manufacturer (swtpm_setup with a local CA, EK cert in NV),
+  stopped cleanly (TPM2_Shutdown first, so the DA counter never climbs).
+- Runner: a tiny test runner; each case is a function, failures name the case,
+  the process exits non-zero if any case failed, 77 if a required tool is missing.
+"""
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+SRC = os.environ.get("TPMID_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BUILD = os.environ.get("TPMID_BUILD_DIR", os.path.join(SRC, "build"))
+
+SKIP = 77
+
+
+def need(*tools):
+    """Exit with meson's skip code when a required external tool is missing."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print("SKIP: missing tools: " + ", ".join(missing))
+        sys.exit(SKIP)
+
+
+def build_path(*parts):
+    return os.path.join(BUILD, *parts)
+
+
+def run(cmd, check=True, env=None, input=None, timeout=60, **kw):
+    """Run a command, capture text output; raise with both streams on failure."""
+    p = subprocess.run(cmd, env=env, input=input, timeout=timeout, capture_output=True,
+                       text=not isinstance(input, bytes), **kw)
+    if check and p.returncode != 0:
+        raise AssertionError("command failed (rc %d): %s\nstdout:\n%s\nstderr:\n%s" % (
+            p.returncode, " ".join(map(str, cmd)), p.stdout, p.stderr))
+    return p
+
+
+def _unpriv_prefix():
+    """Run helpers as nobody when we are root: swtpm must never run privileged."""
+    if os.geteuid() == 0:
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    return []
+
+
+def _chown_nobody(path):
+    if os.geteuid() != 0:
+        return
+    nb = pwd.getpwnam("nobody")
+    for root, dirs, files in os.walk(path):
+        os.chown(root, nb.pw_uid, nb.pw_gid)
+        for f in files:
+            os.chown(os.path.join(root, f), nb.pw_uid, nb.pw_gid)
+
+
+def tmpdir(prefix="tpmid-test-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return d
+
+
+class Swtpm:
+    """One swtpm instance with its own state dir and Unix socket.
+
+    provisioned=True runs swtpm_setup like a TPM maker would: EK at 0x81010001,
+    SRK at 0x81000001 and an RSA EK certificate in NV 0x01c00002 signed by a local CA.
+    """
+
+    def __init__(self, provisioned=False, workdir=None):
+        self.dir = workdir or tmpdir("tpmid-swtpm-")
+        self.state = os.path.join(self.dir, "state")
+        self.sock = os.path.join(self.dir, "swtpm.sock")
+        self.ctrl = self.sock + ".ctrl"
+        self.log = os.path.join(self.dir, "swtpm.log")
+        self.pidfile = os.path.join(self.dir, "swtpm.pid")
+        self.provisioned = provisioned
+        self.pid = None
+        os.makedirs(self.state, exist_ok=True)
+
+    @property
+    def tcti(self):
+        return "swtpm:path=" + self.sock
+
+    def env(self, extra=None):
+        e = dict(os.environ)
+        e["TPM2TOOLS_TCTI"] = self.tcti
+        if extra:
+            e.update(extra)
+        return e
+
+    def _manufacture(self):
+        conf = os.path.join(self.dir, "conf")
+        ca = os.path.join(self.dir, "localca")
+        certs = os.path.join(self.dir, "ekcerts")
+        for d in (conf, ca, certs):
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(conf, "swtpm_setup.conf"), "w") as f:
+            f.write("create_certs_tool= /usr/bin/swtpm_localca\n"
+                    "create_certs_tool_config = %s/swtpm-localca.conf\n"
+                    "create_certs_tool_options = %s/swtpm-localca.options\n"
+                    "active_pcr_banks = sha256\n" % (conf, conf))
+        with open(os.path.join(conf, "swtpm-localca.conf"), "w") as f:
+            f.write("statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\n"
+                    "certserial = %s/certserial\n" % (ca, ca, ca, ca))
+        with open(os.path.join(conf, "swtpm-localca.options"), "w") as f:
+            f.write("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model swtpm\n")
+        _chown_nobody(self.dir)
+        run(_unpriv_prefix() + ["env", "HOME=" + self.dir, "swtpm_setup", "--tpm2", "--tpmstate", self.state,
+             "--config", os.path.join(conf, "swtpm_setup.conf"), "--create-ek-cert", "--create-platform-cert",
+             "--create-spk", "--pcr-banks", "sha256", "--write-ek-cert-files", certs, "--overwrite",
+             "--logfile", os.path.join(self.dir, "swtpm_setup.log")], timeout=120)
+        self.ek_cert_file = os.path.join(certs, "ek-rsa2048.crt")
+        self.ca_dir = ca
+
+    def start(self):
+        if self.provisioned and not os.path.exists(os.path.join(self.state, "tpm2-00.permall")):
+            self._manufacture()
+        _chown_nobody(self.dir)
+        run(_unpriv_prefix() + ["swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + self.state,
+             "--server", "type=unixio,path=" + self.sock, "--ctrl", "type=unixio,path=" + self.ctrl,
+             "--flags", "not-need-init,startup-clear", "--log", "file=%s,level=1" % self.log,
+             "--pid", "file=" + self.pidfile, "--daemon"])
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if os.path.exists(self.sock) and os.path.exists(self.pidfile):
+                try:
+                    self.pid = int(open(self.pidfile).read().strip())
+                    break
+                except ValueError:
+                    pass
+            time.sleep(0.02)
+        else:
+            raise AssertionError("swtpm did not start; log:\n" + (open(self.log).read() if os.path.exists(self.log) else ""))
+        # Socket files of a nobody-owned swtpm must be reachable by test clients
+        # running as another user (e.g. the daemon run as nobody or root).
+        return self
+
+    def tool(self, *args, check=True, **kw):
+        return run(list(args), env=self.env(), check=check, **kw)
+
+    def transient_handles(self):
+        out = self.tool("tpm2_getcap", "handles-transient").stdout
+        return [l.strip("- ").strip() for l in out.splitlines() if l.strip()]
+
+    def loaded_sessions(self):
+        out = self.tool("tpm2_getcap", "handles-loaded-session").stdout
+        return [l.strip("- ").strip() for l in out.splitlines() if l.strip()]
+
+    def persistent_handles(self):
+        out = self.tool("tpm2_getcap", "handles-persistent").stdout
+        return [l.strip("- ").strip().lower() for l in out.splitlines() if l.strip()]
+
+    def stop(self):
+        """Clean stop: TPM2_Shutdown(CLEAR) first so the DA lockout counter is not bumped."""
+        if self.pid is None:
+            return
+        self.tool("tpm2_shutdown", "-c", check=False, timeout=10)
+        r = run(["swtpm_ioctl", "--unix", self.ctrl, "-s"], check=False, timeout=10)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(self.pid, signal.SIGKILL)
+        self.pid = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+class Runner:
+    """Collects test cases; prints one line per case and a summary."""
+
+    def __init__(self, name):
+        self.name = name
+        self.cases = []
+
+    def case(self, fn):
+        self.cases.append(fn)
+        return fn
+
+    def main(self):
+        only = sys.argv[1:]
+        passed = failed = 0
+        for fn in self.cases:
+            if only and fn.__name__ not in only:
+                continue
+            t0 = time.time()
+            try:
+                fn()
+                passed += 1
+                print("ok   %s/%s (%.2fs)" % (self.name, fn.__name__, time.time() - t0), flush=True)
+            except Exception:
+                failed += 1
+                print("FAIL %s/%s (%.2fs)" % (self.name, fn.__name__, time.time() - t0), flush=True)
+                traceback.print_exc()
+                sys.stdout.flush()
+        print("%s: %d passed, %d failed" % (self.name, passed, failed))
+        sys.exit(1 if failed else 0)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
