@@ -7,6 +7,9 @@ BUILD=${BUILD:-build-test}
 passed=0; failed=0
 stage() { echo; echo "== $*"; }
 
+stage "dependencies"
+bash test/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+
 stage "configure + build ($BUILD, werror)"
 if [ ! -d "$BUILD" ]; then
         meson setup "$BUILD" -Dwerror=true -Dtests=enabled >/tmp/tpmid-setup.log 2>&1 || { cat /tmp/tpmid-setup.log; echo "0 passed, 1 failed"; exit 1; }
