@@ -47,13 +47,15 @@ struct toml_value *toml_free(struct toml_value *root);
 
 enum toml_type toml_type(const struct toml_value *v);
 const char *toml_type_name(enum toml_type t); /* "string", "integer", ... */
-const char *toml_origin(const struct toml_value *v);
+const char *toml_origin(const struct toml_value *v); /* NULL when parsed with origin NULL */
 unsigned toml_line(const struct toml_value *v); /* line of the key that defined v (or of v in an array) */
 unsigned toml_col(const struct toml_value *v);
 
 /* Tables keep keys in definition order. */
 size_t toml_table_size(const struct toml_value *table);
 const char *toml_table_key(const struct toml_value *table, size_t i);
+/* The same key with its length in *len (quoted keys may contain "\u0000"). */
+const char *toml_table_key_n(const struct toml_value *table, size_t i, size_t *len);
 const struct toml_value *toml_table_value(const struct toml_value *table, size_t i);
 const struct toml_value *toml_table_get(const struct toml_value *table, const char *key); /* NULL if absent */
 

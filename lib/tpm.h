@@ -20,6 +20,7 @@
 #define TPM_EK_CERT_NV_RSA 0x01c00002u
 #define TPM_DEFAULT_TCTI "device:/dev/tpmrm0"
 #define TPM_PUBLIC_MAX 1024 /* bytes of a marshalled TPM2B_PUBLIC we accept */
+#define TPM_HMAC_CHUNK 1024 /* bytes: TPM2_MAX_DIGEST_BUFFER; larger data goes through an HMAC sequence */
 
 struct tpm;
 
@@ -48,12 +49,18 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
 struct tpm *tpm_close(struct tpm *t); /* NULL-safe, returns NULL */
 
 /* Make sure EK (0x81010001) and SRK (0x81000001) exist: read them, or create
- * them from the TCG templates and persist. Refuses (-EEXIST? no: -EBADMSG) an
- * object at 0x81000001 that is not an RSA-2048 restricted decrypt storage key.
- * created_* (may be NULL) report what was created. */
+ * them from the TCG templates and persist (every transient flushed). Returns 0,
+ * or -EBADMSG (with a sentence naming the handle) for an object at either
+ * handle that is not an RSA-2048 restricted decryption key, or another -errno
+ * from tpm_error_from_rc(). created_* (may be NULL) report what was created.
+ * The public areas are cached in t afterwards (tpm_get_keys costs no TPM
+ * round trip). */
 int tpm_ensure_primary_keys(struct tpm *t, bool *created_ek, bool *created_srk, struct tpm_error *err);
 
-/* Marshalled public areas of EK and SRK (after tpm_ensure_primary_keys()). */
+/* Marshalled public areas of EK and SRK (byte-identical to
+ * `tpm2_readpublic -o`). Cached after the first read; if nothing was read yet
+ * they are read (never created): -ENOENT when EK or SRK is missing. ek/srk
+ * may be NULL. */
 int tpm_get_keys(struct tpm *t, struct tpm_public *ek, struct tpm_public *srk, struct tpm_error *err);
 
 /* The RSA EK certificate from NV 0x01c00002 as DER. -ENOENT if there is none.
@@ -67,11 +74,24 @@ int tpm_read_ek_cert(struct tpm *t, uint8_t **ret, size_t *ret_len, struct tpm_e
  * blob not bound to this TPM's EK/SRK. */
 int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct tpm_error *err);
 
+/* The same three operations for the auth key slot at TPM_AUTH_KEY_BASE + index
+ * instead of the configured one (index <= TPM_AUTH_KEY_INDEX_MAX, else
+ * -EINVAL). The provisioning driver stages the DPS challenge key in a second
+ * slot so the serving key keeps working until DPS assigned a new one. */
+int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err);
+int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
+int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm_error *err);
+
 /* HMAC-SHA256 of data with the persisted auth key (any length; > 1024 bytes
  * goes through a sequence). out receives 32 bytes. -ENOKEY if no key. */
 int tpm_sign(struct tpm *t, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 
-/* Whether an auth key is present at its handle. */
+/* Errors common to all calls below (see tpm_error_from_rc()): -EIO (TPM or
+ * connection failure), -EPERM (dictionary-attack lockout), -EACCES (wrong
+ * hierarchy password), -ENOSPC (no free TPM slots / persistent storage),
+ * -EAGAIN (TPM busy), -ENOMEM. */
+
+/* Whether an auth key is present at its handle (asks the TPM every time). */
 int tpm_has_auth_key(struct tpm *t, bool *present, struct tpm_error *err);
 
 /* Dictionary-attack state for `check` and status. */
@@ -83,6 +103,28 @@ int tpm_da_info(struct tpm *t, struct tpm_da_info *out, struct tpm_error *err);
 
 /* Cheap liveness probe (GetCapability) for the watchdog. */
 int tpm_ping(struct tpm *t, struct tpm_error *err);
+
+/* ---- pure helpers (no TPM; exposed for tests and tpmidctl) ---- */
+
+/* Turn a TSS2_RC into -errno and a one-sentence *err (may be NULL) naming
+ * step, the Tss2_RC_Decode text and the fix. */
+int tpm_error_from_rc(uint32_t rc, const char *step, struct tpm_error *err);
+
+/* The TPM response code without layer and handle/parameter numbers (e.g.
+ * 0x18b -> 0x8b TPM_RC_HANDLE), or 0 when rc is not from the TPM. */
+uint32_t tpm_rc_base(uint32_t rc);
+
+enum tpm_template {
+        TPM_TEMPLATE_EK,  /* TCG EK profile L-1: RSA-2048, policy 837197..69aa, 256 zero bytes unique */
+        TPM_TEMPLATE_SRK, /* RSA-2048 storage key, attrs 0x00030472 (noDA), 256 zero bytes unique */
+};
+/* The marshalled TPM2B_PUBLIC template tpmidd creates the key from. */
+int tpm_template_public(enum tpm_template which, struct tpm_public *out);
+
+/* Check a marshalled TPM2B_PUBLIC is an RSA-2048 restricted decryption
+ * (storage) key; with want_user_auth, usable with a password too. Returns 0,
+ * or -EBADMSG with what it is instead in why ("an ECC key"). */
+int tpm_public_check_storage_key(const uint8_t *pub, size_t len, bool want_user_auth, char *why, size_t why_len);
 
 /* Registration ids: lowercase hex SHA-256 of the marshalled EK TPM2B_PUBLIC
  * (the seed's `sha256sum -b ek.pub`), or the old Azure C SDK form (lowercase

@@ -1,43 +1,66 @@
 #!/usr/bin/env bash
-# The README's test command: build with -Werror and run every test suite.
-# Ends with one line "N passed, N failed" (meson's OK / FAIL counts).
+# The README's test command. Installs missing Debian packages, then:
+#   1. builds with -Werror and runs every meson suite (unit + integration);
+#   2. the same under ASan + UBSan (quality gate);
+#   3. the extra gates in test/stages/*.sh (fuzzing, static analysis, valgrind).
+# Ends with one line "N passed, N failed": meson tests count one each, every
+# gate script counts one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build-test}
 passed=0; failed=0
-stage() { echo; echo "== $*"; }
+t0=$(date +%s)
+stage() { echo; echo "== $* (t+$(( $(date +%s) - t0 ))s)"; }
+finish() { echo; echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
 
 stage "dependencies"
-bash test/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+bash test/deps.sh || { failed=$((failed + 1)); finish; }
 
-stage "configure + build ($BUILD, werror)"
-if [ ! -d "$BUILD" ]; then
-        meson setup "$BUILD" -Dwerror=true -Dtests=enabled >/tmp/tpmid-setup.log 2>&1 || { cat /tmp/tpmid-setup.log; echo "0 passed, 1 failed"; exit 1; }
-fi
-if ! ninja -C "$BUILD" >/tmp/tpmid-build.log 2>&1; then
-        tail -50 /tmp/tpmid-build.log; echo "0 passed, 1 failed"; exit 1
-fi
-
-count() { # parse meson's summary from its log
-        local log=$1
-        local ok fail to
-        ok=$(grep -E '^Ok:' "$log" | awk '{print $2}' | tail -1)
-        fail=$(grep -E '^Fail:' "$log" | awk '{print $2}' | tail -1)
-        to=$(grep -E '^Timeout:' "$log" | awk '{print $2}' | tail -1)
-        passed=$((passed + ${ok:-0})); failed=$((failed + ${fail:-0} + ${to:-0}))
-        if [ -z "$ok" ]; then failed=$((failed + 1)); fi
+# build DIR [meson setup args...]: configure once, then build.
+build() {
+        local dir=$1; shift
+        if [ ! -f "$dir/build.ninja" ]; then
+                meson setup "$dir" -Dwerror=true -Dtests=enabled "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+        fi
+        ninja -C "$dir" >"$dir.build.log" 2>&1 || { tail -60 "$dir.build.log"; return 1; }
 }
 
-stage "tests"
-meson test -C "$BUILD" --print-errorlogs --num-processes 2 2>&1 | tee /tmp/tpmid-test.log
-count /tmp/tpmid-test.log
+# suite DIR: run meson test and add its Ok / Fail / Timeout counts.
+suite() {
+        local dir=$1 log
+        log=$(mktemp)
+        meson test -C "$dir" --print-errorlogs --num-processes 2 2>&1 | tee "$log"
+        local ok fail to
+        ok=$(awk '/^Ok:/{print $2}' "$log" | tail -1)
+        fail=$(awk '/^Fail:/{print $2}' "$log" | tail -1)
+        to=$(awk '/^Timeout:/{print $2}' "$log" | tail -1)
+        if [ -z "$ok" ]; then failed=$((failed + 1)); rm -f "$log"; return; fi
+        passed=$((passed + ok)); failed=$((failed + ${fail:-0} + ${to:-0}))
+        rm -f "$log"
+}
 
-for extra in test/stages/*.sh; do
-        [ -e "$extra" ] || continue
-        stage "$(basename "$extra")"
-        if bash "$extra"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $extra"; fi
+stage "build (gcc, -Werror)"
+if build build-test; then
+        stage "tests"
+        suite build-test
+else
+        failed=$((failed + 1))
+fi
+
+if [ "${TPMID_SKIP_SANITIZERS:-0}" != 1 ]; then
+        stage "build (ASan + UBSan)"
+        if build build-asan -Db_sanitize=address,undefined -Db_lundef=false; then
+                stage "tests under ASan + UBSan"
+                ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+                        suite build-asan
+        else
+                failed=$((failed + 1))
+        fi
+fi
+
+for gate in test/stages/*.sh; do
+        [ -e "$gate" ] || continue
+        stage "gate $(basename "$gate")"
+        if bash "$gate"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "GATE FAILED: $gate"; fi
 done
-
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+stage "done"
+finish

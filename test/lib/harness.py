@@ -224,3 +224,12 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def daemon_argv(*args):
+    """argv to start tpmidd from the build tree. TPMID_DAEMON_WRAPPER (e.g.
+    "valgrind --leak-check=full --error-exitcode=99") is prepended, so the
+    valgrind gate runs the same tests under memcheck."""
+    import shlex
+    wrapper = shlex.split(os.environ.get("TPMID_DAEMON_WRAPPER", ""))
+    return wrapper + [build_path("daemon", "tpmidd")] + list(args)

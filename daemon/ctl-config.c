@@ -1,0 +1,439 @@
+/* tpmidctl config check|apply.
+ *
+ * check: parse + validate the super-config (default /etc/aziot/config.toml,
+ *        or $TPMIDD_CONFIG, or -c FILE) and its drop-ins, check the payload
+ *        and CA files; print every diagnostic.
+ * apply: the same validation; then install the normalised configuration for
+ *        the daemon (CONFIG_APPLIED_PATH) atomically, root:aziottpm 0640,
+ *        keeping the previous one as .bak, and reload or restart tpmidd
+ *        depending on which keys changed. On any error nothing is written. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "ctl.h"
+#include "util.h"
+
+#define TPMIDD_UNIT "tpmidd.service"
+#define TPMIDD_GROUP "aziottpm"
+#define APPLIED_MODE 0640 /* root:aziottpm: the daemon reads it, others must not (hierarchy passwords) */
+#define APPLIED_DIR_MODE 0750
+
+static void config_usage(FILE *f) {
+        fputs("Usage: tpmidctl config check [-c FILE]\n"
+              "       tpmidctl config apply [-c FILE] [-o OUT] [--no-reload] [--root DIR]\n"
+              "\n"
+              "  check   validate FILE (default " CONFIG_DEFAULT_PATH ", or $" CONFIG_ENV_PATH ")\n"
+              "          and its config.d drop-ins; exit 0 when valid (warnings allowed), 3 when not\n"
+              "  apply   validate, then install the configuration tpmidd reads\n"
+              "          (default " CONFIG_APPLIED_PATH ") and reload or restart tpmidd\n"
+              "\n"
+              "  -c, --config FILE   the super-config to read\n"
+              "  -o, --output FILE   where apply writes the daemon's configuration\n"
+              "      --no-reload     install only; do not reload or restart tpmidd\n"
+              "      --root DIR      prefix every path with DIR and skip systemctl (for tests and images)\n",
+              f);
+}
+
+/* Print diagnostics; returns nothing. Errors and warnings go to stderr. */
+static void print_diags(const struct config_diags *d) {
+        for (size_t i = 0; i < d->n; i++) {
+                _cleanup_free_ char *s = config_format_diag(&d->items[i]);
+                fprintf(stderr, "%s\n", s ? s : "(out of memory formatting a diagnostic)");
+        }
+        size_t shown = d->n, total = d->n_errors + d->n_warnings + d->n_infos;
+        if (total > shown)
+                fprintf(stderr, "(%zu more diagnostics not shown)\n", total - shown);
+}
+
+static int validate(const char *path, struct tpmid_config **ret, struct config_diags *d) {
+        struct tpmid_config *c = NULL;
+        int r = config_load(path, &c, d);
+        if (r == -ENOMEM)
+                return r;
+        if (r == 0) {
+                r = config_check_files(c, d);
+                if (r < 0) {
+                        config_free(c);
+                        return r;
+                }
+                *ret = c;
+        }
+        return r;
+}
+
+static int verb_check(int argc, char **argv) {
+        static const struct option opts[] = {
+                {"config", required_argument, NULL, 'c'},
+                {"help", no_argument, NULL, 'h'},
+                {NULL, 0, NULL, 0},
+        };
+        const char *path = NULL;
+        int o;
+        optind = 1;
+        while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) >= 0)
+                switch (o) {
+                case 'c':
+                        path = optarg;
+                        break;
+                case 'h':
+                        config_usage(stdout);
+                        return CTL_EXIT_OK;
+                default:
+                        config_usage(stderr);
+                        return CTL_EXIT_USAGE;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "tpmidctl config check: unexpected argument '%s'\n", argv[optind]);
+                return CTL_EXIT_USAGE;
+        }
+        if (!path)
+                path = config_path_from_env(CONFIG_DEFAULT_PATH);
+
+        struct config_diags d = {0};
+        struct tpmid_config *c = NULL;
+        int r = validate(path, &c, &d);
+        print_diags(&d);
+        if (r == -ENOMEM) {
+                fprintf(stderr, "tpmidctl config check: out of memory\n");
+                config_diags_free(&d);
+                return CTL_EXIT_FAILURE;
+        }
+        if (r < 0) {
+                fprintf(stderr, "%s: the configuration is invalid (%zu error%s, %zu warning%s)\n", path,
+                        d.n_errors, d.n_errors == 1 ? "" : "s", d.n_warnings, d.n_warnings == 1 ? "" : "s");
+                config_diags_free(&d);
+                return CTL_EXIT_CONFIG;
+        }
+        if (d.n_warnings)
+                printf("%s: configuration OK (%zu warning%s)\n", path, d.n_warnings, d.n_warnings == 1 ? "" : "s");
+        else
+                printf("%s: configuration OK\n", path);
+        config_free(c);
+        config_diags_free(&d);
+        return CTL_EXIT_OK;
+}
+
+static char *prefixed(const char *root, const char *path) {
+        char *s = NULL;
+        if (!root || !*root)
+                return strdup(path);
+        if (asprintf(&s, "%s%s%s", root, path[0] == '/' ? "" : "/", path) < 0)
+                return NULL;
+        return s;
+}
+
+/* mkdir -p for the parent directories of path (only the last one gets mode). */
+static int mkdir_parents(const char *path, mode_t mode) {
+        _cleanup_free_ char *p = strdup(path);
+        if (!p)
+                return -ENOMEM;
+        char *slash = strrchr(p, '/');
+        if (!slash || slash == p)
+                return 0;
+        *slash = 0;
+        for (char *s = p + 1; *s; s++) {
+                if (*s != '/')
+                        continue;
+                *s = 0;
+                if (mkdir(p, 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                *s = '/';
+        }
+        if (mkdir(p, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+/* Like write_file_atomic(), but sets the owner before the rename, so the
+ * file never appears under its final name with the wrong group. */
+static int write_owned_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid,
+                              bool chown_it) {
+        _cleanup_free_ char *tmp = NULL;
+        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
+                return -ENOMEM;
+        _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        int r = 0;
+        const char *p = data;
+        if (fchmod(fd, mode) < 0 || (chown_it && fchown(fd, uid, gid) < 0)) {
+                r = -errno;
+                goto fail;
+        }
+        while (len > 0) {
+                ssize_t k = write(fd, p, len);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        r = -errno;
+                        goto fail;
+                }
+                p += k;
+                len -= (size_t)k;
+        }
+        if (fsync(fd) < 0 || rename(tmp, path) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        {
+                _cleanup_free_ char *d = strdup(path);
+                if (d) {
+                        _cleanup_close_ int dfd = open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                        if (dfd >= 0)
+                                (void)fsync(dfd); /* renamed already; this only makes it durable sooner */
+                }
+        }
+        return 0;
+fail:
+        (void)unlink(tmp);
+        return r;
+}
+
+/* Run a command quietly; returns its exit status, 127 if it could not run,
+ * -errno on fork failure. */
+static int run_quiet(char *const argv[], bool show_output) {
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                if (!show_output) {
+                        int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+                        if (fd >= 0) {
+                                (void)dup2(fd, STDOUT_FILENO);
+                                (void)dup2(fd, STDERR_FILENO);
+                        }
+                }
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        int st;
+        while (waitpid(pid, &st, 0) < 0)
+                if (errno != EINTR)
+                        return -errno;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int verb_apply(int argc, char **argv) {
+        enum { OPT_NO_RELOAD = 0x100, OPT_ROOT };
+        static const struct option opts[] = {
+                {"config", required_argument, NULL, 'c'},
+                {"output", required_argument, NULL, 'o'},
+                {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
+                {"root", required_argument, NULL, OPT_ROOT},
+                {"help", no_argument, NULL, 'h'},
+                {NULL, 0, NULL, 0},
+        };
+        const char *in_arg = NULL, *out_arg = NULL, *root = NULL;
+        bool no_reload = false;
+        int o;
+        optind = 1;
+        while ((o = getopt_long(argc, argv, "c:o:h", opts, NULL)) >= 0)
+                switch (o) {
+                case 'c':
+                        in_arg = optarg;
+                        break;
+                case 'o':
+                        out_arg = optarg;
+                        break;
+                case OPT_NO_RELOAD:
+                        no_reload = true;
+                        break;
+                case OPT_ROOT:
+                        root = optarg;
+                        break;
+                case 'h':
+                        config_usage(stdout);
+                        return CTL_EXIT_OK;
+                default:
+                        config_usage(stderr);
+                        return CTL_EXIT_USAGE;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "tpmidctl config apply: unexpected argument '%s'\n", argv[optind]);
+                return CTL_EXIT_USAGE;
+        }
+        if (root && root[0] != '/') {
+                fprintf(stderr, "tpmidctl config apply: --root needs an absolute directory, not '%s'\n", root);
+                return CTL_EXIT_USAGE;
+        }
+        _cleanup_free_ char *in = prefixed(root, in_arg ? in_arg : config_path_from_env(CONFIG_DEFAULT_PATH));
+        _cleanup_free_ char *out = prefixed(root, out_arg ? out_arg : CONFIG_APPLIED_PATH);
+        _cleanup_free_ char *bak = NULL;
+        if (!in || !out || asprintf(&bak, "%s.bak", out) < 0) {
+                fprintf(stderr, "tpmidctl config apply: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+
+        /* Installing the daemon's configuration is root's job; a test may
+         * write elsewhere with --root or an -o it can write. */
+        if (geteuid() != 0 && !root) {
+                _cleanup_free_ char *dcopy = strdup(out);
+                bool writable = out_arg && dcopy && access(dirname(dcopy), W_OK) == 0;
+                if (!writable) {
+                        fprintf(stderr, "tpmidctl config apply: this command must be run as root (it writes %s); "
+                                "try: sudo tpmidctl config apply\n", out);
+                        return CTL_EXIT_FAILURE;
+                }
+        }
+
+        struct config_diags d = {0};
+        struct tpmid_config *c = NULL;
+        int r = validate(in, &c, &d);
+        print_diags(&d);
+        if (r == -ENOMEM) {
+                fprintf(stderr, "tpmidctl config apply: out of memory\n");
+                config_diags_free(&d);
+                return CTL_EXIT_FAILURE;
+        }
+        if (r < 0) {
+                fprintf(stderr, "%s: the configuration is invalid (%zu error%s); nothing was written, %s is "
+                        "unchanged\n", in, d.n_errors, d.n_errors == 1 ? "" : "s", out);
+                config_diags_free(&d);
+                return CTL_EXIT_CONFIG;
+        }
+        config_diags_free(&d);
+
+        _cleanup_free_ char *header = NULL, *text = NULL;
+        if (asprintf(&header, "This file is auto-generated by `tpmidctl config apply` from %s.\n"
+                              "Do not edit it manually; edit %s and run `tpmidctl config apply` again.",
+                     in_arg ? in_arg : config_path_from_env(CONFIG_DEFAULT_PATH),
+                     in_arg ? in_arg : config_path_from_env(CONFIG_DEFAULT_PATH)) < 0 ||
+            config_format_toml(c, header, &text) < 0) {
+                fprintf(stderr, "tpmidctl config apply: out of memory\n");
+                config_free(c);
+                return CTL_EXIT_FAILURE;
+        }
+        size_t text_len = strlen(text);
+
+        /* the previous applied config: for .bak and the reload decision */
+        _cleanup_free_ char *old_text = NULL;
+        size_t old_len = 0;
+        int ro = read_full_file(out, CONFIG_MAX_FILE_BYTES, &old_text, &old_len);
+        struct tpmid_config *old = NULL;
+        if (ro == 0) {
+                struct config_diags od = {0};
+                (void)config_parse_string(old_text, old_len, out, &old, &od);
+                config_diags_free(&od);
+        }
+
+        int exit_code = CTL_EXIT_OK;
+        _cleanup_free_ char *why = NULL; /* before the first goto: done runs its cleanup */
+        if (ro == 0 && old_len == text_len && memcmp(old_text, text, text_len) == 0) {
+                printf("%s is already up to date; nothing to do.\n", out);
+                printf("tpmidd has been configured successfully!\n");
+                goto done;
+        }
+
+        struct group *g = getgrnam(TPMIDD_GROUP);
+        bool do_chown = geteuid() == 0 && g;
+        gid_t gid = g ? g->gr_gid : 0;
+        r = mkdir_parents(out, APPLIED_DIR_MODE);
+        if (r < 0) {
+                fprintf(stderr, "tpmidctl config apply: cannot create the directory of %s: %s\n", out, strerror(-r));
+                exit_code = CTL_EXIT_FAILURE;
+                goto done;
+        }
+        if (ro == 0) {
+                r = write_owned_atomic(bak, old_text, old_len, APPLIED_MODE, 0, gid, do_chown);
+                if (r < 0) {
+                        fprintf(stderr, "tpmidctl config apply: cannot keep the previous configuration as %s: %s; "
+                                "nothing was changed\n", bak, strerror(-r));
+                        exit_code = CTL_EXIT_FAILURE;
+                        goto done;
+                }
+        }
+        r = write_owned_atomic(out, text, text_len, APPLIED_MODE, 0, gid, do_chown);
+        explicit_zero(text, text_len); /* it holds the hierarchy passwords */
+        if (r < 0) {
+                fprintf(stderr, "tpmidctl config apply: cannot write %s: %s; the previous configuration is "
+                        "unchanged\n", out, strerror(-r));
+                exit_code = CTL_EXIT_FAILURE;
+                goto done;
+        }
+        printf("Wrote %s (mode 0640%s)%s%s.\n", out, do_chown ? ", root:" TPMIDD_GROUP : "",
+               ro == 0 ? "; the previous one is in " : "", ro == 0 ? bak : "");
+
+        /* reload or restart? */
+        unsigned ch = old ? config_diff(old, c, &why) : CONFIG_CHANGED_RESTART;
+        bool restart = ch & CONFIG_CHANGED_RESTART;
+        if (!old)
+                printf("No previous configuration: tpmidd needs a restart to use it.\n");
+        else if (!ch)
+                printf("No setting changed (only formatting): no reload needed.\n");
+        else if (restart)
+                printf("Changed: %s. Provisioning, TPM, endpoint or cloud settings changed, so tpmidd needs a "
+                       "restart.\n", why ? why : "(several keys)");
+        else
+                printf("Changed: %s. These settings are reloadable, so a reload is enough.\n",
+                       why ? why : "(several keys)");
+
+        if (old && !ch) {
+                /* nothing for the daemon to do */
+        } else if (root) {
+                printf("--root given: not touching the running service; the configuration will take effect when "
+                       "tpmidd starts.\n");
+        } else if (no_reload) {
+                printf("--no-reload given: run `systemctl %s %s` to use the new configuration.\n",
+                       restart ? "restart" : "reload", TPMIDD_UNIT);
+        } else if (access("/run/systemd/system", F_OK) < 0) {
+                printf("systemd is not running here: the configuration will take effect when tpmidd starts.\n");
+        } else {
+                char *active[] = {"systemctl", "is-active", "--quiet", TPMIDD_UNIT, NULL};
+                int s = run_quiet(active, false);
+                if (s == 127 || s < 0)
+                        printf("systemctl is not available: the configuration will take effect when tpmidd "
+                               "starts.\n");
+                else if (s != 0)
+                        printf("%s is not running: the configuration will take effect when tpmidd starts.\n",
+                               TPMIDD_UNIT);
+                else {
+                        char *cmd[] = {"systemctl", restart ? "restart" : "reload", TPMIDD_UNIT, NULL};
+                        printf("Running: systemctl %s %s\n", cmd[1], TPMIDD_UNIT);
+                        s = run_quiet(cmd, true);
+                        if (s != 0) {
+                                fprintf(stderr, "tpmidctl config apply: `systemctl %s %s` failed (exit %d); the "
+                                        "new configuration is installed; see `tpmidctl system logs`\n", cmd[1],
+                                        TPMIDD_UNIT, s);
+                                exit_code = CTL_EXIT_FAILURE;
+                                goto done;
+                        }
+                }
+        }
+        printf("tpmidd has been configured successfully!\n");
+done:
+        if (old_text)
+                explicit_zero(old_text, old_len);
+        config_free(old);
+        config_free(c);
+        return exit_code;
+}
+
+int ctl_config_main(int argc, char **argv) {
+        if (argc < 2) {
+                config_usage(stderr);
+                return CTL_EXIT_USAGE;
+        }
+        const char *verb = argv[1];
+        if (streq(verb, "--help") || streq(verb, "-h") || streq(verb, "help")) {
+                config_usage(stdout);
+                return CTL_EXIT_OK;
+        }
+        if (streq(verb, "check"))
+                return verb_check(argc - 1, argv + 1);
+        if (streq(verb, "apply"))
+                return verb_apply(argc - 1, argv + 1);
+        fprintf(stderr, "tpmidctl config: unknown verb '%s'\n", verb);
+        config_usage(stderr);
+        return CTL_EXIT_USAGE;
+}

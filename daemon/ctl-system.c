@@ -1,0 +1,605 @@
+/* tpmidctl system status|logs|reprovision|restart|stop and identity show|token.
+ *
+ * The service side goes through systemctl/journalctl (as aziotctl does); the
+ * daemon side through the identity socket (daemon/ctl-client.h). When systemd
+ * is not PID 1 (containers, CI) `system status` says so and still shows what
+ * the daemon answers, so the command is useful wherever tpmidd runs. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "api.h"
+#include "config.h"
+#include "ctl-client.h"
+#include "ctl.h"
+#include "util.h"
+
+#define SYSTEM_SERVICE "tpmidd.service"
+#define SYSTEM_SOCKET_TPMD "tpmidd-tpmd.socket"
+#define SYSTEM_SOCKET_IDENTITYD "tpmidd-identityd.socket"
+#define SYSTEM_CAPTURE_BYTES 4096    /* bytes of a helper command's output we keep */
+#define SYSTEM_FAILED_LOG_LINES "10" /* journal lines shown for a failed unit */
+
+static char *const units[] = { SYSTEM_SERVICE, SYSTEM_SOCKET_TPMD, SYSTEM_SOCKET_IDENTITYD };
+
+/* ---- helpers ---- */
+
+static bool systemd_running(void) {
+        return access("/run/systemd/system", F_OK) == 0;
+}
+
+/* Run argv, capture stdout (stderr discarded) into out (NUL-terminated,
+ * trailing newline removed). Returns the exit status, 127 when the program
+ * could not be run, or -errno. */
+static int run_capture(char *const argv[], char *out, size_t outlen) {
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0)
+                return -errno;
+        pid_t pid = fork();
+        if (pid < 0) {
+                int r = -errno;
+                close(p[0]);
+                close(p[1]);
+                return r;
+        }
+        if (pid == 0) {
+                int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+                (void)dup2(p[1], STDOUT_FILENO);
+                if (null >= 0)
+                        (void)dup2(null, STDERR_FILENO);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        close(p[1]);
+        size_t n = 0;
+        for (;;) {
+                char buf[512];
+                ssize_t k = read(p[0], buf, sizeof buf);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        break;
+                size_t take = (size_t)k;
+                if (outlen > 0 && n + take > outlen - 1)
+                        take = outlen - 1 - n;
+                memcpy(out + n, buf, take);
+                n += take;
+        }
+        close(p[0]);
+        if (outlen > 0) {
+                out[n] = '\0';
+                while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
+                        out[--n] = '\0';
+        }
+        int st;
+        while (waitpid(pid, &st, 0) < 0)
+                if (errno != EINTR)
+                        return -errno;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Run argv with the terminal. Returns the exit status, 127, or -errno. */
+static int run_shown(char *const argv[]) {
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        int st;
+        while (waitpid(pid, &st, 0) < 0)
+                if (errno != EINTR)
+                        return -errno;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* The identity socket: [endpoints] aziot_identityd of the daemon's
+ * configuration (as the daemon resolves it), else the default. Heap string,
+ * NULL on OOM. */
+static char *identity_socket(void) {
+        const char *candidates[] = { config_path_from_env(CONFIG_APPLIED_PATH), CONFIG_DEFAULT_PATH };
+        for (size_t i = 0; i < ELEMENTSOF(candidates); i++) {
+                struct tpmid_config *c = NULL;
+                struct config_diags d = {0};
+                int r = config_load(candidates[i], &c, &d);
+                config_diags_free(&d);
+                if (r == 0) {
+                        char *s = strdup(c->endpoints.identityd_socket);
+                        config_free(c);
+                        return s;
+                }
+                if (r == -ENOMEM)
+                        return NULL;
+                if (getenv(CONFIG_ENV_PATH) && *getenv(CONFIG_ENV_PATH))
+                        break; /* an explicit file that does not load: no guessing */
+        }
+        return strdup(CONFIG_DEFAULT_IDENTITYD_SOCKET);
+}
+
+static const char *client_strerror(int r) {
+        switch (r) {
+        case -ENOENT:
+        case -ECONNREFUSED:
+                return "tpmidd is not running (nothing listens on the socket)";
+        case -EACCES:
+                return "permission denied on the socket: run as root or as a member of group aziottpm";
+        case -ETIMEDOUT:
+                return "tpmidd did not answer in time";
+        case -EBADMSG:
+                return "the answer was not HTTP";
+        default:
+                return strerror(-r);
+        }
+}
+
+/* The {"message"} of an error answer, or the body itself. Caller frees. */
+static char *response_message(const struct ctl_response *resp) {
+        json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
+        const char *m = j ? json_string_value(json_object_get(j, "message")) : NULL;
+        char *s = strdup(m ? m : (resp->body_len ? resp->body : "(no message)"));
+        json_decref(j);
+        return s;
+}
+
+/* One request to the identity socket. Prints the failure and returns the exit
+ * code when the daemon could not be asked or answered other than want_status;
+ * returns CTL_EXIT_OK and fills *ret otherwise. */
+static int identity_call(const char *method, const char *target, const char *body, int want_status,
+                         const char *what, struct ctl_response *ret) {
+        _cleanup_free_ char *sock = identity_socket();
+        if (!sock) {
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        struct ctl_response resp = {0};
+        int r = ctl_client_request(sock, method, target, body, 0, &resp);
+        if (r < 0) {
+                fprintf(stderr, "tpmidctl: %s: %s: %s.\n", what, sock, client_strerror(r));
+                return r == -ENOMEM ? CTL_EXIT_FAILURE : CTL_EXIT_DAEMON;
+        }
+        if (resp.status != want_status) {
+                _cleanup_free_ char *m = response_message(&resp);
+                fprintf(stderr, "tpmidctl: %s: tpmidd answered %d: %s\n", what, resp.status, m ? m : "");
+                if (resp.status == 404)
+                        fprintf(stderr, "(the daemon on %s does not know this request: is it aziot-identityd "
+                                "rather than tpmidd?)\n", sock);
+                ctl_response_done(&resp);
+                return CTL_EXIT_FAILURE;
+        }
+        *ret = resp;
+        return CTL_EXIT_OK;
+}
+
+static void format_time(int64_t t, char *buf, size_t len) {
+        time_t tt = (time_t)t;
+        struct tm tm;
+        if (!gmtime_r(&tt, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+                snprintf(buf, len, "%" PRId64, t);
+}
+
+static void format_duration(uint64_t s, char *buf, size_t len) {
+        if (s >= 86400)
+                snprintf(buf, len, "%" PRIu64 "d %" PRIu64 "h", s / 86400, s % 86400 / 3600);
+        else if (s >= 3600)
+                snprintf(buf, len, "%" PRIu64 "h %" PRIu64 "m", s / 3600, s % 3600 / 60);
+        else if (s >= 60)
+                snprintf(buf, len, "%" PRIu64 "m %" PRIu64 "s", s / 60, s % 60);
+        else
+                snprintf(buf, len, "%" PRIu64 "s", s);
+}
+
+static const char *jstr(json_t *o, const char *key) {
+        return json_string_value(json_object_get(o, key));
+}
+
+/* ---- system status ---- */
+
+/* Print one unit's state in words; returns true when it is healthy. */
+static bool print_unit(char *unit) {
+        char load[128] = "", active[128] = "";
+        char *show[] = { "systemctl", "show", "--property=LoadState", "--value", unit, NULL };
+        int r = run_capture(show, load, sizeof load);
+        if (r == 127 || r < 0) {
+                printf("    %-26s unknown (systemctl could not be run)\n", unit);
+                return false;
+        }
+        if (streq(load, "not-found")) {
+                printf("    %-26s not installed\n", unit);
+                return false;
+        }
+        char *isact[] = { "systemctl", "is-active", unit, NULL };
+        (void)run_capture(isact, active, sizeof active);
+        bool socket = !streq(unit, SYSTEM_SERVICE);
+        if (streq(active, "active")) {
+                printf("    %-26s %s\n", unit, socket ? "Listening" : "Running");
+                return true;
+        }
+        if (streq(active, "inactive")) {
+                /* A stopped service behind active sockets starts on the first request. */
+                printf("    %-26s %s\n", unit, socket ? "Down - socket not listening" : "Ready (starts on demand)");
+                return !socket;
+        }
+        printf("    %-26s Down - %s\n", unit, active[0] ? active : "unknown state");
+        if (streq(active, "failed")) {
+                char *jc[] = { "journalctl", "-u", unit, "--no-pager", "-e", "-n", SYSTEM_FAILED_LOG_LINES,
+                               NULL };
+                fflush(stdout);
+                (void)run_shown(jc);
+        }
+        return false;
+}
+
+static void print_status_json(json_t *st) {
+        json_t *prov = json_object_get(st, "provisioning"), *tpm = json_object_get(st, "tpm"),
+               *dmn = json_object_get(st, "daemon");
+        char buf[64];
+        json_t *up = json_object_get(dmn, "uptimeSec");
+        format_duration(json_is_integer(up) ? (uint64_t)json_integer_value(up) : 0, buf, sizeof buf);
+        printf("tpmidd %s, up %s, mode %s\n", jstr(dmn, "version") ? jstr(dmn, "version") : "?", buf,
+               jstr(dmn, "mode") ? jstr(dmn, "mode") : "?");
+
+        const char *ts = jstr(tpm, "state");
+        printf("    TPM:              %s", ts ? ts : "?");
+        if (jstr(tpm, "lastError"))
+                printf(" (%s)", jstr(tpm, "lastError"));
+        printf("\n");
+
+        const char *ps = jstr(prov, "state");
+        printf("    Provisioning:     %s\n", ps ? ps : "?");
+        printf("    IoT Hub:          %s\n", jstr(prov, "hubName") ? jstr(prov, "hubName") : "(none yet)");
+        printf("    Device ID:        %s\n", jstr(prov, "deviceId") ? jstr(prov, "deviceId") : "(none yet)");
+        if (jstr(prov, "registrationId"))
+                printf("    Registration ID:  %s\n", jstr(prov, "registrationId"));
+        json_t *last = json_object_get(prov, "lastResult");
+        if (json_is_object(last)) {
+                json_t *at = json_object_get(last, "at"), *code = json_object_get(last, "errorCode");
+                printf("    Last DPS result:  %s", jstr(last, "status") ? jstr(last, "status") : "?");
+                if (json_is_integer(code))
+                        printf(", error %" JSON_INTEGER_FORMAT, json_integer_value(code));
+                if (jstr(last, "message"))
+                        printf(": %s", jstr(last, "message"));
+                if (json_is_integer(at)) {
+                        format_time(json_integer_value(at), buf, sizeof buf);
+                        printf(" (%s)", buf);
+                }
+                printf("\n");
+        }
+        json_t *next = json_object_get(prov, "nextRetryAt");
+        if (json_is_integer(next)) {
+                int64_t n = json_integer_value(next), now = (int64_t)time(NULL);
+                format_time(n, buf, sizeof buf);
+                printf("    Next DPS attempt: %s (in %" PRId64 " s)\n", buf, n > now ? n - now : 0);
+        }
+        if (ps && streq(ps, "failed-permanent"))
+                printf("    DPS refused the device; fix the enrollment or configuration, then run "
+                       "'tpmidctl system reprovision'.\n");
+}
+
+static int system_status(int argc, char **argv) {
+        if (argc > 1) {
+                fprintf(stderr, "tpmidctl system status: unexpected argument '%s'\n", argv[1]);
+                return CTL_EXIT_USAGE;
+        }
+        bool units_ok = true;
+        printf("System services:\n");
+        if (!systemd_running()) {
+                printf("    systemd is not running on this system (not PID 1): unit states are unknown.\n");
+        } else {
+                for (size_t i = 0; i < ELEMENTSOF(units); i++)
+                        units_ok &= print_unit(units[i]);
+        }
+        printf("\n");
+        fflush(stdout);
+
+        struct ctl_response resp = {0};
+        int code = identity_call("GET", "/status?api-version=" API_VERSION_2020_09_01, NULL, 200, "daemon status",
+                                 &resp);
+        if (code == CTL_EXIT_OK) {
+                json_error_t je;
+                json_t *st = json_loadb(resp.body, resp.body_len, 0, &je);
+                if (!json_is_object(st)) {
+                        fprintf(stderr, "tpmidctl: the daemon's status is not a JSON object: %s\n", je.text);
+                        code = CTL_EXIT_FAILURE;
+                } else
+                        print_status_json(st);
+                json_decref(st);
+                ctl_response_done(&resp);
+        }
+        printf("\nUse 'tpmidctl system logs' to check for non-fatal errors.\n"
+               "Use 'tpmidctl check' to diagnose connectivity and configuration issues.\n");
+        if (code == CTL_EXIT_OK && !units_ok)
+                code = CTL_EXIT_FAILURE;
+        return code;
+}
+
+/* ---- system logs ---- */
+
+static int system_logs(int argc, char **argv) {
+        /* argv: "logs" ["--" ARGS...] */
+        int first = 1;
+        if (argc > 1) {
+                if (!streq(argv[1], "--")) {
+                        fprintf(stderr, "tpmidctl system logs: journalctl options go after '--', e.g. "
+                                "'tpmidctl system logs -- -f'\n");
+                        return CTL_EXIT_USAGE;
+                }
+                first = 2;
+        }
+        size_t n_extra = (size_t)(argc - first);
+        char **av = calloc(n_extra + 6, sizeof *av);
+        if (!av) {
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        size_t k = 0;
+        av[k++] = "journalctl";
+        av[k++] = "-u";
+        av[k++] = SYSTEM_SERVICE;
+        if (n_extra == 0) {
+                av[k++] = "-e";
+                av[k++] = "--no-pager";
+        } else
+                for (int i = first; i < argc; i++)
+                        av[k++] = argv[i];
+        av[k] = NULL;
+        fflush(stdout);
+        execvp(av[0], av);
+        fprintf(stderr, "tpmidctl system logs: cannot run journalctl: %s\n", strerror(errno));
+        free(av);
+        return CTL_EXIT_FAILURE;
+}
+
+/* ---- system reprovision ---- */
+
+static int system_reprovision(int argc, char **argv) {
+        if (argc > 1) {
+                fprintf(stderr, "tpmidctl system reprovision: unexpected argument '%s'\n", argv[1]);
+                return CTL_EXIT_USAGE;
+        }
+        struct ctl_response resp = {0};
+        int code = identity_call("POST", "/identities/device/reprovision?api-version=" API_VERSION_2020_09_01,
+                                 "{\"type\":\"aziot\"}", 204, "reprovision", &resp);
+        if (code != CTL_EXIT_OK) {
+                fprintf(stderr, "Failed to reprovision.\n");
+                return code;
+        }
+        ctl_response_done(&resp);
+        printf("Reprovisioning started: tpmidd is registering with DPS again.\n"
+               "The current identity stays in use until DPS assigns a new one; follow it with "
+               "'tpmidctl system status'.\n");
+        return CTL_EXIT_OK;
+}
+
+/* ---- system restart|stop ---- */
+
+static int systemctl(char *verb, char *const *names, size_t n) {
+        char *av[8];
+        size_t k = 0;
+        av[k++] = "systemctl";
+        av[k++] = verb;
+        for (size_t i = 0; i < n && k < ELEMENTSOF(av) - 1; i++)
+                av[k++] = names[i];
+        av[k] = NULL;
+        int r = run_shown(av);
+        if (r != 0)
+                fprintf(stderr, "tpmidctl: 'systemctl %s' failed (%s %d)%s\n", verb, r < 0 ? "error" : "exit",
+                        r < 0 ? -r : r, r == 127 ? ": systemctl is not installed" : "");
+        return r;
+}
+
+static int system_restart_stop(int argc, char **argv) {
+        bool restart = streq(argv[0], "restart");
+        if (argc > 1) {
+                fprintf(stderr, "tpmidctl system %s: unexpected argument '%s'\n", argv[0], argv[1]);
+                return CTL_EXIT_USAGE;
+        }
+        if (!systemd_running()) {
+                fprintf(stderr, "tpmidctl system %s: systemd is not running on this system; stop or start "
+                        "tpmidd the way it was started (SIGTERM stops it cleanly).\n", argv[0]);
+                return CTL_EXIT_FAILURE;
+        }
+        /* Stopping the service stops its sockets too (PartOf=); sockets first
+         * on the way up, so requests arriving meanwhile queue instead of failing. */
+        if (systemctl("stop", units, ELEMENTSOF(units)) != 0)
+                return CTL_EXIT_FAILURE;
+        if (!restart) {
+                printf("Stopped %s, %s and %s.\n", units[0], units[1], units[2]);
+                return CTL_EXIT_OK;
+        }
+        if (systemctl("start", units + 1, 2) != 0 || systemctl("start", units, 1) != 0)
+                return CTL_EXIT_FAILURE;
+        printf("Restarted %s. Check it with 'tpmidctl system status'.\n", SYSTEM_SERVICE);
+        return CTL_EXIT_OK;
+}
+
+/* ---- entry points ---- */
+
+static void system_usage(FILE *f) {
+        fputs("Usage: tpmidctl system status\n"
+              "       tpmidctl system logs [-- JOURNALCTL-ARGS...]\n"
+              "       tpmidctl system reprovision\n"
+              "       tpmidctl system restart|stop\n"
+              "\n"
+              "  status       unit states and the daemon's provisioning/TPM status\n"
+              "  logs         journalctl -u " SYSTEM_SERVICE " -e --no-pager (arguments after -- replace -e\n"
+              "               --no-pager)\n"
+              "  reprovision  run DPS registration again (the current identity stays until then)\n"
+              "  restart      restart the service and its sockets\n"
+              "  stop         stop the service and its sockets\n",
+              f);
+}
+
+int ctl_system_main(int argc, char **argv) {
+        if (argc < 2) {
+                system_usage(stderr);
+                return CTL_EXIT_USAGE;
+        }
+        const char *verb = argv[1];
+        if (streq(verb, "--help") || streq(verb, "-h") || streq(verb, "help")) {
+                system_usage(stdout);
+                return CTL_EXIT_OK;
+        }
+        for (int i = 2; i < argc; i++)
+                if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
+                        if (streq(verb, "logs") && i > 2)
+                                break; /* after --: journalctl's */
+                        system_usage(stdout);
+                        return CTL_EXIT_OK;
+                }
+        if (streq(verb, "status"))
+                return system_status(argc - 1, argv + 1);
+        if (streq(verb, "logs"))
+                return system_logs(argc - 1, argv + 1);
+        if (streq(verb, "reprovision"))
+                return system_reprovision(argc - 1, argv + 1);
+        if (streq(verb, "restart") || streq(verb, "stop"))
+                return system_restart_stop(argc - 1, argv + 1);
+        fprintf(stderr, "tpmidctl system: unknown command '%s'. Try 'tpmidctl system --help'.\n", verb);
+        return CTL_EXIT_USAGE;
+}
+
+static void identity_usage(FILE *f) {
+        fputs("Usage: tpmidctl identity show [--json]\n"
+              "       tpmidctl identity token [--lifetime SECONDS] [--json]\n"
+              "\n"
+              "  show    the device identity: IoT Hub, gateway host, device id\n"
+              "  token   an IoT Hub SAS token for the device, signed in the TPM (printed alone on\n"
+              "          stdout; expiry on stderr). --lifetime: 60..86400, default 3600\n",
+              f);
+}
+
+static int identity_show(bool json) {
+        struct ctl_response resp = {0};
+        int code = identity_call("POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
+                                 "{\"type\":\"aziot\"}", 200, "device identity", &resp);
+        if (code != CTL_EXIT_OK)
+                return code;
+        json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
+        json_t *spec = json_object_get(j, "spec");
+        if (!json_is_object(spec)) {
+                fprintf(stderr, "tpmidctl: unexpected answer from tpmidd: %s\n", resp.body);
+                code = CTL_EXIT_FAILURE;
+        } else if (json) {
+                printf("%s\n", resp.body);
+        } else {
+                json_t *auth = json_object_get(spec, "auth");
+                printf("IoT Hub:       %s\n", jstr(spec, "hubName") ? jstr(spec, "hubName") : "?");
+                printf("Gateway host:  %s\n", jstr(spec, "gatewayHost") ? jstr(spec, "gatewayHost") : "?");
+                printf("Device ID:     %s\n", jstr(spec, "deviceId") ? jstr(spec, "deviceId") : "?");
+                printf("Auth:          %s\n", jstr(auth, "type") ? jstr(auth, "type") : "?");
+        }
+        json_decref(j);
+        ctl_response_done(&resp);
+        return code;
+}
+
+static int identity_token(uint32_t lifetime, bool json) {
+        _cleanup_free_ char *body = NULL;
+        json_t *req = json_pack("{s:I}", "lifetime_sec", (json_int_t)lifetime);
+        body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+        json_decref(req);
+        if (!body) {
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        struct ctl_response resp = {0};
+        int code = identity_call("POST", "/identities/device/token?api-version=" API_VERSION_2020_09_01, body, 200,
+                                 "token", &resp);
+        if (code != CTL_EXIT_OK)
+                return code;
+        json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
+        const char *tok = jstr(j, "sasToken");
+        json_t *exp = json_object_get(j, "expiresOn");
+        if (!tok) {
+                fprintf(stderr, "tpmidctl: unexpected answer from tpmidd (no sasToken)\n");
+                code = CTL_EXIT_FAILURE;
+        } else if (json) {
+                printf("%s\n", resp.body);
+        } else {
+                char when[64] = "?";
+                if (json_is_integer(exp))
+                        format_time(json_integer_value(exp), when, sizeof when);
+                printf("%s\n", tok);
+                fprintf(stderr, "Token for device %s on %s, expires %s.\n",
+                        jstr(j, "deviceId") ? jstr(j, "deviceId") : "?", jstr(j, "hubName") ? jstr(j, "hubName") : "?",
+                        when);
+        }
+        json_decref(j);
+        explicit_zero(resp.body, resp.body_len); /* the token is a credential */
+        ctl_response_done(&resp);
+        return code;
+}
+
+int ctl_identity_main(int argc, char **argv) {
+        enum { OPT_LIFETIME = 0x100, OPT_JSON };
+        static const struct option opts[] = {
+                { "lifetime", required_argument, NULL, OPT_LIFETIME },
+                { "json", no_argument, NULL, OPT_JSON },
+                { "help", no_argument, NULL, 'h' },
+                { NULL, 0, NULL, 0 },
+        };
+        if (argc < 2) {
+                identity_usage(stderr);
+                return CTL_EXIT_USAGE;
+        }
+        const char *verb = argv[1];
+        if (streq(verb, "--help") || streq(verb, "-h") || streq(verb, "help")) {
+                identity_usage(stdout);
+                return CTL_EXIT_OK;
+        }
+        bool json = false, have_lifetime = false;
+        uint32_t lifetime = API_TOKEN_LIFETIME_DEFAULT_SEC;
+        int o;
+        optind = 1;
+        while ((o = getopt_long(argc - 1, argv + 1, "h", opts, NULL)) >= 0)
+                switch (o) {
+                case OPT_LIFETIME: {
+                        char *end = NULL;
+                        errno = 0;
+                        unsigned long v = strtoul(optarg, &end, 10);
+                        if (errno || !end || *end || optarg[0] == '-' || v < API_TOKEN_LIFETIME_MIN_SEC ||
+                            v > API_TOKEN_LIFETIME_MAX_SEC) {
+                                fprintf(stderr, "tpmidctl identity token: --lifetime must be %u..%u seconds, not '%s'\n",
+                                        API_TOKEN_LIFETIME_MIN_SEC, API_TOKEN_LIFETIME_MAX_SEC, optarg);
+                                return CTL_EXIT_USAGE;
+                        }
+                        lifetime = (uint32_t)v;
+                        have_lifetime = true;
+                        break;
+                }
+                case OPT_JSON:
+                        json = true;
+                        break;
+                case 'h':
+                        identity_usage(stdout);
+                        return CTL_EXIT_OK;
+                default:
+                        identity_usage(stderr);
+                        return CTL_EXIT_USAGE;
+                }
+        if (optind < argc - 1) {
+                fprintf(stderr, "tpmidctl identity %s: unexpected argument '%s'\n", verb, argv[1 + optind]);
+                return CTL_EXIT_USAGE;
+        }
+        if (streq(verb, "show")) {
+                if (have_lifetime) {
+                        fprintf(stderr, "tpmidctl identity show: --lifetime applies to 'identity token'\n");
+                        return CTL_EXIT_USAGE;
+                }
+                return identity_show(json);
+        }
+        if (streq(verb, "token"))
+                return identity_token(lifetime, json);
+        fprintf(stderr, "tpmidctl identity: unknown command '%s'. Try 'tpmidctl identity --help'.\n", verb);
+        return CTL_EXIT_USAGE;
+}

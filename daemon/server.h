@@ -1,0 +1,112 @@
+/* HTTP/1.1 over a Unix stream socket on the libuv loop: one struct server per
+ * listening socket (tpmd.sock, identityd.sock), each with its own request
+ * handler. server.c owns sockets, connections, keep-alive, limits, timeouts
+ * and the caller's credentials; the handler only sees complete requests.
+ *
+ * A request is answered exactly once with server_reply*(), synchronously
+ * from the handler or later (after a TPM job). One request per connection is
+ * in flight at a time (pipelined requests wait, and reading pauses), which
+ * keeps memory per connection bounded.
+ *
+ * Limits (config [limits]; each answered, then the connection closed):
+ *   max_connections          → 503 "too many connections, retry" + Retry-After
+ *   max_connections_per_uid  → 429 "too many connections for uid N" + Retry-After
+ *   max_header_bytes → 431, max_body_bytes → 413 (from lib/http)
+ *   request_timeout_sec      → 408 when a started request is not complete in time
+ *   idle_timeout_sec         → a keep-alive connection with no request is closed */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http.h"
+#include "util.h"
+
+#define SERVER_LISTEN_BACKLOG 128        /* pending connections the kernel queues for accept() */
+#define SERVER_READ_BUFFER_BYTES 16384   /* bytes of the shared read buffer of one server */
+#define SERVER_LINGER_MS 1000            /* ms to discard input after a final answer before closing */
+#define SERVER_RETRY_AFTER_SEC "1"       /* Retry-After value for 503/429 overload answers */
+#define SERVER_SOCKET_MODE 0660          /* mode of a socket file we bind ourselves */
+#define SERVER_RUNDIR_MODE 0755          /* mode of a socket's parent directory we create */
+
+struct server_limits {
+        unsigned max_connections;
+        unsigned max_connections_per_uid;
+        unsigned max_header_bytes;
+        unsigned max_body_bytes;
+        uint64_t idle_timeout_ms;
+        uint64_t request_timeout_ms;
+};
+
+/* From the config's [limits] (values already validated there). */
+struct server_limits server_limits_from_config(const struct config_limits *l);
+
+struct server;
+
+struct server_request {
+        struct http_request *http; /* owned by the server; valid until the reply was handed over */
+        uid_t uid;                 /* SO_PEERCRED of the connection */
+        gid_t gid;
+        pid_t pid;
+        uint64_t seq;              /* request number on this server, for logs */
+        struct server_conn *conn;  /* private */
+};
+
+typedef void (*server_handler_t)(struct server_request *req, void *userdata);
+
+struct server_options {
+        const char *name;      /* "tpmd", "identityd": for logs */
+        const char *path;      /* socket path (bound when fd < 0; for logs otherwise) */
+        int fd;                /* an inherited listening socket (socket activation), or -1 */
+        server_handler_t handler;
+        void *userdata;
+        struct server_limits limits;
+        const struct tpmid_config *config; /* principals for server_request_allowed(); may be NULL */
+};
+
+/* Listen on opts->fd, or bind opts->path (creating its parent directory;
+ * replacing a stale socket file only when nothing answers on it; refusing
+ * any other kind of file) with mode SERVER_SOCKET_MODE. Returns 0 and *ret,
+ * or -errno with *ret untouched: -EADDRINUSE (a live server answers on the
+ * path), -EEXIST (path is not a socket), others from bind/listen. */
+int server_new(uv_loop_t *loop, const struct server_options *opts, struct server **ret);
+
+/* Reload: limits apply to new connections and new requests; config is the new
+ * principals table (the caller keeps it alive while the server uses it). */
+void server_set_limits(struct server *s, const struct server_limits *l);
+void server_set_config(struct server *s, const struct tpmid_config *config);
+
+/* Answer req. body is a NUL-terminated JSON text or NULL (no body, e.g. 204).
+ * extra headers may be NULL/0. After this call req must not be used. If the
+ * connection went away meanwhile, the answer is dropped. Returns 0 or -errno
+ * (the connection is closed then; the request is finished either way). */
+int server_reply(struct server_request *req, int status, const char *json_body,
+                 const struct http_header *extra, size_t n_extra);
+/* {"message": "<printf text>"} with status. */
+int server_reply_error(struct server_request *req, int status, const struct http_header *extra, size_t n_extra,
+                       const char *fmt, ...) _printf_(5, 6);
+
+/* Authorisation of the caller of req for one CONFIG_OP_* bit: a [[principal]]
+ * entry for the uid decides by its allow list; otherwise root and members of
+ * the socket file's group (primary gid or supplementary groups of the uid's
+ * user) are allowed; everyone else is not. */
+bool server_request_allowed(const struct server_request *req, uint32_t op);
+/* Whether the caller is root or in the socket file's group. */
+bool server_request_in_socket_group(const struct server_request *req);
+
+/* Counters for status and tests. */
+unsigned server_connections(const struct server *s);
+
+/* Shutdown, step 1: close the listening socket (new connects are refused by
+ * the kernel) and close idle connections; requests in progress finish and
+ * their connections close after the answer. drained(userdata) is called once
+ * no connection is left (maybe right away). */
+void server_drain(struct server *s, void (*drained)(void *userdata), void *userdata);
+
+/* Shutdown, step 2: close everything that is left and free s once all
+ * handles are closed (the loop must run). Replies still owed by handlers are
+ * accepted and dropped. NULL-safe. */
+void server_close(struct server *s);

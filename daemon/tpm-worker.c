@@ -1,0 +1,293 @@
+/* The TPM worker thread: a bounded FIFO in, a batch of completions out
+ * through one uv_async_t. See tpm-worker.h. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tpm-worker.h"
+#include "util.h"
+
+struct tpm_worker {
+        uv_loop_t *loop;
+        uv_async_t async; /* worker -> loop: completions ready, or the thread exited */
+        pthread_t thread;
+
+        /* copies of the options (tpm_open keeps only what it needs) */
+        char *tcti, *endorsement_auth, *owner_auth;
+        struct tpm_options opts;
+
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        /* under lock */
+        struct tpm_job *queue_head, *queue_tail;
+        unsigned n_queued;          /* user jobs waiting (START/PING not counted) */
+        struct tpm_job *done_head, *done_tail;
+        bool stopping;
+        bool exited;
+
+        /* loop thread only */
+        unsigned max_queued;
+        void (*stopped)(void *userdata);
+        void *stopped_userdata;
+        bool joined;
+
+        atomic_uint_fast64_t completed;
+
+        /* worker thread only */
+        struct tpm *tpm;
+};
+
+static bool job_counts(const struct tpm_job *job) {
+        return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT;
+}
+
+static void set_err(struct tpm_error *err, const char *step, const char *msg) {
+        memset(err, 0, sizeof *err);
+        snprintf(err->step, sizeof err->step, "%s", step);
+        snprintf(err->msg, sizeof err->msg, "%s", msg);
+}
+
+/* Runs on the worker thread. */
+static void run_job(struct tpm_worker *w, struct tpm_job *job) {
+        memset(&job->err, 0, sizeof job->err);
+        job->r = 0;
+
+        if (job->kind == TPM_JOB_START) {
+                struct tpm_keys k = { 0 };
+                if (!w->tpm) {
+                        job->r = tpm_open(&w->opts, &w->tpm, &job->err);
+                        if (job->r < 0)
+                                return;
+                }
+                job->r = tpm_ensure_primary_keys(w->tpm, &k.created_ek, &k.created_srk, &job->err);
+                if (job->r >= 0)
+                        job->r = tpm_get_keys(w->tpm, &k.ek, &k.srk, &job->err);
+                if (job->r < 0) {
+                        /* Start over with a fresh connection on the next attempt. */
+                        w->tpm = tpm_close(w->tpm);
+                        return;
+                }
+                if (job->keys_out)
+                        *job->keys_out = k;
+                return;
+        }
+
+        if (!w->tpm) {
+                job->r = -ENODEV;
+                set_err(&job->err, "TPM connection", "the TPM is not open yet (still starting or reconnecting)");
+                return;
+        }
+
+        switch (job->kind) {
+        case TPM_JOB_SIGN:
+                job->r = tpm_sign(w->tpm, job->in, job->in_len, job->digest, &job->err);
+                break;
+        case TPM_JOB_IMPORT:
+                job->r = tpm_import_auth_key(w->tpm, job->in, job->in_len, &job->err);
+                break;
+        case TPM_JOB_PING:
+                job->r = tpm_ping(w->tpm, &job->err);
+                if (job->r < 0)
+                        w->tpm = tpm_close(w->tpm);
+                break;
+        case TPM_JOB_START:
+                break;
+        }
+}
+
+static void *worker_main(void *arg) {
+        struct tpm_worker *w = arg;
+
+        pthread_mutex_lock(&w->lock);
+        for (;;) {
+                while (!w->queue_head && !w->stopping)
+                        pthread_cond_wait(&w->cond, &w->lock);
+                if (!w->queue_head)
+                        break; /* stopping and drained */
+
+                /* Take everything queued: running a batch back to back costs one
+                 * lock round and one wakeup of the loop for many jobs. */
+                struct tpm_job *batch = w->queue_head;
+                w->queue_head = w->queue_tail = NULL;
+                w->n_queued = 0;
+                pthread_mutex_unlock(&w->lock);
+
+                struct tpm_job *last = NULL;
+                for (struct tpm_job *j = batch; j; j = j->next) {
+                        run_job(w, j);
+                        last = j;
+                }
+
+                pthread_mutex_lock(&w->lock);
+                if (w->done_tail)
+                        w->done_tail->next = batch;
+                else
+                        w->done_head = batch;
+                w->done_tail = last;
+                pthread_mutex_unlock(&w->lock);
+                uv_async_send(&w->async);
+                pthread_mutex_lock(&w->lock);
+        }
+        pthread_mutex_unlock(&w->lock);
+
+        w->tpm = tpm_close(w->tpm);
+
+        pthread_mutex_lock(&w->lock);
+        w->exited = true;
+        pthread_mutex_unlock(&w->lock);
+        uv_async_send(&w->async);
+        return NULL;
+}
+
+static void worker_free(struct tpm_worker *w) {
+        if (!w)
+                return;
+        pthread_mutex_destroy(&w->lock);
+        pthread_cond_destroy(&w->cond);
+        free(w->tcti);
+        if (w->endorsement_auth)
+                explicit_zero(w->endorsement_auth, strlen(w->endorsement_auth));
+        if (w->owner_auth)
+                explicit_zero(w->owner_auth, strlen(w->owner_auth));
+        free(w->endorsement_auth);
+        free(w->owner_auth);
+        free(w);
+}
+
+static void async_closed(uv_handle_t *h) {
+        struct tpm_worker *w = h->data;
+        void (*stopped)(void *) = w->stopped;
+        void *ud = w->stopped_userdata;
+        worker_free(w);
+        if (stopped)
+                stopped(ud);
+}
+
+static void async_cb(uv_async_t *a) {
+        struct tpm_worker *w = a->data;
+
+        pthread_mutex_lock(&w->lock);
+        struct tpm_job *done = w->done_head;
+        w->done_head = w->done_tail = NULL;
+        bool exited = w->exited;
+        pthread_mutex_unlock(&w->lock);
+
+        while (done) {
+                struct tpm_job *next = done->next;
+                done->next = NULL;
+                atomic_fetch_add(&w->completed, 1);
+                done->done(done, done->userdata); /* may free done */
+                done = next;
+        }
+
+        if (exited && !w->joined) {
+                /* The thread has returned (it set exited last), so this does not wait. */
+                pthread_join(w->thread, NULL);
+                w->joined = true;
+                uv_close((uv_handle_t *)&w->async, async_closed);
+        }
+}
+
+static char *strdup_or_null(const char *s, bool *oom) {
+        if (!s)
+                return NULL;
+        char *d = strdup(s);
+        if (!d)
+                *oom = true;
+        return d;
+}
+
+int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max_queued, struct tpm_worker **ret) {
+        struct tpm_worker *w = calloc(1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        bool oom = false;
+        w->loop = loop;
+        w->max_queued = max_queued;
+        w->tcti = strdup_or_null(opts->tcti, &oom);
+        w->endorsement_auth = strdup_or_null(opts->endorsement_auth, &oom);
+        w->owner_auth = strdup_or_null(opts->owner_auth, &oom);
+        w->opts = (struct tpm_options){ .tcti = w->tcti,
+                                        .endorsement_auth = w->endorsement_auth,
+                                        .owner_auth = w->owner_auth,
+                                        .auth_key_index = opts->auth_key_index };
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->cond, NULL);
+        if (oom) {
+                worker_free(w);
+                return -ENOMEM;
+        }
+
+        int r = uv_async_init(loop, &w->async, async_cb);
+        if (r < 0) {
+                worker_free(w);
+                return r;
+        }
+        w->async.data = w;
+
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        /* A small stack keeps the daemon's footprint small; ESAPI and the
+         * marshalling code use far less than this. */
+        pthread_attr_setstacksize(&attr, TPM_WORKER_STACK_BYTES);
+        r = -pthread_create(&w->thread, &attr, worker_main, w);
+        pthread_attr_destroy(&attr);
+        if (r < 0) {
+                /* Nothing references w but the async handle: free it once closed. */
+                w->joined = true;
+                w->stopped = NULL;
+                uv_close((uv_handle_t *)&w->async, async_closed);
+                return r;
+        }
+        *ret = w;
+        return 0;
+}
+
+int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job) {
+        int r = 0;
+        pthread_mutex_lock(&w->lock);
+        if (w->stopping)
+                r = -ESHUTDOWN;
+        else if (job_counts(job) && w->n_queued >= w->max_queued)
+                r = -EAGAIN;
+        else {
+                job->next = NULL;
+                if (w->queue_tail)
+                        w->queue_tail->next = job;
+                else
+                        w->queue_head = job;
+                w->queue_tail = job;
+                if (job_counts(job))
+                        w->n_queued++;
+                pthread_cond_signal(&w->cond);
+        }
+        pthread_mutex_unlock(&w->lock);
+        return r;
+}
+
+void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued) {
+        w->max_queued = max_queued; /* read under lock by submit, which runs on this thread too */
+}
+
+unsigned tpm_worker_queued(const struct tpm_worker *w) {
+        struct tpm_worker *m = (struct tpm_worker *)(uintptr_t)w;
+        pthread_mutex_lock(&m->lock);
+        unsigned n = m->n_queued;
+        pthread_mutex_unlock(&m->lock);
+        return n;
+}
+
+uint64_t tpm_worker_completed(const struct tpm_worker *w) {
+        return atomic_load(&w->completed);
+}
+
+void tpm_worker_stop(struct tpm_worker *w, void (*stopped)(void *userdata), void *userdata) {
+        w->stopped = stopped;
+        w->stopped_userdata = userdata;
+        pthread_mutex_lock(&w->lock);
+        w->stopping = true;
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+}

@@ -1,0 +1,71 @@
+/* The TPM worker: one thread that owns the struct tpm and runs TPM commands
+ * one after another, so the libuv loop never blocks on the TPM.
+ *
+ * The loop thread submits jobs into a bounded FIFO; the thread takes every
+ * queued job at once (a batch), runs them back to back and hands the batch
+ * back through one uv_async_t, whose callback runs each job's done callback
+ * on the loop thread. Jobs are caller-owned memory (no allocation here per
+ * job); a job must stay valid until its done callback has run. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "tpm.h"
+
+#define TPM_WORKER_STACK_BYTES (256u * 1024) /* bytes of the worker thread's stack (ESAPI needs < 64 KiB) */
+
+enum tpm_job_kind {
+        TPM_JOB_START,  /* open the TPM if closed, ensure EK/SRK, read their publics into keys_out */
+        TPM_JOB_SIGN,   /* HMAC-SHA256 of in/in_len with the auth key into out.digest */
+        TPM_JOB_IMPORT, /* import the authenticationKey blob in/in_len */
+        TPM_JOB_PING,   /* cheap liveness probe; on failure the TPM is closed (re-open with START) */
+};
+
+struct tpm_keys {
+        struct tpm_public ek, srk;
+        bool created_ek, created_srk;
+};
+
+struct tpm_job;
+typedef void (*tpm_job_done_t)(struct tpm_job *job, void *userdata);
+
+struct tpm_job {
+        /* filled by the submitter */
+        enum tpm_job_kind kind;
+        const uint8_t *in; /* SIGN/IMPORT input; the submitter owns it and keeps it alive until done */
+        size_t in_len;
+        struct tpm_keys *keys_out; /* START: receives EK/SRK publics on success */
+        tpm_job_done_t done;       /* runs on the loop thread; may free the job */
+        void *userdata;
+
+        /* filled by the worker */
+        int r;                /* 0 or -errno */
+        struct tpm_error err; /* when r < 0; never holds secrets */
+        uint8_t digest[32];   /* SIGN result */
+
+        struct tpm_job *next; /* queue link, private */
+};
+
+struct tpm_worker;
+
+/* Start the thread. opts is copied. max_queued bounds the jobs waiting for the
+ * thread (START/PING are internal and never refused). Returns 0 and *ret, or
+ * -errno (nothing left behind). The TPM is not opened until a START job. */
+int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max_queued, struct tpm_worker **ret);
+
+/* Queue a job. Returns 0 (done will be called exactly once), -EAGAIN when
+ * max_queued jobs already wait, -ESHUTDOWN after tpm_worker_stop(). On error
+ * done is never called. Loop thread only. */
+int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job);
+
+void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued);
+unsigned tpm_worker_queued(const struct tpm_worker *w);    /* jobs waiting, not counting the running one */
+uint64_t tpm_worker_completed(const struct tpm_worker *w); /* jobs completed so far (progress counter) */
+
+/* Refuse new jobs, let the thread finish the queued ones, close the TPM and
+ * join the thread; then close the async handle and free w, and call
+ * stopped(userdata) from the loop. Jobs already queued still get their done
+ * callback before stopped. Call once. */
+void tpm_worker_stop(struct tpm_worker *w, void (*stopped)(void *userdata), void *userdata);

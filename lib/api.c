@@ -1,0 +1,376 @@
+/* Route table and JSON codecs of the TPM and identity sockets (see api.h).
+ * Wire compatibility with aziot is the point: paths, field names, versions and
+ * error texts follow aziot-identity-service 1.x. */
+#include "api.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "b64.h"
+#include "util.h"
+
+static const char *const api_op_table[_API_OP_MAX] = {
+        [API_OP_TPM_GET_KEYS] = "tpm.get_keys",
+        [API_OP_TPM_IMPORT] = "tpm.import",
+        [API_OP_TPM_SIGN] = "tpm.sign",
+        [API_OP_IDENTITY_GET] = "identity.get",
+        [API_OP_IDENTITY_DEVICE] = "identity.device",
+        [API_OP_IDENTITY_PROVISIONING] = "identity.provisioning",
+        [API_OP_IDENTITY_REPROVISION] = "identity.reprovision",
+        [API_OP_IDENTITY_TOKEN] = "identity.token",
+        [API_OP_STATUS] = "status",
+};
+
+const char *api_op_to_string(enum api_op op) {
+        if ((unsigned)op >= _API_OP_MAX)
+                return NULL;
+        return api_op_table[op];
+}
+
+int api_op_from_string(const char *s) {
+        if (!s)
+                return -EINVAL;
+        for (size_t i = 0; i < _API_OP_MAX; i++)
+                if (streq(api_op_table[i], s))
+                        return (int)i;
+        return -EINVAL;
+}
+
+struct route {
+        enum api_socket socket;
+        const char *method;
+        const char *path;
+        enum api_op op;
+        const char *min_version; /* oldest api-version the route accepts */
+};
+
+static const struct route routes[] = {
+        { API_SOCKET_TPM, "GET", "/get_tpm_keys", API_OP_TPM_GET_KEYS, API_VERSION_2020_09_01 },
+        { API_SOCKET_TPM, "POST", "/import_auth_key", API_OP_TPM_IMPORT, API_VERSION_2020_09_01 },
+        { API_SOCKET_TPM, "POST", "/sign_with_auth_key", API_OP_TPM_SIGN, API_VERSION_2020_09_01 },
+        { API_SOCKET_IDENTITY, "GET", "/identities/identity", API_OP_IDENTITY_GET, API_VERSION_2020_09_01 },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device", API_OP_IDENTITY_DEVICE, API_VERSION_2020_09_01 },
+        { API_SOCKET_IDENTITY, "GET", "/identities/provisioning", API_OP_IDENTITY_PROVISIONING,
+          API_VERSION_2021_12_01 },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device/reprovision", API_OP_IDENTITY_REPROVISION,
+          API_VERSION_2020_09_01 },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device/token", API_OP_IDENTITY_TOKEN,
+          API_VERSION_2020_09_01 },
+        { API_SOCKET_IDENTITY, "GET", "/status", API_OP_STATUS, API_VERSION_2020_09_01 },
+};
+
+enum api_socket api_op_socket(enum api_op op) {
+        for (size_t i = 0; i < ELEMENTSOF(routes); i++)
+                if (routes[i].op == op)
+                        return routes[i].socket;
+        return API_SOCKET_IDENTITY;
+}
+
+/* The api-versions each socket knows, oldest first. ISO dates, so string
+ * order is version order. */
+static const char *const tpm_versions[] = { API_VERSION_2020_09_01 };
+static const char *const identity_versions[] = { API_VERSION_2020_09_01, API_VERSION_2021_12_01,
+                                                  API_VERSION_2022_08_01 };
+
+static bool version_known(enum api_socket which, const char *v) {
+        const char *const *list = which == API_SOCKET_TPM ? tpm_versions : identity_versions;
+        size_t n = which == API_SOCKET_TPM ? ELEMENTSOF(tpm_versions) : ELEMENTSOF(identity_versions);
+        for (size_t i = 0; i < n; i++)
+                if (streq(list[i], v))
+                        return true;
+        return false;
+}
+
+void api_error_set(struct api_error *err, int status, const char *fmt, ...) {
+        if (!err)
+                return;
+        err->status = status;
+        err->allow = NULL;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        va_end(ap);
+}
+
+int api_route(enum api_socket which, const char *method, const char *path, const char *api_version,
+              enum api_op *ret_op, struct api_error *err) {
+        if (!api_version) {
+                api_error_set(err, 400, "api-version not specified");
+                return -EINVAL;
+        }
+        if (!version_known(which, api_version)) {
+                api_error_set(err, 400, "invalid api-version \"%s\"", api_version);
+                return -EINVAL;
+        }
+        const struct route *found = NULL;
+        for (size_t i = 0; i < ELEMENTSOF(routes); i++)
+                if (routes[i].socket == which && path && streq(routes[i].path, path)) {
+                        found = &routes[i];
+                        break;
+                }
+        if (!found) {
+                api_error_set(err, 404, "not found");
+                return -ENOENT;
+        }
+        if (!method || !streq(found->method, method)) {
+                api_error_set(err, 400, "method not allowed");
+                if (err)
+                        err->allow = found->method;
+                return -EINVAL;
+        }
+        if (strcmp(api_version, found->min_version) < 0) {
+                api_error_set(err, 400, "invalid api-version \"%s\"", api_version);
+                return -EINVAL;
+        }
+        *ret_op = found->op;
+        return 0;
+}
+
+/* ---- Request bodies ---- */
+
+/* Parse body as a JSON object. Returns the object (caller decrefs) or NULL with err set. */
+static json_t *parse_body(const uint8_t *body, size_t len, struct api_error *err) {
+        if (!body || len == 0) {
+                api_error_set(err, 400, "missing request body");
+                return NULL;
+        }
+        json_error_t jerr;
+        json_t *root = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root) {
+                api_error_set(err, 422, "%s at line %d column %d", jerr.text, jerr.line, jerr.column);
+                return NULL;
+        }
+        if (!json_is_object(root)) {
+                json_decref(root);
+                api_error_set(err, 422, "request body must be a JSON object");
+                return NULL;
+        }
+        return root;
+}
+
+/* Unpack one required string field, naming it in the error. */
+static int unpack_string(json_t *root, const char *field, const char **ret, size_t *ret_len,
+                         struct api_error *err) {
+        json_error_t jerr;
+        const char *s;
+        size_t n;
+        if (json_unpack_ex(root, &jerr, 0, "{s:s%}", field, &s, &n) < 0) {
+                if (!json_object_get(root, field))
+                        api_error_set(err, 422, "missing field '%s'", field);
+                else
+                        api_error_set(err, 422, "field '%s' must be a string", field);
+                return -EINVAL;
+        }
+        *ret = s;
+        *ret_len = n;
+        return 0;
+}
+
+static int decode_b64_field(const uint8_t *body, size_t len, const char *field, size_t max, bool allow_empty,
+                            uint8_t **ret, size_t *ret_len, struct api_error *err) {
+        json_auto_t *root = parse_body(body, len, err);
+        if (!root)
+                return -EINVAL;
+        const char *text;
+        size_t text_len;
+        if (unpack_string(root, field, &text, &text_len, err) < 0)
+                return -EINVAL;
+        /* Size first from the encoded length, so an oversized value is refused
+         * before anything is allocated for it. */
+        if (text_len / 4 * 3 > max + 2) {
+                api_error_set(err, 422, "field '%s' is too large", field);
+                return -EINVAL;
+        }
+        uint8_t *data;
+        size_t data_len;
+        int r = b64_decode(text, text_len, &data, &data_len);
+        if (r == -ENOMEM) {
+                api_error_set(err, 500, "internal error");
+                return r;
+        }
+        if (r < 0) {
+                api_error_set(err, 422, "field '%s' is not valid base64", field);
+                return -EINVAL;
+        }
+        if (data_len > max) {
+                explicit_zero(data, data_len);
+                free(data);
+                api_error_set(err, 422, "field '%s' is too large", field);
+                return -EINVAL;
+        }
+        if (data_len == 0 && !allow_empty) {
+                free(data);
+                api_error_set(err, 422, "field '%s' is empty", field);
+                return -EINVAL;
+        }
+        *ret = data;
+        *ret_len = data_len;
+        return 0;
+}
+
+int api_decode_import(const uint8_t *body, size_t len, uint8_t **key, size_t *key_len, struct api_error *err) {
+        return decode_b64_field(body, len, "key", API_MAX_IMPORT_KEY_BYTES, false, key, key_len, err);
+}
+
+int api_decode_sign(const uint8_t *body, size_t len, uint8_t **data, size_t *data_len, struct api_error *err) {
+        return decode_b64_field(body, len, "data", API_MAX_SIGN_DATA_BYTES, true, data, data_len, err);
+}
+
+int api_decode_token(const uint8_t *body, size_t len, uint32_t *lifetime_sec, struct api_error *err) {
+        if (!body || len == 0) {
+                *lifetime_sec = API_TOKEN_LIFETIME_DEFAULT_SEC;
+                return 0;
+        }
+        json_auto_t *root = parse_body(body, len, err);
+        if (!root)
+                return -EINVAL;
+        json_t *v = json_object_get(root, "lifetime_sec");
+        if (!v) {
+                *lifetime_sec = API_TOKEN_LIFETIME_DEFAULT_SEC;
+                return 0;
+        }
+        json_error_t jerr;
+        json_int_t n;
+        if (json_unpack_ex(v, &jerr, JSON_STRICT, "I", &n) < 0) {
+                api_error_set(err, 422, "field 'lifetime_sec' must be an integer");
+                return -EINVAL;
+        }
+        if (n < API_TOKEN_LIFETIME_MIN_SEC || n > API_TOKEN_LIFETIME_MAX_SEC) {
+                api_error_set(err, 422, "field 'lifetime_sec' must be between %d and %d", API_TOKEN_LIFETIME_MIN_SEC,
+                              API_TOKEN_LIFETIME_MAX_SEC);
+                return -EINVAL;
+        }
+        *lifetime_sec = (uint32_t)n;
+        return 0;
+}
+
+int api_decode_device(const uint8_t *body, size_t len, struct api_error *err) {
+        json_auto_t *root = parse_body(body, len, err);
+        if (!root)
+                return -EINVAL;
+        const char *type;
+        size_t type_len;
+        if (unpack_string(root, "type", &type, &type_len, err) < 0)
+                return -EINVAL;
+        if (type_len != strlen("aziot") || !streq(type, "aziot")) {
+                /* identityd: InvalidParameter -> 400 */
+                api_error_set(err, 400, "invalid parameter: type");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* ---- Responses ---- */
+
+/* Serialise and consume o (json_pack's "o" steals; a NULL o means the pack
+ * failed: a NULL field or text that is not UTF-8). */
+static int dump(json_t *o, char **ret) {
+        if (!o)
+                return -EINVAL;
+        char *s = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}
+
+static int b64_pair(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len, char **ra, char **rb) {
+        if ((!a && a_len) || (!b && b_len))
+                return -EINVAL;
+        _cleanup_free_ char *x = b64_encode(a, a_len);
+        _cleanup_free_ char *y = b64_encode(b, b_len);
+        if (!x || !y)
+                return -ENOMEM;
+        *ra = TAKE_PTR(x);
+        *rb = TAKE_PTR(y);
+        return 0;
+}
+
+int api_encode_keys(const uint8_t *ek, size_t ek_len, const uint8_t *srk, size_t srk_len, char **ret) {
+        _cleanup_free_ char *e = NULL, *s = NULL;
+        int r = b64_pair(ek, ek_len, srk, srk_len, &e, &s);
+        if (r < 0)
+                return r;
+        return dump(json_pack("{s:s, s:s}", "endorsement_key", e, "storage_root_key", s), ret);
+}
+
+int api_encode_empty(char **ret) {
+        return dump(json_object(), ret);
+}
+
+int api_encode_sign(const uint8_t *digest, size_t len, char **ret) {
+        if (!digest && len)
+                return -EINVAL;
+        _cleanup_free_ char *d = b64_encode(digest, len);
+        if (!d)
+                return -ENOMEM;
+        return dump(json_pack("{s:s}", "digest", d), ret);
+}
+
+int api_encode_identity(const struct api_device_identity *id, char **ret) {
+        if (!id)
+                return -EINVAL;
+        return dump(json_pack("{s:s, s:{s:s, s:s, s:s, s:{s:s}}}", "type", "aziot", "spec", "hubName", id->hub_name,
+                              "gatewayHost", id->gateway_host, "deviceId", id->device_id, "auth", "type", "tpm"),
+                    ret);
+}
+
+int api_encode_provisioning(const struct api_provisioning *p, char **ret) {
+        if (!p)
+                return -EINVAL;
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "source", "dps", "auth", "tpm", "endpoint", p->endpoint,
+                              "scope_id", p->scope_id, "registration_id", p->registration_id);
+        if (!o)
+                return -EINVAL;
+        if (p->payload_json) {
+                json_t *payload = json_loads(p->payload_json, JSON_DECODE_ANY, NULL);
+                if (!payload || json_object_set_new(o, "payload", payload) < 0) {
+                        json_decref(o);
+                        return -EINVAL;
+                }
+        }
+        return dump(o, ret);
+}
+
+int api_encode_token(const char *sas_token, int64_t expires_on, const char *hub_name, const char *device_id,
+                     char **ret) {
+        return dump(json_pack("{s:s, s:I, s:s, s:s}", "sasToken", sas_token, "expiresOn", (json_int_t)expires_on,
+                              "hubName", hub_name, "deviceId", device_id),
+                    ret);
+}
+
+/* 0 stands for "none" in the status struct. */
+static json_t *int_or_null(int64_t v) {
+        return v ? json_integer((json_int_t)v) : json_null();
+}
+
+int api_encode_status(const struct api_status *s, char **ret) {
+        if (!s)
+                return -EINVAL;
+        json_t *last = NULL;
+        if (s->has_last_result) {
+                last = json_pack("{s:s, s:o, s:s?, s:I}", "status", s->last_status, "errorCode",
+                                 int_or_null(s->last_error_code), "message", s->last_message, "at",
+                                 (json_int_t)s->last_at);
+                if (!last)
+                        return -EINVAL;
+        } else
+                last = json_null();
+        return dump(json_pack("{s:{s:s, s:s?, s:s?, s:s?, s:o, s:o}, s:{s:s, s:s?}, s:{s:s, s:I, s:s}}",
+                              "provisioning", "state", s->provisioning_state, "hubName", s->hub_name, "deviceId",
+                              s->device_id, "registrationId", s->registration_id, "lastResult", last,
+                              "nextRetryAt", int_or_null(s->next_retry_at),
+                              "tpm", "state", s->tpm_state, "lastError", s->tpm_last_error,
+                              "daemon", "version", s->version, "uptimeSec", (json_int_t)s->uptime_sec, "mode",
+                              s->mode),
+                    ret);
+}
+
+int api_encode_error(const char *message, char **ret) {
+        return dump(json_pack("{s:s}", "message", message), ret);
+}

@@ -1,0 +1,177 @@
+/* The HTTP APIs of the two sockets, wire-compatible with aziot-tpmd and
+ * aziot-identityd: the route table (method + exact path + api-version -> op),
+ * request body decoders and response encoders. Pure code on top of jansson:
+ * no I/O, no logging.
+ *
+ * TPM socket (tpmd.sock), api-version exactly 2020-09-01:
+ *   GET  /get_tpm_keys        -> {"endorsement_key":b64,"storage_root_key":b64}
+ *   POST /import_auth_key     {"key":b64}  -> {}
+ *   POST /sign_with_auth_key  {"data":b64} -> {"digest":b64}
+ * Identity socket (identityd.sock), api-version 2020-09-01, 2021-12-01, 2022-08-01:
+ *   GET  /identities/identity              -> device identity (as POST /identities/device)
+ *   POST /identities/device  {"type":"aziot"} -> {"type":"aziot","spec":{...}}
+ *   GET  /identities/provisioning          (>= 2021-12-01) -> {"source":"dps",...}
+ *   POST /identities/device/reprovision    (body ignored) -> 204
+ *   tpmidd extensions, accepted with every identity api-version (a client that
+ *   knows aziot's versions needs no new one; aziot answers 404 for these paths):
+ *   POST /identities/device/token {"lifetime_sec":N}? -> {"sasToken","expiresOn","hubName","deviceId"}
+ *   GET  /status                           -> see api_encode_status()
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define API_VERSION_2020_09_01 "2020-09-01"
+#define API_VERSION_2021_12_01 "2021-12-01"
+#define API_VERSION_2022_08_01 "2022-08-01"
+
+/* Decoded-size limits for request fields (the HTTP body limit comes first). */
+#define API_MAX_IMPORT_KEY_BYTES 4096 /* bytes: a DPS authenticationKey blob is ~0.8 KiB */
+#define API_MAX_SIGN_DATA_BYTES 16384 /* bytes: identityd signs short SAS string-to-sign values */
+#define API_TOKEN_LIFETIME_MIN_SEC 60     /* seconds: shortest SAS token we issue */
+#define API_TOKEN_LIFETIME_MAX_SEC 86400  /* seconds: longest SAS token we issue (1 day) */
+#define API_TOKEN_LIFETIME_DEFAULT_SEC 3600 /* seconds: when the request gives no lifetime_sec */
+#define API_ERROR_MESSAGE_MAX 256 /* bytes, NUL included, of api_error.message */
+
+enum api_socket {
+        API_SOCKET_TPM,
+        API_SOCKET_IDENTITY,
+};
+
+enum api_op {
+        API_OP_TPM_GET_KEYS,           /* "tpm.get_keys" */
+        API_OP_TPM_IMPORT,             /* "tpm.import" */
+        API_OP_TPM_SIGN,               /* "tpm.sign" */
+        API_OP_IDENTITY_GET,           /* "identity.get" */
+        API_OP_IDENTITY_DEVICE,        /* "identity.device" */
+        API_OP_IDENTITY_PROVISIONING,  /* "identity.provisioning" */
+        API_OP_IDENTITY_REPROVISION,   /* "identity.reprovision" */
+        API_OP_IDENTITY_TOKEN,         /* "identity.token" */
+        API_OP_STATUS,                 /* "status" */
+        _API_OP_MAX,
+};
+
+/* Stable names for logs (API_OP=) and principal permissions. Returns a static
+ * string, or NULL for an out-of-range value. */
+const char *api_op_to_string(enum api_op op);
+/* Inverse of api_op_to_string(). Returns the op (>= 0) or -EINVAL. */
+int api_op_from_string(const char *s);
+
+/* The socket an op is served on. */
+enum api_socket api_op_socket(enum api_op op);
+
+/* An error to answer: status + the text of the {"message"} body. */
+struct api_error {
+        int status;                          /* HTTP status: 400, 404, 422, ... */
+        char message[API_ERROR_MESSAGE_MAX]; /* NUL-terminated, may be truncated */
+        const char *allow;                   /* for "method not allowed": the method the path
+                                              * takes ("GET"/"POST"), for an Allow header; else NULL */
+};
+
+/* Match a request. path is the raw path without the query; paths match exactly.
+ * api_version is the decoded api-version query value or NULL when absent.
+ * Check order (aziot's): api-version missing -> 400 "api-version not specified";
+ * not one of this socket's versions -> 400 `invalid api-version "X"`; unknown path
+ * -> 404 "not found"; known path, wrong method -> 400 "method not allowed"
+ * (err->allow set); route needs a newer version -> 400 `invalid api-version "X"`.
+ * Returns 0 and sets *ret_op, or -EINVAL / -ENOENT (404) with err filled (err may
+ * be NULL). */
+int api_route(enum api_socket which, const char *method, const char *path, const char *api_version,
+              enum api_op *ret_op, struct api_error *err);
+
+/* ---- Request bodies ----
+ * All decoders: an empty body is 400 "missing request body"; text that is not JSON
+ * is 422 with jansson's message and position ("... at line L column C"); a JSON
+ * value that is not an object, or a field missing or of the wrong type, is 422 naming
+ * the field; bad base64 is 422 "field 'X' is not valid base64"; a decoded value over
+ * its limit is 422 "field 'X' is too large". Unknown extra fields are ignored (aziot).
+ * Returns 0, -EINVAL (err filled; err may be NULL) or -ENOMEM (err 500). Out-params
+ * are written only on success. */
+
+/* {"key": b64} -> *key (heap, caller frees; may be non-NULL with *key_len 0 only if
+ * the key was "" - refused, so never in practice), at most API_MAX_IMPORT_KEY_BYTES. */
+int api_decode_import(const uint8_t *body, size_t len, uint8_t **key, size_t *key_len, struct api_error *err);
+
+/* {"data": b64} -> *data (heap, caller frees), at most API_MAX_SIGN_DATA_BYTES.
+ * Empty data ("") is allowed: an HMAC of nothing is defined. */
+int api_decode_sign(const uint8_t *body, size_t len, uint8_t **data, size_t *data_len, struct api_error *err);
+
+/* {"lifetime_sec": N} -> *lifetime_sec in [API_TOKEN_LIFETIME_MIN_SEC, _MAX_SEC].
+ * An empty body or {} gives API_TOKEN_LIFETIME_DEFAULT_SEC (the extension is ours,
+ * so no aziot behaviour to match). */
+int api_decode_token(const uint8_t *body, size_t len, uint32_t *lifetime_sec, struct api_error *err);
+
+/* {"type":"aziot"} for POST /identities/device. aziot requires the body; a type
+ * other than "aziot" is 400 (identityd: InvalidParameter). */
+int api_decode_device(const uint8_t *body, size_t len, struct api_error *err);
+
+/* ---- Responses ----
+ * All encoders: on success *ret is a compact NUL-terminated JSON heap string (caller
+ * frees) with keys in the order documented; returns 0, -EINVAL for a NULL required
+ * field or a string that is not UTF-8, or -ENOMEM. Binary is standard padded base64. */
+
+/* {"endorsement_key":b64,"storage_root_key":b64} (marshalled TPM2B_PUBLICs). */
+int api_encode_keys(const uint8_t *ek, size_t ek_len, const uint8_t *srk, size_t srk_len, char **ret);
+
+/* {} - the import_auth_key answer. */
+int api_encode_empty(char **ret);
+
+/* {"digest":b64} */
+int api_encode_sign(const uint8_t *digest, size_t len, char **ret);
+
+struct api_device_identity {
+        const char *hub_name;     /* required */
+        const char *gateway_host; /* required; aziot sets it to hub_name when not nested */
+        const char *device_id;    /* required */
+};
+/* {"type":"aziot","spec":{"hubName","gatewayHost","deviceId","auth":{"type":"tpm"}}} */
+int api_encode_identity(const struct api_device_identity *id, char **ret);
+
+struct api_provisioning {
+        const char *endpoint;        /* DPS global endpoint, required */
+        const char *scope_id;        /* required */
+        const char *registration_id; /* required */
+        const char *payload_json;    /* JSON text of the configured payload, or NULL to omit */
+};
+/* {"source":"dps","auth":"tpm","endpoint","scope_id","registration_id","payload"?}.
+ * A payload_json that does not parse is -EINVAL. */
+int api_encode_provisioning(const struct api_provisioning *p, char **ret);
+
+/* {"sasToken","expiresOn","hubName","deviceId"}; expiresOn in Unix seconds. */
+int api_encode_token(const char *sas_token, int64_t expires_on, const char *hub_name,
+                     const char *device_id, char **ret);
+
+struct api_status {
+        /* provisioning */
+        const char *provisioning_state; /* required, e.g. provision.h's state name */
+        const char *hub_name;           /* NULL -> JSON null */
+        const char *device_id;          /* NULL -> JSON null */
+        const char *registration_id;    /* NULL -> JSON null */
+        bool has_last_result;           /* false -> "lastResult": null */
+        const char *last_status;        /* DPS status ("assigned", "failed", ...) or our own
+                                         * ("error" for transport failures); required if has_last_result */
+        int64_t last_error_code;        /* DPS errorCode (e.g. 401002); 0 -> null */
+        const char *last_message;       /* NULL -> null */
+        int64_t last_at;                /* Unix seconds */
+        int64_t next_retry_at;          /* Unix seconds; 0 -> null (no retry scheduled) */
+        /* tpm */
+        const char *tpm_state;          /* required, e.g. "ready", "unavailable" */
+        const char *tpm_last_error;     /* NULL -> null */
+        /* daemon */
+        const char *version;            /* required */
+        uint64_t uptime_sec;
+        const char *mode;               /* required, e.g. "aziot" or "standalone" */
+};
+/* {"provisioning":{"state","hubName","deviceId","registrationId",
+ *                  "lastResult":{"status","errorCode","message","at"}|null,"nextRetryAt"},
+ *  "tpm":{"state","lastError"},
+ *  "daemon":{"version","uptimeSec","mode"}} */
+int api_encode_status(const struct api_status *s, char **ret);
+
+/* {"message":"<message>"} */
+int api_encode_error(const char *message, char **ret);
+
+/* Fill err (NULL-safe) with a status and a printf-formatted message (truncated to fit). */
+void api_error_set(struct api_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

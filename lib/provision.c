@@ -1,0 +1,464 @@
+/* The provisioning state machine; the rules are in provision.h. */
+#include "provision.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "util.h"
+
+static const char *const mode_table[_PROV_MODE_MAX] = {
+        [PROV_MODE_DYNAMIC] = "Dynamic",
+        [PROV_MODE_ALWAYS_ON_STARTUP] = "AlwaysOnStartup",
+        [PROV_MODE_ON_ERROR_ONLY] = "OnErrorOnly",
+};
+
+static const char *const state_table[_PROV_STATE_MAX] = {
+        [PROV_IDLE] = "idle",
+        [PROV_LOADING_STATE] = "loading-state",
+        [PROV_CHECKING_HUB] = "checking-hub",
+        [PROV_REGISTERING] = "registering",
+        [PROV_IMPORTING_CHALLENGE] = "importing-challenge",
+        [PROV_AUTHENTICATING] = "authenticating",
+        [PROV_POLLING] = "polling",
+        [PROV_IMPORTING_FINAL] = "importing-final",
+        [PROV_SAVING] = "saving",
+        [PROV_PROVISIONED] = "provisioned",
+        [PROV_BACKING_OFF] = "backing-off",
+        [PROV_FAILED_PERMANENT] = "failed",
+};
+
+static const char *const event_table[_PROV_EVENT_MAX] = {
+        [PROV_EV_START] = "start",
+        [PROV_EV_STATE_LOADED_VALID] = "state-loaded-valid",
+        [PROV_EV_STATE_LOADED_STALE] = "state-loaded-stale",
+        [PROV_EV_STATE_MISSING_OR_CORRUPT] = "state-missing-or-corrupt",
+        [PROV_EV_HUB_OK] = "hub-ok",
+        [PROV_EV_HUB_REJECTED] = "hub-rejected",
+        [PROV_EV_HUB_UNREACHABLE] = "hub-unreachable",
+        [PROV_EV_DPS_401_CHALLENGE] = "dps-401-challenge",
+        [PROV_EV_IMPORT_OK] = "import-ok",
+        [PROV_EV_IMPORT_FAILED] = "import-failed",
+        [PROV_EV_DPS_202] = "dps-202",
+        [PROV_EV_POLL_ASSIGNING] = "poll-assigning",
+        [PROV_EV_POLL_ASSIGNED] = "poll-assigned",
+        [PROV_EV_POLL_FAILED] = "poll-failed",
+        [PROV_EV_TRANSIENT_ERROR] = "transient-error",
+        [PROV_EV_PERMANENT_ERROR] = "permanent-error",
+        [PROV_EV_SAVED] = "saved",
+        [PROV_EV_SAVE_FAILED] = "save-failed",
+        [PROV_EV_TIMER] = "timer",
+        [PROV_EV_CLIENT_REPROVISION] = "client-reprovision",
+        [PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS] = "client-reports-bad-credentials",
+        [PROV_EV_CONFIG_CHANGED] = "config-changed",
+};
+
+static const char *const action_table[_PROV_ACT_MAX] = {
+        [PROV_ACT_NONE] = "none",
+        [PROV_ACT_LOAD_STATE] = "load-state",
+        [PROV_ACT_CHECK_HUB] = "check-hub",
+        [PROV_ACT_DPS_REGISTER] = "dps-register",
+        [PROV_ACT_TPM_IMPORT_CHALLENGE] = "tpm-import-challenge",
+        [PROV_ACT_DPS_AUTH_REGISTER] = "dps-auth-register",
+        [PROV_ACT_DPS_POLL] = "dps-poll",
+        [PROV_ACT_TPM_IMPORT_FINAL] = "tpm-import-final",
+        [PROV_ACT_SAVE_STATE] = "save-state",
+        [PROV_ACT_ARM_TIMER] = "arm-timer",
+        [PROV_ACT_NOTIFY_STATUS] = "notify-status",
+};
+
+static const char *const reason_table[_PROV_REASON_MAX] = {
+        [PROV_REASON_NONE] = "none",
+        [PROV_REASON_NO_STATE] = "no-saved-identity",
+        [PROV_REASON_STARTUP] = "startup",
+        [PROV_REASON_HUB_REJECTED] = "hub-rejected-credentials",
+        [PROV_REASON_CLIENT_REQUEST] = "client-request",
+        [PROV_REASON_CONFIG_CHANGED] = "config-changed",
+};
+
+const char *prov_mode_to_string(enum prov_mode m) {
+        return (unsigned)m < _PROV_MODE_MAX ? mode_table[m] : NULL;
+}
+
+int prov_mode_from_string(const char *s, enum prov_mode *ret) {
+        if (!s || !ret)
+                return -EINVAL;
+        for (unsigned i = 0; i < _PROV_MODE_MAX; i++)
+                if (streq(s, mode_table[i])) {
+                        *ret = (enum prov_mode)i;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+const char *prov_state_to_string(enum prov_state s) {
+        return (unsigned)s < _PROV_STATE_MAX ? state_table[s] : NULL;
+}
+
+const char *prov_event_to_string(enum prov_event e) {
+        return (unsigned)e < _PROV_EVENT_MAX ? event_table[e] : NULL;
+}
+
+const char *prov_action_to_string(enum prov_action_kind a) {
+        return (unsigned)a < _PROV_ACT_MAX ? action_table[a] : NULL;
+}
+
+const char *prov_reason_to_string(enum prov_reason r) {
+        return (unsigned)r < _PROV_REASON_MAX ? reason_table[r] : NULL;
+}
+
+void prov_machine_init(struct prov_machine *m, enum prov_mode mode, backoff_random_fn rnd, void *userdata) {
+        memset(m, 0, sizeof(*m));
+        m->mode = mode;
+        m->state = PROV_IDLE;
+        backoff_init(&m->backoff, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd, userdata);
+}
+
+bool prov_is_busy(const struct prov_machine *m) {
+        switch (m->state) {
+        case PROV_REGISTERING:
+        case PROV_IMPORTING_CHALLENGE:
+        case PROV_AUTHENTICATING:
+        case PROV_POLLING:
+        case PROV_IMPORTING_FINAL:
+        case PROV_SAVING:
+        case PROV_BACKING_OFF:
+                return true;
+        case PROV_IDLE:
+        case PROV_LOADING_STATE:
+        case PROV_CHECKING_HUB:
+        case PROV_PROVISIONED:
+        case PROV_FAILED_PERMANENT:
+        case _PROV_STATE_MAX:
+                break;
+        }
+        return false;
+}
+
+static void record_error(struct prov_machine *m, const struct prov_event_data *d, const char *fallback,
+                         bool permanent) {
+        const char *msg = d->message && *d->message ? d->message : fallback;
+        size_t n = strnlen(msg, DPS_ERROR_MESSAGE_MAX);
+
+        m->last_http_status = d->http_status;
+        m->last_code = d->code;
+        memcpy(m->last_message, msg, n);
+        m->last_message[n] = '\0';
+        m->last_permanent = permanent;
+}
+
+static void clear_error(struct prov_machine *m) {
+        m->last_http_status = 0;
+        m->last_code = 0;
+        m->last_message[0] = '\0';
+        m->last_permanent = false;
+}
+
+static void act(struct prov_action *a, enum prov_action_kind kind, uint64_t delay_ms) {
+        a->kind = kind;
+        a->delay_ms = delay_ms;
+}
+
+static void start_dps(struct prov_machine *m, enum prov_reason reason, struct prov_action *a) {
+        m->state = PROV_REGISTERING;
+        m->reason = reason;
+        m->polls = 0;
+        m->pending = false;
+        m->pending_reason = PROV_REASON_NONE;
+        m->last_permanent = false;
+        act(a, PROV_ACT_DPS_REGISTER, 0);
+}
+
+static void request_pending(struct prov_machine *m, enum prov_reason reason, struct prov_action *a) {
+        /* A config change outranks a client request: the run must use the new config. */
+        if (!m->pending || reason == PROV_REASON_CONFIG_CHANGED)
+                m->pending_reason = reason;
+        m->pending = true;
+        act(a, PROV_ACT_NONE, 0);
+}
+
+/* Nothing left to do in this run: serve, unless a run was requested meanwhile. */
+static void settle(struct prov_machine *m, struct prov_action *a) {
+        if (m->pending) {
+                start_dps(m, m->pending_reason, a);
+                return;
+        }
+        m->state = PROV_PROVISIONED;
+        act(a, PROV_ACT_NONE, 0);
+}
+
+static void back_off(struct prov_machine *m, const struct prov_event_data *d, const char *fallback,
+                     struct prov_action *a) {
+        record_error(m, d, fallback, false);
+        if (m->pending) {
+                /* A config change that arrived meanwhile is served by starting over now. */
+                start_dps(m, m->pending_reason, a);
+                return;
+        }
+        m->state = PROV_BACKING_OFF;
+        act(a, PROV_ACT_ARM_TIMER, backoff_next(&m->backoff, (uint64_t)d->retry_after_s * 1000));
+}
+
+static void fail(struct prov_machine *m, const struct prov_event_data *d, const char *fallback,
+                 struct prov_action *a) {
+        record_error(m, d, fallback, true);
+        if (m->pending) {
+                /* The failure was for the old config; the new one may work. */
+                start_dps(m, m->pending_reason, a);
+                return;
+        }
+        m->state = PROV_FAILED_PERMANENT;
+        act(a, PROV_ACT_NONE, 0);
+}
+
+static uint64_t poll_delay(const struct prov_event_data *d) {
+        uint64_t ms = (uint64_t)d->retry_after_s * 1000;
+        return ms ? ms : PROV_POLL_DEFAULT_MS;
+}
+
+static void start_polling(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
+        m->state = PROV_POLLING;
+        m->polls = 0;
+        act(a, PROV_ACT_DPS_POLL, poll_delay(d));
+}
+
+static void assigned(struct prov_machine *m, struct prov_action *a) {
+        m->state = PROV_IMPORTING_FINAL;
+        act(a, PROV_ACT_TPM_IMPORT_FINAL, 0);
+}
+
+static void poll_failed(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
+        if (d->permanent)
+                fail(m, d, "DPS assignment failed", a);
+        else
+                back_off(m, d, "DPS assignment failed temporarily", a);
+}
+
+/* Events that mean the same in every in-flight state of a DPS run. Returns
+ * true if handled. */
+static bool run_common(struct prov_machine *m, enum prov_event ev, const struct prov_event_data *d,
+                       struct prov_action *a) {
+        if (ev == PROV_EV_TRANSIENT_ERROR)
+                back_off(m, d, "temporary DPS error", a);
+        else if (ev == PROV_EV_PERMANENT_ERROR)
+                fail(m, d, "DPS refused the registration", a);
+        else if (ev == PROV_EV_CLIENT_REPROVISION || ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                act(a, PROV_ACT_NONE, 0); /* coalesced: the run in progress is the reprovisioning asked for */
+        else if (ev == PROV_EV_CONFIG_CHANGED)
+                request_pending(m, PROV_REASON_CONFIG_CHANGED, a);
+        else
+                return false;
+        return true;
+}
+
+/* Returns 0 handled, -EINVAL not valid here. The caller restores m on error. */
+static int transition(struct prov_machine *m, enum prov_event ev, const struct prov_event_data *d,
+                      struct prov_action *a) {
+        switch (m->state) {
+        case PROV_IDLE:
+                if (ev != PROV_EV_START)
+                        return -EINVAL;
+                m->state = PROV_LOADING_STATE;
+                act(a, PROV_ACT_LOAD_STATE, 0);
+                return 0;
+
+        case PROV_LOADING_STATE:
+                if (ev == PROV_EV_STATE_LOADED_VALID) {
+                        m->serving = true;
+                        if (m->pending)
+                                start_dps(m, m->pending_reason, a);
+                        else if (m->mode == PROV_MODE_DYNAMIC) {
+                                m->state = PROV_CHECKING_HUB;
+                                act(a, PROV_ACT_CHECK_HUB, 0);
+                        } else if (m->mode == PROV_MODE_ALWAYS_ON_STARTUP)
+                                start_dps(m, PROV_REASON_STARTUP, a);
+                        else
+                                settle(m, a);
+                } else if (ev == PROV_EV_STATE_LOADED_STALE) {
+                        m->serving = true;
+                        start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
+                } else if (ev == PROV_EV_STATE_MISSING_OR_CORRUPT) {
+                        m->serving = false;
+                        start_dps(m, PROV_REASON_NO_STATE, a);
+                } else if (ev == PROV_EV_CLIENT_REPROVISION)
+                        request_pending(m, PROV_REASON_CLIENT_REQUEST, a);
+                else if (ev == PROV_EV_CONFIG_CHANGED)
+                        request_pending(m, PROV_REASON_CONFIG_CHANGED, a);
+                else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                        act(a, PROV_ACT_NONE, 0); /* nothing served yet that could be bad */
+                else
+                        return -EINVAL;
+                return 0;
+
+        case PROV_CHECKING_HUB:
+                if (ev == PROV_EV_HUB_OK || ev == PROV_EV_HUB_UNREACHABLE)
+                        settle(m, a); /* unreachable is not evidence of a move: keep serving */
+                else if (ev == PROV_EV_HUB_REJECTED)
+                        start_dps(m, m->pending ? m->pending_reason : PROV_REASON_HUB_REJECTED, a);
+                else if (ev == PROV_EV_CLIENT_REPROVISION)
+                        request_pending(m, PROV_REASON_CLIENT_REQUEST, a);
+                else if (ev == PROV_EV_CONFIG_CHANGED)
+                        request_pending(m, PROV_REASON_CONFIG_CHANGED, a);
+                else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                        act(a, PROV_ACT_NONE, 0); /* a check is already in flight */
+                else
+                        return -EINVAL;
+                return 0;
+
+        case PROV_REGISTERING:
+                if (ev == PROV_EV_DPS_401_CHALLENGE) {
+                        m->state = PROV_IMPORTING_CHALLENGE;
+                        act(a, PROV_ACT_TPM_IMPORT_CHALLENGE, 0);
+                        return 0;
+                }
+                return run_common(m, ev, d, a) ? 0 : -EINVAL;
+
+        case PROV_IMPORTING_CHALLENGE:
+                if (ev == PROV_EV_IMPORT_OK) {
+                        m->state = PROV_AUTHENTICATING;
+                        act(a, PROV_ACT_DPS_AUTH_REGISTER, 0);
+                        return 0;
+                }
+                if (ev == PROV_EV_IMPORT_FAILED) {
+                        back_off(m, d, "importing the DPS challenge into the TPM failed", a);
+                        return 0;
+                }
+                return run_common(m, ev, d, a) ? 0 : -EINVAL;
+
+        case PROV_AUTHENTICATING:
+                /* A 200 answer to the second PUT may already carry the result. */
+                if (ev == PROV_EV_DPS_202 || ev == PROV_EV_POLL_ASSIGNING)
+                        start_polling(m, d, a);
+                else if (ev == PROV_EV_POLL_ASSIGNED)
+                        assigned(m, a);
+                else if (ev == PROV_EV_POLL_FAILED)
+                        poll_failed(m, d, a);
+                else
+                        return run_common(m, ev, d, a) ? 0 : -EINVAL;
+                return 0;
+
+        case PROV_POLLING:
+                if (ev == PROV_EV_POLL_ASSIGNING) {
+                        if (++m->polls >= PROV_POLL_MAX)
+                                back_off(m, d, "DPS did not finish the assignment", a);
+                        else
+                                act(a, PROV_ACT_DPS_POLL, poll_delay(d));
+                } else if (ev == PROV_EV_TRANSIENT_ERROR) {
+                        /* The operation may still complete: poll it again rather
+                         * than register anew, within the same poll budget. */
+                        record_error(m, d, "temporary DPS error while polling", false);
+                        if (m->pending || ++m->polls >= PROV_POLL_MAX)
+                                back_off(m, d, "temporary DPS error while polling", a);
+                        else
+                                act(a, PROV_ACT_DPS_POLL, poll_delay(d));
+                } else if (ev == PROV_EV_POLL_ASSIGNED)
+                        assigned(m, a);
+                else if (ev == PROV_EV_POLL_FAILED)
+                        poll_failed(m, d, a);
+                else
+                        return run_common(m, ev, d, a) ? 0 : -EINVAL;
+                return 0;
+
+        case PROV_IMPORTING_FINAL:
+                if (ev == PROV_EV_IMPORT_OK) {
+                        /* The serving slot now holds the new key: the new identity is served. */
+                        m->serving = true;
+                        m->state = PROV_SAVING;
+                        act(a, PROV_ACT_SAVE_STATE, 0);
+                        return 0;
+                }
+                if (ev == PROV_EV_IMPORT_FAILED) {
+                        /* the TPM side keeps the old key when an import fails */
+                        back_off(m, d, "importing the assigned key into the TPM failed", a);
+                        return 0;
+                }
+                return run_common(m, ev, d, a) ? 0 : -EINVAL;
+
+        case PROV_SAVING:
+                if (ev == PROV_EV_SAVED || ev == PROV_EV_SAVE_FAILED) {
+                        backoff_reset(&m->backoff);
+                        clear_error(m);
+                        m->save_failed = ev == PROV_EV_SAVE_FAILED;
+                        settle(m, a);
+                        return 0;
+                }
+                /* DPS/TPM errors cannot happen while saving */
+                if (ev == PROV_EV_CONFIG_CHANGED || ev == PROV_EV_CLIENT_REPROVISION ||
+                    ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                        return run_common(m, ev, d, a) ? 0 : -EINVAL;
+                return -EINVAL;
+
+        case PROV_PROVISIONED:
+                if (ev == PROV_EV_CLIENT_REPROVISION)
+                        start_dps(m, PROV_REASON_CLIENT_REQUEST, a);
+                else if (ev == PROV_EV_CONFIG_CHANGED)
+                        start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
+                else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS) {
+                        if (m->mode == PROV_MODE_ON_ERROR_ONLY || !m->serving)
+                                act(a, PROV_ACT_NONE, 0); /* OnErrorOnly ignores hub signals */
+                        else {
+                                /* verify the report ourselves before acting on it */
+                                m->state = PROV_CHECKING_HUB;
+                                act(a, PROV_ACT_CHECK_HUB, 0);
+                        }
+                } else
+                        return -EINVAL;
+                return 0;
+
+        case PROV_BACKING_OFF:
+                if (ev == PROV_EV_TIMER)
+                        start_dps(m, m->reason, a);
+                else if (ev == PROV_EV_CLIENT_REPROVISION)
+                        start_dps(m, PROV_REASON_CLIENT_REQUEST, a);
+                else if (ev == PROV_EV_CONFIG_CHANGED)
+                        start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
+                else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                        act(a, PROV_ACT_NONE, 0); /* a DPS run is already scheduled */
+                else
+                        return -EINVAL;
+                return 0;
+
+        case PROV_FAILED_PERMANENT:
+                if (ev == PROV_EV_CLIENT_REPROVISION || ev == PROV_EV_CONFIG_CHANGED) {
+                        backoff_reset(&m->backoff);
+                        start_dps(m,
+                                  ev == PROV_EV_CONFIG_CHANGED ? PROV_REASON_CONFIG_CHANGED
+                                                               : PROV_REASON_CLIENT_REQUEST,
+                                  a);
+                } else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                        act(a, PROV_ACT_NONE, 0); /* DPS already refused us; only a request retries */
+                else
+                        return -EINVAL;
+                return 0;
+
+        case _PROV_STATE_MAX:
+                break;
+        }
+        return -EINVAL;
+}
+
+int prov_step(struct prov_machine *m, enum prov_event ev, const struct prov_event_data *d, struct prov_action *out) {
+        static const struct prov_event_data zero = {0};
+        struct prov_machine before;
+        struct prov_action a = {0};
+        int r;
+
+        if (!m || !out || (unsigned)ev >= _PROV_EVENT_MAX)
+                return -EINVAL;
+        if (!d)
+                d = &zero;
+        before = *m;
+        r = transition(m, ev, d, &a);
+        if (r < 0) {
+                *m = before;
+                return r;
+        }
+        a.status_changed = m->state != before.state || m->serving != before.serving ||
+                           m->reason != before.reason || m->last_code != before.last_code ||
+                           m->last_http_status != before.last_http_status ||
+                           m->last_permanent != before.last_permanent || m->save_failed != before.save_failed ||
+                           !streq(m->last_message, before.last_message);
+        if (a.kind == PROV_ACT_NONE && a.status_changed)
+                a.kind = PROV_ACT_NOTIFY_STATUS;
+        *out = a;
+        return 0;
+}

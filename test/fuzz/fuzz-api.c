@@ -1,0 +1,91 @@
+/* libFuzzer target for lib/api.c: route arbitrary method/path/api-version
+ * triples and run every body decoder and encoder on input-derived values. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Take the next '\n'-terminated field as a heap string (NULL if absent). */
+static char *next_field(const uint8_t **data, size_t *size) {
+        const uint8_t *nl = memchr(*data, '\n', *size);
+        if (!nl)
+                return NULL;
+        size_t n = (size_t)(nl - *data);
+        char *s = strndup((const char *)*data, n);
+        *data += n + 1;
+        *size -= n + 1;
+        return s;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        if (size < 1)
+                return 0;
+        enum api_socket which = data[0] & 1 ? API_SOCKET_IDENTITY : API_SOCKET_TPM;
+        bool no_version = data[0] & 2;
+        data++;
+        size--;
+        char *method = next_field(&data, &size);
+        char *path = next_field(&data, &size);
+        char *version = next_field(&data, &size);
+        /* The rest is the body. */
+        enum api_op op;
+        struct api_error err;
+        if (api_route(which, method, path, no_version ? NULL : version, &op, &err) == 0) {
+                if (!api_op_to_string(op) || api_op_socket(op) != which)
+                        abort();
+        } else if (err.status < 400 || err.status > 499 || strlen(err.message) >= sizeof(err.message))
+                abort();
+
+        uint8_t *out = NULL;
+        size_t out_len;
+        if (api_decode_import(data, size, &out, &out_len, &err) == 0) {
+                if (out_len == 0 || out_len > API_MAX_IMPORT_KEY_BYTES)
+                        abort();
+                free(out);
+        }
+        if (api_decode_sign(data, size, &out, &out_len, &err) == 0) {
+                if (out_len > API_MAX_SIGN_DATA_BYTES)
+                        abort();
+                char *j = NULL;
+                if (api_encode_sign(out, out_len, &j) == 0)
+                        free(j);
+                free(out);
+        }
+        uint32_t lifetime;
+        if (api_decode_token(data, size, &lifetime, &err) == 0 &&
+            (lifetime < API_TOKEN_LIFETIME_MIN_SEC || lifetime > API_TOKEN_LIFETIME_MAX_SEC))
+                abort();
+        (void)api_decode_device(data, size, &err);
+
+        /* Encoders with input strings (which may be NULL or not UTF-8). */
+        char *j = NULL;
+        struct api_device_identity id = { method, path, version };
+        if (api_encode_identity(&id, &j) == 0)
+                free(j);
+        char *payload = strndup((const char *)data, size);
+        struct api_provisioning pr = { method, path, version, payload };
+        if (api_encode_provisioning(&pr, &j) == 0)
+                free(j);
+        if (api_encode_token(method, (int64_t)size, path, version, &j) == 0)
+                free(j);
+        struct api_status st = { .provisioning_state = method, .hub_name = path, .device_id = version,
+                                 .registration_id = payload, .has_last_result = size & 1, .last_status = path,
+                                 .last_error_code = (int64_t)size, .last_message = version, .last_at = 1,
+                                 .next_retry_at = (int64_t)size, .tpm_state = "ready", .tpm_last_error = payload,
+                                 .version = "0", .uptime_sec = size, .mode = version };
+        if (api_encode_status(&st, &j) == 0)
+                free(j);
+        if (api_encode_error(payload, &j) == 0)
+                free(j);
+        if (api_encode_keys(data, size, data, size / 2, &j) == 0)
+                free(j);
+        free(payload);
+        free(method);
+        free(path);
+        free(version);
+        return 0;
+}

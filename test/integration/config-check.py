@@ -1,0 +1,271 @@
+"""`tpmidctl config check` and `tpmidctl config apply`, end to end.
+
+check: exit 0 + "configuration OK" on good files (warnings allowed), exit 3
+(CTL_EXIT_CONFIG) with every diagnostic as file:line:col on bad ones.
+apply --root DIR: writes DIR/etc/aziot/tpmidd/config.toml atomically, mode
+0640, keeps the previous one as .bak, says reload vs restart and why, and on a
+broken input writes nothing (the applied file stays byte-identical).
+"""
+import os
+import re
+import shutil
+import stat
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import harness  # noqa: E402
+
+CTL = harness.build_path("daemon", "tpmidctl")
+DATA = os.path.join(harness.SRC, "test", "unit", "data", "config")
+EXIT_CONFIG = 3
+
+R = harness.Runner("config-check")
+
+GOOD = """auto_reprovisioning_mode = "Dynamic"
+[provisioning]
+source = "dps"
+global_endpoint = "https://global.azure-devices-provisioning.net"
+id_scope = "0ne00A1B2C3"
+[provisioning.attestation]
+method = "tpm"
+registration_id = "my-device"
+"""
+
+
+def ctl(*args, env=None, prefix=()):
+    e = dict(os.environ)
+    e.pop("TPMIDD_CONFIG", None)
+    if env:
+        e.update(env)
+    return harness.run(list(prefix) + [CTL, "config"] + list(args), check=False, env=e)
+
+
+def write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def error_lines(stderr):
+    return [int(m.group(1)) for m in re.finditer(r"^[^\n]*?:(\d+):\d+: error: ", stderr, re.M)]
+
+
+@R.case
+def check_good_seed():
+    p = ctl("check", "-c", os.path.join(DATA, "seed-fixed.toml"))
+    assert p.returncode == 0, p.stderr
+    assert "configuration OK" in p.stdout, p.stdout
+    assert p.stderr == "", p.stderr
+
+
+@R.case
+def check_warnings_still_ok():
+    d = harness.tmpdir()
+    try:
+        write(os.path.join(d, "config.toml"), GOOD + "[tpm]\ntcit = \"swtpm:port=2321\"\n")
+        p = ctl("check", "-c", os.path.join(d, "config.toml"))
+        assert p.returncode == 0, p.stderr
+        assert "configuration OK (1 warning)" in p.stdout, p.stdout
+        assert re.search(r"config\.toml:10:1: warning: .*did you mean tpm\.tcti\?", p.stderr), p.stderr
+    finally:
+        shutil.rmtree(d)
+
+
+@R.case
+def check_seed_verbatim_explains_the_fix():
+    p = ctl("check", "-c", os.path.join(DATA, "seed-verbatim.toml"))
+    assert p.returncode == EXIT_CONFIG, (p.returncode, p.stderr)
+    assert "seed-verbatim.toml:14:28: error: " in p.stderr, p.stderr
+    assert 'write auto_reprovisioning_mode = "Dynamic"' in p.stderr, p.stderr
+    assert "above the first [table] header (line 2)" in p.stderr, p.stderr
+    assert "DPS_ID_SCOPE_HERE" in p.stderr and "REGISTRATION_ID_HERE" in p.stderr, p.stderr
+    assert "3 errors" in p.stderr, p.stderr
+    assert p.stdout == "", p.stdout
+
+
+@R.case
+def check_misplaced_mode():
+    p = ctl("check", "-c", os.path.join(DATA, "seed-misplaced.toml"))
+    assert p.returncode == EXIT_CONFIG, p.stderr
+    assert "seed-misplaced.toml:11:1: error: auto_reprovisioning_mode is inside [provisioning.attestation]" in p.stderr
+    assert "move it above the first [table] header" in p.stderr, p.stderr
+
+
+@R.case
+def check_ten_mistakes_all_reported():
+    p = ctl("check", "-c", os.path.join(DATA, "ten-mistakes.toml"))
+    assert p.returncode == EXIT_CONFIG, p.stderr
+    assert error_lines(p.stderr) == [2, 3, 4, 5, 6, 10, 12, 15, 18, 21], p.stderr
+    assert "10 errors, 1 warning" in p.stderr, p.stderr
+
+
+@R.case
+def check_microsoft_template_tolerated():
+    p = ctl("check", "-c", os.path.join(DATA, "ms-edge-full.toml"))
+    assert p.returncode == 0, p.stderr
+    assert "warning" not in p.stderr and "error" not in p.stderr, p.stderr
+    assert "note: agent is a Microsoft setting that is ignored by tpmidd" in p.stderr, p.stderr
+
+
+@R.case
+def check_dropin_error_points_at_dropin():
+    p = ctl("check", "-c", os.path.join(DATA, "dropin-bad", "config.toml"))
+    assert p.returncode == EXIT_CONFIG, p.stderr
+    assert "config.d/50-bad.toml:4:1: error: limits.max_body_bytes = 10 is out of range" in p.stderr, p.stderr
+
+
+@R.case
+def check_env_and_missing_file():
+    p = ctl("check", env={"TPMIDD_CONFIG": os.path.join(DATA, "seed-fixed.toml")})
+    assert p.returncode == 0 and "seed-fixed.toml: configuration OK" in p.stdout, (p.stdout, p.stderr)
+    p = ctl("check", "-c", "/nonexistent/config.toml")
+    assert p.returncode == EXIT_CONFIG, p.stderr
+    assert "/nonexistent/config.toml: error: cannot read the file: No such file or directory" in p.stderr, p.stderr
+
+
+@R.case
+def check_payload_file():
+    d = harness.tmpdir()
+    try:
+        cfg = os.path.join(d, "config.toml")
+        body = GOOD.replace('id_scope = "0ne00A1B2C3"\n',
+                            'id_scope = "0ne00A1B2C3"\npayload = { uri = "file://%s/payload.json" }\n' % d)
+        write(cfg, body)
+        p = ctl("check", "-c", cfg)
+        assert p.returncode == EXIT_CONFIG and ":6:" in p.stderr and "cannot read the DPS payload file" in p.stderr, \
+            p.stderr
+        write(os.path.join(d, "payload.json"), "{not json")
+        p = ctl("check", "-c", cfg)
+        assert p.returncode == EXIT_CONFIG and "is not JSON" in p.stderr, p.stderr
+        write(os.path.join(d, "payload.json"), '{"modelId": "dtmi:x;1"}')
+        p = ctl("check", "-c", cfg)
+        assert p.returncode == 0, p.stderr
+    finally:
+        shutil.rmtree(d)
+
+
+@R.case
+def usage_errors():
+    assert ctl("frobnicate").returncode == 2
+    assert ctl("check", "--bogus").returncode == 2
+    assert ctl("check", "extra-arg").returncode == 2
+    assert ctl("apply", "--root", "relative").returncode == 2
+    assert ctl("--help").returncode == 0
+
+
+def applied(root):
+    return os.path.join(root, "etc", "aziot", "tpmidd", "config.toml")
+
+
+def no_temp_files(root):
+    dd = os.path.dirname(applied(root))
+    left = [f for f in os.listdir(dd) if ".tmp." in f] if os.path.isdir(dd) else []
+    assert not left, left
+
+
+@R.case
+def apply_root_writes_atomically_with_mode():
+    root = harness.tmpdir()
+    try:
+        write(os.path.join(root, "etc", "aziot", "config.toml"), GOOD)
+        p = ctl("apply", "--root", root)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert "tpmidd has been configured successfully!" in p.stdout, p.stdout
+        assert "No previous configuration" in p.stdout, p.stdout
+        out = applied(root)
+        st = os.stat(out)
+        assert stat.S_IMODE(st.st_mode) == 0o640, oct(st.st_mode)
+        text = open(out).read()
+        assert text.startswith("# This file is auto-generated by `tpmidctl config apply`"), text[:200]
+        assert 'global_endpoint = "https://global.azure-devices-provisioning.net/"' in text, text
+        assert not os.path.exists(out + ".bak")
+        no_temp_files(root)
+        # the daemon's copy is itself a valid config
+        p = ctl("check", "-c", out)
+        assert p.returncode == 0, p.stderr
+        # same input again: nothing to do
+        p = ctl("apply", "--root", root)
+        assert p.returncode == 0 and "already up to date" in p.stdout, p.stdout
+    finally:
+        shutil.rmtree(root)
+
+
+@R.case
+def apply_reload_vs_restart_and_backup():
+    root = harness.tmpdir()
+    try:
+        src = os.path.join(root, "etc", "aziot", "config.toml")
+        write(src, GOOD)
+        assert ctl("apply", "--root", root).returncode == 0
+        first = open(applied(root)).read()
+
+        write(src, 'log_level = "debug"\n' + GOOD)
+        p = ctl("apply", "--root", root)
+        assert p.returncode == 0, p.stderr
+        assert "Changed: log_level." in p.stdout and "reload is enough" in p.stdout, p.stdout
+        assert open(applied(root) + ".bak").read() == first
+        assert stat.S_IMODE(os.stat(applied(root) + ".bak").st_mode) == 0o640
+
+        write(src, 'log_level = "debug"\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF"))
+        p = ctl("apply", "--root", root)
+        assert p.returncode == 0, p.stderr
+        assert "Changed: provisioning.id_scope." in p.stdout and "needs a restart" in p.stdout, p.stdout
+        assert "--root given: not touching the running service" in p.stdout, p.stdout
+        no_temp_files(root)
+    finally:
+        shutil.rmtree(root)
+
+
+@R.case
+def apply_rejects_broken_config_without_touching_applied():
+    root = harness.tmpdir()
+    try:
+        src = os.path.join(root, "etc", "aziot", "config.toml")
+        write(src, GOOD)
+        assert ctl("apply", "--root", root).returncode == 0
+        before = open(applied(root), "rb").read()
+        st0 = os.stat(applied(root))
+
+        shutil.copy(os.path.join(DATA, "ten-mistakes.toml"), src)
+        p = ctl("apply", "--root", root)
+        assert p.returncode == EXIT_CONFIG, (p.returncode, p.stdout, p.stderr)
+        assert error_lines(p.stderr) == [2, 3, 4, 5, 6, 10, 12, 15, 18, 21], p.stderr
+        assert "nothing was written" in p.stderr, p.stderr
+        assert "configured successfully" not in p.stdout
+        st1 = os.stat(applied(root))
+        assert open(applied(root), "rb").read() == before
+        assert (st0.st_ino, st0.st_mtime_ns) == (st1.st_ino, st1.st_mtime_ns)
+        assert not os.path.exists(applied(root) + ".bak")
+        no_temp_files(root)
+    finally:
+        shutil.rmtree(root)
+
+
+@R.case
+def apply_refuses_unprivileged():
+    prefix = harness._unpriv_prefix()  # setpriv to nobody when we are root
+    d = harness.tmpdir()
+    try:
+        cfg = os.path.join(d, "config.toml")
+        write(cfg, GOOD)
+        p = ctl("apply", "-c", cfg, prefix=prefix)
+        assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+        assert "must be run as root" in p.stderr, p.stderr
+        # an -o it can write is allowed (tests, images)
+        out_dir = os.path.join(d, "out")
+        os.makedirs(out_dir)
+        harness._chown_nobody(d)
+        p = ctl("apply", "-c", cfg, "-o", os.path.join(out_dir, "config.toml"), "--no-reload", prefix=prefix)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert "--no-reload given" in p.stdout, p.stdout
+        assert stat.S_IMODE(os.stat(os.path.join(out_dir, "config.toml")).st_mode) == 0o640
+    finally:
+        shutil.rmtree(d)
+
+
+if __name__ == "__main__":
+    if not os.path.exists(CTL):
+        print("SKIP: %s not built" % CTL)
+        sys.exit(harness.SKIP)
+    R.main()

@@ -1,0 +1,438 @@
+/* Tests for lib/api.c: the route table of both sockets (every error path),
+ * request body decoders (every status, limits at and over) and response
+ * encoders (golden JSON). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "b64.h"
+#include "util.h"
+
+static void test_op_strings(void **state) {
+        const char *names[] = { "tpm.get_keys", "tpm.import", "tpm.sign", "identity.get", "identity.device",
+                                "identity.provisioning", "identity.reprovision", "identity.token", "status" };
+        assert_int_equal(ELEMENTSOF(names), _API_OP_MAX);
+        for (int i = 0; i < _API_OP_MAX; i++) {
+                assert_string_equal(api_op_to_string((enum api_op)i), names[i]);
+                assert_int_equal(api_op_from_string(names[i]), i);
+        }
+        assert_null(api_op_to_string(_API_OP_MAX));
+        assert_int_equal(api_op_from_string("tpm"), -EINVAL);
+        assert_int_equal(api_op_from_string(NULL), -EINVAL);
+        assert_int_equal(api_op_socket(API_OP_TPM_SIGN), API_SOCKET_TPM);
+        assert_int_equal(api_op_socket(API_OP_STATUS), API_SOCKET_IDENTITY);
+}
+
+static void test_route_ok(void **state) {
+        struct {
+                enum api_socket s;
+                const char *method, *path, *version;
+                enum api_op op;
+        } cases[] = {
+                { API_SOCKET_TPM, "GET", "/get_tpm_keys", "2020-09-01", API_OP_TPM_GET_KEYS },
+                { API_SOCKET_TPM, "POST", "/import_auth_key", "2020-09-01", API_OP_TPM_IMPORT },
+                { API_SOCKET_TPM, "POST", "/sign_with_auth_key", "2020-09-01", API_OP_TPM_SIGN },
+                { API_SOCKET_IDENTITY, "GET", "/identities/identity", "2020-09-01", API_OP_IDENTITY_GET },
+                { API_SOCKET_IDENTITY, "GET", "/identities/identity", "2022-08-01", API_OP_IDENTITY_GET },
+                { API_SOCKET_IDENTITY, "POST", "/identities/device", "2021-12-01", API_OP_IDENTITY_DEVICE },
+                { API_SOCKET_IDENTITY, "GET", "/identities/provisioning", "2021-12-01", API_OP_IDENTITY_PROVISIONING },
+                { API_SOCKET_IDENTITY, "GET", "/identities/provisioning", "2022-08-01", API_OP_IDENTITY_PROVISIONING },
+                { API_SOCKET_IDENTITY, "POST", "/identities/device/reprovision", "2020-09-01",
+                  API_OP_IDENTITY_REPROVISION },
+                { API_SOCKET_IDENTITY, "POST", "/identities/device/token", "2020-09-01", API_OP_IDENTITY_TOKEN },
+                { API_SOCKET_IDENTITY, "GET", "/status", "2022-08-01", API_OP_STATUS },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                enum api_op op = _API_OP_MAX;
+                struct api_error err = { 0 };
+                assert_int_equal(api_route(cases[i].s, cases[i].method, cases[i].path, cases[i].version, &op, &err), 0);
+                assert_int_equal(op, cases[i].op);
+        }
+}
+
+static void expect_route_error(enum api_socket s, const char *method, const char *path, const char *version,
+                               int ret, int status, const char *message, const char *allow) {
+        enum api_op op = _API_OP_MAX;
+        struct api_error err = { 0 };
+        assert_int_equal(api_route(s, method, path, version, &op, &err), ret);
+        assert_int_equal(op, _API_OP_MAX); /* untouched */
+        assert_int_equal(err.status, status);
+        assert_string_equal(err.message, message);
+        assert_true(streq_ptr(err.allow, allow));
+        /* err may be NULL. */
+        assert_int_equal(api_route(s, method, path, version, &op, NULL), ret);
+}
+
+static void test_route_errors(void **state) {
+        expect_route_error(API_SOCKET_TPM, "GET", "/get_tpm_keys", NULL, -EINVAL, 400, "api-version not specified",
+                           NULL);
+        /* Version is checked before the path, as aziot does. */
+        expect_route_error(API_SOCKET_TPM, "GET", "/nope", NULL, -EINVAL, 400, "api-version not specified", NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/get_tpm_keys", "2021-12-01", -EINVAL, 400,
+                           "invalid api-version \"2021-12-01\"", NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/get_tpm_keys", "", -EINVAL, 400, "invalid api-version \"\"", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/identity", "2019-01-01", -EINVAL, 400,
+                           "invalid api-version \"2019-01-01\"", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/identity", "2020-09-01 ", -EINVAL, 400,
+                           "invalid api-version \"2020-09-01 \"", NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/get_tpm_keys/", "2020-09-01", -ENOENT, 404, "not found", NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/GET_TPM_KEYS", "2020-09-01", -ENOENT, 404, "not found", NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/identities/identity", "2020-09-01", -ENOENT, 404, "not found",
+                           NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/get_tpm_keys", "2020-09-01", -ENOENT, 404, "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules", "2020-09-01", -ENOENT, 404, "not found",
+                           NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", NULL, "2020-09-01", -ENOENT, 404, "not found", NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/import_auth_key", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "POST");
+        expect_route_error(API_SOCKET_TPM, "PUT", "/get_tpm_keys", "2020-09-01", -EINVAL, 400, "method not allowed",
+                           "GET");
+        expect_route_error(API_SOCKET_IDENTITY, "DELETE", "/identities/device/reprovision", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "POST");
+        expect_route_error(API_SOCKET_IDENTITY, "HEAD", "/status", "2020-09-01", -EINVAL, 400, "method not allowed",
+                           "GET");
+        /* /identities/provisioning needs >= 2021-12-01. */
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/provisioning", "2020-09-01", -EINVAL, 400,
+                           "invalid api-version \"2020-09-01\"", NULL);
+        /* A long version is truncated into the message, not overflowed. */
+        char longv[600];
+        memset(longv, 'v', sizeof(longv) - 1);
+        longv[sizeof(longv) - 1] = 0;
+        struct api_error err;
+        enum api_op op;
+        assert_int_equal(api_route(API_SOCKET_TPM, "GET", "/get_tpm_keys", longv, &op, &err), -EINVAL);
+        assert_int_equal(strlen(err.message), API_ERROR_MESSAGE_MAX - 1);
+}
+
+static void expect_decode_error(int (*fn)(const uint8_t *, size_t, uint8_t **, size_t *, struct api_error *),
+                                const char *body, int status, const char *message) {
+        uint8_t *out = NULL;
+        size_t out_len = 12345;
+        struct api_error err = { 0 };
+        assert_int_equal(fn((const uint8_t *)body, body ? strlen(body) : 0, &out, &out_len, &err), -EINVAL);
+        assert_null(out);
+        assert_int_equal(out_len, 12345);
+        assert_int_equal(err.status, status);
+        if (message)
+                assert_string_equal(err.message, message);
+        else
+                assert_true(strlen(err.message) > 0);
+        assert_int_equal(fn((const uint8_t *)body, body ? strlen(body) : 0, &out, &out_len, NULL), -EINVAL);
+}
+
+static void test_decode_import(void **state) {
+        _cleanup_free_ uint8_t *key = NULL;
+        size_t key_len;
+        struct api_error err;
+        const char *body = "{\"key\":\"AToAAQAL\",\"extra\":[1,2]}";
+        assert_int_equal(api_decode_import((const uint8_t *)body, strlen(body), &key, &key_len, &err), 0);
+        assert_int_equal(key_len, 6);
+        assert_memory_equal(key, "\x01\x3a\x00\x01\x00\x0b", 6);
+
+        expect_decode_error(api_decode_import, NULL, 400, "missing request body");
+        expect_decode_error(api_decode_import, "", 400, "missing request body");
+        expect_decode_error(api_decode_import, "{", 422, NULL);
+        expect_decode_error(api_decode_import, "{\"key\":\"AA==\"} x", 422, NULL);
+        expect_decode_error(api_decode_import, "[1]", 422, "request body must be a JSON object");
+        expect_decode_error(api_decode_import, "{}", 422, "missing field 'key'");
+        expect_decode_error(api_decode_import, "{\"Key\":\"AA==\"}", 422, "missing field 'key'");
+        expect_decode_error(api_decode_import, "{\"key\":5}", 422, "field 'key' must be a string");
+        expect_decode_error(api_decode_import, "{\"key\":null}", 422, "field 'key' must be a string");
+        expect_decode_error(api_decode_import, "{\"key\":\"AA=\"}", 422, "field 'key' is not valid base64");
+        expect_decode_error(api_decode_import, "{\"key\":\"A A=\"}", 422, "field 'key' is not valid base64");
+        expect_decode_error(api_decode_import, "{\"key\":\"AA\\u0000=\"}", 422, NULL);
+        expect_decode_error(api_decode_import, "{\"key\":\"\"}", 422, "field 'key' is empty");
+        expect_decode_error(api_decode_import, "{\"key\":\"AA==\",\"key\":\"AA==\"}", 422, NULL);
+
+        /* jansson's message and position. */
+        uint8_t *k = NULL;
+        assert_int_equal(api_decode_import((const uint8_t *)"{\n  \"key\" 1}", 12, &k, &key_len, &err), -EINVAL);
+        assert_int_equal(err.status, 422);
+        assert_non_null(strstr(err.message, "at line 2 column"));
+}
+
+/* {"<field>":"<base64 of n bytes>"} */
+static char *b64_body(const char *field, size_t n) {
+        uint8_t *raw = malloc(n + 1);
+        assert_non_null(raw);
+        for (size_t i = 0; i < n; i++)
+                raw[i] = (uint8_t)i;
+        _cleanup_free_ char *b = b64_encode(raw, n);
+        free(raw);
+        char *t = NULL;
+        assert_true(asprintf(&t, "{\"%s\":\"%s\"}", field, b) > 0);
+        return t;
+}
+
+static void test_decode_limits(void **state) {
+        struct {
+                int (*fn)(const uint8_t *, size_t, uint8_t **, size_t *, struct api_error *);
+                const char *field;
+                size_t max;
+        } cases[] = {
+                { api_decode_import, "key", API_MAX_IMPORT_KEY_BYTES },
+                { api_decode_sign, "data", API_MAX_SIGN_DATA_BYTES },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++)
+                /* Every padding shape around the limit. */
+                for (size_t n = cases[i].max - 2; n <= cases[i].max + 3; n++) {
+                        _cleanup_free_ char *body = b64_body(cases[i].field, n);
+                        uint8_t *out = NULL;
+                        size_t out_len;
+                        struct api_error err;
+                        int r = cases[i].fn((const uint8_t *)body, strlen(body), &out, &out_len, &err);
+                        if (n <= cases[i].max) {
+                                assert_int_equal(r, 0);
+                                assert_int_equal(out_len, n);
+                                assert_int_equal(out[n - 1], (uint8_t)(n - 1));
+                                free(out);
+                        } else {
+                                assert_int_equal(r, -EINVAL);
+                                assert_int_equal(err.status, 422);
+                                char want[64];
+                                snprintf(want, sizeof(want), "field '%s' is too large", cases[i].field);
+                                assert_string_equal(err.message, want);
+                        }
+                }
+}
+
+static void test_decode_sign(void **state) {
+        _cleanup_free_ uint8_t *data = NULL;
+        size_t data_len;
+        const char *body = "{\"data\":\"c3IuLi4=\"}";
+        assert_int_equal(api_decode_sign((const uint8_t *)body, strlen(body), &data, &data_len, NULL), 0);
+        assert_int_equal(data_len, 5);
+        assert_memory_equal(data, "sr...", 5);
+        /* An empty string is valid data for an HMAC. */
+        _cleanup_free_ uint8_t *empty = NULL;
+        assert_int_equal(api_decode_sign((const uint8_t *)"{\"data\":\"\"}", 11, &empty, &data_len, NULL), 0);
+        assert_int_equal(data_len, 0);
+
+        expect_decode_error(api_decode_sign, "", 400, "missing request body");
+        expect_decode_error(api_decode_sign, "nope", 422, NULL);
+        expect_decode_error(api_decode_sign, "{\"key\":\"AA==\"}", 422, "missing field 'data'");
+        expect_decode_error(api_decode_sign, "{\"data\":[]}", 422, "field 'data' must be a string");
+        expect_decode_error(api_decode_sign, "{\"data\":\"!!!!\"}", 422, "field 'data' is not valid base64");
+        expect_decode_error(api_decode_sign, "{\"data\":\"AAA\"}", 422, "field 'data' is not valid base64");
+}
+
+static void test_decode_token(void **state) {
+        uint32_t l = 0;
+        struct api_error err;
+        assert_int_equal(api_decode_token(NULL, 0, &l, &err), 0);
+        assert_int_equal(l, API_TOKEN_LIFETIME_DEFAULT_SEC);
+        l = 0;
+        assert_int_equal(api_decode_token((const uint8_t *)"{}", 2, &l, &err), 0);
+        assert_int_equal(l, API_TOKEN_LIFETIME_DEFAULT_SEC);
+        struct {
+                const char *body;
+                int ret;
+                uint32_t value;
+                int status;
+        } cases[] = {
+                { "{\"lifetime_sec\":60}", 0, 60, 0 },
+                { "{\"lifetime_sec\":86400}", 0, 86400, 0 },
+                { "{\"lifetime_sec\":59}", -EINVAL, 0, 422 },
+                { "{\"lifetime_sec\":86401}", -EINVAL, 0, 422 },
+                { "{\"lifetime_sec\":-1}", -EINVAL, 0, 422 },
+                { "{\"lifetime_sec\":99999999999999999999}", -EINVAL, 0, 422 },
+                { "{\"lifetime_sec\":600.0}", -EINVAL, 0, 422 },
+                { "{\"lifetime_sec\":\"600\"}", -EINVAL, 0, 422 },
+                { "{\"lifetime_sec\":null}", -EINVAL, 0, 422 },
+                { "[]", -EINVAL, 0, 422 },
+                { "{", -EINVAL, 0, 422 },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                l = 7;
+                memset(&err, 0, sizeof(err));
+                assert_int_equal(api_decode_token((const uint8_t *)cases[i].body, strlen(cases[i].body), &l, &err),
+                                 cases[i].ret);
+                if (cases[i].ret == 0)
+                        assert_int_equal(l, cases[i].value);
+                else {
+                        assert_int_equal(l, 7);
+                        assert_int_equal(err.status, cases[i].status);
+                }
+        }
+        assert_int_equal(api_decode_token((const uint8_t *)"{\"lifetime_sec\":1}", 18, &l, &err), -EINVAL);
+        assert_string_equal(err.message, "field 'lifetime_sec' must be between 60 and 86400");
+        assert_int_equal(api_decode_token((const uint8_t *)"{\"lifetime_sec\":true}", 21, &l, &err), -EINVAL);
+        assert_string_equal(err.message, "field 'lifetime_sec' must be an integer");
+}
+
+static void test_decode_device(void **state) {
+        struct api_error err;
+        assert_int_equal(api_decode_device((const uint8_t *)"{\"type\":\"aziot\"}", 16, &err), 0);
+        struct {
+                const char *body;
+                int status;
+                const char *message;
+        } cases[] = {
+                { "", 400, "missing request body" },
+                { "x", 422, NULL },
+                { "{}", 422, "missing field 'type'" },
+                { "{\"type\":1}", 422, "field 'type' must be a string" },
+                { "{\"type\":\"local\"}", 400, "invalid parameter: type" },
+                { "{\"type\":\"aziot\\u0000x\"}", 422, NULL },
+                { "{\"type\":\"aziotx\"}", 400, "invalid parameter: type" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                memset(&err, 0, sizeof(err));
+                assert_int_equal(api_decode_device((const uint8_t *)cases[i].body, strlen(cases[i].body), &err),
+                                 -EINVAL);
+                assert_int_equal(err.status, cases[i].status);
+                if (cases[i].message)
+                        assert_string_equal(err.message, cases[i].message);
+        }
+}
+
+static void expect_json(int r, char **gotp, const char *golden) {
+        char *got = *gotp;
+        *gotp = NULL;
+        assert_int_equal(r, 0);
+        assert_non_null(got);
+        assert_string_equal(got, golden);
+        free(got);
+}
+
+static void test_encoders(void **state) {
+        char *s = NULL;
+        const uint8_t ek[] = { 0x01, 0x3a, 0x00, 0x01, 0x00, 0x0b };
+        const uint8_t srk[] = { 0xff };
+        expect_json(api_encode_keys(ek, sizeof(ek), srk, sizeof(srk), &s), &s,
+                    "{\"endorsement_key\":\"AToAAQAL\",\"storage_root_key\":\"/w==\"}");
+        expect_json(api_encode_empty(&s), &s, "{}");
+        uint8_t digest[32];
+        for (size_t i = 0; i < sizeof(digest); i++)
+                digest[i] = (uint8_t)i;
+        expect_json(api_encode_sign(digest, sizeof(digest), &s), &s,
+                    "{\"digest\":\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"}");
+
+        struct api_device_identity id = { "myhub.azure-devices.net", "myhub.azure-devices.net", "dev1" };
+        expect_json(api_encode_identity(&id, &s), &s,
+                    "{\"type\":\"aziot\",\"spec\":{\"hubName\":\"myhub.azure-devices.net\",\"gatewayHost\":"
+                    "\"myhub.azure-devices.net\",\"deviceId\":\"dev1\",\"auth\":{\"type\":\"tpm\"}}}");
+
+        struct api_provisioning p = { "https://global.azure-devices-provisioning.net/", "0ne00000000", "reg1", NULL };
+        expect_json(api_encode_provisioning(&p, &s), &s,
+                    "{\"source\":\"dps\",\"auth\":\"tpm\",\"endpoint\":\"https://global.azure-devices-provisioning."
+                    "net/\",\"scope_id\":\"0ne00000000\",\"registration_id\":\"reg1\"}");
+        p.payload_json = "{\"modelId\": \"dtmi:x;1\"}";
+        expect_json(api_encode_provisioning(&p, &s), &s,
+                    "{\"source\":\"dps\",\"auth\":\"tpm\",\"endpoint\":\"https://global.azure-devices-provisioning."
+                    "net/\",\"scope_id\":\"0ne00000000\",\"registration_id\":\"reg1\",\"payload\":{\"modelId\":"
+                    "\"dtmi:x;1\"}}");
+
+        expect_json(api_encode_token("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1700000000", 1700000000,
+                                     "h", "d", &s),
+                    &s,
+                    "{\"sasToken\":\"SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1700000000\","
+                    "\"expiresOn\":1700000000,\"hubName\":\"h\",\"deviceId\":\"d\"}");
+
+        expect_json(api_encode_error("not found", &s), &s, "{\"message\":\"not found\"}");
+        expect_json(api_encode_error("a \"b\"\n\x01", &s), &s, "{\"message\":\"a \\\"b\\\"\\n\\u0001\"}");
+}
+
+static void test_encode_status(void **state) {
+        char *s = NULL;
+        struct api_status st = {
+                .provisioning_state = "provisioned",
+                .hub_name = "h.azure-devices.net",
+                .device_id = "d1",
+                .registration_id = "r1",
+                .has_last_result = true,
+                .last_status = "assigned",
+                .last_error_code = 0,
+                .last_message = NULL,
+                .last_at = 1700000000,
+                .next_retry_at = 0,
+                .tpm_state = "ready",
+                .tpm_last_error = NULL,
+                .version = "0.1.0",
+                .uptime_sec = 42,
+                .mode = "aziot",
+        };
+        expect_json(api_encode_status(&st, &s), &s,
+                    "{\"provisioning\":{\"state\":\"provisioned\",\"hubName\":\"h.azure-devices.net\",\"deviceId\":"
+                    "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
+                    "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null},\"tpm\":{\"state\":\"ready\","
+                    "\"lastError\":null},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":42,\"mode\":\"aziot\"}}");
+        struct api_status st2 = {
+                .provisioning_state = "backoff",
+                .has_last_result = true,
+                .last_status = "failed",
+                .last_error_code = 401002,
+                .last_message = "unauthorized",
+                .last_at = 5,
+                .next_retry_at = 65,
+                .tpm_state = "unavailable",
+                .tpm_last_error = "TPM_RC_LOCKOUT",
+                .version = "0.1.0",
+                .mode = "standalone",
+        };
+        expect_json(api_encode_status(&st2, &s), &s,
+                    "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
+                    "null,\"lastResult\":{\"status\":\"failed\",\"errorCode\":401002,\"message\":\"unauthorized\","
+                    "\"at\":5},\"nextRetryAt\":65},\"tpm\":{\"state\":\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\"},"
+                    "\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\"}}");
+        st2.has_last_result = false;
+        st2.next_retry_at = 0;
+        expect_json(api_encode_status(&st2, &s), &s,
+                    "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
+                    "null,\"lastResult\":null,\"nextRetryAt\":null},\"tpm\":{\"state\":\"unavailable\",\"lastError\":"
+                    "\"TPM_RC_LOCKOUT\"},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\"}}");
+}
+
+static void test_encoder_errors(void **state) {
+        char *s = NULL;
+        struct api_device_identity id = { "h", NULL, "d" };
+        assert_int_equal(api_encode_identity(&id, &s), -EINVAL);
+        assert_int_equal(api_encode_identity(NULL, &s), -EINVAL);
+        struct api_provisioning p = { "e", "s", "r", "{not json" };
+        assert_int_equal(api_encode_provisioning(&p, &s), -EINVAL);
+        p.payload_json = NULL;
+        p.scope_id = NULL;
+        assert_int_equal(api_encode_provisioning(&p, &s), -EINVAL);
+        assert_int_equal(api_encode_token(NULL, 1, "h", "d", &s), -EINVAL);
+        assert_int_equal(api_encode_token("t", 1, "h\xff", "d", &s), -EINVAL);
+        assert_int_equal(api_encode_error(NULL, &s), -EINVAL);
+        assert_int_equal(api_encode_error("\xc3", &s), -EINVAL);
+        assert_int_equal(api_encode_sign(NULL, 3, &s), -EINVAL);
+        assert_int_equal(api_encode_keys(NULL, 1, NULL, 0, &s), -EINVAL);
+        struct api_status st = { .provisioning_state = "x", .has_last_result = true, .last_status = NULL,
+                                 .tpm_state = "t", .version = "v", .mode = "m" };
+        assert_int_equal(api_encode_status(&st, &s), -EINVAL);
+        st.last_status = "failed";
+        st.last_error_code = 5;
+        st.mode = NULL; /* the inner lastResult object must not leak */
+        assert_int_equal(api_encode_status(&st, &s), -EINVAL);
+        st.has_last_result = false;
+        assert_int_equal(api_encode_status(&st, &s), -EINVAL);
+        assert_int_equal(api_encode_status(NULL, &s), -EINVAL);
+        assert_null(s);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_op_strings),
+                cmocka_unit_test(test_route_ok),
+                cmocka_unit_test(test_route_errors),
+                cmocka_unit_test(test_decode_import),
+                cmocka_unit_test(test_decode_limits),
+                cmocka_unit_test(test_decode_sign),
+                cmocka_unit_test(test_decode_token),
+                cmocka_unit_test(test_decode_device),
+                cmocka_unit_test(test_encoders),
+                cmocka_unit_test(test_encode_status),
+                cmocka_unit_test(test_encoder_errors),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,645 @@
+/* Tests for lib/provision.c: every transition, the three
+ * auto_reprovisioning modes, DPS down with/without a saved identity,
+ * permanent vs transient errors, client requests, Retry-After. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include "provision.h"
+#include "util.h"
+
+static uint64_t seed;
+static uint64_t rnd(void *userdata) {
+        uint64_t *s = userdata, z = (*s += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+static void init(struct prov_machine *m, enum prov_mode mode) {
+        seed = 1;
+        prov_machine_init(m, mode, rnd, &seed);
+}
+
+static struct prov_action step_d(struct prov_machine *m, enum prov_event ev, const struct prov_event_data *d) {
+        struct prov_action a;
+        int r;
+
+        memset(&a, 0x5a, sizeof(a));
+        r = prov_step(m, ev, d, &a);
+        if (r < 0)
+                fail_msg("event %s refused in state %s: %d", prov_event_to_string(ev), prov_state_to_string(m->state), r);
+        return a;
+}
+
+static struct prov_action step(struct prov_machine *m, enum prov_event ev) {
+        return step_d(m, ev, NULL);
+}
+
+#define EXPECT(m, ev, kind_, state_)                                      \
+        do {                                                              \
+                struct prov_action a_ = step((m), (ev));                  \
+                assert_string_equal(prov_action_to_string(a_.kind),       \
+                                    prov_action_to_string(kind_));        \
+                assert_string_equal(prov_state_to_string((m)->state),     \
+                                    prov_state_to_string(state_));        \
+        } while (0)
+
+/* START → LOAD_STATE → given load result */
+static struct prov_action boot(struct prov_machine *m, enum prov_mode mode, enum prov_event loaded) {
+        init(m, mode);
+        EXPECT(m, PROV_EV_START, PROV_ACT_LOAD_STATE, PROV_LOADING_STATE);
+        return step(m, loaded);
+}
+
+/* From REGISTERING, run a full successful DPS exchange to PROVISIONED. */
+static void run_dps_ok(struct prov_machine *m) {
+        struct prov_event_data d = {.retry_after_s = 7};
+        struct prov_action a;
+
+        assert_int_equal(m->state, PROV_REGISTERING);
+        EXPECT(m, PROV_EV_DPS_401_CHALLENGE, PROV_ACT_TPM_IMPORT_CHALLENGE, PROV_IMPORTING_CHALLENGE);
+        EXPECT(m, PROV_EV_IMPORT_OK, PROV_ACT_DPS_AUTH_REGISTER, PROV_AUTHENTICATING);
+        a = step_d(m, PROV_EV_DPS_202, &d);
+        assert_int_equal(a.kind, PROV_ACT_DPS_POLL);
+        assert_int_equal(a.delay_ms, 7000);
+        assert_int_equal(m->state, PROV_POLLING);
+        a = step(m, PROV_EV_POLL_ASSIGNING);
+        assert_int_equal(a.kind, PROV_ACT_DPS_POLL);
+        assert_int_equal(a.delay_ms, PROV_POLL_DEFAULT_MS);
+        EXPECT(m, PROV_EV_POLL_ASSIGNED, PROV_ACT_TPM_IMPORT_FINAL, PROV_IMPORTING_FINAL);
+        a = step(m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
+        assert_true(m->serving); /* new key in the serving slot: new identity served */
+        a = step(m, PROV_EV_SAVED);
+        assert_int_equal(m->state, PROV_PROVISIONED);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_true(a.status_changed);
+        assert_false(m->save_failed);
+        assert_int_equal(m->backoff.attempts, 0);
+        assert_string_equal(m->last_message, "");
+}
+
+static void test_strings(void **state) {
+        enum prov_mode mode;
+
+        for (int i = 0; i < _PROV_STATE_MAX; i++)
+                assert_non_null(prov_state_to_string((enum prov_state)i));
+        for (int i = 0; i < _PROV_EVENT_MAX; i++)
+                assert_non_null(prov_event_to_string((enum prov_event)i));
+        for (int i = 0; i < _PROV_ACT_MAX; i++)
+                assert_non_null(prov_action_to_string((enum prov_action_kind)i));
+        for (int i = 0; i < _PROV_REASON_MAX; i++)
+                assert_non_null(prov_reason_to_string((enum prov_reason)i));
+        for (int i = 0; i < _PROV_MODE_MAX; i++) {
+                assert_int_equal(prov_mode_from_string(prov_mode_to_string((enum prov_mode)i), &mode), 0);
+                assert_int_equal(mode, i);
+        }
+        assert_null(prov_state_to_string(_PROV_STATE_MAX));
+        assert_null(prov_event_to_string(_PROV_EVENT_MAX));
+        assert_int_equal(prov_mode_from_string("dynamic", &mode), -EINVAL);
+        assert_int_equal(prov_mode_from_string("", &mode), -EINVAL);
+        assert_int_equal(prov_mode_from_string(NULL, &mode), -EINVAL);
+        assert_int_equal(prov_challenge_key_index(0x100), 0x101);
+}
+
+static void test_first_provisioning_every_mode(void **state) {
+        for (int mode = 0; mode < _PROV_MODE_MAX; mode++) {
+                struct prov_machine m;
+                struct prov_action a = boot(&m, (enum prov_mode)mode, PROV_EV_STATE_MISSING_OR_CORRUPT);
+
+                assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
+                assert_false(m.serving);
+                assert_int_equal(m.reason, PROV_REASON_NO_STATE);
+                assert_true(prov_is_busy(&m));
+                run_dps_ok(&m);
+                assert_true(m.serving);
+                assert_false(prov_is_busy(&m));
+        }
+}
+
+static void test_start_dynamic(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        a = boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_LOADED_VALID);
+        assert_int_equal(a.kind, PROV_ACT_CHECK_HUB);
+        assert_true(m.serving);
+        EXPECT(&m, PROV_EV_HUB_OK, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+
+        /* unreachable hub is no evidence of a move */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_LOADED_VALID);
+        EXPECT(&m, PROV_EV_HUB_UNREACHABLE, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+        assert_true(m.serving);
+
+        /* rejected: reprovision, still serving the old identity meanwhile */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_LOADED_VALID);
+        EXPECT(&m, PROV_EV_HUB_REJECTED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_HUB_REJECTED);
+        assert_true(m.serving);
+        run_dps_ok(&m);
+}
+
+static void test_start_always(void **state) {
+        struct prov_machine m;
+        struct prov_action a = boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+
+        assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
+        assert_int_equal(m.reason, PROV_REASON_STARTUP);
+        assert_true(m.serving);
+        run_dps_ok(&m);
+}
+
+static void test_start_on_error_only(void **state) {
+        struct prov_machine m;
+        struct prov_action a = boot(&m, PROV_MODE_ON_ERROR_ONLY, PROV_EV_STATE_LOADED_VALID);
+
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS); /* no hub check, no DPS */
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        assert_true(m.serving);
+}
+
+static void test_start_stale_every_mode(void **state) {
+        for (int mode = 0; mode < _PROV_MODE_MAX; mode++) {
+                struct prov_machine m;
+                struct prov_action a = boot(&m, (enum prov_mode)mode, PROV_EV_STATE_LOADED_STALE);
+                assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
+                assert_int_equal(m.reason, PROV_REASON_CONFIG_CHANGED);
+                assert_true(m.serving);
+        }
+}
+
+static void test_client_reports_bad_credentials(void **state) {
+        struct prov_machine m;
+
+        /* Dynamic: verify with the hub, reprovision only if the hub agrees */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_LOADED_VALID);
+        step(&m, PROV_EV_HUB_OK);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_CHECK_HUB, PROV_CHECKING_HUB);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_NONE, PROV_CHECKING_HUB); /* coalesced */
+        EXPECT(&m, PROV_EV_HUB_OK, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_CHECK_HUB, PROV_CHECKING_HUB);
+        EXPECT(&m, PROV_EV_HUB_REJECTED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_HUB_REJECTED);
+
+        /* AlwaysOnStartup behaves like Dynamic at runtime */
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+        run_dps_ok(&m);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_CHECK_HUB, PROV_CHECKING_HUB);
+
+        /* OnErrorOnly ignores hub signals */
+        boot(&m, PROV_MODE_ON_ERROR_ONLY, PROV_EV_STATE_LOADED_VALID);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_NONE, PROV_PROVISIONED);
+        /* ... but an authorized request still reprovisions */
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CLIENT_REQUEST);
+}
+
+static void test_dps_down_with_saved_identity(void **state) {
+        struct prov_machine m;
+        struct prov_event_data net = {.http_status = 0, .message = "connect failed"};
+        struct prov_action a;
+        uint64_t prev_ceiling = 0;
+
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+        for (int i = 0; i < 12; i++) {
+                uint64_t ceil = backoff_ceiling(&m.backoff);
+                assert_true(ceil >= prev_ceiling);
+                prev_ceiling = ceil;
+                a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &net);
+                assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+                assert_true(a.delay_ms >= BACKOFF_MIN_MS && a.delay_ms <= ceil);
+                assert_int_equal(m.state, PROV_BACKING_OFF);
+                assert_true(m.serving); /* keeps serving the saved identity */
+                assert_false(m.last_permanent);
+                assert_string_equal(m.last_message, "connect failed");
+                EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+                assert_int_equal(m.reason, PROV_REASON_STARTUP); /* retry keeps its reason */
+        }
+        assert_int_equal(prev_ceiling, BACKOFF_CAP_MS);
+        run_dps_ok(&m); /* recovers; backoff reset, error cleared */
+}
+
+static void test_dps_down_without_identity(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        a = step(&m, PROV_EV_TRANSIENT_ERROR);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+        assert_false(m.serving);
+        assert_string_equal(m.last_message, "temporary DPS error"); /* fallback text */
+        EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        /* failure at every step of the run backs off too */
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        EXPECT(&m, PROV_EV_TRANSIENT_ERROR, PROV_ACT_ARM_TIMER, PROV_BACKING_OFF);
+        step(&m, PROV_EV_TIMER);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        EXPECT(&m, PROV_EV_TRANSIENT_ERROR, PROV_ACT_ARM_TIMER, PROV_BACKING_OFF);
+        assert_int_equal(m.backoff.attempts, 3);
+}
+
+static void test_retry_after_floor(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 429, .retry_after_s = 120};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+        assert_int_equal(a.delay_ms, 120000); /* ceiling is 2 s; the server's floor wins */
+        assert_int_equal(m.last_http_status, 429);
+        step(&m, PROV_EV_TIMER);
+        d.retry_after_s = 1;
+        a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        assert_true(a.delay_ms >= 1000 && a.delay_ms <= 4000);
+}
+
+static void test_permanent(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 404, .code = 404201, .message = "Registration not found"};
+        struct prov_action a;
+
+        /* with a saved identity: keeps serving, stops retrying, keeps the error */
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+        a = step_d(&m, PROV_EV_PERMANENT_ERROR, &d);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_true(a.status_changed);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        assert_true(m.serving);
+        assert_true(m.last_permanent);
+        assert_true(m.last_code == 404201);
+        assert_int_equal(m.last_http_status, 404);
+        assert_string_equal(m.last_message, "Registration not found");
+        assert_false(prov_is_busy(&m));
+        assert_int_equal(prov_step(&m, PROV_EV_TIMER, NULL, &a), -EINVAL);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_NONE, PROV_FAILED_PERMANENT);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_false(m.last_permanent);
+        run_dps_ok(&m);
+
+        /* without: nothing served */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        d.http_status = 401; /* 401 after auth = bad key */
+        step_d(&m, PROV_EV_PERMANENT_ERROR, &d);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        assert_false(m.serving);
+        /* a config change retries too, with a fresh backoff */
+        EXPECT(&m, PROV_EV_CONFIG_CHANGED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CONFIG_CHANGED);
+
+        /* import failure judged permanent by the driver */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_PERMANENT_ERROR);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        assert_string_equal(m.last_message, "DPS refused the registration");
+}
+
+static void test_poll_failed(void **state) {
+        struct prov_machine m;
+        struct prov_event_data perm = {.permanent = true, .code = 400209, .message = "unauthorized to hub"};
+        struct prov_event_data trans = {.permanent = false, .code = 503001};
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_DPS_202);
+        step_d(&m, PROV_EV_POLL_FAILED, &perm);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        assert_true(m.last_code == 400209);
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step_d(&m, PROV_EV_POLL_FAILED, &trans); /* straight from the second PUT's 200 */
+        assert_int_equal(m.state, PROV_BACKING_OFF);
+        assert_string_equal(m.last_message, "DPS assignment failed temporarily");
+}
+
+static void test_polling(void **state) {
+        struct prov_machine m;
+        struct prov_event_data ra = {.retry_after_s = 9, .http_status = 503};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        /* a 200 "assigning" to the second PUT starts polling too */
+        EXPECT(&m, PROV_EV_POLL_ASSIGNING, PROV_ACT_DPS_POLL, PROV_POLLING);
+        /* a transient error while polling polls the same operation again */
+        a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &ra);
+        assert_int_equal(a.kind, PROV_ACT_DPS_POLL);
+        assert_int_equal(a.delay_ms, 9000);
+        assert_int_equal(m.state, PROV_POLLING);
+        assert_int_equal(m.last_http_status, 503);
+        /* budget: PROV_POLL_MAX polls in all, then start over with backoff */
+        for (unsigned i = 1; i < PROV_POLL_MAX - 1; i++)
+                EXPECT(&m, PROV_EV_POLL_ASSIGNING, PROV_ACT_DPS_POLL, PROV_POLLING);
+        EXPECT(&m, PROV_EV_POLL_ASSIGNING, PROV_ACT_ARM_TIMER, PROV_BACKING_OFF);
+        assert_string_equal(m.last_message, "DPS did not finish the assignment");
+        EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.polls, 0);
+
+        /* a 200 "assigned" to the second PUT goes straight to the final import */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        EXPECT(&m, PROV_EV_POLL_ASSIGNED, PROV_ACT_TPM_IMPORT_FINAL, PROV_IMPORTING_FINAL);
+}
+
+static void test_import_failures(void **state) {
+        struct prov_machine m;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        EXPECT(&m, PROV_EV_IMPORT_FAILED, PROV_ACT_ARM_TIMER, PROV_BACKING_OFF);
+        assert_non_null(strstr(m.last_message, "challenge"));
+
+        /* final import fails with an old identity: it stays served */
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        EXPECT(&m, PROV_EV_IMPORT_FAILED, PROV_ACT_ARM_TIMER, PROV_BACKING_OFF);
+        assert_true(m.serving);
+        /* and without one nothing is served */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_FAILED);
+        assert_false(m.serving);
+}
+
+static void test_client_reprovision(void **state) {
+        struct prov_machine m;
+
+        /* in PROVISIONED */
+        boot(&m, PROV_MODE_ON_ERROR_ONLY, PROV_EV_STATE_LOADED_VALID);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        /* coalesced at every in-flight step */
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_REGISTERING);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_IMPORTING_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_AUTHENTICATING);
+        step(&m, PROV_EV_DPS_202);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_POLLING);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_IMPORTING_FINAL);
+        step(&m, PROV_EV_IMPORT_OK);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_SAVING);
+        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+        assert_false(m.pending);
+
+        /* while backing off: start now */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_TRANSIENT_ERROR);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CLIENT_REQUEST);
+
+        /* while loading: remembered, skips the hub check */
+        init(&m, PROV_MODE_DYNAMIC);
+        step(&m, PROV_EV_START);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_LOADING_STATE);
+        EXPECT(&m, PROV_EV_STATE_LOADED_VALID, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CLIENT_REQUEST);
+        assert_true(m.serving);
+
+        /* while checking the hub: remembered, runs after a good answer */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_LOADED_VALID);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_CHECKING_HUB);
+        EXPECT(&m, PROV_EV_HUB_OK, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CLIENT_REQUEST);
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_LOADED_VALID);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        EXPECT(&m, PROV_EV_HUB_REJECTED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CLIENT_REQUEST);
+}
+
+static void test_config_changed(void **state) {
+        struct prov_machine m;
+
+        /* in PROVISIONED: reprovision, old identity served meanwhile */
+        boot(&m, PROV_MODE_ON_ERROR_ONLY, PROV_EV_STATE_LOADED_VALID);
+        EXPECT(&m, PROV_EV_CONFIG_CHANGED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CONFIG_CHANGED);
+        assert_true(m.serving);
+
+        /* mid-run: the run finishes, then another one starts with the new config */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        EXPECT(&m, PROV_EV_CONFIG_CHANGED, PROV_ACT_NONE, PROV_IMPORTING_CHALLENGE);
+        assert_true(m.pending);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_DPS_202);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_OK);
+        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_CONFIG_CHANGED);
+        assert_false(m.pending);
+        assert_true(m.serving);
+
+        /* mid-run then a transient error: restart now instead of waiting */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_CONFIG_CHANGED);
+        EXPECT(&m, PROV_EV_TRANSIENT_ERROR, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        /* mid-run then a permanent error: the new config may work, try it */
+        step(&m, PROV_EV_CONFIG_CHANGED);
+        EXPECT(&m, PROV_EV_PERMANENT_ERROR, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        /* in polling with a pending change, a transient error restarts */
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_DPS_202);
+        step(&m, PROV_EV_CONFIG_CHANGED);
+        EXPECT(&m, PROV_EV_TRANSIENT_ERROR, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+
+        /* while loading, a config change outranks a client request */
+        init(&m, PROV_MODE_DYNAMIC);
+        step(&m, PROV_EV_START);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        step(&m, PROV_EV_CONFIG_CHANGED);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        EXPECT(&m, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_NO_STATE);
+
+        /* while backing off */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_TRANSIENT_ERROR);
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_NONE, PROV_BACKING_OFF);
+        EXPECT(&m, PROV_EV_CONFIG_CHANGED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+}
+
+static void test_save_failed(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_TRANSIENT_ERROR);
+        step(&m, PROV_EV_TIMER);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_DPS_202);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_SAVE_FAILED);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        assert_true(m.save_failed);
+        assert_true(m.serving);
+        assert_int_equal(m.backoff.attempts, 0);
+}
+
+/* Every (state, event) pair: either the event is valid there, or prov_step
+ * returns -EINVAL and leaves the machine and *out untouched. */
+struct reach {
+        enum prov_state state;
+        enum prov_event path[8];
+        size_t n;
+};
+
+static const struct reach reaches[] = {
+        {PROV_IDLE, {0}, 0},
+        {PROV_LOADING_STATE, {PROV_EV_START}, 1},
+        {PROV_CHECKING_HUB, {PROV_EV_START, PROV_EV_STATE_LOADED_VALID}, 2},
+        {PROV_REGISTERING, {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT}, 2},
+        {PROV_IMPORTING_CHALLENGE, {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE}, 3},
+        {PROV_AUTHENTICATING,
+         {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE, PROV_EV_IMPORT_OK},
+         4},
+        {PROV_POLLING,
+         {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE, PROV_EV_IMPORT_OK,
+          PROV_EV_DPS_202},
+         5},
+        {PROV_IMPORTING_FINAL,
+         {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE, PROV_EV_IMPORT_OK,
+          PROV_EV_POLL_ASSIGNED},
+         5},
+        {PROV_SAVING,
+         {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE, PROV_EV_IMPORT_OK,
+          PROV_EV_POLL_ASSIGNED, PROV_EV_IMPORT_OK},
+         6},
+        {PROV_PROVISIONED, {PROV_EV_START, PROV_EV_STATE_LOADED_VALID, PROV_EV_HUB_OK}, 3},
+        {PROV_BACKING_OFF, {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_TRANSIENT_ERROR}, 3},
+        {PROV_FAILED_PERMANENT, {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_PERMANENT_ERROR}, 3},
+};
+
+#define EV(x) (1u << PROV_EV_##x)
+static uint32_t valid_events(enum prov_state s) {
+        const uint32_t client = EV(CLIENT_REPROVISION) | EV(CLIENT_REPORTS_BAD_CREDENTIALS) | EV(CONFIG_CHANGED);
+        const uint32_t err = EV(TRANSIENT_ERROR) | EV(PERMANENT_ERROR);
+        switch (s) {
+        case PROV_IDLE:
+                return EV(START);
+        case PROV_LOADING_STATE:
+                return EV(STATE_LOADED_VALID) | EV(STATE_LOADED_STALE) | EV(STATE_MISSING_OR_CORRUPT) | client;
+        case PROV_CHECKING_HUB:
+                return EV(HUB_OK) | EV(HUB_REJECTED) | EV(HUB_UNREACHABLE) | client;
+        case PROV_REGISTERING:
+                return EV(DPS_401_CHALLENGE) | err | client;
+        case PROV_IMPORTING_CHALLENGE:
+        case PROV_IMPORTING_FINAL:
+                return EV(IMPORT_OK) | EV(IMPORT_FAILED) | err | client;
+        case PROV_AUTHENTICATING:
+        case PROV_POLLING:
+                return EV(DPS_202) * (s == PROV_AUTHENTICATING) | EV(POLL_ASSIGNING) | EV(POLL_ASSIGNED) |
+                       EV(POLL_FAILED) | err | client;
+        case PROV_SAVING:
+                return EV(SAVED) | EV(SAVE_FAILED) | client;
+        case PROV_PROVISIONED:
+        case PROV_FAILED_PERMANENT:
+                return client;
+        case PROV_BACKING_OFF:
+                return EV(TIMER) | client;
+        case _PROV_STATE_MAX:
+                break;
+        }
+        return 0;
+}
+
+static void test_every_pair(void **state) {
+        unsigned valid = 0, invalid = 0;
+
+        bool seen[_PROV_STATE_MAX] = {false};
+
+        for (size_t i = 0; i < ELEMENTSOF(reaches); i++)
+                for (int mode = 0; mode < _PROV_MODE_MAX; mode++)
+                        for (int ev = 0; ev < _PROV_EVENT_MAX; ev++) {
+                                struct prov_machine m, before;
+                                struct prov_action a, a0;
+                                int r;
+
+                                init(&m, (enum prov_mode)mode);
+                                /* some paths do not exist in some modes (AlwaysOnStartup never checks the hub on start) */
+                                for (size_t k = 0; k < reaches[i].n; k++)
+                                        if (prov_step(&m, reaches[i].path[k], NULL, &a) < 0)
+                                                break;
+                                if (m.state != reaches[i].state)
+                                        continue; /* e.g. OnErrorOnly never checks the hub */
+                                seen[m.state] = true;
+                                before = m;
+                                memset(&a, 0x5a, sizeof(a));
+                                a0 = a;
+                                r = prov_step(&m, (enum prov_event)ev, NULL, &a);
+                                if (valid_events(reaches[i].state) & (1u << ev)) {
+                                        if (r != 0)
+                                                fail_msg("%s/%s refused", prov_state_to_string(reaches[i].state),
+                                                         prov_event_to_string((enum prov_event)ev));
+                                        assert_non_null(prov_action_to_string(a.kind));
+                                        valid++;
+                                } else {
+                                        if (r != -EINVAL)
+                                                fail_msg("%s/%s accepted", prov_state_to_string(reaches[i].state),
+                                                         prov_event_to_string((enum prov_event)ev));
+                                        assert_memory_equal(&m, &before, sizeof(m));
+                                        assert_memory_equal(&a, &a0, sizeof(a));
+                                        invalid++;
+                                }
+                        }
+        for (int st = 0; st < _PROV_STATE_MAX; st++)
+                if (!seen[st])
+                        fail_msg("state %s never reached", prov_state_to_string((enum prov_state)st));
+        assert_true(valid > 100);
+        assert_true(invalid > 300);
+        {
+                struct prov_machine m;
+                struct prov_action a;
+                init(&m, PROV_MODE_DYNAMIC);
+                assert_int_equal(prov_step(&m, _PROV_EVENT_MAX, NULL, &a), -EINVAL);
+                assert_int_equal(prov_step(&m, PROV_EV_START, NULL, NULL), -EINVAL);
+                assert_int_equal(prov_step(NULL, PROV_EV_START, NULL, &a), -EINVAL);
+        }
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_strings),
+                cmocka_unit_test(test_first_provisioning_every_mode),
+                cmocka_unit_test(test_start_dynamic),
+                cmocka_unit_test(test_start_always),
+                cmocka_unit_test(test_start_on_error_only),
+                cmocka_unit_test(test_start_stale_every_mode),
+                cmocka_unit_test(test_client_reports_bad_credentials),
+                cmocka_unit_test(test_dps_down_with_saved_identity),
+                cmocka_unit_test(test_dps_down_without_identity),
+                cmocka_unit_test(test_retry_after_floor),
+                cmocka_unit_test(test_permanent),
+                cmocka_unit_test(test_poll_failed),
+                cmocka_unit_test(test_polling),
+                cmocka_unit_test(test_import_failures),
+                cmocka_unit_test(test_client_reprovision),
+                cmocka_unit_test(test_config_changed),
+                cmocka_unit_test(test_save_failed),
+                cmocka_unit_test(test_every_pair),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
