@@ -18,8 +18,8 @@ struct cloud_xfer {
         struct cloud *cloud;
         CURL *easy;
         struct curl_slist *headers;
-        char *body;           /* copy of the request body */
-        char *resp;           /* response body, grown as it arrives */
+        char *body; /* copy of the request body */
+        char *resp; /* response body, grown as it arrives */
         size_t resp_len, resp_cap;
         bool too_big;
         char *retry_after;

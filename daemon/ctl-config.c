@@ -344,6 +344,14 @@ static int verb_apply(int argc, char **argv) {
                 exit_code = CTL_EXIT_FAILURE;
                 goto done;
         }
+        if (do_chown) {
+                /* a directory we just made is root:root; the daemon (group aziottpm) must enter it */
+                _cleanup_free_ char *dcopy = strdup(out);
+                struct stat st;
+                const char *dir = dcopy ? dirname(dcopy) : NULL; /* dirname() edits dcopy: call it once */
+                if (dir && stat(dir, &st) == 0 && st.st_uid == 0 && st.st_gid == 0)
+                        (void)chown(dir, 0, gid); /* best effort: packaging normally owns it */
+        }
         if (ro == 0) {
                 r = write_owned_atomic(bak, old_text, old_len, APPLIED_MODE, 0, gid, do_chown);
                 if (r < 0) {

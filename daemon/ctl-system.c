@@ -120,7 +120,8 @@ static char *identity_socket(void) {
                 }
                 if (r == -ENOMEM)
                         return NULL;
-                if (getenv(CONFIG_ENV_PATH) && *getenv(CONFIG_ENV_PATH))
+                const char *explicit_path = getenv(CONFIG_ENV_PATH);
+                if (explicit_path && *explicit_path)
                         break; /* an explicit file that does not load: no guessing */
         }
         return strdup(CONFIG_DEFAULT_IDENTITYD_SOCKET);
@@ -569,7 +570,7 @@ int ctl_identity_main(int argc, char **argv) {
                         unsigned long v = strtoul(optarg, &end, 10);
                         if (errno || !end || *end || optarg[0] == '-' || v < API_TOKEN_LIFETIME_MIN_SEC ||
                             v > API_TOKEN_LIFETIME_MAX_SEC) {
-                                fprintf(stderr, "tpmidctl identity token: --lifetime must be %u..%u seconds, not '%s'\n",
+                                fprintf(stderr, "tpmidctl identity token: --lifetime must be %d..%d seconds, not '%s'\n",
                                         API_TOKEN_LIFETIME_MIN_SEC, API_TOKEN_LIFETIME_MAX_SEC, optarg);
                                 return CTL_EXIT_USAGE;
                         }

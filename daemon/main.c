@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "identity-api.h"
 #include "log.h"
 #include "notify.h"
 #include "server.h"
@@ -34,16 +35,17 @@
 #define TPM_RETRY_MAX_MS 30000       /* ms: the retry interval doubles up to this */
 #define MALLOC_ARENAS 1              /* glibc arenas: one thread does real work, extra arenas only cost RSS */
 
-/* The identity socket's API lives in daemon/identity-api.c (another module,
- * optional in this binary). When it is linked in, these resolve; otherwise
- * they are NULL and the identity socket is not served (an inherited socket
- * is answered with 503). */
-struct identity_api;
-int identity_api_new(uv_loop_t *loop, const struct tpmid_config *config, struct tpm_worker *worker,
-                     struct identity_api **ret) __attribute__((weak));
-void identity_api_handle(struct server_request *req, void *userdata) __attribute__((weak));
-void identity_api_set_config(struct identity_api *api, const struct tpmid_config *config) __attribute__((weak));
-struct identity_api *identity_api_free(struct identity_api *api) __attribute__((weak));
+/* The identity socket's API (daemon/identity-api.c) is optional in this
+ * binary: weak references resolve to NULL when it is not linked in, and the
+ * identity socket is then not served (an inherited one answers 503). */
+#pragma weak identity_api_new
+#pragma weak identity_api_handle
+#pragma weak identity_api_set_config
+#pragma weak identity_api_free
+#pragma weak identity_api_tpm_ready
+#pragma weak identity_api_set_tpm_state
+#pragma weak identity_api_set_status_cb
+#pragma weak identity_api_status_text
 
 struct daemon {
         uv_loop_t loop;
@@ -131,8 +133,27 @@ static int load_config(const char *path, bool must_exist, struct tpmid_config **
 
 static void set_serving_status(struct daemon *d) {
         _cleanup_free_ char *regid = tpm_registration_id(d->keys.ek.buf, d->keys.ek.len);
-        notify_status(d->notify, "ready: serving %s, TPM ready (registration id %s)", d->config->endpoints.tpmd_socket,
-                      regid ? regid : "?");
+        const char *prov = d->identity && identity_api_status_text ? identity_api_status_text(d->identity) : NULL;
+        notify_status(d->notify, "ready: serving %s, TPM ready (registration id %s)%s%s",
+                      d->config->endpoints.tpmd_socket, regid ? regid : "?", prov ? "; " : "", prov ? prov : "");
+}
+
+/* The provisioning state changed its words: keep STATUS= current. */
+static void identity_status_changed(const char *text, void *userdata) {
+        struct daemon *d = userdata;
+        if (d->stopping)
+                return;
+        if (d->tpm_ready)
+                set_serving_status(d);
+}
+
+static void identity_tpm_state(struct daemon *d, bool ready, const char *reason) {
+        if (!d->identity)
+                return;
+        if (ready && identity_api_tpm_ready)
+                identity_api_tpm_ready(d->identity, &d->keys);
+        else if (!ready && identity_api_set_tpm_state)
+                identity_api_set_tpm_state(d->identity, false, reason);
 }
 
 static void start_done(struct tpm_job *job, void *userdata) {
@@ -146,6 +167,7 @@ static void start_done(struct tpm_job *job, void *userdata) {
                 d->retry_ms = 0;
                 d->tpm_error[0] = '\0';
                 tpmd_api_set_ready(d->tpmd, &d->keys);
+                identity_tpm_state(d, true, NULL);
                 log_info("TPM ready: endorsement key %s, storage root key %s",
                          d->keys.created_ek ? "created and persisted at 0x81010001" : "found at 0x81010001",
                          d->keys.created_srk ? "created and persisted at 0x81000001" : "found at 0x81000001");
@@ -177,6 +199,7 @@ static void start_done(struct tpm_job *job, void *userdata) {
                 log_debug("TPM still not usable (%s), next try in %llu ms", reason, (unsigned long long)d->retry_ms);
         snprintf(d->tpm_error, sizeof d->tpm_error, "%s", reason);
         tpmd_api_set_unavailable(d->tpmd, reason);
+        identity_tpm_state(d, false, reason);
         notify_status(d->notify, "waiting for TPM: %s", reason);
         schedule_tpm_start(d, d->retry_ms);
 }
@@ -222,6 +245,7 @@ static void ping_done(struct tpm_job *job, void *userdata) {
                    "TPM stopped answering (%s); reconnecting", reason);
         snprintf(d->tpm_error, sizeof d->tpm_error, "%s", reason);
         tpmd_api_set_unavailable(d->tpmd, reason);
+        identity_tpm_state(d, false, reason);
         notify_status(d->notify, "waiting for TPM: %s", reason);
         schedule_tpm_start(d, 0);
 }
@@ -431,6 +455,8 @@ static int open_servers(struct daemon *d) {
                 r = identity_api_new(&d->loop, d->config, d->worker, &d->identity);
                 if (r < 0)
                         return log_error_errno(r, "could not set up the identity API: %s", strerror(-r));
+                if (identity_api_set_status_cb)
+                        identity_api_set_status_cb(d->identity, identity_status_changed, d);
         }
         if (have_identity || inh.identity_fd >= 0) {
                 r = server_new(&d->loop,
@@ -443,8 +469,13 @@ static int open_servers(struct daemon *d) {
                                                          .config = d->config },
                                &d->identity_srv);
                 if (r < 0)
-                        return log_error_errno(r, "could not listen on %s: %s", d->config->endpoints.identityd_socket,
-                                               uv_strerror(r));
+                        return log_error_errno(r, "could not listen on %s: %s%s", d->config->endpoints.identityd_socket,
+                                               uv_strerror(r),
+                                               r == -EADDRINUSE ? " (another tpmidd/aziot-identityd answers there)"
+                                               : r == -EEXIST   ? " (a file that is not a socket is in the way)"
+                                                                : "");
+                log_info("serving the identity API on %s%s", d->config->endpoints.identityd_socket,
+                         inh.identity_fd >= 0 ? " (socket from systemd)" : "");
         }
         return 0;
 }
@@ -532,6 +563,11 @@ int main(int argc, char **argv) {
                 return 0;
         }
         apply_log_level(d.config);
+        /* tpm.c turns every TSS failure into one sentence with the rc; the
+         * TSS's own stderr lines would repeat it without context (and print
+         * "errors" for the normal first-boot EK lookup). Keep them for debug. */
+        if (log_get_max_level() < LOG_DEBUG)
+                setenv("TSS2_LOG", "all+none", 0);
 
         int r = uv_loop_init(&d.loop);
         if (r < 0) {

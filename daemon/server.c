@@ -49,6 +49,8 @@ struct server_conn {
         uint8_t *wbuf;
         bool in_group;
         bool parser_live;     /* parser initialised and not yet released */
+        bool reading;         /* uv_read_start() is in effect */
+        bool peer_eof;        /* the client shut down its side: answer, then close */
 };
 
 struct server {
@@ -89,6 +91,7 @@ struct server_limits server_limits_from_config(const struct config_limits *l) {
 
 static void conn_close(struct server_conn *c);
 static void conn_resume(struct server_conn *c);
+static bool input_waiting(struct server_conn *c);
 static void maybe_drained(struct server *s);
 
 /* ---- lifetime ---- */
@@ -174,6 +177,33 @@ static void shutdown_done(uv_shutdown_t *req, int status) {
         uv_timer_start(&c->timer, linger_timeout, SERVER_LINGER_MS, 0);
 }
 
+static void deferred_resume(uv_timer_t *t) {
+        struct server_conn *c = t->data;
+        c->state = CONN_READING;
+        conn_resume(c);
+}
+
+/* The answer is out: close, or go on with the next request. sync is true
+ * when called from inside server_reply(), where processing stashed bytes
+ * right away could recurse once per pipelined request. */
+static void write_finished(struct server_conn *c, bool sync) {
+        /* Draining: a request that already arrived is still answered (with
+         * Connection: close); an idle connection ends here. */
+        if (c->close_after || !c->srv || (c->srv->draining && !c->pending && !input_waiting(c))) {
+                c->sreq.data = c;
+                if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->pipe, shutdown_done) < 0)
+                        conn_close(c);
+                return;
+        }
+        if (sync && c->pending) {
+                /* Stay "writing" (new bytes keep being stashed) until the next loop turn. */
+                uv_timer_start(&c->timer, deferred_resume, 0, 0);
+                return;
+        }
+        c->state = CONN_READING;
+        conn_resume(c);
+}
+
 static void write_done(uv_write_t *w, int status) {
         struct server_conn *c = w->data;
         free(c->wbuf);
@@ -186,27 +216,34 @@ static void write_done(uv_write_t *w, int status) {
                 conn_close(c);
                 return;
         }
-        if (c->close_after || !c->srv || c->srv->draining) {
-                c->sreq.data = c;
-                if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->pipe, shutdown_done) < 0)
-                        conn_close(c);
-                return;
-        }
-        c->state = CONN_READING;
-        conn_resume(c);
+        write_finished(c, false);
 }
 
-/* Takes ownership of buf. */
+/* Takes ownership of buf. Answers are small and the socket buffer is
+ * almost always empty, so try a plain write first: no write request, no
+ * poll-for-writable registration, no extra loop turn. */
 static int conn_write(struct server_conn *c, uint8_t *buf, size_t len) {
-        c->wbuf = buf;
         c->state = CONN_WRITING;
         uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+        int r = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+        if (r == (int)len) {
+                free(buf);
+                write_finished(c, true);
+                return 0;
+        }
+        if (r < 0 && r != UV_EAGAIN) {
+                free(buf);
+                conn_close(c);
+                return r;
+        }
+        size_t done = r > 0 ? (size_t)r : 0;
+        c->wbuf = buf;
+        b = uv_buf_init((char *)buf + done, (unsigned)(len - done));
         c->wreq.data = c;
-        int r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, write_done);
+        r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, write_done);
         if (r < 0) {
                 free(c->wbuf);
                 c->wbuf = NULL;
-                c->state = CONN_READING;
                 conn_close(c);
         }
         return r;
@@ -286,9 +323,12 @@ static bool conn_feed(struct server_conn *c, const uint8_t *data, size_t len) {
                 data += used;
                 len -= used;
                 if (r == HTTP_FEED_EXPECT_CONTINUE) {
-                        /* Answering 100 needs a write while we keep reading; a
-                         * Unix-socket client gains nothing from it, so the body
-                         * is simply read (clients send it after a short wait). */
+                        /* curl asks for this before bodies over 1 KiB and would
+                         * otherwise wait a second. The socket buffer is empty
+                         * while a request is read, so a plain write fits; if it
+                         * does not, the client sends the body after its timeout. */
+                        uv_buf_t b = uv_buf_init((char *)HTTP_CONTINUE_RESPONSE, sizeof HTTP_CONTINUE_RESPONSE - 1);
+                        (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
                         continue;
                 }
                 if (r == HTTP_FEED_NEED_MORE) {
@@ -313,7 +353,8 @@ static bool conn_feed(struct server_conn *c, const uint8_t *data, size_t len) {
                                 return false;
                         }
                         c->req.http = hr;
-                        uv_read_stop((uv_stream_t *)&c->pipe);
+                        /* Reading goes on while the handler works (no epoll
+                         * change per request); what arrives is stashed. */
                         dispatch(c);
                         return false;
                 }
@@ -341,6 +382,14 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
                 s->rbuf_busy = false;
         if (n == 0)
                 return;
+        if (n == UV_EOF && (c->state == CONN_BUSY || c->state == CONN_WRITING)) {
+                /* Half-closed after sending: still owed an answer. */
+                c->peer_eof = true;
+                c->close_after = true;
+                c->reading = false;
+                uv_read_stop(st);
+                return;
+        }
         if (n < 0) {
                 if (c->state == CONN_READING && c->parser_live && http_parser_in_request(&c->parser) && n == UV_EOF)
                         log_debug("%s: uid %u closed in the middle of a request", s ? s->name : "?",
@@ -350,6 +399,24 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         }
         if (c->state == CONN_LINGER || c->rejected)
                 return; /* discard */
+        if (c->state == CONN_BUSY || c->state == CONN_WRITING) {
+                /* The next request (pipelined, or sent right after our answer
+                 * arrived) waits; past one maximal request, stop reading until
+                 * this one is answered. */
+                uint8_t *p = realloc(c->pending, c->pending_len + (size_t)n);
+                if (!p) {
+                        conn_close(c);
+                        return;
+                }
+                memcpy(p + c->pending_len, buf->base, (size_t)n);
+                c->pending = p;
+                c->pending_len += (size_t)n;
+                if (s && c->pending_len >= (size_t)s->limits.max_header_bytes + s->limits.max_body_bytes) {
+                        uv_read_stop(st);
+                        c->reading = false;
+                }
+                return;
+        }
         if (c->state != CONN_READING)
                 return;
         conn_feed(c, (const uint8_t *)buf->base, (size_t)n);
@@ -375,9 +442,12 @@ static void conn_resume(struct server_conn *c) {
                 if (!reading)
                         return;
         }
-        if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) < 0) {
-                conn_close(c);
-                return;
+        if (!c->reading) {
+                if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) < 0) {
+                        conn_close(c);
+                        return;
+                }
+                c->reading = true;
         }
         arm_timer(c);
 }
@@ -399,7 +469,7 @@ int server_reply(struct server_request *req, int status, const char *json_body, 
                 return -ECONNRESET;
         }
         struct server *s = c->srv;
-        if (s->draining)
+        if (s->draining || c->peer_eof)
                 keep_alive = false;
         c->close_after = !keep_alive;
         parser_release(c);
@@ -556,11 +626,14 @@ static void on_connection(uv_stream_t *l, int status) {
                         conn_close(c);
                         return;
                 }
+                c->reading = true;
                 conn_answer_error(c, st, msg, retry, ELEMENTSOF(retry));
                 return;
         }
 
-        c->in_group = s->has_sock_gid && uid_in_group(cred.uid, cred.gid, s->sock_gid);
+        /* Once per connection, not per request. NSS may be slow (LDAP); root
+         * needs no lookup. */
+        c->in_group = cred.uid != 0 && s->has_sock_gid && uid_in_group(cred.uid, cred.gid, s->sock_gid);
         log_debug("%s: connection from uid %u gid %u pid %u", s->name, (unsigned)cred.uid, (unsigned)cred.gid,
                   (unsigned)cred.pid);
         c->state = CONN_READING;
@@ -741,6 +814,16 @@ static void stop_listening(struct server *s) {
         uv_close((uv_handle_t *)&s->listener, listener_closed);
 }
 
+/* Bytes the client sent that the loop has not read yet: a request that was
+ * accepted by the kernel before we started draining deserves an answer. */
+static bool input_waiting(struct server_conn *c) {
+        uv_os_fd_t fd;
+        char b;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+                return false;
+        return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
+}
+
 void server_drain(struct server *s, void (*drained)(void *userdata), void *userdata) {
         s->draining = true;
         s->drained = drained;
@@ -751,7 +834,8 @@ void server_drain(struct server *s, void (*drained)(void *userdata), void *userd
          * request timeout) and close after the answer. */
         for (struct server_conn *c = s->conns, *next; c; c = next) {
                 next = c->next;
-                if (c->state == CONN_READING && (!c->parser_live || !http_parser_in_request(&c->parser)) && !c->pending)
+                if (c->state == CONN_READING && (!c->parser_live || !http_parser_in_request(&c->parser)) &&
+                    !c->pending && !input_waiting(c))
                         conn_close(c);
         }
         maybe_drained(s);

@@ -40,7 +40,7 @@ struct tpm_worker {
 };
 
 static bool job_counts(const struct tpm_job *job) {
-        return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT;
+        return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT || job->kind == TPM_JOB_HAS_KEY;
 }
 
 static void set_err(struct tpm_error *err, const char *step, const char *msg) {
@@ -82,10 +82,18 @@ static void run_job(struct tpm_worker *w, struct tpm_job *job) {
 
         switch (job->kind) {
         case TPM_JOB_SIGN:
-                job->r = tpm_sign(w->tpm, job->in, job->in_len, job->digest, &job->err);
+                job->r = job->has_key_index
+                                 ? tpm_sign_at(w->tpm, job->key_index, job->in, job->in_len, job->digest, &job->err)
+                                 : tpm_sign(w->tpm, job->in, job->in_len, job->digest, &job->err);
                 break;
         case TPM_JOB_IMPORT:
-                job->r = tpm_import_auth_key(w->tpm, job->in, job->in_len, &job->err);
+                job->r = job->has_key_index
+                                 ? tpm_import_auth_key_at(w->tpm, job->key_index, job->in, job->in_len, &job->err)
+                                 : tpm_import_auth_key(w->tpm, job->in, job->in_len, &job->err);
+                break;
+        case TPM_JOB_HAS_KEY:
+                job->r = job->has_key_index ? tpm_has_auth_key_at(w->tpm, job->key_index, &job->present, &job->err)
+                                            : tpm_has_auth_key(w->tpm, &job->present, &job->err);
                 break;
         case TPM_JOB_PING:
                 job->r = tpm_ping(w->tpm, &job->err);

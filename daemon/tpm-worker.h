@@ -21,6 +21,7 @@ enum tpm_job_kind {
         TPM_JOB_SIGN,   /* HMAC-SHA256 of in/in_len with the auth key into out.digest */
         TPM_JOB_IMPORT, /* import the authenticationKey blob in/in_len */
         TPM_JOB_PING,   /* cheap liveness probe; on failure the TPM is closed (re-open with START) */
+        TPM_JOB_HAS_KEY, /* is there an auth key (configured slot, or key_index) → present */
 };
 
 struct tpm_keys {
@@ -37,6 +38,8 @@ struct tpm_job {
         const uint8_t *in; /* SIGN/IMPORT input; the submitter owns it and keeps it alive until done */
         size_t in_len;
         struct tpm_keys *keys_out; /* START: receives EK/SRK publics on success */
+        bool has_key_index;        /* SIGN/IMPORT/HAS_KEY: use key_index instead of the configured slot */
+        uint32_t key_index;        /* offset from TPM_AUTH_KEY_BASE (the provisioning challenge slot) */
         tpm_job_done_t done;       /* runs on the loop thread; may free the job */
         void *userdata;
 
@@ -44,6 +47,7 @@ struct tpm_job {
         int r;                /* 0 or -errno */
         struct tpm_error err; /* when r < 0; never holds secrets */
         uint8_t digest[32];   /* SIGN result */
+        bool present;         /* HAS_KEY result */
 
         struct tpm_job *next; /* queue link, private */
 };

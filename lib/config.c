@@ -528,7 +528,7 @@ static bool want_integer(struct ctx *x, const struct key_def *k, const struct to
         }
         int64_t n = toml_integer(v);
         if (n < k->min || n > k->max) {
-                if (k->max > 0xFFFF && k->max == (int64_t)CONFIG_MAX_AUTH_KEY_INDEX)
+                if (streq(k->name, "auth_key_index")) /* aziot-tpmd's wording, which users search for */
                         error_v(x, v, key,
                                 "%s = %" PRId64 " is out of range: it must be an integer in range "
                                 "0x00_00_00..=0x7F_FF_FF; for example: %s",
@@ -1257,6 +1257,33 @@ static void walk_principals(struct ctx *x, const struct key_def *k, const struct
         }
 }
 
+/* Inside a Microsoft table we otherwise skip: a top-level key appended at the
+ * end of the file lands in the last table (often [moby_runtime]) and would be
+ * ignored silently. Report those as misplaced. */
+static void scan_ignored_table(struct ctx *x, const struct toml_value *t, const char *dpath, unsigned depth) {
+        static const char *const top_keys[] = {
+                "auto_reprovisioning_mode", "cloud_timeout_sec", "cloud_retries", "state_dir", "log_level", "cloud_ca_bundle",
+        };
+        if (depth > TOML_MAX_DEPTH)
+                return;
+        for (size_t i = 0; i < toml_table_size(t) && !x->oom; i++) {
+                const char *key = toml_table_key(t, i);
+                const struct toml_value *v = toml_table_value(t, i);
+                _cleanup_free_ char *full = join_key(dpath, key);
+                if (!full) {
+                        x->oom = true;
+                        return;
+                }
+                if (toml_type(v) == TOML_TABLE) {
+                        scan_ignored_table(x, v, full, depth + 1);
+                        continue;
+                }
+                for (size_t j = 0; j < ELEMENTSOF(top_keys); j++)
+                        if (streq(key, top_keys[j]))
+                                unknown_key(x, dpath, key, full, v);
+        }
+}
+
 static void walk_table(struct ctx *x, const struct toml_value *t, const char *spath, const char *dpath, void *base) {
         for (size_t i = 0; i < toml_table_size(t) && !x->oom; i++) {
                 const char *key = toml_table_key(t, i);
@@ -1293,6 +1320,8 @@ static void walk_table(struct ctx *x, const struct toml_value *t, const char *sp
                         break;
                 case KEY_IGNORED:
                         info_v(x, v, full, "%s is a Microsoft setting that is ignored by tpmidd", full);
+                        if (toml_type(v) == TOML_TABLE)
+                                scan_ignored_table(x, v, full, 0);
                         break;
                 }
         }
@@ -1303,10 +1332,12 @@ static void cross_checks(struct ctx *x) {
         struct tpmid_config *c = x->c;
         if (!x->v_provisioning) {
                 if (!x->blanked_header && !was_blanked(x, "provisioning"))
-                        error_v(x, NULL, "provisioning",
-                                "[provisioning] is missing: add [provisioning] with source = \"dps\", "
-                                "id_scope = \"0ne00A1B2C3\" and [provisioning.attestation] method = \"tpm\" "
-                                "(or source = \"none\" for the TPM broker alone)");
+                        /* as aziot-tpmd with an empty file: serve the TPM, provision nothing */
+                        warn_v(x, NULL, "provisioning",
+                               "[provisioning] is missing, so tpmidd serves the TPM API only and does not "
+                               "provision; to provision add [provisioning] with source = \"dps\", "
+                               "id_scope = \"0ne00A1B2C3\" and [provisioning.attestation] method = \"tpm\" "
+                               "(or write source = \"none\" to silence this)");
         } else if (!x->v_source) {
                 if (!was_blanked(x, "source"))
                         error_v(x, x->v_provisioning, "provisioning.source",
@@ -1424,7 +1455,7 @@ static struct tpmid_config *config_new(const char *origin) {
                 .auto_reprovisioning_mode = CONFIG_REPROVISION_DYNAMIC,
                 .cloud_timeout_sec = CONFIG_DEFAULT_CLOUD_TIMEOUT_SEC,
                 .cloud_retries = CONFIG_DEFAULT_CLOUD_RETRIES,
-                .provisioning.source = CONFIG_SOURCE_DPS,
+                .provisioning.source = CONFIG_SOURCE_NONE, /* until [provisioning] says otherwise */
                 .provisioning.global_endpoint = strdup(CONFIG_DEFAULT_GLOBAL_ENDPOINT),
                 .provisioning.method = CONFIG_ATTESTATION_TPM,
                 .tpm.tcti = strdup(CONFIG_DEFAULT_TCTI),

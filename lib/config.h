@@ -16,10 +16,17 @@
  *                        (tables merge, scalars and arrays replace).
  * $TPMIDD_CONFIG overrides the path in both programs.
  *
+ * Unknown keys are warnings (with "did you mean" within edit distance 2);
+ * Microsoft keys tpmidd does not use ([agent], [connect], [edge_ca], ...) are
+ * info notes; a top-level key written below a [table] header (TOML then reads
+ * it as part of that table) is an error that says to move it up.
+ * Drop-ins: [[principal]] in a drop-in replaces the whole principal list.
+ *
  * Key reference (defaults in brackets):
  *   hostname [gethostname()], auto_reprovisioning_mode ["Dynamic"], cloud_timeout_sec [70],
  *   cloud_retries [1], state_dir ["/var/lib/tpmidd"], log_level ["info"], cloud_ca_bundle [system store]
- *   [provisioning] source ("dps"|"none"), global_endpoint [https://global.azure-devices-provisioning.net/],
+ *   [provisioning] source ("dps"|"none"; no [provisioning] at all = "none" with a warning:
+ *       the TPM API only, as aziot-tpmd with an empty file), global_endpoint [https://global.azure-devices-provisioning.net/],
  *       id_scope (required for dps), payload = { uri = "file:///abs/path.json" }
  *   [provisioning.attestation] method ("tpm"), registration_id [derived from the EK, see below]
  *   [tpm] tcti ["device:/dev/tpmrm0"], auth_key_index [0x00_01_00], max_requests (= limits.max_connections_per_uid)

@@ -167,7 +167,6 @@ int log_internal(int prio, int error, const char *message_id, const struct log_f
         char msg[LOG_MESSAGE_MAX];
         va_list ap;
         va_start(ap, fmt);
-        errno = abs(error); /* so %m works like in systemd's log_*_errno */
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
 

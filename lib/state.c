@@ -70,7 +70,6 @@ int state_format(const struct tpmid_state *st, char **ret, size_t *ret_len) {
         if (!body)
                 return -ENOMEM;
         blen = strlen(body);
-        body[blen] = '\0';
 
         out = malloc(blen + 1 + TRAILER_LEN + 1);
         if (!out)

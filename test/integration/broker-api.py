@@ -8,9 +8,12 @@ import hmac
 import json
 import os
 import pwd
+import select
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # test/integration/packaging.py would shadow the "packaging" package that
@@ -218,6 +221,55 @@ def concurrent_64_clients():
         assert not errors, errors[:5]
         d.stop()
         assert_tpm_clean(tpm)
+
+
+@R.case
+def pipelined_and_half_closed():
+    with harness.Swtpm() as tpm, Daemon(tpm) as d:
+        with Client(d.sock) as c:
+            one = ("GET /get_tpm_keys?%s HTTP/1.1\r\nHost: x\r\n\r\n" % API).encode()
+            bad = b"GET /nope?" + API.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            c.send_raw(one + bad + one)
+            assert [c.read_response()[0] for _ in range(3)] == [200, 404, 200]
+        with Client(d.sock) as c:
+            c.send_raw(("GET /get_tpm_keys?%s HTTP/1.1\r\nHost: x\r\n\r\n" % API).encode())
+            c.s.shutdown(socket.SHUT_WR)
+            st, _, h = c.read_response()
+            assert st == 200, (st, h)
+            assert c.at_eof()
+
+
+@R.case
+def keys_served_while_tpm_busy():
+    """get_tpm_keys needs no TPM round trip: it overtakes a running import."""
+    with harness.Swtpm() as tpm, Daemon(tpm) as d, Client(d.sock) as c, Client(d.sock) as k:
+        ek, srk = c.keys()
+        overtaken = 0
+        for _ in range(5):
+            blob, _ = authblob.make_auth_blob(ek, srk)
+            body = json.dumps({"key": base64.b64encode(blob).decode()}).encode()
+            c.send_raw(b"POST /import_auth_key?" + API.encode() + b" HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+                       % len(body) + body)
+            k.keys()
+            # the import's answer has not arrived yet when get_tpm_keys was answered
+            if not select.select([c.s], [], [], 0)[0] and not c.buf:
+                overtaken += 1
+            st, b, _ = c.read_response()
+            assert st == 200, b
+        assert overtaken >= 3, overtaken
+
+
+@R.case
+def curl_large_body_expect_continue():
+    """curl sends Expect: 100-continue for bodies over 1 KiB; no 1 s stall."""
+    with harness.Swtpm() as tpm, Daemon(tpm) as d:
+        body = json.dumps({"data": base64.b64encode(os.urandom(2000)).decode()})
+        t0 = time.time()
+        p = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", d.sock,
+                            "-H", "Content-Type: application/json", "-d", body,
+                            "http://tpmd.sock/sign_with_auth_key?" + API], capture_output=True, text=True)
+        assert p.stdout == "500", (p.stdout, p.stderr)  # parsed and run: no key imported yet
+        assert time.time() - t0 < 0.9, time.time() - t0
 
 
 if __name__ == "__main__":

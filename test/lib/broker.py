@@ -27,7 +27,8 @@ def tpmidd_path():
 
 def toml_config(tcti, sock, limits=None, principals=(), log_level="debug", extra=""):
     lines = ['log_level = "%s"' % log_level, extra, "[provisioning]", 'source = "none"',
-             "[tpm]", 'tcti = "%s"' % tcti, "[endpoints]", 'aziot_tpmd = "unix://%s"' % sock]
+             "[tpm]", 'tcti = "%s"' % tcti, "[endpoints]", 'aziot_tpmd = "unix://%s"' % sock,
+             'aziot_identityd = "unix://%s"' % os.path.join(os.path.dirname(sock), "identityd.sock")]
     if limits:
         lines.append("[limits]")
         for k, v in limits.items():

@@ -355,7 +355,16 @@ static void test_provisioning_keys(void **state) {
         expect_one_error("[provisioning]\nsource = \"est\"\n", 2, "not supported by tpmidd");
         expect_one_error("[provisioning]\nsource = 1\n", 2, "must be a string");
         expect_one_error("[provisioning]\nid_scope = \"0ne1\"\n", 1, "provisioning.source is missing");
-        expect_one_error("log_level = \"info\"\n", 0, "[provisioning] is missing");
+        /* no [provisioning]: the TPM broker alone, with a warning (aziot-tpmd's empty file) */
+        {
+                struct config_diags d0 = {0};
+                assert_int_equal(parse("log_level = \"info\"\n", &c, &d0), 0);
+                assert_int_equal(c->provisioning.source, CONFIG_SOURCE_NONE);
+                assert_int_equal(d0.n_warnings, 1);
+                assert_non_null(find_diag(&d0, CONFIG_SEVERITY_WARNING, "[provisioning] is missing"));
+                config_free(c);
+                config_diags_free(&d0);
+        }
         expect_one_error(P1 "global_endpoint = \"http://global.azure-devices-provisioning.net/\"\n" ATT, 4,
                          "must use https");
         expect_one_error(P1 "global_endpoint = \"ftp://x\"\n" ATT, 4, "not an https URL");
@@ -614,6 +623,25 @@ static void test_microsoft_template(void **state) {
         assert_int_equal(c->limits.max_connections_per_uid, 12); /* aziot_max_requests.tpmd */
         config_free(c);
         config_diags_free(&d);
+
+        /* the mode appended at the end of the template lands in [moby_runtime]: not silently ignored */
+        size_t len;
+        char *text = NULL;
+        assert_int_equal(read_full_file(DATA "ms-edge-full.toml", 1 << 20, &text, &len), 0);
+        char *t2 = NULL;
+        assert_true(asprintf(&t2, "%sauto_reprovisioning_mode = \"OnErrorOnly\"\n", text) > 0);
+        unsigned last_line = 1;
+        for (const char *p = t2; *p; p++)
+                last_line += *p == '\n';
+        assert_int_equal(config_parse_string(t2, strlen(t2), "ms.toml", &c, &d), -EINVAL);
+        assert_int_equal(d.n_errors, 1);
+        const struct config_diag *g = find_diag(&d, CONFIG_SEVERITY_ERROR, "inside [image_garbage_collection]");
+        assert_non_null(g);
+        assert_int_equal(g->line, last_line - 1);
+        assert_non_null(strstr(g->message, "move it above the first [table] header (line 12)"));
+        config_diags_free(&d);
+        free(t2);
+        free(text);
 }
 
 /* ---- drop-ins, files ------------------------------------------------------ */
@@ -827,8 +855,14 @@ static void test_names_and_misc(void **state) {
         assert_null(config_free(NULL));
         config_diags_free(NULL);
 
-        /* not a table at the root is impossible from TOML; empty input is "missing [provisioning]" */
-        expect_one_error("", 0, "[provisioning] is missing");
+        /* empty input (the daemon's "no file"): every default, provisioning off */
+        struct config_diags d = {0};
+        struct tpmid_config *c = NULL;
+        assert_int_equal(config_parse_string("", 0, "empty.toml", &c, &d), 0);
+        assert_int_equal(c->provisioning.source, CONFIG_SOURCE_NONE);
+        assert_int_equal(d.n_errors, 0);
+        config_free(c);
+        config_diags_free(&d);
         /* a long string (CONFIG_MAX_STRING_BYTES = 4096) */
         char *t = malloc(6000);
         char *big = malloc(4200);

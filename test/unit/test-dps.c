@@ -583,6 +583,77 @@ static void test_classify(void **state) {
         assert_int_equal(dps_classify(DPS_REQUEST_POLL, 503, &e, NULL), DPS_CLASS_TRANSIENT);
 }
 
+/* "<prefix><n x 'a'><suffix>" on the heap */
+static char *fill(const char *prefix, size_t n, const char *suffix) {
+        size_t a = strlen(prefix), b = strlen(suffix);
+        char *s = malloc(a + n + b + 1);
+
+        assert_non_null(s);
+        memcpy(s, prefix, a);
+        memset(s + a, 'a', n);
+        memcpy(s + a + n, suffix, b + 1);
+        return s;
+}
+
+static void test_field_limits(void **state) {
+        struct dps_challenge c;
+        struct dps_registration r;
+        struct dps_error e;
+        char *s;
+
+        /* ID scope */
+        s = fill("", DPS_ID_SCOPE_MAX, "");
+        assert_true(dps_id_scope_is_valid(s));
+        free(s);
+        s = fill("", DPS_ID_SCOPE_MAX + 1, "");
+        assert_false(dps_id_scope_is_valid(s));
+        free(s);
+
+        /* keyName */
+        s = fill("{\"authenticationKey\":\"AAECAw==\",\"keyName\":\"", DPS_KEY_NAME_MAX, "\"}");
+        assert_int_equal(dps_parse_challenge(B(s), &c), 0);
+        assert_int_equal(strlen(c.key_name), DPS_KEY_NAME_MAX);
+        dps_challenge_clear(&c);
+        free(s);
+        s = fill("{\"authenticationKey\":\"AAECAw==\",\"keyName\":\"", DPS_KEY_NAME_MAX + 1, "\"}");
+        assert_int_equal(dps_parse_challenge(B(s), &c), -EBADMSG);
+        free(s);
+
+        /* substatus and timestamps: at the limit pass, one over fails */
+        static const struct {
+                const char *key;
+                size_t max;
+        } fields[] = {
+                {"substatus", DPS_SUBSTATUS_MAX},
+                {"createdDateTimeUtc", DPS_TIMESTAMP_MAX},
+                {"lastUpdatedDateTimeUtc", DPS_TIMESTAMP_MAX},
+                {"registrationId", DPS_REGISTRATION_ID_MAX},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
+                char prefix[200];
+                snprintf(prefix, sizeof(prefix),
+                         "{\"status\":\"assigned\",\"registrationState\":{\"assignedHub\":\"h.net\",\"deviceId\":\"d\",\"%s\":\"",
+                         fields[i].key);
+                s = fill(prefix, fields[i].max, "\"}}");
+                assert_int_equal(dps_parse_registration(B(s), &r), 0);
+                dps_registration_clear(&r);
+                free(s);
+                s = fill(prefix, fields[i].max + 1, "\"}}");
+                assert_int_equal(dps_parse_registration(B(s), &r), -EBADMSG);
+                free(s);
+        }
+
+        /* trackingId is kept truncated (it is only shown) */
+        s = fill("{\"trackingId\":\"", DPS_TRACKING_ID_MAX + 10, "\"}");
+        assert_int_equal(dps_parse_error(B(s), &e), 0);
+        assert_int_equal(strlen(e.tracking_id), DPS_TRACKING_ID_MAX);
+        free(s);
+        s = fill("{\"message\":\"", DPS_ERROR_MESSAGE_MAX + 10, "\"}");
+        assert_int_equal(dps_parse_error(B(s), &e), 0);
+        assert_int_equal(strlen(e.message), DPS_ERROR_MESSAGE_MAX);
+        free(s);
+}
+
 static void test_status_strings(void **state) {
         enum dps_status s;
 
@@ -613,6 +684,7 @@ int main(void) {
                 cmocka_unit_test(test_error),
                 cmocka_unit_test(test_retry_after),
                 cmocka_unit_test(test_classify),
+                cmocka_unit_test(test_field_limits),
                 cmocka_unit_test(test_status_strings),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

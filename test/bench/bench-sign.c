@@ -1,0 +1,290 @@
+/* bench-sign: sign_with_auth_key through tpmidd's socket versus the same
+ * HMAC done in-process (lib/tpm.h tpm_sign → Esys_HMAC) on the same TPM, in
+ * the same run. Prints one RESULT line per measurement (see main()).
+ *
+ *   bench-sign --socket PATH --tcti CONF [--pid DAEMON_PID] [-n N] [--bytes B]
+ *
+ * The auth key must already be imported (run-bench-sign.py does that through
+ * the daemon). Phases run one after another so the daemon and the direct
+ * client never share the TPM at the same time. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "b64.h"
+#include "tpm.h"
+#include "util.h"
+
+#define BENCH_DEFAULT_N 2000      /* signs per latency phase */
+#define BENCH_DEFAULT_BYTES 64    /* bytes of data per sign (a SAS string-to-sign is ~60-100) */
+#define BENCH_WARMUP 100          /* untimed signs before each latency phase */
+#define BENCH_ROUNDS 4            /* alternations of direct and socket phases */
+#define BENCH_THROUGHPUT_MS 3000  /* ms per throughput phase */
+#define BENCH_RESP_MAX 4096       /* bytes of one response */
+
+static const char *sock_path;
+static uint8_t payload[1024];
+static size_t payload_len = BENCH_DEFAULT_BYTES;
+static char *request;
+static size_t request_len;
+
+static uint64_t now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+static void percentiles(uint64_t *v, size_t n, double *median_us, double *p99_us) {
+        qsort(v, n, sizeof *v, cmp_u64);
+        *median_us = (double)v[n / 2] / 1000.0;
+        *p99_us = (double)v[(n * 99) / 100] / 1000.0;
+}
+
+static int connect_socket(void) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+/* One keep-alive round trip; returns the HTTP status or -errno. */
+static int sign_over_socket(int fd) {
+        const char *p = request;
+        size_t left = request_len;
+        while (left > 0) {
+                ssize_t n = write(fd, p, left);
+                if (n < 0)
+                        return -errno;
+                p += n;
+                left -= (size_t)n;
+        }
+        char buf[BENCH_RESP_MAX];
+        size_t have = 0;
+        for (;;) {
+                ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+                if (n <= 0)
+                        return n == 0 ? -ECONNRESET : -errno;
+                have += (size_t)n;
+                buf[have] = '\0';
+                char *end = strstr(buf, "\r\n\r\n");
+                if (!end)
+                        continue;
+                char *cl = strcasestr(buf, "Content-Length:");
+                size_t body = cl ? strtoul(cl + 15, NULL, 10) : 0;
+                if (have >= (size_t)(end + 4 - buf) + body)
+                        return atoi(buf + 9);
+        }
+}
+
+struct thr {
+        pthread_t t;
+        atomic_bool *stop;
+        uint64_t ops, errors;
+};
+
+static void *thr_main(void *arg) {
+        struct thr *t = arg;
+        int fd = connect_socket();
+        if (fd < 0) {
+                t->errors++;
+                return NULL;
+        }
+        while (!atomic_load(t->stop)) {
+                if (sign_over_socket(fd) == 200)
+                        t->ops++;
+                else
+                        t->errors++;
+        }
+        close(fd);
+        return NULL;
+}
+
+static long rss_kib(long pid) {
+        char path[64], line[256];
+        snprintf(path, sizeof path, "/proc/%ld/status", pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return -1;
+        long v = -1;
+        while (fgets(line, sizeof line, f))
+                if (sscanf(line, "VmRSS: %ld", &v) == 1)
+                        break;
+        fclose(f);
+        return v;
+}
+
+static double throughput(unsigned clients, long pid, long *rss_peak, uint64_t *errors) {
+        atomic_bool stop = false;
+        struct thr *ts = calloc(clients, sizeof *ts);
+        if (!ts)
+                return -1;
+        uint64_t t0 = now_ns();
+        for (unsigned i = 0; i < clients; i++) {
+                ts[i].stop = &stop;
+                pthread_create(&ts[i].t, NULL, thr_main, &ts[i]);
+        }
+        /* Sample RSS while the load runs. */
+        for (int ms = 0; ms < BENCH_THROUGHPUT_MS; ms += 100) {
+                usleep(100 * 1000);
+                long r = pid > 0 ? rss_kib(pid) : -1;
+                if (r > *rss_peak)
+                        *rss_peak = r;
+        }
+        atomic_store(&stop, true);
+        uint64_t ops = 0;
+        for (unsigned i = 0; i < clients; i++) {
+                pthread_join(ts[i].t, NULL);
+                ops += ts[i].ops;
+                *errors += ts[i].errors;
+        }
+        double secs = (double)(now_ns() - t0) / 1e9;
+        free(ts);
+        return (double)ops / secs;
+}
+
+int main(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "socket", required_argument, NULL, 's' }, { "tcti", required_argument, NULL, 't' },
+                { "pid", required_argument, NULL, 'p' },    { "bytes", required_argument, NULL, 'b' },
+                { "help", no_argument, NULL, 'h' },         { 0 },
+        };
+        const char *tcti = NULL;
+        long pid = 0;
+        size_t n = BENCH_DEFAULT_N;
+        int o;
+        while ((o = getopt_long(argc, argv, "n:h", opts, NULL)) >= 0) {
+                switch (o) {
+                case 's': sock_path = optarg; break;
+                case 't': tcti = optarg; break;
+                case 'p': pid = strtol(optarg, NULL, 10); break;
+                case 'b': payload_len = strtoul(optarg, NULL, 10); break;
+                case 'n': n = strtoul(optarg, NULL, 10); break;
+                default:
+                        fprintf(stderr, "usage: bench-sign --socket PATH --tcti CONF [--pid PID] [-n N] [--bytes B]\n");
+                        return o == 'h' ? 0 : 2;
+                }
+        }
+        if (!sock_path || !tcti || n < 100 || payload_len == 0 || payload_len > sizeof payload) {
+                fprintf(stderr, "bench-sign: need --socket and --tcti; -n >= 100; 1 <= --bytes <= %zu\n", sizeof payload);
+                return 2;
+        }
+        for (size_t i = 0; i < payload_len; i++)
+                payload[i] = (uint8_t)('a' + i % 26);
+        _cleanup_free_ char *b64 = b64_encode(payload, payload_len);
+        _cleanup_free_ char *body = NULL;
+        if (!b64 || asprintf(&body, "{\"data\":\"%s\"}", b64) < 0 ||
+            asprintf(&request, "POST /sign_with_auth_key?api-version=2020-09-01 HTTP/1.1\r\nHost: tpmd.sock\r\n"
+                               "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body) < 0)
+                return 1;
+        request_len = strlen(request);
+        uint64_t *lat = calloc(n, sizeof *lat);
+        if (!lat)
+                return 1;
+
+        long rss_idle = pid > 0 ? rss_kib(pid) : -1;
+
+        /* Phases 1+2, interleaved: BENCH_ROUNDS rounds of n/BENCH_ROUNDS
+         * direct signs then as many socket signs, so noise on a shared VM
+         * hits both paths alike. The direct client closes its TPM connection
+         * after each round (swtpm serves one connection at a time). */
+        uint64_t *lat_direct = calloc(n, sizeof *lat_direct);
+        if (!lat_direct)
+                return 1;
+        size_t per = n / BENCH_ROUNDS;
+        n = per * BENCH_ROUNDS;
+        uint64_t direct_ns = 0, sock_ns = 0;
+        struct tpm_options to = { .tcti = tcti, .auth_key_index = TPM_AUTH_KEY_INDEX_DEFAULT };
+        int fd = connect_socket();
+        if (fd < 0) {
+                fprintf(stderr, "bench-sign: connect %s: %s\n", sock_path, strerror(-fd));
+                return 1;
+        }
+        for (size_t round = 0; round < BENCH_ROUNDS; round++) {
+                struct tpm *t = NULL;
+                struct tpm_error err;
+                uint8_t md[32];
+                if (tpm_open(&to, &t, &err) < 0) {
+                        fprintf(stderr, "bench-sign: %s: %s\n", err.step, err.msg);
+                        return 1;
+                }
+                for (int i = 0; i < BENCH_WARMUP; i++)
+                        if (tpm_sign(t, payload, payload_len, md, &err) < 0) {
+                                fprintf(stderr, "bench-sign: direct sign: %s: %s\n", err.step, err.msg);
+                                return 1;
+                        }
+                uint64_t d0 = now_ns();
+                for (size_t i = 0; i < per; i++) {
+                        uint64_t a = now_ns();
+                        if (tpm_sign(t, payload, payload_len, md, &err) < 0)
+                                return 1;
+                        lat_direct[round * per + i] = now_ns() - a;
+                }
+                direct_ns += now_ns() - d0;
+                t = tpm_close(t);
+
+                for (int i = 0; i < BENCH_WARMUP; i++)
+                        if (sign_over_socket(fd) != 200) {
+                                fprintf(stderr, "bench-sign: the daemon did not sign (is a key imported?)\n");
+                                return 1;
+                        }
+                uint64_t s0 = now_ns();
+                for (size_t i = 0; i < per; i++) {
+                        uint64_t a = now_ns();
+                        int st = sign_over_socket(fd);
+                        lat[round * per + i] = now_ns() - a;
+                        if (st != 200) {
+                                fprintf(stderr, "bench-sign: status %d\n", st);
+                                return 1;
+                        }
+                }
+                sock_ns += now_ns() - s0;
+        }
+        close(fd);
+        double direct_ops = (double)n / ((double)direct_ns / 1e9);
+        double sock_ops = (double)n / ((double)sock_ns / 1e9);
+        double direct_med, direct_p99, sock_med, sock_p99;
+        percentiles(lat_direct, n, &direct_med, &direct_p99);
+        percentiles(lat, n, &sock_med, &sock_p99);
+        free(lat_direct);
+        printf("RESULT direct   median_us=%.1f p99_us=%.1f ops_s=%.0f (n=%zu, %d rounds)\n", direct_med, direct_p99,
+               direct_ops, n, BENCH_ROUNDS);
+        printf("RESULT socket   median_us=%.1f p99_us=%.1f ops_s=%.0f\n", sock_med, sock_p99, sock_ops);
+        printf("RESULT ratio    median=%.2f p99=%.2f (socket/direct; target median <= 1.5)\n", sock_med / direct_med,
+               sock_p99 / direct_p99);
+
+        /* Phase 3: throughput with 1, 8, 64 concurrent keep-alive clients. */
+        long rss_load = -1;
+        static const unsigned clients[] = { 1, 8, 64 };
+        for (size_t i = 0; i < ELEMENTSOF(clients); i++) {
+                uint64_t errors = 0;
+                double ops = throughput(clients[i], pid, &rss_load, &errors);
+                printf("RESULT clients=%-3u ops_s=%.0f errors=%llu vs_direct=%.2f (target for 64: >= 0.90)\n",
+                       clients[i], ops, (unsigned long long)errors, ops / direct_ops);
+        }
+        if (pid > 0)
+                printf("RESULT rss_kib idle=%ld load_peak=%ld (target idle <= 4096)\n", rss_idle, rss_load);
+        free(lat);
+        free(request);
+        return 0;
+}

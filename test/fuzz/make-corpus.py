@@ -1,0 +1,273 @@
+#!/usr/bin/python3
+"""Regenerate the fuzz seed corpora in test/fuzz/corpus/NAME/ from our own
+test data: the files under test/unit/data and conf/, and the string literals
+(test vectors, golden requests and bodies) of the unit tests. Each seed is
+named after the SHA-1 of its content (as libFuzzer names corpus files), so a
+rerun is idempotent. At most MAX_SEEDS seeds of at most MAX_SEED_BYTES each
+per target.
+
+    /usr/bin/python3 test/fuzz/make-corpus.py          # rewrite every corpus
+    /usr/bin/python3 test/fuzz/make-corpus.py --check  # exit 1 if they differ
+
+The input formats are the ones the targets document at the top of
+test/fuzz/fuzz-NAME.c (some take a leading mode byte)."""
+import base64
+import glob
+import hashlib
+import os
+import re
+import shutil
+import struct
+import sys
+
+MAX_SEEDS = 30        # files per target
+MAX_SEED_BYTES = 4096  # bytes per file
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+OUT = os.path.join(ROOT, "test", "fuzz", "corpus")
+
+
+def read(rel):
+    with open(os.path.join(ROOT, rel), "rb") as f:
+        return f.read()
+
+
+# ---- C string literals of the unit tests -------------------------------------
+
+ESC = {"n": 10, "r": 13, "t": 9, "0": 0, "\\": 92, '"': 34, "'": 39, "a": 7, "b": 8, "f": 12, "v": 11, "?": 63}
+
+
+def unescape(body):
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\":
+            out += c.encode()
+            i += 1
+            continue
+        n = body[i + 1]
+        if n == "x":
+            m = re.match(r"[0-9a-fA-F]+", body[i + 2:])
+            out.append(int(m.group(0), 16) & 0xFF)
+            i += 2 + len(m.group(0))
+        elif n in "01234567":
+            m = re.match(r"[0-7]{1,3}", body[i + 1:])
+            out.append(int(m.group(0), 8) & 0xFF)
+            i += 1 + len(m.group(0))
+        else:
+            out.append(ESC.get(n, ord(n)))
+            i += 2
+    return bytes(out)
+
+
+TOKEN = re.compile(r'/\*.*?\*/|//[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[A-Za-z_]\w*|\s+|.', re.S)
+
+
+def literals(rel):
+    """Every maximal run of adjacent string literals (and macros defined as
+    such runs) in a C file, concatenated and unescaped."""
+    src = read(rel).decode("utf-8", "replace")
+    macros = {}
+    for m in re.finditer(r'^#define\s+(\w+)\s+((?:[^\n\\]|\\\n|\\.)*)$', src, re.M):
+        val = m.group(2).replace("\\\n", " ")
+        parts = [t for t in TOKEN.findall(val) if not t.isspace() and not t.startswith(("/*", "//"))]
+        if parts and all(p.startswith('"') or p in macros for p in parts):
+            macros[m.group(1)] = b"".join(unescape(p[1:-1]) if p.startswith('"') else macros[p] for p in parts)
+    body = re.sub(r'^#.*$', "", src, flags=re.M)
+    out, cur = [], None
+    for t in TOKEN.findall(body):
+        if t.isspace() or t.startswith(("/*", "//")):
+            continue
+        if t.startswith('"') or t in macros:
+            v = unescape(t[1:-1]) if t.startswith('"') else macros[t]
+            cur = v if cur is None else cur + v
+        else:
+            if cur is not None:
+                out.append(cur)
+            cur = None
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+def test_literals(*names):
+    out = []
+    for n in names:
+        p = os.path.join("test", "unit", n)
+        if os.path.exists(os.path.join(ROOT, p)):
+            out += literals(p)
+    return out
+
+
+def data_files(pattern):
+    return [read(os.path.relpath(p, ROOT)) for p in sorted(glob.glob(os.path.join(ROOT, pattern), recursive=True))
+            if os.path.isfile(p)]
+
+
+# ---- per-target seeds ---------------------------------------------------------
+
+def is_request(b):
+    return re.match(rb"^(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) \S", b) is not None
+
+
+def authblob(sizes, extra=b""):
+    """An authenticationKey blob laid out like test-authblob.c's build()."""
+    out = bytearray()
+    for i, n in enumerate(sizes):
+        out += struct.pack(">H", n) + bytes(((i << 5) ^ j) & 0xFF for j in range(n))
+    return bytes(out) + extra
+
+
+REAL_SIZES = [52, 256, 142, 256, 48, 154]  # the real DPS blob's element sizes (920 bytes)
+
+
+def seeds_authblob():
+    return [authblob(REAL_SIZES), authblob(REAL_SIZES[:5]), authblob(REAL_SIZES, b"\x00\x00"),
+            authblob([1, 1, 1, 1, 1]), authblob([1, 1, 1, 1, 1, 0]), authblob(REAL_SIZES)[:313],
+            b"\x00", b"\x00\x34", b"\xff\xff" + b"\x00" * 8]
+
+
+def seeds_toml():
+    s = data_files("test/unit/data/**/*.toml") + data_files("conf/*.toml") + data_files("conf/*.toml.*")
+    s += [b for b in test_literals("test-toml.c") if b"=" in b or b.startswith(b"[")]
+    return s
+
+
+def seeds_config():
+    s = data_files("test/unit/data/**/*.toml") + data_files("conf/*.toml") + data_files("conf/*.toml.*")
+    s += [b for b in test_literals("test-config.c") if b"=" in b and (b"[" in b or b"\n" in b)]
+    return s
+
+
+def seeds_http():
+    # Byte 0: split step (0 = whole), byte 1 bit 0: tiny limits.
+    reqs = [b for b in test_literals("test-http.c", "test-api.c") if is_request(b)]
+    out = []
+    for i, r in enumerate(reqs):
+        out.append(bytes([0, 0]) + r)
+        if i % 4 == 0:
+            out.append(bytes([7, 0]) + r)
+        if i % 6 == 0:
+            out.append(bytes([0, 1]) + r)
+    return out
+
+
+ROUTES = [  # (socket bit, method, path, api-version, body) from lib/api.h's table
+    (0, b"GET", b"/get_tpm_keys", b"2020-09-01", b""),
+    (0, b"POST", b"/import_auth_key", b"2020-09-01", b'{"key":"' + base64.b64encode(authblob(REAL_SIZES)) + b'"}'),
+    (0, b"POST", b"/sign_with_auth_key", b"2020-09-01", b'{"data":"aGVsbG8="}'),
+    (1, b"GET", b"/identities/identity", b"2020-09-01", b""),
+    (1, b"POST", b"/identities/device", b"2021-12-01", b'{"type":"aziot"}'),
+    (1, b"GET", b"/identities/provisioning", b"2022-08-01", b""),
+    (1, b"POST", b"/identities/device/reprovision", b"2020-09-01", b"{}"),
+    (1, b"POST", b"/identities/device/token", b"2022-08-01", b'{"lifetime_sec":600}'),
+    (1, b"GET", b"/status", b"2020-09-01", b""),
+]
+
+
+def json_bodies():
+    return [b for b in test_literals("test-api.c") if b.startswith(b"{") or b.startswith(b"[")]
+
+
+def seeds_api():
+    # Byte 0: bit 0 socket, bit 1 no api-version; then method\npath\nversion\nbody.
+    out = [bytes([s]) + m + b"\n" + p + b"\n" + v + b"\n" + body for s, m, p, v, body in ROUTES]
+    for i, body in enumerate(json_bodies()):
+        s, m, p, v, _ = ROUTES[i % len(ROUTES)]
+        out.append(bytes([s]) + m + b"\n" + p + b"\n" + v + b"\n" + body)
+    return out
+
+
+def request(m, p, v, body, extra=b""):
+    target = p + (b"?api-version=" + v if v else b"")
+    head = m + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + extra
+    if body:
+        head += b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+    return head + b"\r\n" + body
+
+
+def seeds_server():
+    # Byte 0: bit 0 identityd socket, bit 1 TPM not ready, bit 2 key imported; then the stream.
+    out = [bytes([s | 4]) + request(m, p, v, body) for s, m, p, v, body in ROUTES]
+    out.append(bytes([0]) + request(*ROUTES[1][1:]) + request(*ROUTES[2][1:]) + request(*ROUTES[0][1:]))
+    out.append(bytes([2]) + request(*ROUTES[0][1:]))
+    out.append(bytes([1]) + request(b"GET", b"/identities/identity", None, b""))
+    out.append(bytes([0]) + request(b"GET", b"/import_auth_key", b"2020-09-01", b""))
+    out.append(bytes([5]) + b"POST /identities/device/token?api-version=2022-08-01 HTTP/1.1\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"lif\r\n0f\r\netime_sec\":120}\r\n0\r\n\r\n")
+    for i, body in enumerate(json_bodies()[:8]):
+        s, m, p, v, _ = ROUTES[(i * 2) % len(ROUTES)]
+        out.append(bytes([s | 4]) + request(b"POST", p, v, body))
+    return out
+
+
+def seeds_dps():
+    return [b for b in test_literals("test-dps.c", "test-sas.c")
+            if b.startswith(b"{") or b.startswith(b"SharedAccessSignature") or re.match(rb"^\d+$", b)
+            or b.startswith((b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"))]
+
+
+def state_file(line):
+    line = line.rstrip(b"\n") + b"\n"
+    return line + b"sha256:" + hashlib.sha256(line).hexdigest().encode() + b"\n"
+
+
+def seeds_state():
+    # Whole files (digest included), and byte 0 odd + first line: the target appends the digest.
+    lines = [b for b in test_literals("test-state.c") if b.startswith(b'{"version"') or b.startswith(b'{"hub"')]
+    d64 = bytes(range(32)).hex().encode()
+    good = (b'{"version":1,"hub":"myhub.azure-devices.net","deviceId":"dev-01","registrationId":"abc",'
+            b'"idScope":"0ne000ABCDE","ekDigest":"' + d64 + b'","assignedAt":1700000000,'
+            b'"substatus":"initialAssignment","configDigest":"' + d64 + b'"}')  # test-state.c's fill()
+    out = [state_file(good), b"\x01" + good]
+    for i, l in enumerate(lines):
+        out.append(b"\x01" + l)
+        if i % 3 == 0:
+            out.append(state_file(l))
+    return out
+
+
+TARGETS = {
+    "authblob": seeds_authblob, "toml": seeds_toml, "config": seeds_config, "http": seeds_http,
+    "api": seeds_api, "server": seeds_server, "dps": seeds_dps, "state": seeds_state,
+}
+
+
+def pick(seeds):
+    """Unique seeds within the size limit, spread over the list if too many."""
+    uniq = []
+    for s in seeds:
+        if 0 < len(s) <= MAX_SEED_BYTES and s not in uniq:
+            uniq.append(s)
+    if len(uniq) > MAX_SEEDS:
+        step = len(uniq) / MAX_SEEDS
+        uniq = [uniq[int(i * step)] for i in range(MAX_SEEDS)]
+    return {hashlib.sha1(s).hexdigest(): s for s in uniq}
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    differ = False
+    for name, fn in sorted(TARGETS.items()):
+        want = pick(fn())
+        d = os.path.join(OUT, name)
+        have = {f: open(os.path.join(d, f), "rb").read() for f in os.listdir(d)} if os.path.isdir(d) else {}
+        if have == want:
+            print(f"{name}: {len(want)} seeds, up to date")
+            continue
+        differ = True
+        if check:
+            print(f"{name}: differs from make-corpus.py's output")
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        for f, b in want.items():
+            with open(os.path.join(d, f), "wb") as fh:
+                fh.write(b)
+        print(f"{name}: {len(want)} seeds written")
+    return 1 if check and differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
