@@ -475,6 +475,25 @@ static void dps_failure(struct prov_driver *d, enum dps_request req, const struc
         else
                 snprintf(msg, sizeof(msg), "%s (HTTP %ld)", reason ? reason : "unexpected DPS answer", resp->status);
         int64_t code = have_err ? err.code : 0;
+        if (req == DPS_REQUEST_POLL && resp->status == 401) {
+                /* The second PUT of this run was accepted with the same challenge
+                 * key, so DPS knows this TPM: a 401 now means that key went stale
+                 * (DPS issued a newer challenge for this registration id, e.g. to
+                 * a request a crashed predecessor of ours left in flight). Polling
+                 * again cannot help and it is no verdict on the enrollment: start
+                 * a new run after a backoff. A real refusal shows on that run's
+                 * first PUT. POLL_FAILED (not TRANSIENT_ERROR, which re-polls). */
+                log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
+                           "provisioning: DPS no longer accepts this run's challenge key (%s); registering again", msg);
+                set_last(d, "error", code, msg);
+                struct prov_event_data ed = {.http_status = (int)resp->status,
+                                             .code = code,
+                                             .message = msg,
+                                             .retry_after_s = retry_after_of(resp),
+                                             .permanent = false};
+                feed(d, PROV_EV_POLL_FAILED, &ed);
+                return;
+        }
         if (cls == DPS_CLASS_PERMANENT) {
                 log_struct(LOG_ERR, LOG_MESSAGE_DPS_FAILED,
                            LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_NUM("HTTP_STATUS", resp->status),

@@ -49,6 +49,7 @@ def kill9_during_provisioning():
         d = Daemon(tpm, sim, mode="AlwaysOnStartup", cloud_timeout=10)
         t_start = time.time()
         outcomes = {}
+        seq = 0
         try:
             for trial in range(TRIALS):
                 if time.time() - t_start > TIME_BUDGET:
@@ -86,6 +87,11 @@ def kill9_during_provisioning():
                     why, "/".join(r.split("-")[-1] for r in reached) or "nothing", before))
         except BaseException:
             sys.stderr.write("--- tpmidd log (this run) ---\n%s\n" % d.log_for_humans())
+            sys.stderr.write("--- simulator requests of the last trial ---\n")
+            for e in sim.requests(since=seq):
+                sys.stderr.write("%.3f %s %s %s auth=%s fault=%s %s\n" % (
+                    e["ts"], e["method"], e["route"], e["status"], e["auth"], (e["fault"] or {}).get("kind")
+                    if isinstance(e["fault"], dict) else e["fault"], e["reason"]))
             d.kill()
             d.cleanup()
             raise
