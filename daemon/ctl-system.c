@@ -281,7 +281,7 @@ static void print_status_json(json_t *st) {
                 format_time(n, buf, sizeof buf);
                 printf("    Next DPS attempt: %s (in %" PRId64 " s)\n", buf, n > now ? n - now : 0);
         }
-        if (ps && streq(ps, "failed-permanent"))
+        if (ps && streq(ps, "failed"))
                 printf("    DPS refused the device; fix the enrollment or configuration, then run "
                        "'tpmidctl system reprovision'.\n");
 }

@@ -475,16 +475,22 @@ static void dps_failure(struct prov_driver *d, enum dps_request req, const struc
         else
                 snprintf(msg, sizeof(msg), "%s (HTTP %ld)", reason ? reason : "unexpected DPS answer", resp->status);
         int64_t code = have_err ? err.code : 0;
-        if (req == DPS_REQUEST_POLL && resp->status == 401) {
+        if (req == DPS_REQUEST_POLL && (resp->status == 401 || resp->status == 404)) {
                 /* The second PUT of this run was accepted with the same challenge
-                 * key, so DPS knows this TPM: a 401 now means that key went stale
-                 * (DPS issued a newer challenge for this registration id, e.g. to
-                 * a request a crashed predecessor of ours left in flight). Polling
-                 * again cannot help and it is no verdict on the enrollment: start
-                 * a new run after a backoff. A real refusal shows on that run's
-                 * first PUT. POLL_FAILED (not TRANSIENT_ERROR, which re-polls). */
-                log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
-                           "provisioning: DPS no longer accepts this run's challenge key (%s); registering again", msg);
+                 * key, so DPS knows this TPM and its enrollment. A 401 now means
+                 * that key went stale (DPS issued a newer challenge for this
+                 * registration id, e.g. to a request a crashed predecessor of ours
+                 * left in flight); a 404 that DPS forgot the operation (expired,
+                 * or lost). Polling again cannot help and neither is a verdict on
+                 * the enrollment: start a new run after a backoff. A real refusal
+                 * shows on that run's first PUT. POLL_FAILED (not TRANSIENT_ERROR,
+                 * which re-polls the same operation). */
+                log_struct(LOG_WARNING, NULL,
+                           LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
+                           "provisioning: DPS %s (%s); registering again",
+                           resp->status == 401 ? "no longer accepts this run's challenge key"
+                                               : "no longer knows this run's operation",
+                           msg);
                 set_last(d, "error", code, msg);
                 struct prov_event_data ed = {.http_status = (int)resp->status,
                                              .code = code,

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "tpm-worker.h"
+
+#include "log.h"
 #include "util.h"
 
 struct tpm_worker {
@@ -60,6 +62,9 @@ static void run_job(struct tpm_worker *w, struct tpm_job *job) {
                         job->r = tpm_open(&w->opts, &w->tpm, &job->err);
                         if (job->r < 0)
                                 return;
+                        if (tpm_leftovers_flushed(w->tpm) > 0)
+                                log_warn("flushed %u transient object(s)/session(s) a previous run left in the TPM",
+                                         tpm_leftovers_flushed(w->tpm));
                 }
                 job->r = tpm_ensure_primary_keys(w->tpm, &k.created_ek, &k.created_srk, &job->err);
                 if (job->r >= 0)
@@ -220,7 +225,9 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
         w->opts = (struct tpm_options){ .tcti = w->tcti,
                                         .endorsement_auth = w->endorsement_auth,
                                         .owner_auth = w->owner_auth,
-                                        .auth_key_index = opts->auth_key_index };
+                                        .auth_key_index = opts->auth_key_index,
+                                        /* the worker owns the TPM: clean up after a crashed run */
+                                        .flush_leftovers = true };
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
         if (oom) {

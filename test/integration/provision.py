@@ -205,6 +205,8 @@ def backoff_grows():
             st = d.prov()
             assert st["state"] in ("backing-off", "registering", "importing-challenge", "authenticating",
                                    "polling", "importing-final", "saving", "provisioned"), st
+            # the attempt after the last injected 503 may be a full ceiling away (up to 64 s)
+            d.wait_provisioned(timeout=75)
             check_provisioned(d, sim, info["registration_id"])
             g = gaps()
             assert len(g) >= 3, g
@@ -213,6 +215,22 @@ def backoff_grows():
                 assert x >= 0.95, ("retry sooner than Retry-After", i, g)
                 assert x <= ceiling + 0.6, ("retry later than the backoff ceiling", i, g)
             assert max(g) > 2.6, ("delays never grew past the first ceiling", g)
+
+
+@R.case
+def operation_lost_while_polling():
+    """DPS restarts and forgets the operation being polled (404 OperationNotFound): the
+    device registers again instead of giving up."""
+    with harness.Swtpm() as tpm, Sim(polls=3, retry_after=1) as sim:
+        info = tpm_info(tpm)
+        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])
+        with Daemon(tpm, sim) as d:
+            wait_for(lambda: sim.requests("operation"), 15, what="the first poll")
+            sim.restart()  # same port and enrollments; operations live in memory only
+            check_provisioned(d, sim, info["registration_id"])
+            routes = [(e["route"], e["status"]) for e in sim.requests()]
+            assert ("operation", 404) in routes and ("register-challenge", 401) in routes, routes
+            assert "no longer knows this run's operation" in d.log_since_start()
 
 
 @R.case

@@ -68,7 +68,9 @@ class Daemon:
 
     def start(self):
         self.logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv_prefix + [tpmidd_path(), "-c", self.config], env=self.env,
+        # harness.daemon_argv() applies $TPMID_DAEMON_WRAPPER (the valgrind gate)
+        argv = [tpmidd_path(), "-c", self.config] if self.argv_prefix else harness.daemon_argv("-c", self.config)
+        self.proc = subprocess.Popen(self.argv_prefix + argv, env=self.env,
                                      stdout=self.logf, stderr=subprocess.STDOUT)
         if self.wait_ready:
             self.wait_keys()
