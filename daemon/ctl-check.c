@@ -38,6 +38,7 @@
 #define CHECK_CLOCK_SKEW_WARN_SEC 30        /* seconds: worth fixing (NTP) */
 #define CHECK_MIN_PLAUSIBLE_TIME 1704067200 /* 2024-01-01T00:00:00Z: a clock before this is certainly wrong */
 #define CHECK_TEXT_MAX 1024                 /* bytes of a message or fix */
+#define CHECK_CONNECT_TO_ENV "TPMIDD_CLOUD_CONNECT_TO" /* the daemon's cloud redirection (curl --connect-to) */
 #define CHECK_WHY_MAX 600                   /* bytes of why direct TPM access is unavailable (a tpm_error msg + prefix) */
 
 enum check_result {
@@ -52,7 +53,9 @@ struct check_ctx {
         json_t *results; /* array, for --json */
         unsigned n_ok, n_warn, n_err, n_skip;
 
-        const char *user_path;         /* the super-config */
+        const char *user_path;         /* the super-config (points into user_path_buf) */
+        char *user_path_buf;           /* heap: --root prefix + the super-config path */
+        char *applied_path;            /* heap: --root prefix + the daemon's copy */
         struct tpmid_config *user;     /* NULL when it does not load */
         struct tpmid_config *applied;  /* the daemon's copy, NULL when it does not load */
         const struct tpmid_config *cfg; /* what the daemon uses: applied, else user; may be NULL */
@@ -187,30 +190,30 @@ static void check_config_applied(struct check_ctx *c) {
                 return;
         }
         struct stat su, sa;
-        if (stat(CONFIG_APPLIED_PATH, &sa) < 0) {
+        if (stat(c->applied_path, &sa) < 0) {
                 int e = errno;
                 if (e == EACCES)
                         report(c, "config-applied", CHECK_SKIPPED, "run 'sudo tpmidctl check'",
-                               "skipped: %s is not accessible to this user", CONFIG_APPLIED_PATH);
+                               "skipped: %s is not accessible to this user", c->applied_path);
                 else
                         report(c, "config-applied", CHECK_ERROR, "run 'sudo tpmidctl config apply'",
-                               "%s does not exist: the configuration was never applied (%s)", CONFIG_APPLIED_PATH,
+                               "%s does not exist: the configuration was never applied (%s)", c->applied_path,
                                strerror(e));
                 c->cfg = c->user;
                 return;
         }
         int r;
         char first[CHECK_TEXT_MAX];
-        c->applied = load_quiet(CONFIG_APPLIED_PATH, &r, first, sizeof first, NULL, NULL);
+        c->applied = load_quiet(c->applied_path, &r, first, sizeof first, NULL, NULL);
         c->cfg = c->applied ? c->applied : c->user;
         if (r == -EACCES) {
                 report(c, "config-applied", CHECK_SKIPPED, "run 'sudo tpmidctl check'",
-                       "skipped: %s is not readable by this user", CONFIG_APPLIED_PATH);
+                       "skipped: %s is not readable by this user", c->applied_path);
                 return;
         }
         if (!c->applied) {
                 report(c, "config-applied", CHECK_ERROR, "run 'sudo tpmidctl config apply' (never edit the copy)",
-                       "the daemon's copy %s does not load: %s", CONFIG_APPLIED_PATH, first);
+                       "the daemon's copy %s does not load: %s", c->applied_path, first);
                 return;
         }
         if (!c->user) {
@@ -229,7 +232,7 @@ static void check_config_applied(struct check_ctx *c) {
                 report(c, "config-applied", CHECK_OK, NULL,
                        "%s was edited after the last apply, but with the same settings", c->user_path);
         else
-                report(c, "config-applied", CHECK_OK, NULL, "%s is up to date", CONFIG_APPLIED_PATH);
+                report(c, "config-applied", CHECK_OK, NULL, "%s is up to date", c->applied_path);
 }
 
 /* ---- TPM device ---- */
@@ -378,6 +381,38 @@ static struct tpm *direct_tpm(struct check_ctx *c) {
         return c->tpm;
 }
 
+/* The TPM answers: through the daemon's status when it runs (it owns the
+ * TPM), else by opening it directly. An unreachable TPM is an error here once;
+ * the checks that need the TPM then say they were skipped. */
+static void check_tpm_reachable(struct check_ctx *c) {
+        const char *tcti = c->cfg ? c->cfg->tpm.tcti : TPM_DEFAULT_TCTI;
+        char fix[CHECK_TEXT_MAX];
+        snprintf(fix, sizeof fix,
+                 "make sure the TPM is present and [tpm] tcti (\"%s\") names it, and that user %s may open it "
+                 "(see tpm-device); then restart tpmidd and read 'tpmidctl system logs'",
+                 tcti[0] ? tcti : "device:/dev/tpmrm0", CHECK_USER);
+        json_t *tpm = json_object_get(c->status, "tpm");
+        const char *state = json_string_value(json_object_get(tpm, "state"));
+        if (state) {
+                const char *err = json_string_value(json_object_get(tpm, "lastError"));
+                if (streq(state, "ready"))
+                        report(c, "tpm-reachable", CHECK_OK, NULL, "tpmidd uses the TPM");
+                else
+                        report(c, "tpm-reachable", CHECK_ERROR, fix, "tpmidd cannot use the TPM (%s)%s%s", state,
+                               err ? ": " : "", err ? err : "");
+                return;
+        }
+        if (c->daemon_up) {
+                report(c, "tpm-reachable", CHECK_SKIPPED, NULL,
+                       "skipped: tpmidd holds the TPM but its status is not available");
+                return;
+        }
+        if (direct_tpm(c))
+                report(c, "tpm-reachable", CHECK_OK, NULL, "the TPM answers (tpmidd is not running)");
+        else
+                report(c, "tpm-reachable", CHECK_ERROR, fix, "%s", c->tpm_why);
+}
+
 /* ---- TPM objects ---- */
 
 static void check_primary_keys(struct check_ctx *c) {
@@ -396,8 +431,18 @@ static void check_primary_keys(struct check_ctx *c) {
                                "the TPM has no EK at 0x%08x or no SRK at 0x%08x yet", TPM_EK_HANDLE, TPM_SRK_HANDLE);
                         return;
                 }
+                if (r == -EBADMSG) {
+                        /* An object of another type at a primary's handle (tpm.c's sentence names it). */
+                        report(c, "tpm-ek-srk", CHECK_ERROR,
+                               "if nothing else uses it, evict it ('tpm2_evictcontrol -C o -c HANDLE') and let "
+                               "'sudo tpmidctl tpm info' create the standard key from the TCG template",
+                               "%s", e.msg);
+                        return;
+                }
                 if (r < 0) {
-                        report(c, "tpm-ek-srk", CHECK_ERROR, NULL, "reading EK/SRK failed: %s", e.msg);
+                        report(c, "tpm-ek-srk", CHECK_ERROR,
+                               "check [tpm.hierarchy_authorization] and the TPM with 'tpmidctl tpm info'",
+                               "reading EK/SRK failed: %s", e.msg);
                         return;
                 }
                 c->have_keys = true;
@@ -492,7 +537,8 @@ static void check_da(struct check_ctx *c) {
         struct tpm_da_info da = {0};
         struct tpm_error e = {0};
         if (tpm_da_info(t, &da, &e) < 0) {
-                report(c, "tpm-da-lockout", CHECK_ERROR, NULL, "reading the dictionary-attack state failed: %s", e.msg);
+                report(c, "tpm-da-lockout", CHECK_ERROR, "check the TPM with 'tpmidctl tpm info'",
+                       "reading the dictionary-attack state failed: %s", e.msg);
                 return;
         }
         if (da.in_lockout)
@@ -534,7 +580,8 @@ static void check_registration_id(struct check_ctx *c) {
         }
         _cleanup_free_ char *derived = tpm_registration_id(c->ek.buf, c->ek.len);
         if (!derived) {
-                report(c, "registration-id", CHECK_ERROR, NULL, "out of memory");
+                report(c, "registration-id", CHECK_ERROR, "free some memory and run the check again",
+                       "out of memory");
                 return;
         }
         const char *conf = c->cfg->provisioning.registration_id;
@@ -600,8 +647,24 @@ static int tls_probe(const char *url, const char *ca_bundle, int64_t *date, char
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
         if (ca_bundle)
                 curl_easy_setopt(h, CURLOPT_CAINFO, ca_bundle);
+        /* The daemon's cloud redirection ("HOST:PORT:HOST2:PORT2,..." as curl's
+         * --connect-to), so the check reaches what the daemon reaches. */
+        struct curl_slist *connect_to = NULL;
+        const char *ct = getenv(CHECK_CONNECT_TO_ENV);
+        if (ct && *ct) {
+                _cleanup_free_ char *copy = strdup(ct);
+                char *save = NULL;
+                for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok; tok = strtok_r(NULL, ",", &save)) {
+                        struct curl_slist *n = curl_slist_append(connect_to, tok);
+                        if (!n)
+                                break;
+                        connect_to = n;
+                }
+                curl_easy_setopt(h, CURLOPT_CONNECT_TO, connect_to);
+        }
         CURLcode rc = curl_easy_perform(h);
         curl_easy_cleanup(h);
+        curl_slist_free_all(connect_to);
         if (rc != CURLE_OK) {
                 snprintf(err, errlen, "%s", ebuf[0] ? ebuf : curl_easy_strerror(rc));
                 return -1;
@@ -673,31 +736,42 @@ static void check_clock(struct check_ctx *c) {
 /* ---- entry ---- */
 
 static void check_usage(FILE *f) {
-        fputs("Usage: tpmidctl check [--json]\n"
+        fputs("Usage: tpmidctl check [--json] [--root DIR]\n"
               "\n"
               "Health checks: configuration valid and applied, TPM device and permissions, daemon\n"
               "sockets, EK/SRK, authentication key, dictionary-attack lockout, registration id,\n"
               "DPS and IoT Hub reachable over TLS, clock. Each prints ok, warning, error or\n"
               "skipped (with why) and the fix. Exit 0 when no check reported an error, 1 otherwise.\n"
               "\n"
-              "  --json   a JSON array of {\"id\",\"result\",\"message\",\"fix\"}\n",
+              "  --json       a JSON array of {\"id\",\"result\",\"message\",\"fix\"}\n"
+              "  --root DIR   read the configuration files under DIR (an image, a test)\n",
               f);
 }
 
 int ctl_check_main(int argc, char **argv) {
-        enum { OPT_JSON = 0x100 };
+        enum { OPT_JSON = 0x100, OPT_ROOT };
         static const struct option opts[] = {
                 { "json", no_argument, NULL, OPT_JSON },
+                { "root", required_argument, NULL, OPT_ROOT },
                 { "help", no_argument, NULL, 'h' },
                 { NULL, 0, NULL, 0 },
         };
         struct check_ctx c = {0};
+        const char *root = NULL;
         int o;
         optind = 1;
         while ((o = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
                 switch (o) {
                 case OPT_JSON:
                         c.json = true;
+                        break;
+                case OPT_ROOT:
+                        if (optarg[0] != '/') {
+                                fprintf(stderr, "tpmidctl check: --root needs an absolute directory, not '%s'\n",
+                                        optarg);
+                                return CTL_EXIT_USAGE;
+                        }
+                        root = optarg;
                         break;
                 case 'h':
                         check_usage(stdout);
@@ -719,13 +793,21 @@ int ctl_check_main(int argc, char **argv) {
          * already say it once, with the fix. */
         setenv("TSS2_LOG", "all+none", 0);
 
-        c.user_path = config_path_from_env(CONFIG_DEFAULT_PATH);
+        int code = CTL_EXIT_OK;
+        if (asprintf(&c.user_path_buf, "%s%s", root ? root : "", config_path_from_env(CONFIG_DEFAULT_PATH)) < 0 ||
+            asprintf(&c.applied_path, "%s%s", root ? root : "", CONFIG_APPLIED_PATH) < 0) {
+                c.user_path_buf = c.applied_path = NULL;
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                code = CTL_EXIT_FAILURE;
+                goto out;
+        }
+        c.user_path = c.user_path_buf;
         check_config_valid(&c);
         check_config_applied(&c);
 
-        c.tpmd_sock = ctl_client_tpmd_socket();
+        /* The sockets of the configuration the daemon uses (as checked above). */
+        c.tpmd_sock = c.cfg ? strdup(c.cfg->endpoints.tpmd_socket) : ctl_client_tpmd_socket();
         c.identity_sock = strdup(c.cfg ? c.cfg->endpoints.identityd_socket : CONFIG_DEFAULT_IDENTITYD_SOCKET);
-        int code = CTL_EXIT_OK;
         if (!c.tpmd_sock || !c.identity_sock) {
                 fprintf(stderr, "tpmidctl: out of memory\n");
                 code = CTL_EXIT_FAILURE;
@@ -733,6 +815,7 @@ int ctl_check_main(int argc, char **argv) {
         }
         check_tpm_device(&c);
         check_daemon(&c);
+        check_tpm_reachable(&c);
         check_primary_keys(&c);
         check_auth_key(&c);
         check_da(&c);
@@ -758,6 +841,8 @@ out:
         config_free(c.applied);
         free(c.tpmd_sock);
         free(c.identity_sock);
+        free(c.user_path_buf);
+        free(c.applied_path);
         curl_global_cleanup();
         return code;
 }

@@ -28,6 +28,7 @@
 #define SYSTEM_SOCKET_IDENTITYD "tpmidd-identityd.socket"
 #define SYSTEM_CAPTURE_BYTES 4096    /* bytes of a helper command's output we keep */
 #define SYSTEM_FAILED_LOG_LINES "10" /* journal lines shown for a failed unit */
+#define SYSTEM_REPROVISION_TIMEOUT_MS 180000 /* ms: the daemon answers once the DPS run settled */
 
 static char *const units[] = { SYSTEM_SERVICE, SYSTEM_SOCKET_TPMD, SYSTEM_SOCKET_IDENTITYD };
 
@@ -155,15 +156,15 @@ static char *response_message(const struct ctl_response *resp) {
 /* One request to the identity socket. Prints the failure and returns the exit
  * code when the daemon could not be asked or answered other than want_status;
  * returns CTL_EXIT_OK and fills *ret otherwise. */
-static int identity_call(const char *method, const char *target, const char *body, int want_status,
-                         const char *what, struct ctl_response *ret) {
+static int identity_call(const char *method, const char *target, const char *body, int timeout_ms,
+                         int want_status, const char *what, struct ctl_response *ret) {
         _cleanup_free_ char *sock = identity_socket();
         if (!sock) {
                 fprintf(stderr, "tpmidctl: out of memory\n");
                 return CTL_EXIT_FAILURE;
         }
         struct ctl_response resp = {0};
-        int r = ctl_client_request(sock, method, target, body, 0, &resp);
+        int r = ctl_client_request(sock, method, target, body, timeout_ms, &resp);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: %s: %s: %s.\n", what, sock, client_strerror(r));
                 return r == -ENOMEM ? CTL_EXIT_FAILURE : CTL_EXIT_DAEMON;
@@ -303,7 +304,7 @@ static int system_status(int argc, char **argv) {
         fflush(stdout);
 
         struct ctl_response resp = {0};
-        int code = identity_call("GET", "/status?api-version=" API_VERSION_2020_09_01, NULL, 200, "daemon status",
+        int code = identity_call("GET", "/status?api-version=" API_VERSION_2020_09_01, NULL, 0, 200, "daemon status",
                                  &resp);
         if (code == CTL_EXIT_OK) {
                 json_error_t je;
@@ -325,6 +326,30 @@ static int system_status(int argc, char **argv) {
 
 /* ---- system logs ---- */
 
+#define SYSTEM_JOURNAL_RUN "/run/log/journal" /* volatile journal */
+#define SYSTEM_JOURNAL_VAR "/var/log/journal" /* persistent journal */
+
+/* journalctl is an executable somewhere on $PATH. */
+static bool journalctl_installed(void) {
+        const char *path = getenv("PATH");
+        _cleanup_free_ char *copy = strdup(path && *path ? path : "/usr/bin:/bin");
+        if (!copy)
+                return true; /* let execvp() decide */
+        char *save = NULL;
+        for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+                _cleanup_free_ char *f = NULL;
+                if (asprintf(&f, "%s/journalctl", dir) >= 0 && access(f, X_OK) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* journald keeps a journal here (without one, journalctl prints only
+ * "-- No entries --", which reads as "the daemon logged nothing"). */
+static bool journal_present(void) {
+        return access(SYSTEM_JOURNAL_RUN, F_OK) == 0 || access(SYSTEM_JOURNAL_VAR, F_OK) == 0;
+}
+
 static int system_logs(int argc, char **argv) {
         /* argv: "logs" ["--" ARGS...] */
         int first = 1;
@@ -335,6 +360,19 @@ static int system_logs(int argc, char **argv) {
                         return CTL_EXIT_USAGE;
                 }
                 first = 2;
+        }
+        if (!journalctl_installed()) {
+                fprintf(stderr, "tpmidctl system logs: journalctl is not installed, so there is no journal to show. "
+                        "tpmidd logs to standard error when it is not run by systemd: look wherever it was "
+                        "started.\n");
+                return CTL_EXIT_FAILURE;
+        }
+        if (!journal_present()) {
+                fprintf(stderr, "tpmidctl system logs: this system has no systemd journal (%s and %s do not exist%s). "
+                        "tpmidd logs to standard error when it is not run by systemd: look wherever it was "
+                        "started.\n", SYSTEM_JOURNAL_RUN, SYSTEM_JOURNAL_VAR,
+                        systemd_running() ? "" : "; systemd is not running");
+                return CTL_EXIT_FAILURE;
         }
         size_t n_extra = (size_t)(argc - first);
         char **av = calloc(n_extra + 6, sizeof *av);
@@ -367,18 +405,66 @@ static int system_reprovision(int argc, char **argv) {
                 fprintf(stderr, "tpmidctl system reprovision: unexpected argument '%s'\n", argv[1]);
                 return CTL_EXIT_USAGE;
         }
+        _cleanup_free_ char *sock = identity_socket();
+        if (!sock) {
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        printf("Asking tpmidd to register with DPS again...\n");
+        fflush(stdout);
+        /* The daemon answers once the run it started settled: 204 provisioned,
+         * 502 DPS refused (permanent), 503 not reachable / not ready (it keeps
+         * retrying), 429 too many waiting requests. */
         struct ctl_response resp = {0};
-        int code = identity_call("POST", "/identities/device/reprovision?api-version=" API_VERSION_2020_09_01,
-                                 "{\"type\":\"aziot\"}", 204, "reprovision", &resp);
-        if (code != CTL_EXIT_OK) {
-                fprintf(stderr, "Failed to reprovision.\n");
-                return code;
+        int r = ctl_client_request(sock, "POST", "/identities/device/reprovision?api-version=" API_VERSION_2020_09_01,
+                                   "{\"type\":\"aziot\"}", SYSTEM_REPROVISION_TIMEOUT_MS, &resp);
+        if (r < 0) {
+                if (r == -ETIMEDOUT)
+                        fprintf(stderr, "Reprovisioning has no outcome after %d s; tpmidd carries on in the background: "
+                                "follow it with 'tpmidctl system status'.\n", SYSTEM_REPROVISION_TIMEOUT_MS / 1000);
+                else
+                        fprintf(stderr, "Failed to reprovision: %s: %s.\n", sock, client_strerror(r));
+                return r == -ENOMEM || r == -ETIMEDOUT ? CTL_EXIT_FAILURE : CTL_EXIT_DAEMON;
+        }
+        if (resp.status == 204 || resp.status == 200) {
+                ctl_response_done(&resp);
+                struct ctl_response id = {0};
+                char hub[256] = "?", dev[256] = "?";
+                if (ctl_client_request(sock, "POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
+                                       "{\"type\":\"aziot\"}", 0, &id) == 0) {
+                        json_t *j = json_loadb(id.body, id.body_len, 0, NULL);
+                        json_t *spec = json_object_get(j, "spec");
+                        if (jstr(spec, "hubName"))
+                                snprintf(hub, sizeof hub, "%s", jstr(spec, "hubName"));
+                        if (jstr(spec, "deviceId"))
+                                snprintf(dev, sizeof dev, "%s", jstr(spec, "deviceId"));
+                        json_decref(j);
+                        ctl_response_done(&id);
+                }
+                printf("Reprovisioned: DPS assigned device %s on IoT Hub %s.\n", dev, hub);
+                return CTL_EXIT_OK;
+        }
+        _cleanup_free_ char *m = response_message(&resp);
+        switch (resp.status) {
+        case 502:
+                fprintf(stderr, "Failed to reprovision: DPS refused the registration: %s\n"
+                        "Fix the enrollment (or [provisioning] in the configuration), then run "
+                        "'tpmidctl system reprovision' again.\n", m ? m : "");
+                break;
+        case 503:
+                fprintf(stderr, "Failed to reprovision: %s\n"
+                        "tpmidd keeps retrying in the background; follow it with 'tpmidctl system status'.\n",
+                        m ? m : "");
+                break;
+        case 403:
+                fprintf(stderr, "Failed to reprovision: %s\nRun it as root.\n", m ? m : "");
+                break;
+        default:
+                fprintf(stderr, "Failed to reprovision: tpmidd answered %d: %s\n", resp.status, m ? m : "");
+                break;
         }
         ctl_response_done(&resp);
-        printf("Reprovisioning started: tpmidd is registering with DPS again.\n"
-               "The current identity stays in use until DPS assigns a new one; follow it with "
-               "'tpmidctl system status'.\n");
-        return CTL_EXIT_OK;
+        return CTL_EXIT_FAILURE;
 }
 
 /* ---- system restart|stop ---- */
@@ -434,7 +520,8 @@ static void system_usage(FILE *f) {
               "  status       unit states and the daemon's provisioning/TPM status\n"
               "  logs         journalctl -u " SYSTEM_SERVICE " -e --no-pager (arguments after -- replace -e\n"
               "               --no-pager)\n"
-              "  reprovision  run DPS registration again (the current identity stays until then)\n"
+              "  reprovision  run DPS registration again and wait for its outcome (the current\n"
+              "               identity stays until DPS assigns a new one)\n"
               "  restart      restart the service and its sockets\n"
               "  stop         stop the service and its sockets\n",
               f);
@@ -482,7 +569,7 @@ static void identity_usage(FILE *f) {
 static int identity_show(bool json) {
         struct ctl_response resp = {0};
         int code = identity_call("POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
-                                 "{\"type\":\"aziot\"}", 200, "device identity", &resp);
+                                 "{\"type\":\"aziot\"}", 0, 200, "device identity", &resp);
         if (code != CTL_EXIT_OK)
                 return code;
         json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
@@ -514,7 +601,7 @@ static int identity_token(uint32_t lifetime, bool json) {
                 return CTL_EXIT_FAILURE;
         }
         struct ctl_response resp = {0};
-        int code = identity_call("POST", "/identities/device/token?api-version=" API_VERSION_2020_09_01, body, 200,
+        int code = identity_call("POST", "/identities/device/token?api-version=" API_VERSION_2020_09_01, body, 0, 200,
                                  "token", &resp);
         if (code != CTL_EXIT_OK)
                 return code;

@@ -255,6 +255,39 @@ static void handle_reprovision(struct identity_api *api, struct server_request *
                 answer_waiters(api, 503, "provisioning has not started yet");
 }
 
+/* POST /identities/device/report: a client says the hub rejected the
+ * credentials. The answer says what the daemon does about it; the client's
+ * word alone never starts DPS (see prov_driver_report_bad_credentials()). */
+static void handle_report(struct identity_api *api, struct server_request *req) {
+        struct api_report rep;
+        struct api_error err = {0};
+        if (api_decode_report(req->http->body, req->http->body_len, &rep, &err) < 0) {
+                (void)server_reply_error(req, err.status ? err.status : 400, NULL, 0, "%s", err.message);
+                return;
+        }
+        const char *hub, *dev;
+        if (!api->prov || !prov_driver_identity(api->prov, &hub, &dev)) {
+                reply_no_identity(api, req);
+                return;
+        }
+        enum api_report_action action = prov_driver_report_bad_credentials(api->prov, rep.hub_status);
+        log_struct(action == API_REPORT_CHECKING_HUB ? LOG_NOTICE : LOG_INFO, NULL,
+                   LOG_FIELDS(LOG_NUM("CLIENT_UID", req->uid), LOG_NUM("CLIENT_PID", req->pid),
+                              LOG_STR("API_OP", api_op_to_string(API_OP_IDENTITY_REPORT)),
+                              LOG_NUM("HTTP_STATUS", rep.hub_status)),
+                   "identity API: uid %u reports that hub %s answered HTTP %d for device %s%s%s%s; %s",
+                   (unsigned)req->uid, hub, rep.hub_status, dev, rep.reason[0] ? " (\"" : "", rep.reason,
+                   rep.reason[0] ? "\")" : "", api_report_action_to_string(action));
+        char *json = NULL;
+        int r = api_encode_report(action, &json);
+        if (r < 0) {
+                (void)server_reply_error(req, 500, NULL, 0, "could not encode the answer: %s", strerror(-r));
+                return;
+        }
+        (void)server_reply(req, 202, json, NULL, 0);
+        free(json);
+}
+
 static void token_free(struct token_req *t) {
         free(t->sr);
         if (t->sts)
@@ -394,6 +427,11 @@ void identity_api_handle(struct server_request *req, void *userdata) {
         case API_OP_IDENTITY_TOKEN:
                 if (authorized(api, req, op, CONFIG_OP_IDENTITY_TOKEN))
                         handle_token(api, req);
+                return;
+        case API_OP_IDENTITY_REPORT:
+                /* Any client that uses the identity may say the hub refused it. */
+                if (authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
+                        handle_report(api, req);
                 return;
         case API_OP_STATUS:
                 if (server_request_in_socket_group(req) || server_request_allowed(req, CONFIG_OP_IDENTITY_GET))

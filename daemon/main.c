@@ -7,6 +7,7 @@
  * taken by something else) so the unit can list it in
  * RestartPreventExitStatus=; 1 for anything else. An unreachable TPM is not
  * an exit: the daemon waits for it, says so in STATUS=, and answers 503. */
+#include <assert.h>
 #include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
@@ -122,9 +123,11 @@ static int load_config(const char *path, bool must_exist, struct tpmid_config **
                 r = config_load(path, &c, &diags);
         print_diags(&diags);
         config_diags_free(&diags);
-        if (r < 0)
-                return log_error_errno(r, "configuration %s is not usable (%d error(s) above)", path,
-                                       (int)diags.n_errors);
+        if (r < 0) {
+                log_error_errno(r, "configuration %s is not usable (%d error(s) above)", path, (int)diags.n_errors);
+                return r;
+        }
+        assert(c); /* config_parse_string()/config_load() set it on success */
         *ret = c;
         return 0;
 }
@@ -544,7 +547,8 @@ int main(int argc, char **argv) {
                 log_set_max_level(lvl);
 
         struct daemon d = { 0 };
-        bool explicit_path = cfg_arg || (getenv(CONFIG_ENV_PATH) && *getenv(CONFIG_ENV_PATH));
+        const char *env_path = getenv(CONFIG_ENV_PATH);
+        bool explicit_path = cfg_arg || (env_path && *env_path);
         const char *path = cfg_arg ? cfg_arg : config_path_from_env(CONFIG_APPLIED_PATH);
         if (!explicit_path && access(CONFIG_APPLIED_PATH, F_OK) < 0 && access(CONFIG_DEFAULT_PATH, F_OK) == 0)
                 path = CONFIG_DEFAULT_PATH; /* not applied yet: read the super-config directly */

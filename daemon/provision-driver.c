@@ -54,6 +54,8 @@ struct prov_driver {
         struct prov_machine m;
         bool started, closing;
         int open_handles;
+        bool report_checked;      /* a client report started a hub check (rate limit) */
+        uint64_t report_check_ms; /* uv_now() of that check */
 
         struct tpm_keys keys;
         char *regid;
@@ -929,9 +931,24 @@ int prov_driver_reprovision(struct prov_driver *d) {
         return 0;
 }
 
-void prov_driver_report_bad_credentials(struct prov_driver *d) {
-        if (d->started)
-                feed_simple(d, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS);
+enum api_report_action prov_driver_report_bad_credentials(struct prov_driver *d, int hub_status) {
+        if (d->m.mode == PROV_MODE_ON_ERROR_ONLY || !api_report_is_rejection(hub_status))
+                return API_REPORT_IGNORED;
+        if (prov_is_busy(&d->m))
+                return API_REPORT_ALREADY_PROVISIONING;
+        if (d->m.state == PROV_CHECKING_HUB)
+                return API_REPORT_CHECKING_HUB; /* coalesced into the check in flight */
+        if (!d->started || d->m.state != PROV_PROVISIONED)
+                return API_REPORT_IGNORED; /* nothing served yet, or DPS refused us (FAILED_PERMANENT) */
+        uint64_t now = uv_now(d->loop);
+        if (d->report_checked && now - d->report_check_ms < PROV_REPORT_MIN_INTERVAL_MS)
+                return API_REPORT_RATE_LIMITED;
+        feed_simple(d, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS);
+        if (d->m.state != PROV_CHECKING_HUB)
+                return API_REPORT_IGNORED; /* the machine declined (e.g. nothing served) */
+        d->report_checked = true;
+        d->report_check_ms = now;
+        return API_REPORT_CHECKING_HUB;
 }
 
 void prov_driver_set_config(struct prov_driver *d, const struct tpmid_config *cfg) {

@@ -20,6 +20,7 @@
 
 #define PROV_HUB_API_VERSION "2021-04-12" /* IoT Hub api-version of the hub credential check */
 #define PROV_HUB_CHECK_TIMEOUT_MS 30000   /* ms for the hub credential check */
+#define PROV_REPORT_MIN_INTERVAL_MS 60000 /* ms between hub checks started by client reports */
 
 struct prov_driver;
 
@@ -41,8 +42,16 @@ int prov_driver_start(struct prov_driver *d, const struct tpm_keys *keys);
  * provisioning is not configured or the TPM did not answer yet. */
 int prov_driver_reprovision(struct prov_driver *d);
 
-/* A client reports that the hub rejected the device's credentials. */
-void prov_driver_report_bad_credentials(struct prov_driver *d);
+/* A client reports that the hub answered hub_status to the device's
+ * credentials (POST /identities/device/report). The client's word alone
+ * never starts DPS: a rejection status (api_report_is_rejection()) makes the
+ * daemon check the hub itself (CLIENT_REPORTS_BAD_CREDENTIALS → CHECK_HUB),
+ * and only the hub's own rejection leads to a DPS run. OnErrorOnly ignores
+ * reports. Reports start at most one hub check per
+ * PROV_REPORT_MIN_INTERVAL_MS (the startup check does not count), so a
+ * misbehaving client cannot make the daemon hammer the hub. Returns what was
+ * decided, for the client's answer; does not log (the caller does). */
+enum api_report_action prov_driver_report_bad_credentials(struct prov_driver *d, int hub_status);
 
 /* Reload: the new config replaces the old; a change of the provisioning
  * settings triggers a DPS run (CONFIG_CHANGED). */

@@ -761,7 +761,7 @@ int server_new(uv_loop_t *loop, const struct server_options *opts, struct server
                 r = uv_listen((uv_stream_t *)&s->listener, SERVER_LISTEN_BACKLOG, on_connection);
         if (r < 0) {
                 s->closing = true;
-                if (s->bound_path)
+                if (s->bound_path && s->path)
                         unlink(s->path);
                 s->bound_path = false;
                 /* The handle must be closed before s is freed; nothing else

@@ -22,6 +22,7 @@ static const char *const api_op_table[_API_OP_MAX] = {
         [API_OP_IDENTITY_PROVISIONING] = "identity.provisioning",
         [API_OP_IDENTITY_REPROVISION] = "identity.reprovision",
         [API_OP_IDENTITY_TOKEN] = "identity.token",
+        [API_OP_IDENTITY_REPORT] = "identity.report",
         [API_OP_STATUS] = "status",
 };
 
@@ -59,6 +60,8 @@ static const struct route routes[] = {
         { API_SOCKET_IDENTITY, "POST", "/identities/device/reprovision", API_OP_IDENTITY_REPROVISION,
           API_VERSION_2020_09_01 },
         { API_SOCKET_IDENTITY, "POST", "/identities/device/token", API_OP_IDENTITY_TOKEN,
+          API_VERSION_2020_09_01 },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device/report", API_OP_IDENTITY_REPORT,
           API_VERSION_2020_09_01 },
         { API_SOCKET_IDENTITY, "GET", "/status", API_OP_STATUS, API_VERSION_2020_09_01 },
 };
@@ -264,6 +267,60 @@ int api_decode_device(const uint8_t *body, size_t len, struct api_error *err) {
         return 0;
 }
 
+int api_decode_report(const uint8_t *body, size_t len, struct api_report *out, struct api_error *err) {
+        json_auto_t *root = parse_body(body, len, err);
+        if (!root)
+                return -EINVAL;
+        json_t *v = json_object_get(root, "hubStatus");
+        if (!v) {
+                api_error_set(err, 422, "missing field 'hubStatus'");
+                return -EINVAL;
+        }
+        if (!json_is_integer(v)) {
+                api_error_set(err, 422, "field 'hubStatus' must be an integer");
+                return -EINVAL;
+        }
+        json_int_t status = json_integer_value(v);
+        if (status < API_HTTP_STATUS_MIN || status > API_HTTP_STATUS_MAX) {
+                api_error_set(err, 422, "field 'hubStatus' must be an HTTP status between %d and %d",
+                              API_HTTP_STATUS_MIN, API_HTTP_STATUS_MAX);
+                return -EINVAL;
+        }
+        const char *reason = "";
+        size_t reason_len = 0;
+        json_t *rv = json_object_get(root, "reason");
+        if (rv && !json_is_null(rv)) {
+                if (!json_is_string(rv)) {
+                        api_error_set(err, 422, "field 'reason' must be a string");
+                        return -EINVAL;
+                }
+                reason = json_string_value(rv);
+                reason_len = json_string_length(rv);
+                if (reason_len > API_REPORT_REASON_MAX) {
+                        api_error_set(err, 422, "field 'reason' is too large");
+                        return -EINVAL;
+                }
+                /* The reason is logged: no control characters (newlines would
+                 * forge log lines), and no NUL (jansson refuses \u0000 without
+                 * JSON_ALLOW_NUL, checked again here because the length says so). */
+                for (size_t i = 0; i < reason_len; i++) {
+                        unsigned char c = (unsigned char)reason[i];
+                        if (c < 0x20 || c == 0x7f) {
+                                api_error_set(err, 422, "field 'reason' contains control characters");
+                                return -EINVAL;
+                        }
+                }
+        }
+        out->hub_status = (int)status;
+        memcpy(out->reason, reason, reason_len);
+        out->reason[reason_len] = 0;
+        return 0;
+}
+
+bool api_report_is_rejection(int hub_status) {
+        return hub_status == 401 || hub_status == 403 || hub_status == 404;
+}
+
 /* ---- Responses ---- */
 
 /* Serialise and consume o (json_pack's "o" steals; a NULL o means the pack
@@ -369,6 +426,26 @@ int api_encode_status(const struct api_status *s, char **ret) {
                               "daemon", "version", s->version, "uptimeSec", (json_int_t)s->uptime_sec, "mode",
                               s->mode),
                     ret);
+}
+
+static const char *const report_action_table[_API_REPORT_ACTION_MAX] = {
+        [API_REPORT_CHECKING_HUB] = "checking-hub",
+        [API_REPORT_IGNORED] = "ignored",
+        [API_REPORT_ALREADY_PROVISIONING] = "already-provisioning",
+        [API_REPORT_RATE_LIMITED] = "rate-limited",
+};
+
+const char *api_report_action_to_string(enum api_report_action a) {
+        if ((unsigned)a >= _API_REPORT_ACTION_MAX)
+                return NULL;
+        return report_action_table[a];
+}
+
+int api_encode_report(enum api_report_action a, char **ret) {
+        const char *s = api_report_action_to_string(a);
+        if (!s)
+                return -EINVAL;
+        return dump(json_pack("{s:s}", "action", s), ret);
 }
 
 int api_encode_error(const char *message, char **ret) {

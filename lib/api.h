@@ -15,6 +15,7 @@
  *   tpmidd extensions, accepted with every identity api-version (a client that
  *   knows aziot's versions needs no new one; aziot answers 404 for these paths):
  *   POST /identities/device/token {"lifetime_sec":N}? -> {"sasToken","expiresOn","hubName","deviceId"}
+ *   POST /identities/device/report {"hubStatus":N,"reason":"..."?} -> 202 {"action":"..."}
  *   GET  /status                           -> see api_encode_status()
  */
 #pragma once
@@ -34,6 +35,9 @@
 #define API_TOKEN_LIFETIME_MAX_SEC 86400  /* seconds: longest SAS token we issue (1 day) */
 #define API_TOKEN_LIFETIME_DEFAULT_SEC 3600 /* seconds: when the request gives no lifetime_sec */
 #define API_ERROR_MESSAGE_MAX 256 /* bytes, NUL included, of api_error.message */
+#define API_REPORT_REASON_MAX 256     /* bytes (UTF-8, NUL excluded) of a report's "reason" */
+#define API_HTTP_STATUS_MIN 100       /* lowest HTTP status a report may carry */
+#define API_HTTP_STATUS_MAX 599       /* highest HTTP status a report may carry */
 
 enum api_socket {
         API_SOCKET_TPM,
@@ -49,6 +53,7 @@ enum api_op {
         API_OP_IDENTITY_PROVISIONING,  /* "identity.provisioning" */
         API_OP_IDENTITY_REPROVISION,   /* "identity.reprovision" */
         API_OP_IDENTITY_TOKEN,         /* "identity.token" */
+        API_OP_IDENTITY_REPORT,        /* "identity.report" */
         API_OP_STATUS,                 /* "status" */
         _API_OP_MAX,
 };
@@ -102,6 +107,28 @@ int api_decode_sign(const uint8_t *body, size_t len, uint8_t **data, size_t *dat
  * An empty body or {} gives API_TOKEN_LIFETIME_DEFAULT_SEC (the extension is ours,
  * so no aziot behaviour to match). */
 int api_decode_token(const uint8_t *body, size_t len, uint32_t *lifetime_sec, struct api_error *err);
+
+/* A client's report that the hub refused the device's credentials
+ * (POST /identities/device/report). */
+struct api_report {
+        int hub_status;                          /* HTTP status the hub answered, in
+                                                  * [API_HTTP_STATUS_MIN, API_HTTP_STATUS_MAX] */
+        char reason[API_REPORT_REASON_MAX + 1];  /* NUL-terminated; "" when absent */
+};
+
+/* {"hubStatus": N, "reason": "text"?} -> *out. The body is required (400 when
+ * empty). hubStatus must be a JSON integer within [API_HTTP_STATUS_MIN,
+ * API_HTTP_STATUS_MAX] (422 otherwise); reason, when present and not null,
+ * must be a string of at most API_REPORT_REASON_MAX bytes without control
+ * characters (it goes into the journal), else 422. Whether the status is
+ * evidence of a credential rejection is the caller's decision
+ * (api_report_is_rejection()). */
+int api_decode_report(const uint8_t *body, size_t len, struct api_report *out, struct api_error *err);
+
+/* Whether a hub status is a rejection of the device's credentials: 401, 403,
+ * or 404 (the hub does not know the device), the same statuses the daemon's
+ * own hub check treats as rejection. */
+bool api_report_is_rejection(int hub_status);
 
 /* {"type":"aziot"} for POST /identities/device. aziot requires the body; a type
  * other than "aziot" is 400 (identityd: InvalidParameter). */
@@ -169,6 +196,21 @@ struct api_status {
  *  "tpm":{"state","lastError"},
  *  "daemon":{"version","uptimeSec","mode"}} */
 int api_encode_status(const struct api_status *s, char **ret);
+
+/* What the daemon does about a report (the "action" of the 202 answer). */
+enum api_report_action {
+        API_REPORT_CHECKING_HUB,          /* "checking-hub": the daemon asks the hub itself */
+        API_REPORT_IGNORED,               /* "ignored": mode OnErrorOnly, a status that is not a
+                                           * rejection, or DPS already refused the device */
+        API_REPORT_ALREADY_PROVISIONING,  /* "already-provisioning": a DPS run is in progress or scheduled */
+        API_REPORT_RATE_LIMITED,          /* "rate-limited": a report checked the hub too recently */
+        _API_REPORT_ACTION_MAX,
+};
+/* Static string for an action, or NULL when out of range. */
+const char *api_report_action_to_string(enum api_report_action a);
+
+/* {"action":"<action>"}; -EINVAL for an out-of-range action. */
+int api_encode_report(enum api_report_action a, char **ret);
 
 /* {"message":"<message>"} */
 int api_encode_error(const char *message, char **ret);

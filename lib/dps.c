@@ -544,7 +544,7 @@ int dps_parse_registration(const uint8_t *buf, size_t len, struct dps_registrati
                 return r;
 
         rs = json_object_get(j, "registrationState");
-        if (rs && json_is_null(rs))
+        if (json_is_null(rs)) /* json_is_null() is false for NULL */
                 rs = NULL;
         if (rs && !json_is_object(rs))
                 return -EBADMSG;

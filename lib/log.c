@@ -79,8 +79,15 @@ static bool stderr_is_journal(void) {
         const char *e = getenv("JOURNAL_STREAM");
         if (!e)
                 return false;
-        unsigned long long dev, ino;
-        if (sscanf(e, "%llu:%llu", &dev, &ino) != 2)
+        /* "DEV:INO", both decimal (systemd.exec(5)). */
+        char *end = NULL;
+        errno = 0;
+        unsigned long long dev = strtoull(e, &end, 10);
+        if (errno != 0 || end == e || *end != ':')
+                return false;
+        const char *p = end + 1;
+        unsigned long long ino = strtoull(p, &end, 10);
+        if (errno != 0 || end == p || *end != 0)
                 return false;
         struct stat st;
         if (fstat(STDERR_FILENO, &st) < 0)

@@ -166,6 +166,7 @@ static int handle_tpm(struct fake_tpm *tpm, const struct http_request *h, enum a
         case API_OP_IDENTITY_PROVISIONING:
         case API_OP_IDENTITY_REPROVISION:
         case API_OP_IDENTITY_TOKEN:
+        case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
         case _API_OP_MAX:
                 break;
@@ -209,6 +210,16 @@ static int handle_identity(const struct fake_tpm *tpm, const struct http_request
                 r = api_encode_token("SharedAccessSignature sr=hub.azure-devices.net%2Fdevices%2Fdev-01&sig=x&se=1",
                                      1700000000 + (int64_t)lifetime, "hub.azure-devices.net", "dev-01", &json);
                 return reply_json(200, r, json, h->keep_alive);
+        }
+        case API_OP_IDENTITY_REPORT: {
+                struct api_report rep;
+                r = api_decode_report(h->body, h->body_len, &rep, &err);
+                if (r < 0)
+                        return reply_error(err.status, err.message, h->keep_alive, NULL, 0);
+                r = api_encode_report(api_report_is_rejection(rep.hub_status) ? API_REPORT_CHECKING_HUB
+                                                                               : API_REPORT_IGNORED,
+                                      &json);
+                return reply_json(202, r, json, h->keep_alive);
         }
         case API_OP_STATUS: {
                 const struct api_status st = { .provisioning_state = tpm->have_key ? "assigned" : "unprovisioned",

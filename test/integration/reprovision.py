@@ -3,7 +3,9 @@
 AlwaysOnStartup runs DPS at every start, Dynamic checks the hub once and runs DPS
 only when the hub rejects the device, OnErrorOnly does neither; a saved identity is
 served while DPS is down; a client can force a DPS run; a corrupt state file is
-detected; the working hub key survives a failed reprovisioning."""
+detected; the working hub key survives a failed reprovisioning; a client's report of
+a hub rejection (POST /identities/device/report) makes Dynamic check the hub itself,
+rate-limited, and is ignored by OnErrorOnly."""
 import os
 import sys
 import time
@@ -14,7 +16,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap", "setpriv")
-from daemon import HUB1, HUB2, Daemon, Sim, hub_get, read_state_file, tpm_info, wait_for  # noqa: E402
+from daemon import ID_API, HUB1, HUB2, Daemon, Sim, hub_get, read_state_file, tpm_info, wait_for  # noqa: E402
 
 R = harness.Runner("reprovision")
 
@@ -45,6 +47,22 @@ class Setup:
 
     def routes(self, since):
         return [e["route"] for e in self.sim.requests(since=since)]
+
+    def report(self, hub_status=401, reason=None, version=ID_API, body=None):
+        """POST /identities/device/report; body overrides the JSON built from the arguments."""
+        if body is None:
+            body = {"hubStatus": hub_status}
+            if reason is not None:
+                body["reason"] = reason
+        return self.d.request("POST", "/identities/device/report?" + version, body)
+
+    def report_action(self, hub_status=401, reason=None, version=ID_API):
+        r = self.report(hub_status, reason, version)
+        assert r.status == 202 and r.json and set(r.json) == {"action"}, r
+        return r.json["action"]
+
+    def hub_checks(self, since):
+        return self.sim.requests(route="hub", since=since)
 
     def __enter__(self):
         return self
@@ -339,6 +357,149 @@ def working_key_survives_failed_reprovision():
         s.sim.client.clear_faults()
         assert s.d.reprovision().status == 204
         s.d.hub_token_ok()
+
+
+
+@R.case
+def report_moved_dynamic_follows():
+    """Dynamic, provisioned on HUB1; the operator moves the device to HUB2 and HUB1 revokes
+    it. A client reports 401: the daemon checks the hub itself, sees the rejection, runs
+    DPS and ends up on HUB2."""
+    with Setup("Dynamic", hubs=(HUB1,)) as s:
+        s.provision()
+        s.sim.client.move(s.regid, HUB2)
+        seq = s.sim.last_seq()
+        assert s.report_action(401, reason="IotHubUnauthorizedAccess") == "checking-hub"
+
+        def on_hub2():
+            p = s.d.prov()
+            return p if p["state"] == "provisioned" and p["hubName"] == HUB2 else None
+        wait_for(on_hub2, 40, what="provisioned on hub2")
+        routes = s.routes(seq)
+        assert routes[0] == "hub" and dps_runs(routes) == 1, routes
+        first = s.sim.requests(since=seq)[0]
+        assert first["status"] == 401 and first["host"].startswith(HUB1), first
+        assert s.d.identity() == (HUB2, s.regid)
+        s.d.hub_token_ok()
+        assert read_state_file(s.d.state_file)["hub"] == HUB2
+        log = s.d.log_since_start()
+        assert "reason: hub-rejected-credentials" in log, log[-3000:]
+        assert "IotHubUnauthorizedAccess" in log and "reports that hub" in log, log[-3000:]
+
+
+@R.case
+def report_hub_still_accepts_no_dps():
+    """Dynamic: a client reports 403 (any identity api-version) but the hub accepts the
+    daemon's own request: one hub request, no DPS run, still on HUB1."""
+    with Setup("Dynamic") as s:
+        s.provision()
+        seq = s.sim.last_seq()
+        assert s.report_action(403, version="api-version=2022-08-01") == "checking-hub"
+        wait_for(lambda: s.hub_checks(seq), 20, what="the hub check")
+        s.d.wait_provisioned()
+        time.sleep(1)
+        reqs = s.sim.requests(since=seq)
+        assert [e["route"] for e in reqs] == ["hub"], reqs
+        assert reqs[0]["status"] == 200 and reqs[0]["auth"] == "valid", reqs
+        assert s.d.identity() == (HUB1, s.regid)
+        s.d.hub_token_ok()
+
+
+@R.case
+def report_on_error_only_ignored():
+    """OnErrorOnly ignores reports even when the hub really rejects the device: no hub
+    request, no DPS, the old identity stays."""
+    with Setup("OnErrorOnly") as s:
+        s.provision()
+        s.sim.client.move(s.regid, HUB2)
+        seq = s.sim.last_seq()
+        assert s.report_action(401) == "ignored"
+        assert s.report_action(404, version="api-version=2021-12-01") == "ignored"
+        time.sleep(2)
+        assert s.sim.requests(since=seq) == []
+        assert s.d.identity() == (HUB1, s.regid)
+        assert s.d.prov()["state"] == "provisioned"
+
+
+@R.case
+def report_rate_limited():
+    """Reports start at most one hub check per window: reports while the check is in
+    flight join it, later ones in the window are "rate-limited"; a status that is not a
+    credential rejection is ignored."""
+    with Setup("Dynamic") as s:
+        s.provision()
+        seq = s.sim.last_seq()
+        assert s.report_action(500) == "ignored"
+        assert s.report_action(429) == "ignored"
+        s.sim.client.fault("hub", "stall", count=1, seconds=2)
+        assert s.report_action(401) == "checking-hub"
+        assert s.report_action(401) == "checking-hub"  # joins the check in flight
+        assert s.d.prov()["state"] == "checking-hub"
+        s.d.wait_provisioned()
+        wait_for(lambda: s.hub_checks(seq), 20, what="the hub check")
+        actions = [s.report_action(st) for st in (401, 403, 404, 401, 401)]
+        assert actions == ["rate-limited"] * 5, actions
+        time.sleep(1)
+        checks = s.hub_checks(seq)
+        assert len(checks) == 1 and checks[0]["status"] == 200, checks
+        assert dps_runs(s.routes(seq)) == 0
+        s.d.hub_token_ok()
+
+
+@R.case
+def report_while_busy_and_unprovisioned():
+    """Not provisioned yet (first DPS run in progress): 503 with Retry-After. A report
+    during a DPS run of a provisioned device: "already-provisioning", no hub request."""
+    with Setup("AlwaysOnStartup") as s:
+        s.sim.client.fault("register-challenge", "stall", count=1, seconds=3)
+        s.d.start()
+        r = s.report(401)
+        assert r.status == 503 and r.headers.get("retry-after") and "not provisioned" in r.message, r
+        s.d.wait_provisioned()
+        s.d.stop()
+        s.sim.client.fault("register-challenge", "stall", count=1, seconds=3)
+        seq = s.sim.last_seq()
+        s.d.start()
+        assert s.d.prov()["state"] == "registering"
+        assert s.report_action(401) == "already-provisioning"
+        s.d.wait_provisioned()
+        routes = s.routes(seq)
+        assert "hub" not in routes and dps_runs(routes) == 1, routes
+
+
+@R.case
+def report_bad_requests():
+    """Bad bodies are 400/422 with a message naming the field; nothing reaches the hub."""
+    with Setup("Dynamic") as s:
+        s.provision()
+        seq = s.sim.last_seq()
+        cases = [
+            (b"", 400, "missing request body"),
+            (b"{", 422, "line 1"),
+            (b"[401]", 422, "JSON object"),
+            ({}, 422, "missing field 'hubStatus'"),
+            ({"hubStatus": "401"}, 422, "'hubStatus' must be an integer"),
+            ({"hubStatus": 401.0}, 422, "'hubStatus' must be an integer"),
+            ({"hubStatus": 99}, 422, "between 100 and 599"),
+            ({"hubStatus": 600}, 422, "between 100 and 599"),
+            ({"hubStatus": 401, "reason": 7}, 422, "'reason' must be a string"),
+            ({"hubStatus": 401, "reason": "x" * 257}, 422, "'reason' is too large"),
+            ({"hubStatus": 401, "reason": "a\nb"}, 422, "control characters"),
+        ]
+        for body, status, text in cases:
+            r = s.report(body=body)
+            assert r.status == status and text in r.message, (body, r)
+        r = s.d.request("GET", "/identities/device/report?" + ID_API)
+        assert r.status == 400 and r.headers.get("allow") == "POST", r
+        r = s.d.request("POST", "/identities/device/report", {"hubStatus": 401})
+        assert r.status == 400 and "api-version" in r.message, r
+        r = s.d.request("POST", "/identities/device/report?api-version=2019-01-01", {"hubStatus": 401})
+        assert r.status == 400, r
+        # the limit itself is accepted
+        assert s.report_action(200, reason="x" * 256) == "ignored"
+        time.sleep(1)
+        assert s.sim.requests(since=seq) == []
+        assert s.d.prov()["state"] == "provisioned"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@
 
 static void test_op_strings(void **state) {
         const char *names[] = { "tpm.get_keys", "tpm.import", "tpm.sign", "identity.get", "identity.device",
-                                "identity.provisioning", "identity.reprovision", "identity.token", "status" };
+                                "identity.provisioning", "identity.reprovision", "identity.token", "identity.report",
+                                "status" };
         assert_int_equal(ELEMENTSOF(names), _API_OP_MAX);
         for (int i = 0; i < _API_OP_MAX; i++) {
                 assert_string_equal(api_op_to_string((enum api_op)i), names[i]);
@@ -49,6 +50,10 @@ static void test_route_ok(void **state) {
                   API_OP_IDENTITY_REPROVISION },
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/token", "2020-09-01", API_OP_IDENTITY_TOKEN },
                 { API_SOCKET_IDENTITY, "GET", "/status", "2022-08-01", API_OP_STATUS },
+                /* an extension: every identity api-version */
+                { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2020-09-01", API_OP_IDENTITY_REPORT },
+                { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2021-12-01", API_OP_IDENTITY_REPORT },
+                { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2022-08-01", API_OP_IDENTITY_REPORT },
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 enum api_op op = _API_OP_MAX;
@@ -99,6 +104,16 @@ static void test_route_errors(void **state) {
                            "method not allowed", "POST");
         expect_route_error(API_SOCKET_IDENTITY, "HEAD", "/status", "2020-09-01", -EINVAL, 400, "method not allowed",
                            "GET");
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/device/report", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "POST");
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/device/report/", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_TPM, "POST", "/identities/device/report", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2019-01-01", -EINVAL, 400,
+                           "invalid api-version \"2019-01-01\"", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/device/report", NULL, -EINVAL, 400,
+                           "api-version not specified", NULL);
         /* /identities/provisioning needs >= 2021-12-01. */
         expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/provisioning", "2020-09-01", -EINVAL, 400,
                            "invalid api-version \"2020-09-01\"", NULL);
@@ -294,6 +309,117 @@ static void test_decode_device(void **state) {
         }
 }
 
+static void test_decode_report(void **state) {
+        struct api_report rep;
+        struct api_error err;
+        const char *ok = "{\"hubStatus\":401,\"reason\":\"Unauthorized: device not found\",\"extra\":[1]}";
+        assert_int_equal(api_decode_report((const uint8_t *)ok, strlen(ok), &rep, &err), 0);
+        assert_int_equal(rep.hub_status, 401);
+        assert_string_equal(rep.reason, "Unauthorized: device not found");
+        /* reason is optional; null is the same as absent */
+        memset(&rep, 'x', sizeof(rep));
+        assert_int_equal(api_decode_report((const uint8_t *)"{\"hubStatus\":404}", strlen("{\"hubStatus\":404}"), &rep, &err), 0);
+        assert_int_equal(rep.hub_status, 404);
+        assert_string_equal(rep.reason, "");
+        const char *null_reason = "{\"hubStatus\":403,\"reason\":null}";
+        assert_int_equal(api_decode_report((const uint8_t *)null_reason, strlen(null_reason), &rep, &err), 0);
+        assert_int_equal(rep.hub_status, 403);
+        assert_string_equal(rep.reason, "");
+        /* the status limits at and over */
+        assert_int_equal(api_decode_report((const uint8_t *)"{\"hubStatus\":100}", strlen("{\"hubStatus\":100}"), &rep, &err), 0);
+        assert_int_equal(rep.hub_status, API_HTTP_STATUS_MIN);
+        assert_int_equal(api_decode_report((const uint8_t *)"{\"hubStatus\":599}", strlen("{\"hubStatus\":599}"), &rep, &err), 0);
+        assert_int_equal(rep.hub_status, API_HTTP_STATUS_MAX);
+
+        /* reason at its limit (multi-byte UTF-8 counts in bytes) and one over */
+        char body[API_REPORT_REASON_MAX * 2 + 64];
+        char reason[API_REPORT_REASON_MAX + 2];
+        memset(reason, 'r', API_REPORT_REASON_MAX);
+        reason[API_REPORT_REASON_MAX] = 0;
+        snprintf(body, sizeof(body), "{\"hubStatus\":401,\"reason\":\"%s\"}", reason);
+        assert_int_equal(api_decode_report((const uint8_t *)body, strlen(body), &rep, &err), 0);
+        assert_int_equal(strlen(rep.reason), API_REPORT_REASON_MAX);
+        assert_string_equal(rep.reason, reason);
+        reason[API_REPORT_REASON_MAX] = 'r';
+        reason[API_REPORT_REASON_MAX + 1] = 0;
+        snprintf(body, sizeof(body), "{\"hubStatus\":401,\"reason\":\"%s\"}", reason);
+        rep.hub_status = 7;
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(api_decode_report((const uint8_t *)body, strlen(body), &rep, &err), -EINVAL);
+        assert_int_equal(rep.hub_status, 7); /* untouched */
+        assert_int_equal(err.status, 422);
+        assert_string_equal(err.message, "field 'reason' is too large");
+        /* 129 two-byte characters = 258 bytes: over, though only 129 characters */
+        size_t n = 0;
+        n += (size_t)snprintf(body, sizeof(body), "{\"hubStatus\":401,\"reason\":\"");
+        for (int i = 0; i < API_REPORT_REASON_MAX / 2 + 1; i++) {
+                body[n++] = (char)0xc3;
+                body[n++] = (char)0xa9;
+        }
+        n += (size_t)snprintf(body + n, sizeof(body) - n, "\"}");
+        assert_int_equal(api_decode_report((const uint8_t *)body, n, &rep, &err), -EINVAL);
+        assert_string_equal(err.message, "field 'reason' is too large");
+
+        struct {
+                const char *body;
+                int status;
+                const char *message;
+        } cases[] = {
+                { "", 400, "missing request body" },
+                { "{", 422, NULL },
+                { "x", 422, NULL },
+                { "[401]", 422, "request body must be a JSON object" },
+                { "401", 422, NULL },
+                { "{}", 422, "missing field 'hubStatus'" },
+                { "{\"reason\":\"x\"}", 422, "missing field 'hubStatus'" },
+                { "{\"hubstatus\":401}", 422, "missing field 'hubStatus'" },
+                { "{\"hubStatus\":\"401\"}", 422, "field 'hubStatus' must be an integer" },
+                { "{\"hubStatus\":401.0}", 422, "field 'hubStatus' must be an integer" },
+                { "{\"hubStatus\":null}", 422, "field 'hubStatus' must be an integer" },
+                { "{\"hubStatus\":true}", 422, "field 'hubStatus' must be an integer" },
+                { "{\"hubStatus\":99}", 422, "field 'hubStatus' must be an HTTP status between 100 and 599" },
+                { "{\"hubStatus\":600}", 422, "field 'hubStatus' must be an HTTP status between 100 and 599" },
+                { "{\"hubStatus\":-401}", 422, "field 'hubStatus' must be an HTTP status between 100 and 599" },
+                { "{\"hubStatus\":4294967697}", 422, "field 'hubStatus' must be an HTTP status between 100 and 599" },
+                { "{\"hubStatus\":99999999999999999999}", 422, NULL },
+                { "{\"hubStatus\":401,\"hubStatus\":401}", 422, NULL },
+                { "{\"hubStatus\":401,\"reason\":5}", 422, "field 'reason' must be a string" },
+                { "{\"hubStatus\":401,\"reason\":{}}", 422, "field 'reason' must be a string" },
+                { "{\"hubStatus\":401,\"reason\":\"a\\nb\"}", 422, "field 'reason' contains control characters" },
+                { "{\"hubStatus\":401,\"reason\":\"\\u001b[31m\"}", 422,
+                  "field 'reason' contains control characters" },
+                { "{\"hubStatus\":401,\"reason\":\"\\u007f\"}", 422, "field 'reason' contains control characters" },
+                { "{\"hubStatus\":401,\"reason\":\"a\\u0000b\"}", 422, NULL },
+                { "{\"hubStatus\":401,\"reason\":\"\xff\"}", 422, NULL },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                memset(&rep, 0, sizeof(rep));
+                rep.hub_status = 7;
+                memset(&err, 0, sizeof(err));
+                assert_int_equal(api_decode_report((const uint8_t *)cases[i].body, strlen(cases[i].body), &rep, &err),
+                                 -EINVAL);
+                assert_int_equal(rep.hub_status, 7);
+                assert_int_equal(err.status, cases[i].status);
+                if (cases[i].message)
+                        assert_string_equal(err.message, cases[i].message);
+                else
+                        assert_true(strlen(err.message) > 0);
+                /* err may be NULL */
+                assert_int_equal(api_decode_report((const uint8_t *)cases[i].body, strlen(cases[i].body), &rep, NULL),
+                                 -EINVAL);
+        }
+        assert_int_equal(api_decode_report(NULL, 0, &rep, &err), -EINVAL);
+        assert_int_equal(err.status, 400);
+
+        assert_true(api_report_is_rejection(401));
+        assert_true(api_report_is_rejection(403));
+        assert_true(api_report_is_rejection(404));
+        assert_false(api_report_is_rejection(400));
+        assert_false(api_report_is_rejection(429));
+        assert_false(api_report_is_rejection(500));
+        assert_false(api_report_is_rejection(200));
+}
+
 static void expect_json(int r, char **gotp, const char *golden) {
         char *got = *gotp;
         *gotp = NULL;
@@ -336,6 +462,15 @@ static void test_encoders(void **state) {
                     &s,
                     "{\"sasToken\":\"SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1700000000\","
                     "\"expiresOn\":1700000000,\"hubName\":\"h\",\"deviceId\":\"d\"}");
+
+        expect_json(api_encode_report(API_REPORT_CHECKING_HUB, &s), &s, "{\"action\":\"checking-hub\"}");
+        expect_json(api_encode_report(API_REPORT_IGNORED, &s), &s, "{\"action\":\"ignored\"}");
+        expect_json(api_encode_report(API_REPORT_ALREADY_PROVISIONING, &s), &s,
+                    "{\"action\":\"already-provisioning\"}");
+        expect_json(api_encode_report(API_REPORT_RATE_LIMITED, &s), &s, "{\"action\":\"rate-limited\"}");
+        assert_int_equal(api_encode_report(_API_REPORT_ACTION_MAX, &s), -EINVAL);
+        assert_null(s);
+        assert_null(api_report_action_to_string(_API_REPORT_ACTION_MAX));
 
         expect_json(api_encode_error("not found", &s), &s, "{\"message\":\"not found\"}");
         expect_json(api_encode_error("a \"b\"\n\x01", &s), &s, "{\"message\":\"a \\\"b\\\"\\n\\u0001\"}");
@@ -430,6 +565,7 @@ int main(void) {
                 cmocka_unit_test(test_decode_sign),
                 cmocka_unit_test(test_decode_token),
                 cmocka_unit_test(test_decode_device),
+                cmocka_unit_test(test_decode_report),
                 cmocka_unit_test(test_encoders),
                 cmocka_unit_test(test_encode_status),
                 cmocka_unit_test(test_encoder_errors),

@@ -1,0 +1,214 @@
+#!/usr/bin/python3
+"""tpmidctl system status|logs|reprovision, identity show|token and tpm info
+(through the daemon) against swtpm + the DPS/IoT Hub simulator + tpmidd.
+
+tpmidctl finds the test daemon's sockets the way the daemon finds its
+configuration: $TPMIDD_CONFIG ([endpoints] aziot_tpmd / aziot_identityd).
+systemd is not PID 1 here: status must say so and still show the daemon."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
+import harness  # noqa: E402
+
+harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_getcap", "setpriv")
+from daemon import HUB1, HUB2, Daemon, Sim, hub_get, tamper, tpm_info, tpmidctl_path  # noqa: E402
+
+R = harness.Runner("ctl-system")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 5
+
+
+def ctl(*args, env=None, timeout=200):
+    """Run tpmidctl; returns CompletedProcess (text). env: extra variables."""
+    e = dict(os.environ)
+    for k in ("TPMIDD_CONFIG", "TPMIDD_CLOUD_CONNECT_TO", "NOTIFY_SOCKET"):
+        e.pop(k, None)
+    e["TSS2_LOG"] = "all+none"
+    e.update(env or {})
+    return subprocess.run([tpmidctl_path()] + list(args), env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def expect(p, rc, *texts, stream="stdout"):
+    """p exited rc and its stream contains every text."""
+    out = p.stdout if stream == "stdout" else p.stderr
+    ctx = "rc %d (want %d)\nstdout:\n%s\nstderr:\n%s" % (p.returncode, rc, p.stdout, p.stderr)
+    assert p.returncode == rc, ctx
+    for t in texts:
+        assert t in out, ("missing %r in %s" % (t, stream), ctx)
+
+
+def denv(d):
+    return {"TPMIDD_CONFIG": d.config}
+
+
+def status_fields(text):
+    """'    Key:   value' lines of system status -> {key: value}."""
+    f = {}
+    for line in text.splitlines():
+        if line.startswith("    ") and ":" in line:
+            k, v = line.strip().split(":", 1)
+            f[k.strip()] = v.strip()
+    return f
+
+
+@R.case
+def help_and_usage():
+    """Every verb's --help exits 0 on stdout; unknown verbs and stray arguments exit 2."""
+    helps = [["--help"], ["system", "--help"], ["system", "status", "--help"], ["system", "logs", "--help"],
+             ["system", "reprovision", "--help"], ["system", "restart", "--help"], ["system", "stop", "--help"],
+             ["identity", "--help"], ["identity", "show", "--help"], ["identity", "token", "--help"],
+             ["check", "--help"], ["tpm", "info", "--help"]]
+    for a in helps:
+        p = ctl(*a)
+        assert p.returncode == 0 and "Usage: tpmidctl" in p.stdout, (a, p.returncode, p.stdout, p.stderr)
+    bad = [["bogus"], ["system", "bogus"], ["system"], ["identity", "bogus"], ["identity"],
+           ["system", "status", "extra"], ["system", "reprovision", "extra"], ["system", "logs", "-f"],
+           ["identity", "token", "--lifetime", "5"], ["identity", "token", "--lifetime", "x"],
+           ["identity", "show", "--lifetime", "600"], ["check", "--bogus"], ["check", "extra"], []]
+    for a in bad:
+        p = ctl(*a)
+        assert p.returncode == EXIT_USAGE, (a, p.returncode, p.stdout, p.stderr)
+        assert p.stderr.strip(), ("no message for a usage error", a)
+
+
+@R.case
+def no_daemon():
+    """Nothing listens on the configured sockets: one clear sentence, exit 5 (daemon unreachable)."""
+    d = harness.tmpdir("tpmid-ctl-nodaemon-")
+    try:
+        cfg = os.path.join(d, "config.toml")
+        with open(cfg, "w") as f:
+            f.write('[provisioning]\nsource = "dps"\nglobal_endpoint = "https://127.0.0.1:1/"\n'
+                    'id_scope = "0ne00000001"\n[provisioning.attestation]\nmethod = "tpm"\n'
+                    '[endpoints]\naziot_tpmd = "unix://%s/tpmd.sock"\naziot_identityd = "unix://%s/identityd.sock"\n'
+                    % (d, d))
+        env = {"TPMIDD_CONFIG": cfg}
+        sock = os.path.join(d, "identityd.sock")
+        p = ctl("system", "status", env=env)
+        expect(p, EXIT_DAEMON, "systemd is not running")
+        expect(p, EXIT_DAEMON, sock, "tpmidd is not running", stream="stderr")
+        for a in (["identity", "show"], ["identity", "token"]):
+            expect(ctl(*a, env=env), EXIT_DAEMON, sock, "tpmidd is not running", stream="stderr")
+        expect(ctl("system", "reprovision", env=env), EXIT_DAEMON, "Failed to reprovision", "tpmidd is not running",
+               stream="stderr")
+        # no daemon and no TPM device here: tpm info falls back to the TPM and says it is missing
+        p = ctl("tpm", "info", env=env)
+        assert p.returncode != 0 and p.stderr.strip(), (p.returncode, p.stdout, p.stderr)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@R.case
+def logs_without_journal():
+    """journalctl missing, or no journal on this system: a clear sentence and exit 1, never a
+    silent '-- No entries --'."""
+    empty = harness.tmpdir("tpmid-ctl-path-")
+    try:
+        p = ctl("system", "logs", env={"PATH": empty})
+        expect(p, EXIT_FAILURE, "journalctl is not installed", stream="stderr")
+    finally:
+        os.rmdir(empty)
+    p = ctl("system", "logs")
+    if not (os.path.exists("/run/log/journal") or os.path.exists("/var/log/journal")):
+        expect(p, EXIT_FAILURE, "no systemd journal", "/run/log/journal", stream="stderr")
+        expect(ctl("system", "logs", "--", "-n", "5"), EXIT_FAILURE, "no systemd journal", stream="stderr")
+    else:  # a journal exists: journalctl runs (the unit may have no entries)
+        assert p.returncode == 0, (p.returncode, p.stderr)
+
+
+@R.case
+def provisioned_device():
+    """status/identity/token/tpm info/reprovision against a provisioned daemon."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)  # --tcti while the daemon is stopped
+        regid = info["registration_id"]
+        sim.client.enroll(regid, info["ek"], hubs=[HUB1], device_id="ctl-dev-1")
+        with Daemon(tpm, sim) as d:
+            d.wait_provisioned()
+            env = denv(d)
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_OK, "systemd is not running on this system (not PID 1)")
+            f = status_fields(p.stdout)
+            assert f.get("Provisioning") == "provisioned", (f, p.stdout)
+            assert f.get("IoT Hub") == HUB1 and f.get("Device ID") == "ctl-dev-1", f
+            assert f.get("Registration ID") == regid, f
+            assert f.get("TPM") == "ready", f
+            assert f.get("Last DPS result", "").startswith("assigned"), f
+            assert "Next DPS attempt" not in f, f
+
+            p = ctl("identity", "show", env=env)
+            expect(p, EXIT_OK, "IoT Hub:       " + HUB1, "Device ID:     ctl-dev-1", "Auth:          tpm")
+            j = json.loads(ctl("identity", "show", "--json", env=env).stdout)
+            assert j["spec"]["hubName"] == HUB1 and j["spec"]["deviceId"] == "ctl-dev-1", j
+
+            p = ctl("identity", "token", "--lifetime", "600", env=env)
+            expect(p, EXIT_OK)
+            tok = p.stdout.strip()
+            assert tok.startswith("SharedAccessSignature ") and "\n" not in tok, p.stdout
+            assert "ctl-dev-1" in p.stderr and HUB1 in p.stderr, p.stderr
+            st, body = hub_get(sim, HUB1, "ctl-dev-1", tok)
+            assert st == 200, ("the hub refused tpmidctl's token", st, body[:300])
+            assert hub_get(sim, HUB1, "ctl-dev-1", tamper(tok))[0] == 401
+
+            # tpm info without --tcti asks the daemon: same registration id and EK
+            p = ctl("tpm", "info", "--json", env=env)
+            expect(p, EXIT_OK)
+            j = json.loads(p.stdout)
+            assert j["registration_id"] == regid, (j, regid)
+            assert j["endorsement_key"] == json.loads(info["text"])["endorsement_key"]
+            p = ctl("tpm", "info", env=env)
+            expect(p, EXIT_OK, regid, json.loads(info["text"])["endorsement_key"])
+
+            # reprovision: waits for the outcome; a new registration reaches DPS
+            sim.client.update(regid, iotHubs=[HUB2])
+            seq = sim.last_seq()
+            p = ctl("system", "reprovision", env=env)
+            expect(p, EXIT_OK, "Reprovisioned", "ctl-dev-1", HUB2)
+            routes = [e["route"] for e in sim.requests(since=seq)]
+            assert "register-challenge" in routes or "register-auth" in routes, routes
+            assert d.prov()["hubName"] == HUB2
+            f = status_fields(ctl("system", "status", env=env).stdout)
+            assert f.get("IoT Hub") == HUB2, f
+
+
+@R.case
+def enrollment_missing_then_disabled():
+    """Missing enrollment: status shows the DPS error and what to do. Disabled enrollment:
+    reprovision fails with DPS's reason and exit 1; once enabled it succeeds."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        regid = info["registration_id"]
+        with Daemon(tpm, sim) as d:
+            d.wait_state("failed")
+            env = denv(d)
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_OK, "Enrollment not found", "404201", "tpmidctl system reprovision",
+                   "fix the enrollment")
+            f = status_fields(p.stdout)
+            assert f.get("Provisioning") == "failed" and f.get("IoT Hub") == "(none yet)", f
+            assert f.get("Device ID") == "(none yet)" and f.get("Registration ID") == regid, f
+            p = ctl("identity", "show", env=env)
+            expect(p, EXIT_FAILURE, "503", "Enrollment not found", stream="stderr")
+
+            sim.client.enroll(regid, info["ek"], hubs=[HUB1], enabled=False)
+            seq = sim.last_seq()
+            p = ctl("system", "reprovision", env=env)
+            expect(p, EXIT_FAILURE, "Failed to reprovision", "DPS refused", "Enrollment is disabled",
+                   "Fix the enrollment", stream="stderr")
+            assert [e["route"] for e in sim.requests(since=seq)] == ["register-challenge"]
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_OK, "Enrollment is disabled", "401002")
+
+            sim.client.enable(regid)
+            p = ctl("system", "reprovision", env=env)
+            expect(p, EXIT_OK, "Reprovisioned", HUB1)
+
+
+if __name__ == "__main__":
+    R.main()
