@@ -738,10 +738,11 @@ static void check_clock(struct check_ctx *c) {
 static void check_usage(FILE *f) {
         fputs("Usage: tpmidctl check [--json] [--root DIR]\n"
               "\n"
-              "Health checks: configuration valid and applied, TPM device and permissions, daemon\n"
-              "sockets, EK/SRK, authentication key, dictionary-attack lockout, registration id,\n"
-              "DPS and IoT Hub reachable over TLS, clock. Each prints ok, warning, error or\n"
-              "skipped (with why) and the fix. Exit 0 when no check reported an error, 1 otherwise.\n"
+              "Health checks: configuration valid and applied, TPM device and permissions, TPM\n"
+              "reachable, daemon sockets, EK/SRK, authentication key, dictionary-attack lockout,\n"
+              "registration id, DPS and IoT Hub reachable over TLS, clock. Each prints ok,\n"
+              "warning, error or skipped (with why) and the fix. Exit 0 when no check reported an\n"
+              "error, 1 otherwise.\n"
               "\n"
               "  --json       a JSON array of {\"id\",\"result\",\"message\",\"fix\"}\n"
               "  --root DIR   read the configuration files under DIR (an image, a test)\n",

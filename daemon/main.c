@@ -34,6 +34,7 @@
 #define DRAIN_TIMEOUT_MS 10000       /* ms that in-flight requests get to finish at shutdown */
 #define TPM_RETRY_MIN_MS 1000        /* ms before the first retry of an unreachable TPM */
 #define TPM_RETRY_MAX_MS 30000       /* ms: the retry interval doubles up to this */
+#define TPM_EXTEND_MARGIN_MS 30000   /* ms added to each start-timeout extension while waiting for the TPM */
 #define MALLOC_ARENAS 1              /* glibc arenas: one thread does real work, extra arenas only cost RSS */
 
 /* The identity socket's API (daemon/identity-api.c) is optional in this
@@ -204,6 +205,13 @@ static void start_done(struct tpm_job *job, void *userdata) {
         tpmd_api_set_unavailable(d->tpmd, reason);
         identity_tpm_state(d, false, reason);
         notify_status(d->notify, "waiting for TPM: %s", reason);
+        /* Not ready before the TPM answered (READY=1 means "the TPM API
+         * works"), but not a failed start either: keep the start job alive
+         * while we retry, so systemd does not kill and restart us in a loop
+         * (aziot's "Down - activating" restart loop, iotedge#6658). The
+         * sockets already answer 503 with the reason meanwhile. */
+        if (!d->ever_ready)
+                notify_extend_timeout(d->notify, (d->retry_ms + TPM_EXTEND_MARGIN_MS) * 1000);
         schedule_tpm_start(d, d->retry_ms);
 }
 

@@ -94,6 +94,12 @@ void notify_reloading(struct notify *n) {
         send_text(buf);
 }
 
+void notify_extend_timeout(struct notify *n, uint64_t usec) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)usec);
+        send_text(buf);
+}
+
 void notify_stopping(struct notify *n) {
         send_text("STOPPING=1");
 }

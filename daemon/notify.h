@@ -33,6 +33,9 @@ void notify_watchdog_alive(struct notify *n);
 void notify_ready(struct notify *n);
 /* RELOADING=1 + MONOTONIC_USEC=now (systemd >= 253 understands it; older ones ignore it). */
 void notify_reloading(struct notify *n);
+/* EXTEND_TIMEOUT_USEC=usec: still starting (e.g. waiting for the TPM), give
+ * us that much more time before the start job times out. */
+void notify_extend_timeout(struct notify *n, uint64_t usec);
 /* STOPPING=1 */
 void notify_stopping(struct notify *n);
 /* STATUS=<text>, printf-style; the last text is kept for notify_status_text(). */

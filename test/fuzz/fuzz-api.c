@@ -60,6 +60,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             (lifetime < API_TOKEN_LIFETIME_MIN_SEC || lifetime > API_TOKEN_LIFETIME_MAX_SEC))
                 abort();
         (void)api_decode_device(data, size, &err);
+        struct api_report rep;
+        if (api_decode_report(data, size, &rep, &err) == 0) {
+                size_t n = strnlen(rep.reason, sizeof(rep.reason));
+                if (rep.hub_status < API_HTTP_STATUS_MIN || rep.hub_status > API_HTTP_STATUS_MAX ||
+                    n > API_REPORT_REASON_MAX)
+                        abort();
+                for (size_t i = 0; i < n; i++)
+                        if ((unsigned char)rep.reason[i] < 0x20 || rep.reason[i] == 0x7f)
+                                abort();
+                char *rj = NULL;
+                if (api_encode_report(api_report_is_rejection(rep.hub_status) ? API_REPORT_CHECKING_HUB
+                                                                               : API_REPORT_IGNORED,
+                                      &rj) != 0)
+                        abort();
+                free(rj);
+        }
 
         /* Encoders with input strings (which may be NULL or not UTF-8). */
         char *j = NULL;

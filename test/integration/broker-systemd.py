@@ -230,6 +230,8 @@ def waits_for_missing_tpm():
         d.start()
         m = n.wait_for(lambda m: "STATUS=waiting for TPM:" in m)
         assert "READY=1" not in "".join(n.msgs)
+        # the start job is kept alive while waiting, not left to time out
+        n.wait_for(lambda m: m.startswith("EXTEND_TIMEOUT_USEC="))
         # sockets answer meanwhile, with a reason and Retry-After
         deadline = time.time() + 10
         while not os.path.exists(d.sock) and time.time() < deadline:

@@ -324,6 +324,11 @@ def auth_key_absent():
             d.wait_state("failed")
             c = Checked([], {"TPMIDD_CONFIG": d.config})
             c.expect("tpm-auth-key", "warning", "no authentication key")
+            # the configuration now names another registration id than the running daemon uses
+            d.write_config(registration_id="other-id")
+            r = Checked([], {"TPMIDD_CONFIG": d.config}).expect("registration-id", "warning", "other-id",
+                                                                "the daemon uses")
+            assert "restart" in r["fix"] or "config apply" in r["fix"], r
 
 
 def da_fail_auth(tpm, n):
