@@ -795,9 +795,11 @@ int ctl_check_main(int argc, char **argv) {
         setenv("TSS2_LOG", "all+none", 0);
 
         int code = CTL_EXIT_OK;
-        if (asprintf(&c.user_path_buf, "%s%s", root ? root : "", config_path_from_env(CONFIG_DEFAULT_PATH)) < 0 ||
-            asprintf(&c.applied_path, "%s%s", root ? root : "", CONFIG_APPLIED_PATH) < 0) {
-                c.user_path_buf = c.applied_path = NULL;
+        if (asprintf(&c.user_path_buf, "%s%s", root ? root : "", config_path_from_env(CONFIG_DEFAULT_PATH)) < 0)
+                c.user_path_buf = NULL; /* asprintf leaves it undefined on failure */
+        if (asprintf(&c.applied_path, "%s%s", root ? root : "", CONFIG_APPLIED_PATH) < 0)
+                c.applied_path = NULL;
+        if (!c.user_path_buf || !c.applied_path) {
                 fprintf(stderr, "tpmidctl: out of memory\n");
                 code = CTL_EXIT_FAILURE;
                 goto out;

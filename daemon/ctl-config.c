@@ -155,51 +155,6 @@ static int mkdir_parents(const char *path, mode_t mode) {
         return 0;
 }
 
-/* Like write_file_atomic(), but sets the owner before the rename, so the
- * file never appears under its final name with the wrong group. */
-static int write_owned_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid,
-                              bool chown_it) {
-        _cleanup_free_ char *tmp = NULL;
-        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-                return -ENOMEM;
-        _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        int r = 0;
-        const char *p = data;
-        if (fchmod(fd, mode) < 0 || (chown_it && fchown(fd, uid, gid) < 0)) {
-                r = -errno;
-                goto fail;
-        }
-        while (len > 0) {
-                ssize_t k = write(fd, p, len);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        r = -errno;
-                        goto fail;
-                }
-                p += k;
-                len -= (size_t)k;
-        }
-        if (fsync(fd) < 0 || rename(tmp, path) < 0) {
-                r = -errno;
-                goto fail;
-        }
-        {
-                _cleanup_free_ char *d = strdup(path);
-                if (d) {
-                        _cleanup_close_ int dfd = open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                        if (dfd >= 0)
-                                (void)fsync(dfd); /* renamed already; this only makes it durable sooner */
-                }
-        }
-        return 0;
-fail:
-        (void)unlink(tmp);
-        return r;
-}
-
 /* Run a command quietly; returns its exit status, 127 if it could not run,
  * -errno on fork failure. */
 static int run_quiet(char *const argv[], bool show_output) {
@@ -353,7 +308,8 @@ static int verb_apply(int argc, char **argv) {
                         (void)chown(dir, 0, gid); /* best effort: packaging normally owns it */
         }
         if (ro == 0) {
-                r = write_owned_atomic(bak, old_text, old_len, APPLIED_MODE, 0, gid, do_chown);
+                r = write_file_atomic_owned(bak, old_text, old_len, APPLIED_MODE, do_chown ? 0 : (uid_t)-1,
+                                            do_chown ? gid : (gid_t)-1);
                 if (r < 0) {
                         fprintf(stderr, "tpmidctl config apply: cannot keep the previous configuration as %s: %s; "
                                 "nothing was changed\n", bak, strerror(-r));
@@ -361,7 +317,8 @@ static int verb_apply(int argc, char **argv) {
                         goto done;
                 }
         }
-        r = write_owned_atomic(out, text, text_len, APPLIED_MODE, 0, gid, do_chown);
+        r = write_file_atomic_owned(out, text, text_len, APPLIED_MODE, do_chown ? 0 : (uid_t)-1,
+                                    do_chown ? gid : (gid_t)-1);
         explicit_zero(text, text_len); /* it holds the hierarchy passwords */
         if (r < 0) {
                 fprintf(stderr, "tpmidctl config apply: cannot write %s: %s; the previous configuration is "

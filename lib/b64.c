@@ -131,7 +131,7 @@ char *hex_encode(const uint8_t *data, size_t len) {
         return out;
 }
 
-static int hex_value(char c) {
+int hex_digit_value(int c) {
         if (c >= '0' && c <= '9')
                 return c - '0';
         if (c >= 'a' && c <= 'f')
@@ -147,7 +147,7 @@ int hex_decode(const char *text, size_t n, uint8_t *out, size_t out_max) {
         if (n / 2 > out_max)
                 return -ENOBUFS;
         for (size_t i = 0; i < n; i += 2) {
-                int hi = hex_value(text[i]), lo = hex_value(text[i + 1]);
+                int hi = hex_digit_value((unsigned char)text[i]), lo = hex_digit_value((unsigned char)text[i + 1]);
                 if (hi < 0 || lo < 0)
                         return -EINVAL;
                 out[i / 2] = (uint8_t)(hi << 4 | lo);

@@ -20,6 +20,9 @@ char *b32_encode_lower_nopad(const uint8_t *data, size_t len);
 /* Lowercase hex. Caller frees; NULL on OOM. */
 char *hex_encode(const uint8_t *data, size_t len);
 
+/* Value of one hex digit (either case), or -1. */
+int hex_digit_value(int c);
+
 /* Decode hex (either case) into out, which holds out_max bytes.
  * Returns the number of bytes written or -EINVAL / -ENOBUFS. */
 int hex_decode(const char *text, size_t text_len, uint8_t *out, size_t out_max);

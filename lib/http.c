@@ -12,6 +12,8 @@
  * depend on how the stream was split into reads. */
 #include "http.h"
 
+#include "b64.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -653,16 +655,6 @@ int http_response_format_error(int status, const char *message, bool keep_alive,
 
 /* ---- Query strings ---- */
 
-static int hexval(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 int http_percent_decode(const char *text, size_t len, char **ret) {
         char *out = malloc(len + 1);
         if (!out)
@@ -672,8 +664,8 @@ int http_percent_decode(const char *text, size_t len, char **ret) {
                 char c = text[i];
                 if (c == '+')
                         c = ' ';
-                else if (c == '%' && i + 2 < len && hexval(text[i + 1]) >= 0 && hexval(text[i + 2]) >= 0) {
-                        c = (char)(hexval(text[i + 1]) << 4 | hexval(text[i + 2]));
+                else if (c == '%' && i + 2 < len && hex_digit_value(text[i + 1]) >= 0 && hex_digit_value(text[i + 2]) >= 0) {
+                        c = (char)(hex_digit_value(text[i + 1]) << 4 | hex_digit_value(text[i + 2]));
                         i += 2;
                 }
                 if (c == 0) {

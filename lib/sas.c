@@ -137,16 +137,6 @@ int sas_token_format(const char *sr_encoded, const uint8_t sig[SAS_SIG_LEN], uin
         return 0;
 }
 
-static int unhex(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* Percent-decode [s, s+len) into a new string; refuses a NUL result byte. */
 static int pct_decode(const char *s, size_t len, char **ret, size_t *ret_len) {
         char *out, *p;
@@ -162,8 +152,8 @@ static int pct_decode(const char *s, size_t len, char **ret, size_t *ret_len) {
                                 free(out);
                                 return -EBADMSG;
                         }
-                        hi = unhex(s[i + 1]);
-                        lo = unhex(s[i + 2]);
+                        hi = hex_digit_value(s[i + 1]);
+                        lo = hex_digit_value(s[i + 2]);
                         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
                                 free(out);
                                 return -EBADMSG;

@@ -13,6 +13,8 @@
  * Arrays written as values are static; only arrays created by [[x]] can be
  * appended to by [[x]] headers. */
 #include "toml.h"
+
+#include "b64.h"
 #include "util.h"
 
 #include <assert.h>
@@ -459,16 +461,6 @@ static int sb_finish(struct sbuf *b) {
         return b->s ? 0 : sb_put(b, "", 0);
 }
 
-static int hexval(int c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* At a backslash inside a basic string: decode one escape into b. In
  * multi-line strings a backslash ending a line trims following whitespace. */
 static int parse_escape(struct parser *p, struct sbuf *b, bool multiline) {
@@ -489,7 +481,7 @@ static int parse_escape(struct parser *p, struct sbuf *b, bool multiline) {
                 unsigned ndig = e == 'u' ? 4 : 8;
                 uint32_t cp = 0;
                 for (unsigned i = 0; i < ndig; i++) {
-                        int h = hexval(peek_at(p, 2 + i));
+                        int h = hex_digit_value(peek_at(p, 2 + i));
                         if (h < 0)
                                 return fail_at(p, start, "invalid escape: \\%c needs exactly %u hex digits", e, ndig);
                         cp = (cp << 4) | (uint32_t)h;
@@ -801,7 +793,7 @@ static int scan_digits(const char *s, size_t n, size_t *i, int base) {
         int nd = 0;
         bool prev_digit = false;
         while (k < n) {
-                int h = hexval((unsigned char)s[k]);
+                int h = hex_digit_value((unsigned char)s[k]);
                 if (h >= 0 && h < base) {
                         prev_digit = true;
                         nd++;
@@ -849,7 +841,7 @@ static const char *parse_number(struct parser *p, const char *s, size_t n, struc
                 for (size_t j = i + 2; j < n; j++) {
                         if (s[j] == '_')
                                 continue;
-                        uint64_t d = (uint64_t)hexval((unsigned char)s[j]);
+                        uint64_t d = (uint64_t)hex_digit_value((unsigned char)s[j]);
                         if (val > ((uint64_t)INT64_MAX - d) / (uint64_t)base)
                                 return "integer out of range (must fit in a signed 64-bit integer)";
                         val = val * (uint64_t)base + d;

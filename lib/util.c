@@ -60,6 +60,10 @@ int read_full_file(const char *path, size_t max, char **ret, size_t *ret_len) {
 }
 
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
+        return write_file_atomic_owned(path, data, len, mode, (uid_t)-1, (gid_t)-1);
+}
+
+int write_file_atomic_owned(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid) {
         _cleanup_free_ char *dircopy = strdup(path);
         _cleanup_free_ char *tmp = NULL;
         if (!dircopy)
@@ -72,7 +76,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
         int r = 0;
         const uint8_t *p = data;
         size_t left = len;
-        if (fchmod(fd, mode) < 0) {
+        if (fchmod(fd, mode) < 0 || ((uid != (uid_t)-1 || gid != (gid_t)-1) && fchown(fd, uid, gid) < 0)) {
                 r = -errno;
                 goto fail;
         }

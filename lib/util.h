@@ -78,3 +78,8 @@ int read_full_file(const char *path, size_t max, char **ret, size_t *ret_len);
  * rename over path, fsync of the directory. mode is applied to the new file.
  * Returns 0 or -errno; on failure path is untouched and no temp file is left. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+
+/* write_file_atomic() that also sets the owner of the temp file before the
+ * rename, so the file never appears under its final name with the wrong
+ * owner or group. (uid_t)-1 / (gid_t)-1 leave that id unchanged. */
+int write_file_atomic_owned(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid);

@@ -97,6 +97,9 @@ def no_daemon():
             expect(ctl(*a, env=env), EXIT_DAEMON, sock, "tpmidd is not running", stream="stderr")
         expect(ctl("system", "reprovision", env=env), EXIT_DAEMON, "Failed to reprovision", "tpmidd is not running",
                stream="stderr")
+        if not os.path.exists("/run/systemd/system"):
+            for verb in ("restart", "stop"):
+                expect(ctl("system", verb, env=env), EXIT_FAILURE, "systemd is not running", stream="stderr")
         # no daemon and no TPM device here: tpm info falls back to the TPM and says it is missing
         p = ctl("tpm", "info", env=env)
         assert p.returncode != 0 and p.stderr.strip(), (p.returncode, p.stdout, p.stderr)
