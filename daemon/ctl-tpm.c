@@ -6,8 +6,14 @@
  * the values into a DPS individual enrollment. Without --tcti, info asks the
  * running daemon (it owns the TPM) and only opens TPM_DEFAULT_TCTI itself
  * when no daemon answers. import/sign exist for operators
- * and tests: they talk to the TPM directly and need --tcti, because the
- * daemon owns the TPM while it runs. */
+ * and tests: they talk to the TPM directly and need --tcti (or a
+ * configuration file naming the TPM), because the daemon owns the TPM while
+ * it runs.
+ *
+ * When tpmidctl opens the TPM itself it takes the hierarchy passwords of an
+ * owned TPM from the configuration file ([tpm.hierarchy_authorization]) or
+ * from --owner-auth-file/--endorsement-auth-file, never from the command
+ * line, which other users see in ps and which lands in shell history. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -20,32 +26,59 @@
 
 #include "b64.h"
 #include "ctl-client.h"
+#include "config.h"
 #include "ctl.h"
 #include "tpm.h"
 #include "util.h"
 
 #define CTL_TPM_BLOB_MAX (64 * 1024)    /* bytes: largest authenticationKey file we read (base64 of ~4 KiB) */
 #define CTL_TPM_SIGN_MAX (1024 * 1024)  /* bytes: largest stdin we HMAC in the TPM */
+#define CTL_TPM_AUTH_FILE_MAX 1024      /* bytes: largest hierarchy password file (a TPM takes <= 64) */
 
 enum regid_format { REGID_HEX, REGID_BASE32 };
 
 struct tpm_args {
         const char *tcti;
         uint32_t index;
+        bool index_given;
         bool json;
         enum regid_format regid;
         const char *file;
+        const char *config;           /* -c FILE; NULL = $TPMIDD_CONFIG or CONFIG_DEFAULT_PATH, if it exists */
+        const char *owner_auth_file;  /* override [tpm.hierarchy_authorization] owner */
+        const char *endorsement_auth_file;
 };
 
+/* What tpmidctl opens the TPM with once the command line, the configuration
+ * file and the password files are combined. Passwords are heap copies,
+ * wiped by tpm_target_done(). */
+struct tpm_target {
+        char *tcti;             /* NULL = no --tcti and no configuration file */
+        uint32_t index;
+        char *owner_auth, *endorsement_auth;
+        const char *unread_config; /* the default configuration file exists but we may not read it */
+};
+
+#define AUTH_OPTIONS_HELP                                                                                  \
+        "  -c, --config FILE      configuration file for [tpm] tcti, auth_key_index and\n"                 \
+        "                         [tpm.hierarchy_authorization] (default: $TPMIDD_CONFIG,\n"               \
+        "                         else " CONFIG_DEFAULT_PATH " if it exists)\n"                            \
+        "  --owner-auth-file F    the owner hierarchy password is in file F\n"                             \
+        "  --endorsement-auth-file F\n"                                                                   \
+        "                         the endorsement hierarchy password is in file F\n"                       \
+        "                         (one trailing newline is ignored; these override the configuration)\n"
+
 static void help_info(FILE *f) {
-        fputs("Usage: tpmidctl tpm info [--tcti CONF] [--json] [--regid-format hex|base32]\n"
+        fputs("Usage: tpmidctl tpm info [--tcti CONF] [-c FILE] [--owner-auth-file F]\n"
+              "                        [--endorsement-auth-file F] [--json] [--regid-format hex|base32]\n"
               "\n"
               "Print the registration id and endorsement key to enter in a DPS individual enrollment.\n"
               "Creates the endorsement key (0x81010001) and storage root key (0x81000001) if the TPM\n"
               "has none yet, like the enrolment script of the Azure IoT Edge documentation.\n"
               "\n"
               "  --tcti CONF            TPM to use directly; without it, ask the running tpmidd,\n"
-              "                         else use " TPM_DEFAULT_TCTI "\n"
+              "                         else use [tpm] tcti of the configuration or " TPM_DEFAULT_TCTI "\n"
+              AUTH_OPTIONS_HELP
               "  --json                 JSON with registration_id, endorsement_key, storage_root_key\n"
               "                         and ek_certificate (PEM, if the TPM maker stored one)\n"
               "  --regid-format FORMAT  hex (sha256sum of ek.pub, default) or base32 (old Azure C SDK)\n",
@@ -53,18 +86,25 @@ static void help_info(FILE *f) {
 }
 
 static void help_import(FILE *f) {
-        fputs("Usage: tpmidctl tpm import --tcti CONF [--auth-key-index N] FILE\n"
+        fputs("Usage: tpmidctl tpm import [--tcti CONF] [-c FILE] [--owner-auth-file F]\n"
+              "                          [--endorsement-auth-file F] [--auth-key-index N] FILE\n"
               "\n"
               "Import a DPS authenticationKey blob (raw bytes or base64; FILE may be -) as the device's\n"
-              "HMAC key at 0x81000000+N (default N=0x100). The old key stays unless the new one works.\n"
-              "Stop tpmidd first: it owns the TPM while it runs.\n",
+              "HMAC key at 0x81000000+N (default: [tpm] auth_key_index, else 0x100). The old key stays\n"
+              "unless the new one works. Stop tpmidd first: it owns the TPM while it runs.\n"
+              "\n"
+              "  --tcti CONF            the TPM (default: [tpm] tcti of the configuration file)\n"
+              AUTH_OPTIONS_HELP,
               f);
 }
 
 static void help_sign(FILE *f) {
-        fputs("Usage: tpmidctl tpm sign --tcti CONF [--auth-key-index N] < DATA\n"
+        fputs("Usage: tpmidctl tpm sign [--tcti CONF] [-c FILE] [--auth-key-index N] < DATA\n"
               "\n"
-              "Print the base64 HMAC-SHA256 of stdin computed by the TPM with the imported key.\n",
+              "Print the base64 HMAC-SHA256 of stdin computed by the TPM with the imported key.\n"
+              "\n"
+              "  --tcti CONF            the TPM (default: [tpm] tcti of the configuration file)\n"
+              AUTH_OPTIONS_HELP,
               f);
 }
 
@@ -84,10 +124,26 @@ static int fail_tpm(const struct tpm_error *e, int code) {
         return code;
 }
 
+/* fail_tpm() for a command that may have needed a hierarchy password: when
+ * the TPM refused one and tpmidctl could not read the configuration that
+ * holds them, say so in the same line. */
+static int fail_tpm_auth(const struct tpm_target *tg, int r, const struct tpm_error *e, int code) {
+        if (r == -EACCES && tg->unread_config && e->rc != 0) {
+                fprintf(stderr, "tpmidctl: %s (tpmidctl could not read %s: run it as root, or give the passwords "
+                        "with --owner-auth-file/--endorsement-auth-file)\n",
+                        e->msg, tg->unread_config);
+                return code;
+        }
+        return fail_tpm(e, code);
+}
+
 static int parse_args(int argc, char **argv, struct tpm_args *a, void (*help)(FILE *), bool want_file) {
-        enum { OPT_TCTI = 0x100, OPT_JSON, OPT_REGID, OPT_INDEX };
+        enum { OPT_TCTI = 0x100, OPT_JSON, OPT_REGID, OPT_INDEX, OPT_OWNER_FILE, OPT_ENDORSEMENT_FILE };
         static const struct option opts[] = {
                 { "help", no_argument, NULL, 'h' },
+                { "config", required_argument, NULL, 'c' },
+                { "owner-auth-file", required_argument, NULL, OPT_OWNER_FILE },
+                { "endorsement-auth-file", required_argument, NULL, OPT_ENDORSEMENT_FILE },
                 { "tcti", required_argument, NULL, OPT_TCTI },
                 { "json", no_argument, NULL, OPT_JSON },
                 { "regid-format", required_argument, NULL, OPT_REGID },
@@ -98,11 +154,20 @@ static int parse_args(int argc, char **argv, struct tpm_args *a, void (*help)(FI
 
         *a = (struct tpm_args){ .index = TPM_AUTH_KEY_INDEX_DEFAULT, .regid = REGID_HEX };
         optind = 0; /* full re-initialisation of GNU getopt */
-        while ((c = getopt_long(argc, argv, "+h", opts, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "+hc:", opts, NULL)) >= 0) {
                 switch (c) {
                 case 'h':
                         help(stdout);
                         return 1;
+                case 'c':
+                        a->config = optarg;
+                        break;
+                case OPT_OWNER_FILE:
+                        a->owner_auth_file = optarg;
+                        break;
+                case OPT_ENDORSEMENT_FILE:
+                        a->endorsement_auth_file = optarg;
+                        break;
                 case OPT_TCTI:
                         a->tcti = optarg;
                         break;
@@ -129,6 +194,7 @@ static int parse_args(int argc, char **argv, struct tpm_args *a, void (*help)(FI
                                 return -EINVAL;
                         }
                         a->index = (uint32_t)v;
+                        a->index_given = true;
                         break;
                 }
                 default:
@@ -149,8 +215,123 @@ static int parse_args(int argc, char **argv, struct tpm_args *a, void (*help)(FI
         return 0;
 }
 
-static int open_tpm(const struct tpm_args *a, struct tpm **ret) {
-        struct tpm_options o = { .tcti = a->tcti ? a->tcti : TPM_DEFAULT_TCTI, .auth_key_index = a->index };
+static char *wipe_free(char *s) {
+        if (s) {
+                explicit_zero(s, strlen(s));
+                free(s);
+        }
+        return NULL;
+}
+
+static void tpm_target_done(struct tpm_target *tg) {
+        free(tg->tcti);
+        tg->owner_auth = wipe_free(tg->owner_auth);
+        tg->endorsement_auth = wipe_free(tg->endorsement_auth);
+        *tg = (struct tpm_target){ 0 };
+}
+
+/* A hierarchy password from a file: the whole file, less one trailing
+ * newline (what `echo PASSWORD > FILE` leaves). Returns 0 with *ret (heap;
+ * the caller wipes it), or CTL_EXIT_FAILURE after printing why. */
+static int read_auth_file(const char *path, const char *hierarchy, char **ret) {
+        char *buf = NULL;
+        size_t len = 0;
+        int r = read_full_file(path, CTL_TPM_AUTH_FILE_MAX, &buf, &len);
+        if (r < 0) {
+                fprintf(stderr, "tpmidctl: cannot read the %s hierarchy password file %s: %s.\n", hierarchy, path,
+                        r == -EFBIG ? "it is larger than a password can be" : strerror(-r));
+                return CTL_EXIT_FAILURE;
+        }
+        if (len > 0 && buf[len - 1] == '\n')
+                buf[--len] = 0;
+        if (memchr(buf, 0, len)) {
+                fprintf(stderr, "tpmidctl: the %s hierarchy password file %s contains a NUL byte; write the "
+                        "password as text.\n", hierarchy, path);
+                explicit_zero(buf, len);
+                free(buf);
+                return CTL_EXIT_FAILURE;
+        }
+        *ret = buf;
+        return 0;
+}
+
+static int print_config_errors(const char *path, int r, const struct config_diags *diags) {
+        size_t shown = 0;
+        for (size_t i = 0; i < diags->n; i++) {
+                if (diags->items[i].severity != CONFIG_SEVERITY_ERROR)
+                        continue;
+                _cleanup_free_ char *line = config_format_diag(&diags->items[i]);
+                fprintf(stderr, "%s\n", line ? line : "out of memory");
+                shown++;
+        }
+        if (!shown)
+                fprintf(stderr, "tpmidctl: cannot read the configuration %s: %s.\n", path, strerror(-r));
+        else if (r == -EINVAL) /* the file was read and is wrong (else the diagnostic said why not) */
+                fprintf(stderr, "tpmidctl: fix %s ('tpmidctl config check -c %s') or name another file with -c.\n",
+                        path, path);
+        return CTL_EXIT_CONFIG;
+}
+
+/* Combine --tcti, -c and the password files into *tg. The configuration
+ * file is optional unless named with -c: the default one may be missing (an
+ * unowned TPM needs no passwords) or unreadable to a non-root user (then the
+ * TPM's refusal says so). Returns 0, or an exit code after printing why. */
+static int tpm_target_resolve(const struct tpm_args *a, struct tpm_target *tg) {
+        struct tpmid_config *cfg = NULL;
+        struct config_diags diags = { 0 };
+        const char *path = a->config ? a->config : config_path_from_env(CONFIG_DEFAULT_PATH);
+        bool must_exist = a->config || getenv(CONFIG_ENV_PATH);
+        int r, ret = 0;
+
+        *tg = (struct tpm_target){ .index = a->index };
+        r = config_load(path, &cfg, &diags);
+        if (r == -ENOENT && !must_exist)
+                r = 0;
+        else if (r == -EACCES && !must_exist) {
+                tg->unread_config = CONFIG_DEFAULT_PATH;
+                r = 0;
+        } else if (r < 0) {
+                ret = print_config_errors(path, r, &diags);
+                goto out;
+        }
+        if (a->tcti || cfg) {
+                tg->tcti = strdup(a->tcti ? a->tcti : cfg->tpm.tcti);
+                if (!tg->tcti)
+                        goto oom;
+        }
+        if (!a->index_given && cfg)
+                tg->index = cfg->tpm.auth_key_index;
+        if (a->owner_auth_file) {
+                ret = read_auth_file(a->owner_auth_file, "owner", &tg->owner_auth);
+                if (ret)
+                        goto out;
+        } else if (cfg && !(tg->owner_auth = strdup(cfg->tpm.owner_auth)))
+                goto oom;
+        if (a->endorsement_auth_file) {
+                ret = read_auth_file(a->endorsement_auth_file, "endorsement", &tg->endorsement_auth);
+                if (ret)
+                        goto out;
+        } else if (cfg && !(tg->endorsement_auth = strdup(cfg->tpm.endorsement_auth)))
+                goto oom;
+        goto out;
+oom:
+        fprintf(stderr, "tpmidctl: out of memory.\n");
+        ret = CTL_EXIT_FAILURE;
+out:
+        config_free(cfg);
+        config_diags_free(&diags);
+        if (ret)
+                tpm_target_done(tg);
+        return ret;
+}
+
+static int open_tpm(const struct tpm_target *tg, struct tpm **ret) {
+        struct tpm_options o = {
+                .tcti = tg->tcti ? tg->tcti : TPM_DEFAULT_TCTI,
+                .auth_key_index = tg->index,
+                .owner_auth = tg->owner_auth,
+                .endorsement_auth = tg->endorsement_auth,
+        };
         struct tpm_error e = { 0 };
         int r = tpm_open(&o, ret, &e);
         if (r < 0)
@@ -201,6 +382,7 @@ static int tpm_info_via_daemon(struct tpm_public *ek, struct tpm_public *srk) {
 
 static int verb_info(int argc, char **argv) {
         struct tpm_args a;
+        struct tpm_target tg = { 0 };
         struct tpm *t = NULL;
         struct tpm_error e = { 0 };
         struct tpm_public ek, srk;
@@ -217,14 +399,17 @@ static int verb_info(int argc, char **argv) {
                 return CTL_EXIT_DAEMON;
         if (r < 0) {
                 /* No daemon (or --tcti): the TPM is ours; create EK/SRK like the script. */
-                ret = open_tpm(&a, &t);
+                ret = tpm_target_resolve(&a, &tg);
                 if (ret)
                         return ret;
+                ret = open_tpm(&tg, &t);
+                if (ret)
+                        goto out;
                 r = tpm_ensure_primary_keys(t, NULL, NULL, &e);
                 if (r >= 0)
                         r = tpm_get_keys(t, &ek, &srk, &e);
                 if (r < 0) {
-                        ret = fail_tpm(&e, CTL_EXIT_NOTPM);
+                        ret = fail_tpm_auth(&tg, r, &e, CTL_EXIT_NOTPM);
                         goto out;
                 }
         }
@@ -282,6 +467,7 @@ static int verb_info(int argc, char **argv) {
         ret = CTL_EXIT_OK;
 out:
         tpm_close(t);
+        tpm_target_done(&tg);
         return ret;
 }
 
@@ -355,6 +541,7 @@ static int decode_blob(char *text, size_t len, uint8_t **ret, size_t *ret_len) {
 
 static int verb_import(int argc, char **argv) {
         struct tpm_args a;
+        struct tpm_target tg = { 0 };
         struct tpm *t = NULL;
         struct tpm_error e = { 0 };
         _cleanup_free_ char *text = NULL;
@@ -365,37 +552,54 @@ static int verb_import(int argc, char **argv) {
         r = parse_args(argc, argv, &a, help_import, true);
         if (r != 0)
                 return r > 0 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
-        if (!a.tcti) {
-                fprintf(stderr, "tpmidctl: tpm import needs --tcti: tpmidd owns the TPM while it runs.\n");
-                return CTL_EXIT_USAGE;
+        ret = tpm_target_resolve(&a, &tg);
+        if (ret)
+                return ret;
+        if (!tg.tcti) {
+                fprintf(stderr, "tpmidctl: tpm import needs --tcti or a configuration file with [tpm] tcti (-c "
+                        "FILE): tpmidd owns the TPM while it runs.\n");
+                ret = CTL_EXIT_USAGE;
+                goto out;
         }
         r = read_input(a.file, CTL_TPM_BLOB_MAX, &text, &len);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: cannot read %s: %s.\n", a.file, strerror(-r));
-                return CTL_EXIT_FAILURE;
+                ret = CTL_EXIT_FAILURE;
+                goto out;
         }
         r = decode_blob(text, len, &blob, &blen);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: %s is neither a raw authenticationKey blob nor valid base64.\n", a.file);
-                return CTL_EXIT_FAILURE;
+                ret = CTL_EXIT_FAILURE;
+                goto out;
         }
-        ret = open_tpm(&a, &t);
+        ret = open_tpm(&tg, &t);
         if (ret)
-                return ret;
+                goto out;
         r = tpm_import_auth_key(t, blob, blen, &e);
-        if (r < 0)
-                ret = fail_tpm(&e, (r == -EBADMSG || r == -EACCES || r == -ENOENT) ? CTL_EXIT_FAILURE : CTL_EXIT_NOTPM);
-        else {
-                printf("Imported the auth key at 0x%08x.\n", TPM_AUTH_KEY_BASE + a.index);
+        if (r < 0) {
+                /* A refused hierarchy password is the TPM's answer (exit 4); a
+                 * blob not made for this TPM is the input's fault (exit 1). */
+                bool hierarchy = r == -EACCES && tpm_rc_base(e.rc) != 0 &&
+                                 (strstr(e.step, "PolicySecret") || strstr(e.step, "EvictControl"));
+                ret = fail_tpm_auth(&tg, r, &e,
+                                    !hierarchy && (r == -EBADMSG || r == -EACCES || r == -ENOENT) ? CTL_EXIT_FAILURE
+                                                                                                  : CTL_EXIT_NOTPM);
+        } else {
+                printf("Imported the auth key at 0x%08x.\n", TPM_AUTH_KEY_BASE + tg.index);
                 ret = CTL_EXIT_OK;
         }
-        explicit_zero(blob, blen);
+out:
+        if (blob)
+                explicit_zero(blob, blen);
         tpm_close(t);
+        tpm_target_done(&tg);
         return ret;
 }
 
 static int verb_sign(int argc, char **argv) {
         struct tpm_args a;
+        struct tpm_target tg = { 0 };
         struct tpm *t = NULL;
         struct tpm_error e = { 0 };
         _cleanup_free_ char *data = NULL;
@@ -406,18 +610,24 @@ static int verb_sign(int argc, char **argv) {
         r = parse_args(argc, argv, &a, help_sign, false);
         if (r != 0)
                 return r > 0 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
-        if (!a.tcti) {
-                fprintf(stderr, "tpmidctl: tpm sign needs --tcti: tpmidd owns the TPM while it runs.\n");
-                return CTL_EXIT_USAGE;
+        ret = tpm_target_resolve(&a, &tg);
+        if (ret)
+                return ret;
+        if (!tg.tcti) {
+                fprintf(stderr, "tpmidctl: tpm sign needs --tcti or a configuration file with [tpm] tcti (-c "
+                        "FILE): tpmidd owns the TPM while it runs.\n");
+                ret = CTL_EXIT_USAGE;
+                goto out;
         }
         r = read_input("-", CTL_TPM_SIGN_MAX, &data, &len);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: cannot read stdin: %s.\n", strerror(-r));
-                return CTL_EXIT_FAILURE;
+                ret = CTL_EXIT_FAILURE;
+                goto out;
         }
-        ret = open_tpm(&a, &t);
+        ret = open_tpm(&tg, &t);
         if (ret)
-                return ret;
+                goto out;
         r = tpm_sign(t, (const uint8_t *)data, len, md, &e);
         if (r < 0)
                 ret = fail_tpm(&e, r == -ENOKEY ? CTL_EXIT_FAILURE : CTL_EXIT_NOTPM);
@@ -431,7 +641,9 @@ static int verb_sign(int argc, char **argv) {
                         ret = CTL_EXIT_OK;
                 }
         }
+out:
         tpm_close(t);
+        tpm_target_done(&tg);
         return ret;
 }
 

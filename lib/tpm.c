@@ -124,8 +124,8 @@ int tpm_error_from_rc(uint32_t rc, const char *step, struct tpm_error *err) {
         case TPM2_RC_BAD_AUTH:
         case TPM2_RC_AUTH_FAIL:
                 return seterr(err, -EACCES, rc, step,
-                              "%s failed: the TPM rejected the password (0x%x %s); set the endorsement/owner "
-                              "hierarchy passwords in the [tpm] configuration to the TPM's",
+                              "%s failed: the TPM rejected the password (0x%x %s); set endorsement and owner in "
+                              "[tpm.hierarchy_authorization] of the configuration to the TPM's hierarchy passwords",
                               step, rc, dec);
         case TPM2_RC_HIERARCHY:
         case TPM2_RC_DISABLED:
@@ -155,6 +155,29 @@ int tpm_error_from_rc(uint32_t rc, const char *step, struct tpm_error *err) {
         if (layer == TSS2_ESAPI_RC_LAYER && (rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_MEMORY)
                 return seterr(err, -ENOMEM, rc, step, "%s failed: out of memory (0x%x %s)", step, rc, dec);
         return seterr(err, -EIO, rc, step, "%s failed with 0x%x (%s)", step, rc, dec);
+}
+
+/* The hierarchy whose password authorised a command, for the sentence. */
+enum hierarchy { HIERARCHY_ENDORSEMENT, HIERARCHY_OWNER };
+
+/* tpm_error_from_rc() for a command authorised with a hierarchy password: a
+ * rejected password names that hierarchy and the configuration key to set
+ * (users meet this on TPMs an OS or a previous owner took ownership of). A
+ * hierarchy's authorisation is exempt from dictionary-attack protection, so
+ * the failure does not count towards lockout; we still stop at the first one
+ * and never retry with another password. */
+static int hierarchy_error(TSS2_RC rc, const char *step, enum hierarchy h, struct tpm_error *err) {
+        uint32_t base = tpm_rc_base(rc);
+        const char *name = h == HIERARCHY_OWNER ? "owner" : "endorsement";
+        char letter = h == HIERARCHY_OWNER ? 'o' : 'e';
+
+        if (base == TPM2_RC_BAD_AUTH || base == TPM2_RC_AUTH_FAIL)
+                return seterr(err, -EACCES, rc, step,
+                              "%s failed: the TPM rejected the %s hierarchy password (0x%x %s); set %s in "
+                              "[tpm.hierarchy_authorization] of the configuration to the TPM's %s password (the "
+                              "one 'tpm2_changeauth -c %c' set), or to \"\" if it has none",
+                              step, name, rc, Tss2_RC_Decode(rc), name, name, letter);
+        return tpm_error_from_rc(rc, step, err);
 }
 
 static bool rc_is(TSS2_RC rc, uint32_t base) {
@@ -241,14 +264,18 @@ static int explain_tcti_failure(const char *conf, uint32_t rc, struct tpm_error 
                       Tss2_RC_Decode(rc));
 }
 
+/* The password bytes as given, no terminating NUL (aziot-tpmd sends one;
+ * the TPM strips trailing zeros, so both forms authorise the same). */
 static int set_hierarchy_auth(ESYS_CONTEXT *esys, ESYS_TR h, const char *pw, const char *what,
                               struct tpm_error *err) {
         TPM2B_AUTH a = { 0 };
         size_t n = pw ? strlen(pw) : 0;
 
         if (n > TPM_PASSWORD_MAX)
-                return seterr(err, -EINVAL, 0, "Esys_TR_SetAuth", "the %s hierarchy password is longer than %d bytes",
-                              what, TPM_PASSWORD_MAX);
+                return seterr(err, -EINVAL, 0, "Esys_TR_SetAuth",
+                              "the %s hierarchy password is longer than %d bytes, more than a TPM accepts; check %s "
+                              "in [tpm.hierarchy_authorization]",
+                              what, TPM_PASSWORD_MAX, what);
         a.size = (UINT16)n;
         memcpy(a.buffer, pw ? pw : "", n);
         TSS2_RC rc = Esys_TR_SetAuth(esys, h, &a);
@@ -566,15 +593,16 @@ struct primary_spec {
         const char *longname; /* "endorsement key" */
         TPM2_HANDLE handle;
         ESYS_TR hierarchy;
+        enum hierarchy hierarchy_name;
         void (*tmpl)(TPM2B_PUBLIC *);
         bool user_auth;       /* we use it with a password (SRK) or a policy (EK) */
 };
 
 static const struct primary_spec ek_spec = {
-        "EK", "endorsement key", TPM_EK_HANDLE, ESYS_TR_RH_ENDORSEMENT, ek_template, false,
+        "EK", "endorsement key", TPM_EK_HANDLE, ESYS_TR_RH_ENDORSEMENT, HIERARCHY_ENDORSEMENT, ek_template, false,
 };
 static const struct primary_spec srk_spec = {
-        "SRK", "storage root key", TPM_SRK_HANDLE, ESYS_TR_RH_OWNER, srk_template, true,
+        "SRK", "storage root key", TPM_SRK_HANDLE, ESYS_TR_RH_OWNER, HIERARCHY_OWNER, srk_template, true,
 };
 
 static int create_primary(struct tpm *t, const struct primary_spec *s, ESYS_TR *ret, struct tpm_public *pub,
@@ -601,7 +629,7 @@ static int create_primary(struct tpm *t, const struct primary_spec *s, ESYS_TR *
         Esys_Free(ticket);
         if (rc != TSS2_RC_SUCCESS) {
                 Esys_Free(out_pub);
-                return tpm_error_from_rc(rc, step, err);
+                return hierarchy_error(rc, step, s->hierarchy_name, err);
         }
         r = marshal_public(out_pub, pub);
         Esys_Free(out_pub);
@@ -614,7 +642,7 @@ static int create_primary(struct tpm *t, const struct primary_spec *s, ESYS_TR *
         rc = Esys_EvictControl(t->esys, ESYS_TR_RH_OWNER, obj, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                s->handle, &persisted);
         if (rc != TSS2_RC_SUCCESS) {
-                r = tpm_error_from_rc(rc, step, err);
+                r = hierarchy_error(rc, step, HIERARCHY_OWNER, err);
                 goto out;
         }
         r = 0;
@@ -1081,7 +1109,7 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
         rc = Esys_PolicySecret(t->esys, ESYS_TR_RH_ENDORSEMENT, sess, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                NULL, NULL, NULL, 0, &timeout, &ticket);
         if (rc != TSS2_RC_SUCCESS) {
-                r = tpm_error_from_rc(rc, "Esys_PolicySecret(endorsement)", err);
+                r = hierarchy_error(rc, "Esys_PolicySecret(endorsement)", HIERARCHY_ENDORSEMENT, err);
                 goto out;
         }
         rc = Esys_ActivateCredential(t->esys, t->srk, t->ek, ESYS_TR_PASSWORD, sess, ESYS_TR_NONE, &cred, &secret,
@@ -1138,7 +1166,7 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
                 rc = Esys_EvictControl(t->esys, ESYS_TR_RH_OWNER, old, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                        handle, &none);
                 if (rc != TSS2_RC_SUCCESS) {
-                        r = tpm_error_from_rc(rc, "Esys_EvictControl(remove old auth key)", err);
+                        r = hierarchy_error(rc, "Esys_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
                         goto out;
                 }
                 tr_close(t, &none);
@@ -1147,7 +1175,7 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
                                handle, &persisted);
         if (rc != TSS2_RC_SUCCESS) {
                 persisted = ESYS_TR_NONE;
-                r = tpm_error_from_rc(rc, "Esys_EvictControl(persist auth key)", err);
+                r = hierarchy_error(rc, "Esys_EvictControl(persist auth key)", HIERARCHY_OWNER, err);
                 goto out;
         }
         r = 0;

@@ -249,7 +249,7 @@ def read_state_file(path):
 # ---------------------------------------------------------------- the daemon
 
 def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=None, payload=None,
-               endpoint=None, ca=None, log_level="debug", cloud_timeout=None):
+               endpoint=None, ca=None, log_level="debug", cloud_timeout=None, extra_toml=None):
     lines = ['auto_reprovisioning_mode = "%s"' % mode,
              'state_dir = "%s"' % state_dir,
              'cloud_ca_bundle = "%s"' % (ca or sim.ca_path),
@@ -268,6 +268,8 @@ def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=Non
               "", "[endpoints]",
               'aziot_tpmd = "unix://%s/tpmd.sock"' % run_dir,
               'aziot_identityd = "unix://%s/identityd.sock"' % run_dir]
+    if extra_toml:  # more tables, e.g. [tpm.hierarchy_authorization]
+        lines += ["", extra_toml.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -277,7 +279,7 @@ class Daemon:
     log_since_start() gives the current run's part."""
 
     def __init__(self, tpm, sim, mode="Dynamic", registration_id=None, payload=None, workdir=None,
-                 env=None, cloud_timeout=None, log_level="debug"):
+                 env=None, cloud_timeout=None, log_level="debug", extra_toml=None):
         self.tpm = tpm
         self.sim = sim
         self.dir = workdir or harness.tmpdir("tpmidd-prov-")
@@ -290,7 +292,7 @@ class Daemon:
         self.tpmd_sock = os.path.join(self.run_dir, "tpmd.sock")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.opts = dict(mode=mode, registration_id=registration_id, payload=payload, log_level=log_level,
-                         cloud_timeout=cloud_timeout)
+                         cloud_timeout=cloud_timeout, extra_toml=extra_toml)
         self.extra_env = env or {}
         self.proc = None
         self.logf = None
