@@ -18,20 +18,24 @@ static void usage(FILE *f) {
         fputs("Usage: tpmidctl COMMAND ...\n"
               "\n"
               "TPM:\n"
-              "  tpm info [--tcti CONF] [--json]   registration id, endorsement key (the seed's script)\n"
+              "  tpm info [--json] [--tcti CONF] [-c FILE]   registration id and endorsement key (the guide's script)\n"
+              "  tpm import --tcti CONF FILE                 import a DPS authenticationKey blob\n"
+              "  tpm sign --tcti CONF < DATA                 HMAC-SHA256 with the imported key\n"
               "\n"
               "Configuration:\n"
-              "  config check [-c FILE]            validate /etc/aziot/config.toml\n"
-              "  config apply [-c FILE]            validate, install for tpmidd, reload it\n"
+              "  config check [-c FILE]                      validate /etc/aziot/config.toml\n"
+              "  config apply [-c FILE]                      validate, install for tpmidd, reload or restart it\n"
               "\n"
               "Service:\n"
-              "  system status                     units and provisioning state\n"
-              "  system logs [-- JOURNALCTL-ARGS]  the daemon's journal\n"
-              "  system reprovision                ask tpmidd to run DPS registration again\n"
-              "  identity show | identity token    the device identity / a hub SAS token\n"
-              "  check [--json]                    TPM-aware health checks\n"
+              "  system status                               units and provisioning state\n"
+              "  system logs [-- JOURNALCTL-ARGS]            the daemon's journal\n"
+              "  system reprovision                          run DPS registration again, report the outcome\n"
+              "  system restart | system stop                the units\n"
+              "  identity show                               the device identity (hub, device id)\n"
+              "  identity token [--lifetime SEC]             a hub SAS token signed in the TPM\n"
+              "  check [--json]                              TPM-aware health checks, each with its fix\n"
               "\n"
-              "  --version, --help\n",
+              "  --version, --help; COMMAND --help for its options (man tpmidctl)\n",
               f);
 }
 
