@@ -226,17 +226,13 @@ static void handle_reprovision(struct identity_api *api, struct server_request *
         }
         if (!api->tpm_ready) {
                 static const struct http_header ra[] = {{"Retry-After", IDENTITY_API_RETRY_AFTER_SEC}};
-                {
-                        (void)server_reply_error(req, 503, ra, 1, "cannot reprovision yet: %s", api->tpm_error);
-                        return;
-                }
+                (void)server_reply_error(req, 503, ra, 1, "cannot reprovision yet: %s", api->tpm_error);
+                return;
         }
         if (api->n_waiters >= IDENTITY_API_MAX_WAITERS) {
                 static const struct http_header ra[] = {{"Retry-After", IDENTITY_API_RETRY_AFTER_SEC}};
-                {
-                        (void)server_reply_error(req, 429, ra, 1, "too many reprovision requests waiting");
-                        return;
-                }
+                (void)server_reply_error(req, 429, ra, 1, "too many reprovision requests waiting");
+                return;
         }
         struct waiter *w = calloc(1, sizeof(*w));
         if (!w) {
@@ -347,10 +343,8 @@ static void handle_token(struct identity_api *api, struct server_request *req) {
                 r = sas_string_to_sign(t->sr, t->expiry, &t->sts, &t->sts_len);
         if (r < 0) {
                 token_free(t);
-                {
-                        (void)server_reply_error(req, 500, NULL, 0, "could not build the token: %s", strerror(-r));
-                        return;
-                }
+                (void)server_reply_error(req, 500, NULL, 0, "could not build the token: %s", strerror(-r));
+                return;
         }
         t->job.kind = TPM_JOB_SIGN;
         t->job.in = (const uint8_t *)t->sts;
@@ -361,10 +355,8 @@ static void handle_token(struct identity_api *api, struct server_request *req) {
         if (r < 0) {
                 token_free(t);
                 static const struct http_header ra[] = {{"Retry-After", "1"}};
-                {
-                        (void)server_reply_error(req, 503, ra, 1, "TPM queue full, retry");
-                        return;
-                }
+                (void)server_reply_error(req, 503, ra, 1, "TPM queue full, retry");
+                return;
         }
         api->tokens_in_flight++;
 }
@@ -394,11 +386,8 @@ void identity_api_handle(struct server_request *req, void *userdata) {
         struct api_error err = {0};
         if (api_route(API_SOCKET_IDENTITY, h->method, h->path, h->api_version, &op, &err) < 0) {
                 struct http_header allow = {"Allow", err.allow};
-                {
-                        (void)server_reply_error(req, err.status, err.allow ? &allow : NULL, err.allow ? 1 : 0, "%s",
-                                                 err.message);
-                        return;
-                }
+                server_reply_error(req, err.status, err.allow ? &allow : NULL, err.allow ? 1 : 0, "%s", err.message);
+                return;
         }
         switch (op) {
         case API_OP_IDENTITY_GET:
@@ -412,10 +401,8 @@ void identity_api_handle(struct server_request *req, void *userdata) {
                         (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
                         return;
                 }
-                {
-                        handle_device(api, req);
-                        return;
-                }
+                handle_device(api, req);
+                return;
         case API_OP_IDENTITY_PROVISIONING:
                 if (authorized(api, req, op, CONFIG_OP_IDENTITY_PROVISIONING))
                         handle_provisioning(api, req);

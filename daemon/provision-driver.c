@@ -278,10 +278,8 @@ static void start_import(struct prov_driver *d, bool challenge_slot) {
         }
         if (!blob) {
                 struct prov_event_data ed = {.message = "no authenticationKey to import"};
-                {
-                        feed(d, PROV_EV_IMPORT_FAILED, &ed);
-                        return;
-                }
+                feed(d, PROV_EV_IMPORT_FAILED, &ed);
+                return;
         }
         d->op = OP_IMPORT;
         int r = submit_job(d, TPM_JOB_IMPORT, blob, len, challenge_slot);
@@ -450,10 +448,8 @@ static void dps_failure(struct prov_driver *d, enum dps_request req, const struc
                 char msg[300];
                 snprintf(msg, sizeof(msg), "DPS unreachable: %s", resp->error_msg);
                 log_warn("provisioning: %s", msg);
-                {
-                        transient(d, 0, 0, msg);
-                        return;
-                }
+                transient(d, 0, 0, msg);
+                return;
         }
         struct dps_error err;
         bool have_err = dps_parse_error((const uint8_t *)resp->body, resp->body_len, &err) >= 0;
@@ -511,10 +507,8 @@ static void dps_failure(struct prov_driver *d, enum dps_request req, const struc
                            msg);
                 set_last(d, "failed", code, msg);
                 struct prov_event_data ed = {.http_status = (int)resp->status, .code = code, .message = msg};
-                {
-                        feed(d, PROV_EV_PERMANENT_ERROR, &ed);
-                        return;
-                }
+                feed(d, PROV_EV_PERMANENT_ERROR, &ed);
+                return;
         }
         log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
                    "provisioning: DPS request failed, will retry: %s", msg);
@@ -526,10 +520,8 @@ static void handle_registration(struct prov_driver *d, const struct cloud_respon
         int r = dps_parse_registration((const uint8_t *)resp->body, resp->body_len, &reg);
         if (r < 0) {
                 log_warn("provisioning: DPS sent a malformed operation status (%s), will retry", strerror(-r));
-                {
-                        transient(d, (int)resp->status, retry_after_of(resp), "malformed DPS operation status");
-                        return;
-                }
+                transient(d, (int)resp->status, retry_after_of(resp), "malformed DPS operation status");
+                return;
         }
         if (reg.operation_id[0])
                 snprintf(d->operation_id, sizeof(d->operation_id), "%s", reg.operation_id);
@@ -537,10 +529,8 @@ static void handle_registration(struct prov_driver *d, const struct cloud_respon
         case DPS_STATUS_ASSIGNING: {
                 dps_registration_clear(&reg);
                 struct prov_event_data ed = {.retry_after_s = retry_after_of(resp)};
-                {
-                        feed(d, PROV_EV_POLL_ASSIGNING, &ed);
-                        return;
-                }
+                feed(d, PROV_EV_POLL_ASSIGNING, &ed);
+                return;
         }
         case DPS_STATUS_ASSIGNED:
                 dps_registration_clear(&d->reg);
@@ -548,10 +538,8 @@ static void handle_registration(struct prov_driver *d, const struct cloud_respon
                 d->reg_valid = true;
                 log_info("provisioning: DPS assigned \"%s\" to hub %s as device %s (%s)", d->regid, reg.assigned_hub,
                          reg.device_id, reg.substatus[0] ? reg.substatus : "no substatus");
-                {
-                        feed_simple(d, PROV_EV_POLL_ASSIGNED);
-                        return;
-                }
+                feed_simple(d, PROV_EV_POLL_ASSIGNED);
+                return;
         case DPS_STATUS_UNASSIGNED:
         case DPS_STATUS_FAILED:
         case DPS_STATUS_DISABLED:
@@ -573,10 +561,8 @@ static void handle_registration(struct prov_driver *d, const struct cloud_respon
                                              .message = msg,
                                              .permanent = cls == DPS_CLASS_PERMANENT};
                 dps_registration_clear(&reg);
-                {
-                        feed(d, PROV_EV_POLL_FAILED, &ed);
-                        return;
-                }
+                feed(d, PROV_EV_POLL_FAILED, &ed);
+                return;
         }
         }
 }
@@ -591,32 +577,24 @@ static void cloud_done(const struct cloud_response *resp, void *userdata) {
                 if (resp->error) {
                         log_warn("provisioning: hub %s unreachable (%s); keeping the saved identity", d->hub,
                                  resp->error_msg);
-                        {
-                                feed_simple(d, PROV_EV_HUB_UNREACHABLE);
-                                return;
-                        }
+                        feed_simple(d, PROV_EV_HUB_UNREACHABLE);
+                        return;
                 }
                 if (resp->status >= 200 && resp->status < 300) {
                         log_info("provisioning: hub %s accepts device %s", d->hub, d->device_id);
-                        {
-                                feed_simple(d, PROV_EV_HUB_OK);
-                                return;
-                        }
+                        feed_simple(d, PROV_EV_HUB_OK);
+                        return;
                 }
                 if (resp->status == 401 || resp->status == 403 || resp->status == 404) {
                         log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status)),
                                    "provisioning: hub %s rejects device %s (HTTP %ld): the device may have moved",
                                    d->hub, d->device_id, resp->status);
-                        {
-                                feed_simple(d, PROV_EV_HUB_REJECTED);
-                                return;
-                        }
-                }
-                log_warn("provisioning: hub %s answered HTTP %ld; keeping the saved identity", d->hub, resp->status);
-                {
-                        feed_simple(d, PROV_EV_HUB_UNREACHABLE);
+                        feed_simple(d, PROV_EV_HUB_REJECTED);
                         return;
                 }
+                log_warn("provisioning: hub %s answered HTTP %ld; keeping the saved identity", d->hub, resp->status);
+                feed_simple(d, PROV_EV_HUB_UNREACHABLE);
+                return;
         case OP_REGISTER:
                 if (!resp->error && resp->status == 401) {
                         dps_challenge_clear(&d->challenge);
@@ -627,15 +605,11 @@ static void cloud_done(const struct cloud_response *resp, void *userdata) {
                                 dps_failure(d, DPS_REQUEST_REGISTER, resp);
                                 return;
                         }
-                        {
-                                feed_simple(d, PROV_EV_DPS_401_CHALLENGE);
-                                return;
-                        }
-                }
-                {
-                        dps_failure(d, DPS_REQUEST_REGISTER, resp);
+                        feed_simple(d, PROV_EV_DPS_401_CHALLENGE);
                         return;
                 }
+                dps_failure(d, DPS_REQUEST_REGISTER, resp);
+                return;
         case OP_AUTH_PUT:
                 if (!resp->error && resp->status == 202) {
                         struct dps_operation op;
@@ -647,28 +621,22 @@ static void cloud_done(const struct cloud_response *resp, void *userdata) {
                         log_struct(LOG_INFO, NULL, LOG_FIELDS(LOG_STR("DPS_OPERATION_ID", op.operation_id)),
                                    "provisioning: DPS accepted the registration, operation %s", op.operation_id);
                         struct prov_event_data ed = {.retry_after_s = retry_after_of(resp)};
-                        {
-                                feed(d, PROV_EV_DPS_202, &ed);
-                                return;
-                        }
+                        feed(d, PROV_EV_DPS_202, &ed);
+                        return;
                 }
                 if (!resp->error && resp->status == 200) {
                         handle_registration(d, resp);
                         return;
                 }
-                {
-                        dps_failure(d, DPS_REQUEST_AUTH_REGISTER, resp);
-                        return;
-                }
+                dps_failure(d, DPS_REQUEST_AUTH_REGISTER, resp);
+                return;
         case OP_POLL_GET:
                 if (!resp->error && (resp->status == 200 || resp->status == 202)) {
                         handle_registration(d, resp);
                         return;
                 }
-                {
-                        dps_failure(d, DPS_REQUEST_POLL, resp);
-                        return;
-                }
+                dps_failure(d, DPS_REQUEST_POLL, resp);
+                return;
         case OP_NONE:
         case OP_HAS_KEY:
         case OP_HUB_SIGN:
@@ -714,17 +682,13 @@ static void job_done(struct tpm_job *job, void *userdata) {
                         log_warn("provisioning: the saved identity's key is not in the TPM (handle 0x%08x); "
                                  "provisioning again",
                                  TPM_AUTH_KEY_BASE + d->cfg->tpm.auth_key_index);
-                {
-                        feed_simple(d, PROV_EV_STATE_MISSING_OR_CORRUPT);
-                        return;
-                }
+                feed_simple(d, PROV_EV_STATE_MISSING_OR_CORRUPT);
+                return;
         case OP_HUB_SIGN: {
                 if (r < 0) {
                         log_warn("provisioning: could not sign the hub check: %s", job->err.msg);
-                        {
-                                feed_simple(d, PROV_EV_HUB_UNREACHABLE);
-                                return;
-                        }
+                        feed_simple(d, PROV_EV_HUB_UNREACHABLE);
+                        return;
                 }
                 _cleanup_free_ char *tok = signed_token(d, NULL), *dev = NULL, *url = NULL;
                 int rr = tok ? sas_percent_encode(d->device_id, strlen(d->device_id), &dev) : -ENOMEM;
@@ -749,10 +713,8 @@ static void job_done(struct tpm_job *job, void *userdata) {
                                    "provisioning: importing the DPS key into the TPM failed: %s", job->err.msg);
                         struct prov_event_data ed = {.message = job->err.msg};
                         set_last(d, "error", 0, job->err.msg);
-                        {
-                                feed(d, PROV_EV_IMPORT_FAILED, &ed);
-                                return;
-                        }
+                        feed(d, PROV_EV_IMPORT_FAILED, &ed);
+                        return;
                 }
                 if (d->m.state == PROV_IMPORTING_FINAL && d->reg_valid) {
                         /* The new key is in the serving slot: switch identities now. */
@@ -766,20 +728,16 @@ static void job_done(struct tpm_job *job, void *userdata) {
                                               LOG_STR("DPS_OPERATION_ID", d->operation_id)),
                                    "provisioned: device %s on hub %s", d->device_id, d->hub);
                 }
-                {
-                        feed_simple(d, PROV_EV_IMPORT_OK);
-                        return;
-                }
+                feed_simple(d, PROV_EV_IMPORT_OK);
+                return;
         }
         case OP_AUTH_SIGN:
         case OP_POLL_SIGN: {
                 if (r < 0) {
                         set_last(d, "error", 0, job->err.msg);
                         struct prov_event_data ed = {.message = job->err.msg};
-                        {
-                                feed(d, PROV_EV_TRANSIENT_ERROR, &ed);
-                                return;
-                        }
+                        feed(d, PROV_EV_TRANSIENT_ERROR, &ed);
+                        return;
                 }
                 _cleanup_free_ char *tok = signed_token(d, SAS_DPS_KEY_NAME), *url = NULL, *body = NULL;
                 int rr = tok ? 0 : -ENOMEM;
