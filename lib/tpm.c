@@ -317,8 +317,9 @@ static bool tcti_has_resource_manager(const char *conf) {
  * session and objects, and a few such crashes exhaust its slots. ESAPI has
  * no handle for these objects, so the flush goes through SAPI. */
 static void flush_leftovers(struct tpm *t) {
-        const TPM2_HANDLE ranges[] = { TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST,
-                                              TPM2_POLICY_SESSION_FIRST };
+        /* The handle-range starts (TPM2_TRANSIENT_FIRST, ...) written out:
+         * tss2's macros shift a signed 0x80 into the sign bit (UB). */
+        static const TPM2_HANDLE ranges[] = { 0x80000000u, 0x02000000u, 0x03000000u };
         TSS2_SYS_CONTEXT *sys = NULL;
         if (Esys_GetSysContext(t->esys, &sys) != TSS2_RC_SUCCESS || !sys)
                 return;
@@ -330,7 +331,7 @@ static void flush_leftovers(struct tpm *t) {
                         continue; /* best effort: a TPM that cannot list handles has nothing we could flush */
                 for (UINT32 k = 0; k < cd->data.handles.count; k++) {
                         TPM2_HANDLE h = cd->data.handles.handle[k];
-                        if ((h >> TPM2_HR_SHIFT) != (ranges[i] >> TPM2_HR_SHIFT))
+                        if ((h >> 24) != (ranges[i] >> 24)) /* the handle type byte */
                                 continue;
                         if (Tss2_Sys_FlushContext(sys, h) == TSS2_RC_SUCCESS)
                                 t->leftovers_flushed++;
