@@ -28,7 +28,8 @@
 
 #define LOG_MESSAGE_PROVISIONED "0d3c6f8e5b7a4f21a9e4c2d18b6f7a30" /* DPS assigned the device to a hub */
 #define LOG_MESSAGE_DPS_FAILED "7f1b2c3d4e5f40718293a4b5c6d7e8f9"  /* a DPS run failed (DPS_ERROR_CODE= set) */
-#define PROV_STATUS_TEXT_MAX 1024                                  /* bytes of the STATUS= line */
+#define PROV_STATUS_TEXT_MAX 1024
+#define PROV_STALE_CHALLENGE_RUNS 3 /* runs whose SAS DPS refused, before a 401 counts as DPS's verdict (C SDK: 3) */                                  /* bytes of the STATUS= line */
 
 enum op_kind {
         OP_NONE,
@@ -76,6 +77,7 @@ struct prov_driver {
         struct dps_registration reg;
         bool reg_valid;
         bool loaded_stale; /* LOAD_STATE found a stale (config changed) identity */
+        unsigned stale_challenge_runs; /* consecutive runs whose second PUT got 401 */
 
         /* the operation in flight */
         enum op_kind op;
@@ -498,6 +500,20 @@ static void dps_failure(struct prov_driver *d, enum dps_request req, const struc
                 feed(d, PROV_EV_POLL_FAILED, &ed);
                 return;
         }
+        if (req == DPS_REQUEST_AUTH_REGISTER && resp->status == 401 &&
+            ++d->stale_challenge_runs < PROV_STALE_CHALLENGE_RUNS) {
+                /* DPS refused a SAS signed with the key it issued moments ago.
+                 * The usual cause is a newer challenge for this registration id
+                 * (DPS keeps only the latest), issued to a request still in
+                 * flight from a crashed predecessor of ours; a fresh run then
+                 * succeeds. Only repeated refusals are DPS's verdict. */
+                log_struct(LOG_WARNING, NULL,
+                           LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
+                           "provisioning: DPS refused this run's signature (%s); registering again (%u of %u)", msg,
+                           d->stale_challenge_runs, (unsigned)PROV_STALE_CHALLENGE_RUNS);
+                transient(d, (int)resp->status, retry_after_of(resp), msg);
+                return;
+        }
         if (cls == DPS_CLASS_PERMANENT) {
                 log_struct(LOG_ERR, LOG_MESSAGE_DPS_FAILED,
                            LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_NUM("HTTP_STATUS", resp->status),
@@ -536,6 +552,7 @@ static void handle_registration(struct prov_driver *d, const struct cloud_respon
                 dps_registration_clear(&d->reg);
                 d->reg = reg;
                 d->reg_valid = true;
+                d->stale_challenge_runs = 0;
                 log_info("provisioning: DPS assigned \"%s\" to hub %s as device %s (%s)", d->regid, reg.assigned_hub,
                          reg.device_id, reg.substatus[0] ? reg.substatus : "no substatus");
                 feed_simple(d, PROV_EV_POLL_ASSIGNED);

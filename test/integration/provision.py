@@ -158,6 +158,34 @@ def permanent_failures():
 
 
 @R.case
+def refused_signature_retried_then_verdict():
+    """A 401 to the second PUT is usually a challenge that went stale (DPS keeps
+    only the latest; a crashed predecessor's request may have fetched a newer
+    one): the daemon registers again, up to 3 runs, then takes it as DPS's verdict."""
+    body = {"errorCode": 401002, "trackingId": "t", "message": "Unauthorized"}
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        regid = info["registration_id"]
+        sim.client.enroll(regid, info["ek"], hubs=[HUB1])
+        sim.client.fault("register-auth", "status", count=2, status=401, body=body)
+        seq0 = sim.last_seq()
+        with Daemon(tpm, sim) as d:
+            check_provisioned(d, sim, regid)
+            routes = [e["route"] for e in sim.requests(since=seq0)]
+            assert routes.count("register-challenge") == 3, routes
+            assert "registering again (2 of 3)" in d.log_since_start(), d.log_since_start()
+        # three refusals in a row: a verdict, no more requests
+        sim.client.fault("register-auth", "status", count=3, status=401, body=body)
+        seq0 = sim.last_seq()
+        with Daemon(tpm, sim) as d:
+            p = d.wait_state("failed", timeout=40)
+            assert p["lastResult"]["errorCode"] == 401002, p
+            reqs = sim.requests(since=seq0)
+            assert [e["route"] for e in reqs].count("register-auth") == 3, reqs
+            assert_no_more_requests(sim, reqs[-1]["seq"], 3)
+
+
+@R.case
 def dps_down_at_start():
     """The simulator is not running when the daemon starts: it backs off, serves nothing,
     and provisions once DPS is back."""
