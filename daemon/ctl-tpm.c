@@ -285,12 +285,11 @@ static int tpm_target_resolve(const struct tpm_args *a, struct tpm_target *tg) {
 
         *tg = (struct tpm_target){ .index = a->index };
         r = config_load(path, &cfg, &diags);
-        if (r == -ENOENT && !must_exist)
-                r = 0;
-        else if (r == -EACCES && !must_exist) {
+        /* Without -c or $TPMIDD_CONFIG the default file is optional; an
+         * unreadable one is mentioned if a TPM password error follows. */
+        if (r == -EACCES && !must_exist)
                 tg->unread_config = CONFIG_DEFAULT_PATH;
-                r = 0;
-        } else if (r < 0) {
+        else if (r < 0 && !(r == -ENOENT && !must_exist)) {
                 ret = print_config_errors(path, r, &diags);
                 goto out;
         }
