@@ -47,50 +47,31 @@ bool dps_hub_name_is_valid(const char *s) {
         return true;
 }
 
-bool dps_device_id_is_valid(const char *s) {
-        size_t len;
-
+/* Length of s if it is 1..max bytes of ASCII alphanumerics and characters
+ * of extra, else 0. The identifier validators below differ only in these. */
+static size_t token_len(const char *s, size_t max, const char *extra) {
         if (!s)
-                return false;
-        len = strnlen(s, DPS_DEVICE_ID_MAX + 1);
-        if (len == 0 || len > DPS_DEVICE_ID_MAX)
-                return false;
-        if (streq(s, ".") || streq(s, ".."))
-                return false;
+                return 0;
+        size_t len = strnlen(s, max + 1);
+        if (len == 0 || len > max)
+                return 0;
         for (size_t i = 0; i < len; i++)
-                if (!is_alnum(s[i]) && !strchr("-.%_*?!(),:=@$'+#", s[i]))
-                        return false;
-        return true;
+                if (!is_alnum(s[i]) && !strchr(extra, s[i]))
+                        return 0;
+        return len;
+}
+
+bool dps_device_id_is_valid(const char *s) {
+        return token_len(s, DPS_DEVICE_ID_MAX, "-.%_*?!(),:=@$'+#") > 0 && !streq(s, ".") && !streq(s, "..");
 }
 
 bool dps_registration_id_is_valid(const char *s) {
-        size_t len;
-
-        if (!s)
-                return false;
-        len = strnlen(s, DPS_REGISTRATION_ID_MAX + 1);
-        if (len == 0 || len > DPS_REGISTRATION_ID_MAX)
-                return false;
-        if (!is_alnum(s[0]) || !is_alnum(s[len - 1]))
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (!is_alnum(s[i]) && !strchr("._:-", s[i]))
-                        return false;
-        return true;
+        size_t len = token_len(s, DPS_REGISTRATION_ID_MAX, "._:-");
+        return len > 0 && is_alnum(s[0]) && is_alnum(s[len - 1]);
 }
 
 bool dps_id_scope_is_valid(const char *s) {
-        size_t len;
-
-        if (!s)
-                return false;
-        len = strnlen(s, DPS_ID_SCOPE_MAX + 1);
-        if (len == 0 || len > DPS_ID_SCOPE_MAX)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (!is_alnum(s[i]))
-                        return false;
-        return true;
+        return token_len(s, DPS_ID_SCOPE_MAX, "") > 0;
 }
 
 /* ---- URLs ---- */
