@@ -1,95 +1,134 @@
-/* libcurl multi + libuv glue. curl tells us which sockets to watch
- * (socket_cb) and when to wake it up (timer_cb); we translate that into
- * uv_poll_t handles and one uv_timer_t, and hand readiness back with
- * curl_multi_socket_action(). Completed transfers are collected in
- * check_done() and reported through the request's callback. */
+/* The HTTPS client of cloud.h, without libcurl in this process.
+ *
+ * The transfers run in the helper process tpmidd-https (https-helper.c),
+ * started on the first cloud_send() with uv_spawn(), its end of a
+ * SOCK_STREAM socketpair on its fd 3, and spoken to in the frames of
+ * lib/https-ipc.h. The helper exits on its own after a few idle seconds,
+ * which takes libcurl and the whole TLS stack out of the daemon's memory
+ * between (re)provisioning runs, and keeps TLS parsing out of the process
+ * that owns the TPM; the next cloud_send() starts a new one.
+ *
+ * A helper is done when it has exited and its socket reached end of file
+ * (both always happen, in either order). Then every request it was running
+ * completes with -EIO and a message naming the exit status or signal,
+ * except after a clean exit (status 0): the helper only exits cleanly when
+ * nothing was in flight, so a request it never saw (sent while it was
+ * deciding to exit) is sent again, once, to a new helper. */
 #include "cloud.h"
 
-#include <curl/curl.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "https-ipc.h"
+#include "log.h"
 #include "tpmid-config.h"
 #include "util.h"
 
+#ifndef TPMIDD_HTTPS_HELPER_PATH
+/* daemon/meson.build passes PREFIX/LIBEXECDIR/tpmidd-https; this default only
+ * serves tools that compile the file on its own (cppcheck). */
+#define TPMIDD_HTTPS_HELPER_PATH "/usr/libexec/tpmidd-https"
+#endif
+
+#define CLOUD_HELPER_ENV "TPMIDD_HTTPS_HELPER" /* overrides TPMIDD_HTTPS_HELPER_PATH */
+#define CLOUD_HELPER_FD 3                      /* where the helper finds its socket */
+#define CLOUD_ERRMSG_MAX 256                   /* bytes of an error message made here */
+#define CLOUD_READ_CHUNK 65536                 /* bytes offered to one socket read */
+
+/* Equal on purpose: cloud.h and https-ipc.h state the same limits. */
+// NOLINTBEGIN(misc-redundant-expression)
+_Static_assert(CLOUD_MAX_RESPONSE_BYTES == HTTPS_IPC_MAX_BODY_BYTES, "the helper caps bodies at the frame limit");
+_Static_assert(CLOUD_MAX_INFLIGHT == HTTPS_IPC_MAX_INFLIGHT, "the helper runs as many transfers as we allow");
+// NOLINTEND(misc-redundant-expression)
+
+enum xfer_state {
+        XFER_QUEUED, /* waiting for a helper */
+        XFER_SENT,   /* written to the current helper */
+        XFER_FAILED, /* completes with error/errmsg from the fail timer */
+};
+
 struct cloud_xfer {
-        struct cloud *cloud;
-        CURL *easy;
-        struct curl_slist *headers;
-        char *body; /* copy of the request body */
-        char *resp; /* response body, grown as it arrives */
-        size_t resp_len, resp_cap;
-        bool too_big;
-        char *retry_after;
-        char *ms_error_code;
+        uint64_t id;
         cloud_cb cb;
         void *userdata;
-        uint64_t id;
-        char errbuf[CURL_ERROR_SIZE];
+        uint8_t *frame; /* the encoded request, kept to send it (again); holds the token */
+        size_t frame_len;
+        enum xfer_state state;
+        bool resent;
+        int error;
+        char errmsg[CLOUD_ERRMSG_MAX];
         struct cloud_xfer *next;
 };
 
-struct cloud_sock {
-        uv_poll_t poll;
-        curl_socket_t fd;
+struct helper {
         struct cloud *cloud;
-        struct cloud_sock *next; /* all sockets being watched, so close can reach them */
+        uv_process_t proc;
+        uv_pipe_t pipe;
+        int open_handles;
+        bool exited, eof, dying, finalized;
+        int64_t exit_status;
+        int term_signal;
+        char failure[CLOUD_ERRMSG_MAX]; /* a protocol error we killed it for */
+        uint8_t *in;                    /* received bytes, not yet a whole frame */
+        size_t in_len, in_cap;
+};
+
+struct write_req {
+        uv_write_t req;
+        uint8_t *buf;
+        size_t len;
 };
 
 struct cloud {
         uv_loop_t *loop;
-        CURLM *multi;
-        uv_timer_t timer;
-        struct curl_slist *connect_to;
+        uv_timer_t fail_timer; /* delivers XFER_FAILED completions from the loop */
         char *ca_bundle;
+        char *connect_to;
         char *user_agent;
-        struct cloud_xfer *xfers; /* running transfers, singly linked */
-        struct cloud_sock *socks; /* watched sockets */
+        uint8_t *hello; /* the encoded hello frame every helper gets first */
+        size_t hello_len;
+        struct cloud_xfer *xfers; /* in send order */
         size_t n_xfers;
         uint64_t next_id;
-        int open_handles; /* uv handles not yet closed; free when 0 after close */
+        struct helper *h; /* the current helper, or NULL */
+        int open_handles; /* the fail timer and every helper's handles */
         bool closing;
 };
+
+static const char *helper_path(void) {
+        const char *p = getenv(CLOUD_HELPER_ENV);
+        return p && *p ? p : TPMIDD_HTTPS_HELPER_PATH;
+}
 
 static void cloud_maybe_free(struct cloud *c) {
         if (!c->closing || c->open_handles > 0)
                 return;
-        curl_slist_free_all(c->connect_to);
         free(c->ca_bundle);
+        free(c->connect_to);
         free(c->user_agent);
+        free(c->hello);
         free(c);
 }
 
-static void poll_close_cb(uv_handle_t *h);
-
-static void sock_release(struct cloud *c, struct cloud_sock *s) {
-        for (struct cloud_sock **p = &c->socks; *p; p = &(*p)->next)
-                if (*p == s) {
-                        *p = s->next;
-                        break;
-                }
-        uv_poll_stop(&s->poll);
-        uv_close((uv_handle_t *)&s->poll, poll_close_cb);
+static void timer_closed(uv_handle_t *handle) {
+        struct cloud *c = handle->data;
+        c->open_handles--;
+        cloud_maybe_free(c);
 }
 
 static void xfer_free(struct cloud_xfer *x) {
         if (!x)
                 return;
-        if (x->easy) {
-                curl_multi_remove_handle(x->cloud->multi, x->easy);
-                curl_easy_cleanup(x->easy);
+        if (x->frame) {
+                explicit_zero(x->frame, x->frame_len);
+                free(x->frame);
         }
-        curl_slist_free_all(x->headers);
-        if (x->body) {
-                /* Request bodies carry registration data, not secrets, but the
-                 * Authorization header copy lives in curl; nothing to wipe here. */
-                free(x->body);
-        }
-        free(x->resp);
-        free(x->retry_after);
-        free(x->ms_error_code);
         free(x);
 }
 
@@ -97,253 +136,433 @@ static void xfer_unlink(struct cloud *c, struct cloud_xfer *x) {
         for (struct cloud_xfer **p = &c->xfers; *p; p = &(*p)->next)
                 if (*p == x) {
                         *p = x->next;
+                        x->next = NULL;
                         c->n_xfers--;
                         return;
                 }
 }
 
-static int curl_to_errno(CURLcode cc) {
-        switch (cc) {
-        case CURLE_OPERATION_TIMEDOUT:
-                return -ETIMEDOUT;
-        case CURLE_COULDNT_CONNECT:
-                return -ECONNREFUSED;
-        case CURLE_COULDNT_RESOLVE_HOST:
-                return -EHOSTUNREACH;
-        case CURLE_SSL_CONNECT_ERROR:
-        case CURLE_PEER_FAILED_VERIFICATION:
-        case CURLE_SSL_CACERT_BADFILE:
-        case CURLE_SSL_CERTPROBLEM:
-                return -EPROTO;
-        case CURLE_WRITE_ERROR:
-                return -EMSGSIZE;
-        case CURLE_RECV_ERROR:
-        case CURLE_SEND_ERROR:
-        case CURLE_GOT_NOTHING:
-        case CURLE_PARTIAL_FILE:
-                return -ECONNRESET;
-        default:
-                return -EIO;
-        }
-}
-
-static void check_done(struct cloud *c) {
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(c->multi, &left))) {
-                if (msg->msg != CURLMSG_DONE)
-                        continue;
-                struct cloud_xfer *x = NULL;
-                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-                if (!x)
-                        continue;
-                CURLcode cc = msg->data.result;
-                struct cloud_response r = {0};
-                if (x->too_big)
-                        cc = CURLE_WRITE_ERROR;
-                if (cc != CURLE_OK) {
-                        r.error = curl_to_errno(cc);
-                        r.error_msg = x->errbuf[0] ? x->errbuf : curl_easy_strerror(cc);
-                        if (x->too_big)
-                                r.error_msg = "response body larger than CLOUD_MAX_RESPONSE_BYTES";
-                } else {
-                        r.error_msg = "";
-                        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &r.status);
+/* Complete a detached list of failed transfers. A callback may close the
+ * client; the rest are then cancelled (freed without a callback). */
+static void complete_failed(struct cloud *c, struct cloud_xfer *list) {
+        while (list) {
+                struct cloud_xfer *x = list;
+                list = x->next;
+                if (!c->closing) {
+                        struct cloud_response r = {
+                                .error = x->error,
+                                .error_msg = x->errmsg,
+                                .body = "",
+                        };
+                        x->cb(&r, x->userdata);
                 }
-                r.body = x->resp ? x->resp : "";
-                r.body_len = x->resp_len;
-                r.retry_after = x->retry_after;
-                r.error_code_header = x->ms_error_code;
-                curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &r.total_sec);
-                xfer_unlink(c, x);
-                x->cb(&r, x->userdata);
                 xfer_free(x);
         }
 }
 
-static void poll_close_cb(uv_handle_t *h) {
-        struct cloud_sock *s = h->data;
-        struct cloud *c = s->cloud;
-        free(s);
-        c->open_handles--;
-        cloud_maybe_free(c);
-}
-
-static void poll_cb(uv_poll_t *p, int status, int events) {
-        struct cloud_sock *s = p->data;
-        struct cloud *c = s->cloud;
-        int flags = 0, running;
-        if (status < 0)
-                flags = CURL_CSELECT_ERR;
-        if (events & UV_READABLE)
-                flags |= CURL_CSELECT_IN;
-        if (events & UV_WRITABLE)
-                flags |= CURL_CSELECT_OUT;
-        curl_multi_socket_action(c->multi, s->fd, flags, &running);
-        check_done(c);
-}
-
-static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
-        struct cloud *c = userp;
-        struct cloud_sock *s = socketp;
-        if (what == CURL_POLL_REMOVE) {
-                if (s) {
-                        curl_multi_assign(c->multi, fd, NULL);
-                        sock_release(c, s);
-                }
-                return 0;
-        }
-        if (!s) {
-                s = calloc(1, sizeof(*s));
-                if (!s)
-                        return -1;
-                s->fd = fd;
-                s->cloud = c;
-                if (uv_poll_init_socket(c->loop, &s->poll, fd) < 0) {
-                        free(s);
-                        return -1;
-                }
-                s->poll.data = s;
-                s->next = c->socks;
-                c->socks = s;
-                c->open_handles++;
-                curl_multi_assign(c->multi, fd, s);
-        }
-        int ev = 0;
-        if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
-                ev |= UV_READABLE;
-        if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
-                ev |= UV_WRITABLE;
-        uv_poll_start(&s->poll, ev, poll_cb);
-        return 0;
-}
-
-static void timer_fire(uv_timer_t *t) {
+static void fail_timer_cb(uv_timer_t *t) {
         struct cloud *c = t->data;
-        int running;
-        curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        check_done(c);
+        struct cloud_xfer *list = NULL, **tail = &list;
+        for (struct cloud_xfer *x = c->xfers, *next; x; x = next) {
+                next = x->next;
+                if (x->state != XFER_FAILED)
+                        continue;
+                xfer_unlink(c, x);
+                *tail = x;
+                tail = &x->next;
+        }
+        complete_failed(c, list);
 }
 
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
-        struct cloud *c = userp;
-        if (timeout_ms < 0)
-                uv_timer_stop(&c->timer);
-        else /* 0 means "as soon as possible": never call curl back from inside its own callback */
-                uv_timer_start(&c->timer, timer_fire, (uint64_t)timeout_ms, 0);
-        return 0;
-}
+/* ---- the helper process ---- */
 
-static void timer_close_cb(uv_handle_t *h) {
-        struct cloud *c = h->data;
+static void helper_handle_closed(uv_handle_t *handle) {
+        struct helper *h = handle->data;
+        struct cloud *c = h->cloud;
+        if (--h->open_handles == 0) {
+                if (h->in) {
+                        explicit_zero(h->in, h->in_cap);
+                        free(h->in);
+                }
+                free(h);
+        }
         c->open_handles--;
         cloud_maybe_free(c);
 }
+
+static void write_done(uv_write_t *req, int status) {
+        struct write_req *w = container_of(req, struct write_req, req);
+        explicit_zero(w->buf, w->len); /* request frames carry the SAS token */
+        free(w->buf);
+        free(w);
+        /* A failed write means the helper is gone; its exit and end of file
+         * finish the requests. */
+}
+
+/* Queue one frame (copied) on the helper's socket. */
+static int helper_write(struct helper *h, const uint8_t *frame, size_t len) {
+        struct write_req *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->buf = malloc(len);
+        if (!w->buf) {
+                free(w);
+                return -ENOMEM;
+        }
+        memcpy(w->buf, frame, len);
+        w->len = len;
+        uv_buf_t b = uv_buf_init((char *)w->buf, (unsigned)len);
+        int r = uv_write(&w->req, (uv_stream_t *)&h->pipe, &b, 1, write_done);
+        if (r < 0) {
+                explicit_zero(w->buf, w->len);
+                free(w->buf);
+                free(w);
+        }
+        return r;
+}
+
+/* Stop using a helper that misbehaved or cannot be written to; its exit and
+ * end of file complete its requests. */
+static void helper_abandon(struct helper *h, const char *why) {
+        if (h->dying)
+                return;
+        h->dying = true;
+        if (why && !h->failure[0])
+                snprintf(h->failure, sizeof(h->failure), "%s", why);
+        if (!h->eof) {
+                uv_read_stop((uv_stream_t *)&h->pipe);
+                h->eof = true;
+        }
+        if (!h->exited)
+                (void)uv_process_kill(&h->proc, SIGKILL);
+}
+
+static void fail_queued(struct cloud *c, int error, const char *msg) {
+        bool any = false;
+        for (struct cloud_xfer *x = c->xfers; x; x = x->next)
+                if (x->state == XFER_QUEUED) {
+                        x->state = XFER_FAILED;
+                        x->error = error;
+                        snprintf(x->errmsg, sizeof(x->errmsg), "%s", msg);
+                        any = true;
+                }
+        if (any)
+                uv_timer_start(&c->fail_timer, fail_timer_cb, 0, 0);
+}
+
+static void helper_finalize(struct helper *h);
+
+/* Send every queued request to the current helper. */
+static void flush_queue(struct cloud *c) {
+        struct helper *h = c->h;
+        for (struct cloud_xfer *x = c->xfers; x && h && !h->dying; x = x->next) {
+                if (x->state != XFER_QUEUED)
+                        continue;
+                int r = helper_write(h, x->frame, x->frame_len);
+                if (r < 0) {
+                        char msg[CLOUD_ERRMSG_MAX];
+                        snprintf(msg, sizeof(msg), "could not write to the HTTPS helper tpmidd-https: %s",
+                                 uv_strerror(r));
+                        helper_abandon(h, msg);
+                        fail_queued(c, -EIO, msg); /* the sent ones fail when it is gone */
+                        if (h->exited)
+                                helper_finalize(h);
+                        return;
+                }
+                x->state = XFER_SENT;
+        }
+}
+
+static void dispatch_response(struct cloud *c, const struct https_ipc_response *resp) {
+        struct cloud_xfer *x = c->xfers;
+        while (x && !(x->id == resp->id && x->state == XFER_SENT))
+                x = x->next;
+        if (!x)
+                return; /* cancelled while the answer was on its way */
+        xfer_unlink(c, x);
+        struct cloud_response r = {
+                .error = resp->error,
+                .error_msg = resp->error_msg,
+                .status = (long)resp->status,
+                .body = (const char *)resp->body,
+                .body_len = resp->body_len,
+                .retry_after = resp->retry_after,
+                .error_code_header = resp->error_code_header,
+                .total_sec = (double)resp->total_usec / 1e6,
+        };
+        x->cb(&r, x->userdata);
+        xfer_free(x);
+}
+
+static void read_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+        struct helper *h = handle->data;
+        if (h->in_cap - h->in_len < CLOUD_READ_CHUNK) {
+                size_t cap = h->in_len + CLOUD_READ_CHUNK;
+                uint8_t *p = realloc(h->in, cap);
+                if (!p) {
+                        *buf = uv_buf_init(NULL, 0); /* read_done gets UV_ENOBUFS */
+                        return;
+                }
+                h->in = p;
+                h->in_cap = cap;
+        }
+        *buf = uv_buf_init((char *)h->in + h->in_len, (unsigned)(h->in_cap - h->in_len));
+}
+
+static void read_done(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+        struct helper *h = s->data;
+        struct cloud *c = h->cloud;
+        if (n == 0)
+                return;
+        if (n < 0) {
+                if (n != UV_EOF && n != UV_ECONNRESET)
+                        helper_abandon(h, n == UV_ENOBUFS ? "out of memory reading from the HTTPS helper"
+                                                          : "could not read from the HTTPS helper tpmidd-https");
+                uv_read_stop(s);
+                h->eof = true;
+                h->dying = true;
+                helper_finalize(h);
+                return;
+        }
+        h->in_len += (size_t)n;
+        size_t off = 0;
+        for (;;) {
+                size_t total;
+                int r = https_ipc_frame_peek(h->in + off, h->in_len - off, &total);
+                if (r == -EAGAIN || (r == 0 && h->in_len - off < total))
+                        break;
+                struct https_ipc_msg m = {0};
+                if (r == 0)
+                        r = https_ipc_decode(h->in + off, total, &m);
+                if (r == 0 && m.type != HTTPS_IPC_RESPONSE) {
+                        https_ipc_msg_clear(&m);
+                        r = -EBADMSG;
+                }
+                if (r < 0) {
+                        log_error("the HTTPS helper tpmidd-https sent a malformed frame (%s); stopping it",
+                                  strerror(-r));
+                        helper_abandon(h, "the HTTPS helper tpmidd-https sent a malformed frame");
+                        helper_finalize(h);
+                        return;
+                }
+                off += total;
+                dispatch_response(c, &m.response);
+                https_ipc_msg_clear(&m);
+                /* The callback may have closed the client (which closes this
+                 * socket) or sent requests; stop if this helper is done. */
+                if (c->closing || h->dying)
+                        return;
+        }
+        memmove(h->in, h->in + off, h->in_len - off);
+        h->in_len -= off;
+}
+
+static void exit_done(uv_process_t *p, int64_t exit_status, int term_signal) {
+        struct helper *h = p->data;
+        h->exited = true;
+        h->exit_status = exit_status;
+        h->term_signal = term_signal;
+        uv_close((uv_handle_t *)&h->proc, helper_handle_closed);
+        helper_finalize(h);
+}
+
+static int helper_start(struct cloud *c);
+
+/* Once the helper has exited and its socket is at end of file: complete or
+ * requeue what it was running, and start a new one if requests wait. */
+static void helper_finalize(struct helper *h) {
+        struct cloud *c = h->cloud;
+        if (!h->exited || !h->eof || h->finalized)
+                return;
+        h->finalized = true;
+        if (!uv_is_closing((uv_handle_t *)&h->pipe))
+                uv_close((uv_handle_t *)&h->pipe, helper_handle_closed);
+        if (c->h == h)
+                c->h = NULL;
+        if (c->closing)
+                return;
+        char msg[CLOUD_ERRMSG_MAX];
+        bool clean = !h->failure[0] && h->term_signal == 0 && h->exit_status == 0;
+        if (h->failure[0])
+                snprintf(msg, sizeof(msg), "%s", h->failure);
+        else if (h->term_signal)
+                snprintf(msg, sizeof(msg), "the HTTPS helper tpmidd-https exited with signal %d (%s)", h->term_signal,
+                         strsignal(h->term_signal));
+        else
+                snprintf(msg, sizeof(msg), "the HTTPS helper tpmidd-https exited with status %lld",
+                         (long long)h->exit_status);
+
+        struct cloud_xfer *failed = NULL, **tail = &failed;
+        size_t n_failed = 0, n_requeued = 0;
+        for (struct cloud_xfer *x = c->xfers, *next; x; x = next) {
+                next = x->next;
+                if (x->state != XFER_SENT)
+                        continue;
+                if (clean && !x->resent) {
+                        x->state = XFER_QUEUED;
+                        x->resent = true;
+                        n_requeued++;
+                        continue;
+                }
+                xfer_unlink(c, x);
+                x->error = -EIO;
+                snprintf(x->errmsg, sizeof(x->errmsg), "%s", msg);
+                *tail = x;
+                tail = &x->next;
+                n_failed++;
+        }
+        if (!clean && n_failed == 0) /* else the requests' owners report it */
+                log_warn("%s while idle", msg);
+        else if (clean)
+                log_debug("the HTTPS helper tpmidd-https exited (idle)%s", n_requeued ? "; sending again what it did not start" : "");
+
+        bool queued = false;
+        for (struct cloud_xfer *x = c->xfers; x; x = x->next)
+                queued |= x->state == XFER_QUEUED;
+        if (queued)
+                (void)helper_start(c); /* failures are reported through the fail timer */
+        complete_failed(c, failed);
+}
+
+/* Start a helper and send it the hello and every queued request. On
+ * failure the queued requests complete with -EIO from the fail timer.
+ * Returns 0 or -errno. */
+static int helper_start(struct cloud *c) {
+        const char *path = helper_path();
+        _cleanup_free_ char *arg0 = NULL;
+        char msg[CLOUD_ERRMSG_MAX];
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+                int r = -errno;
+                snprintf(msg, sizeof(msg), "could not create a socket for the HTTPS helper: %s", strerror(-r));
+                fail_queued(c, -EIO, msg);
+                return r;
+        }
+        struct helper *h = calloc(1, sizeof(*h));
+        if (!h) {
+                close(sv[0]);
+                close(sv[1]);
+                fail_queued(c, -EIO, "out of memory starting the HTTPS helper");
+                return -ENOMEM;
+        }
+        h->cloud = c;
+        uv_pipe_init(c->loop, &h->pipe, 0);
+        h->pipe.data = h;
+        h->open_handles = 1;
+        c->open_handles++;
+        int r = uv_pipe_open(&h->pipe, sv[0]);
+        if (r < 0) {
+                close(sv[0]);
+                close(sv[1]);
+                snprintf(msg, sizeof(msg), "could not set up the socket for the HTTPS helper: %s", uv_strerror(r));
+                goto fail;
+        }
+        /* The helper gets /dev/null on stdin and stdout, our stderr (the
+         * journal) for its log, and its socket end on fd 3; everything else
+         * of ours is close-on-exec (and the helper closes any stray fd). */
+        uv_stdio_container_t stdio[CLOUD_HELPER_FD + 1] = {
+                {.flags = UV_IGNORE},
+                {.flags = UV_IGNORE},
+                {.flags = UV_INHERIT_FD, .data.fd = STDERR_FILENO},
+                {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
+        };
+        arg0 = strdup(path); /* uv_process_options_t wants char *, not const */
+        if (!arg0) {
+                close(sv[1]);
+                snprintf(msg, sizeof(msg), "out of memory starting the HTTPS helper");
+                goto fail;
+        }
+        char *args[] = {arg0, NULL};
+        uv_process_options_t o = {
+                .exit_cb = exit_done,
+                .file = path,
+                .args = args,
+                .stdio = stdio,
+                .stdio_count = CLOUD_HELPER_FD + 1,
+        };
+        h->proc.data = h;
+        r = uv_spawn(c->loop, &h->proc, &o);
+        close(sv[1]);
+        /* uv_spawn() initialises the handle even when it fails: it must be closed either way. */
+        h->open_handles++;
+        c->open_handles++;
+        if (r < 0) {
+                uv_close((uv_handle_t *)&h->proc, helper_handle_closed);
+                snprintf(msg, sizeof(msg), "could not start the HTTPS helper %s: %s", path, uv_strerror(r));
+                goto fail;
+        }
+        log_debug("started the HTTPS helper %s (pid %d)", path, h->proc.pid);
+        r = uv_read_start((uv_stream_t *)&h->pipe, read_alloc, read_done);
+        if (r < 0) {
+                snprintf(msg, sizeof(msg), "could not read from the HTTPS helper: %s", uv_strerror(r));
+                (void)uv_process_kill(&h->proc, SIGKILL);
+                h->eof = true;
+                h->dying = true;
+                goto fail_running;
+        }
+        c->h = h;
+        r = helper_write(h, c->hello, c->hello_len);
+        if (r < 0) {
+                snprintf(msg, sizeof(msg), "could not write to the HTTPS helper tpmidd-https: %s", uv_strerror(r));
+                helper_abandon(h, msg);
+                fail_queued(c, -EIO, msg); /* never sent: fail them now rather than after the exit */
+                return r;
+        }
+        flush_queue(c);
+        return 0;
+
+fail_running:
+        /* The process runs (or ran): its exit callback closes its handle. */
+        uv_close((uv_handle_t *)&h->pipe, helper_handle_closed);
+        h->finalized = true;
+        fail_queued(c, -EIO, msg);
+        return -EIO;
+fail:
+        uv_close((uv_handle_t *)&h->pipe, helper_handle_closed);
+        fail_queued(c, -EIO, msg);
+        return -EIO;
+}
+
+/* ---- cloud.h ---- */
 
 int cloud_new(uv_loop_t *loop, const struct cloud_options *opts, struct cloud **ret) {
-        static bool global_done;
-        if (!global_done) {
-                if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-                        return -EIO;
-                global_done = true;
-        }
         struct cloud *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
         c->loop = loop;
         c->next_id = 1;
-        c->multi = curl_multi_init();
-        if (!c->multi) {
-                free(c);
-                return -ENOMEM;
-        }
         if (opts && opts->ca_bundle && !(c->ca_bundle = strdup(opts->ca_bundle)))
                 goto oom;
-        if (asprintf(&c->user_agent, "%s", opts && opts->user_agent ? opts->user_agent : "tpmidd/" TPMID_VERSION) < 0) {
-                c->user_agent = NULL;
+        if (opts && opts->connect_to && *opts->connect_to && !(c->connect_to = strdup(opts->connect_to)))
                 goto oom;
+        if (!(c->user_agent = strdup(opts && opts->user_agent ? opts->user_agent : "tpmidd/" TPMID_VERSION)))
+                goto oom;
+        struct https_ipc_msg hello = {
+                .type = HTTPS_IPC_HELLO,
+                .hello = {.version = HTTPS_IPC_VERSION,
+                          .ca_bundle = c->ca_bundle,
+                          .connect_to = c->connect_to,
+                          .user_agent = c->user_agent},
+        };
+        int r = https_ipc_encode(&hello, &c->hello, &c->hello_len);
+        if (r < 0) { /* -EMSGSIZE: a path or list above HTTPS_IPC_MAX_STRING_BYTES */
+                free(c->ca_bundle);
+                free(c->connect_to);
+                free(c->user_agent);
+                free(c);
+                return r == -ENOMEM ? -ENOMEM : -EIO;
         }
-        if (opts && opts->connect_to && *opts->connect_to) {
-                _cleanup_free_ char *copy = strdup(opts->connect_to);
-                if (!copy)
-                        goto oom;
-                char *save = NULL;
-                for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                        struct curl_slist *n = curl_slist_append(c->connect_to, tok);
-                        if (!n)
-                                goto oom;
-                        c->connect_to = n;
-                }
-        }
-        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-        curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-        curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
-        uv_timer_init(loop, &c->timer);
-        c->timer.data = c;
+        uv_timer_init(loop, &c->fail_timer);
+        c->fail_timer.data = c;
         c->open_handles = 1;
         *ret = c;
         return 0;
 oom:
-        curl_multi_cleanup(c->multi);
-        curl_slist_free_all(c->connect_to);
         free(c->ca_bundle);
+        free(c->connect_to);
         free(c->user_agent);
         free(c);
         return -ENOMEM;
-}
-
-static size_t write_cb(char *data, size_t size, size_t n, void *userp) {
-        struct cloud_xfer *x = userp;
-        size_t len = size * n;
-        if (x->resp_len + len > CLOUD_MAX_RESPONSE_BYTES) {
-                x->too_big = true;
-                return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
-        }
-        if (x->resp_len + len + 1 > x->resp_cap) {
-                size_t cap = x->resp_cap ? x->resp_cap : 1024;
-                while (cap < x->resp_len + len + 1)
-                        cap *= 2;
-                char *p = realloc(x->resp, cap);
-                if (!p)
-                        return 0;
-                x->resp = p;
-                x->resp_cap = cap;
-        }
-        memcpy(x->resp + x->resp_len, data, len);
-        x->resp_len += len;
-        x->resp[x->resp_len] = 0;
-        return len;
-}
-
-/* Keep the one or two response headers the protocol needs. */
-static size_t header_cb(char *data, size_t size, size_t n, void *userp) {
-        struct cloud_xfer *x = userp;
-        size_t len = size * n;
-        static const struct {
-                const char *name;
-                size_t off;
-        } wanted[] = {
-                {"retry-after:", offsetof(struct cloud_xfer, retry_after)},
-                {"x-ms-error-code:", offsetof(struct cloud_xfer, ms_error_code)},
-        };
-        for (size_t i = 0; i < ELEMENTSOF(wanted); i++) {
-                size_t nl = strlen(wanted[i].name);
-                if (len <= nl || strncasecmp(data, wanted[i].name, nl) != 0)
-                        continue;
-                const char *v = data + nl;
-                size_t vl = len - nl;
-                while (vl && (*v == ' ' || *v == '\t'))
-                        v++, vl--;
-                while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
-                        vl--;
-                if (vl > 128) /* no legitimate value is longer; ignore junk */
-                        break;
-                char **slot = (char **)((char *)x + wanted[i].off);
-                free(*slot);
-                *slot = strndup(v, vl);
-        }
-        return len;
 }
 
 int cloud_send(struct cloud *c, const struct cloud_request *req, cloud_cb cb, void *userdata, uint64_t *ret_id) {
@@ -351,91 +570,58 @@ int cloud_send(struct cloud *c, const struct cloud_request *req, cloud_cb cb, vo
                 return -ESHUTDOWN;
         if (c->n_xfers >= CLOUD_MAX_INFLIGHT)
                 return -EAGAIN;
+        if (!req->method || !req->url || !cb)
+                return -EINVAL;
+        long timeout = req->timeout_ms > 0 ? req->timeout_ms : (long)CLOUD_DEFAULT_TIMEOUT_MS;
+        struct https_ipc_msg m = {
+                .type = HTTPS_IPC_REQUEST,
+                .request = {.id = c->next_id,
+                            .method = req->method,
+                            .url = req->url,
+                            .authorization = req->authorization,
+                            .body = (const uint8_t *)req->body,
+                            .body_len = req->body ? req->body_len : 0,
+                            .timeout_ms = timeout > (long)UINT32_MAX ? UINT32_MAX : (uint32_t)timeout},
+        };
         struct cloud_xfer *x = calloc(1, sizeof(*x));
         if (!x)
                 return -ENOMEM;
-        x->cloud = c;
-        x->cb = cb;
-        x->userdata = userdata;
-        x->easy = curl_easy_init();
-        if (!x->easy)
-                goto oom;
-        CURL *e = x->easy;
-        curl_easy_setopt(e, CURLOPT_URL, req->url);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-        curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : (long)CLOUD_DEFAULT_TIMEOUT_MS);
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 30000L);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-        curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
-        curl_easy_setopt(e, CURLOPT_MAXREDIRS, 0L);
-        if (c->ca_bundle)
-                curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_bundle);
-        if (c->connect_to)
-                curl_easy_setopt(e, CURLOPT_CONNECT_TO, c->connect_to);
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-        struct curl_slist *h = NULL;
-        const char *fixed[] = {"Accept: application/json", "Content-Type: application/json; charset=utf-8", "Expect:"};
-        for (size_t i = 0; i < ELEMENTSOF(fixed); i++) {
-                struct curl_slist *n = curl_slist_append(h, fixed[i]);
-                if (!n)
-                        goto oom_h;
-                h = n;
-        }
-        if (req->authorization) {
-                _cleanup_free_ char *line = NULL;
-                if (asprintf(&line, "Authorization: %s", req->authorization) < 0) {
-                        line = NULL;
-                        goto oom_h;
-                }
-                struct curl_slist *n = curl_slist_append(h, line);
-                explicit_zero(line, strlen(line));
-                if (!n)
-                        goto oom_h;
-                h = n;
-        }
-        x->headers = h;
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-        if (req->body) {
-                x->body = malloc(req->body_len + 1);
-                if (!x->body)
-                        goto oom;
-                memcpy(x->body, req->body, req->body_len);
-                x->body[req->body_len] = 0;
-                curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body);
-                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)req->body_len);
-        } else if (strcmp(req->method, "GET") != 0) {
-                curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
-                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
-        }
-        if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
-                xfer_free(x);
-                return -EIO;
+        int r = https_ipc_encode(&m, &x->frame, &x->frame_len);
+        if (r < 0) {
+                free(x);
+                return r; /* -EMSGSIZE: a body or URL above the frame limits */
         }
         x->id = c->next_id++;
-        x->next = c->xfers;
-        c->xfers = x;
+        x->cb = cb;
+        x->userdata = userdata;
+        x->state = XFER_QUEUED;
+        struct cloud_xfer **p = &c->xfers;
+        while (*p)
+                p = &(*p)->next;
+        *p = x;
         c->n_xfers++;
+        if (!c->h)
+                (void)helper_start(c); /* a failure completes the request with -EIO from the loop */
+        else if (!c->h->dying)
+                flush_queue(c);
+        /* else: the helper is on its way out; helper_finalize() starts a new one. */
         if (ret_id)
                 *ret_id = x->id;
         return 0;
-oom_h:
-        curl_slist_free_all(h);
-oom:
-        xfer_free(x);
-        return -ENOMEM;
 }
 
 int cloud_cancel(struct cloud *c, uint64_t id) {
         for (struct cloud_xfer *x = c->xfers; x; x = x->next)
                 if (x->id == id) {
+                        if (x->state == XFER_SENT && c->h && !c->h->dying) {
+                                /* Best effort: the helper stops the transfer and sends
+                                 * nothing; a response already on its way is ignored. */
+                                struct https_ipc_msg m = {.type = HTTPS_IPC_CANCEL, .cancel = {.id = id}};
+                                _cleanup_free_ uint8_t *frame = NULL;
+                                size_t len;
+                                if (https_ipc_encode(&m, &frame, &len) >= 0)
+                                        (void)helper_write(c->h, frame, len);
+                        }
                         xfer_unlink(c, x);
                         xfer_free(x);
                         return 0;
@@ -446,20 +632,26 @@ int cloud_cancel(struct cloud *c, uint64_t id) {
 void cloud_close(struct cloud *c) {
         if (!c || c->closing)
                 return;
+        c->closing = true;
         while (c->xfers) {
                 struct cloud_xfer *x = c->xfers;
                 c->xfers = x->next;
                 c->n_xfers--;
-                xfer_free(x); /* removing the easy handle makes curl send CURL_POLL_REMOVE, closing polls */
+                xfer_free(x);
         }
-        c->closing = true;
-        /* Cleaning up the multi handle closes cached connections; curl may or
-         * may not report those sockets through socket_cb, so release whatever
-         * is still watched afterwards. */
-        curl_multi_cleanup(c->multi);
-        c->multi = NULL;
-        while (c->socks)
-                sock_release(c, c->socks);
-        uv_timer_stop(&c->timer);
-        uv_close((uv_handle_t *)&c->timer, timer_close_cb);
+        struct helper *h = c->h;
+        c->h = NULL;
+        if (h) {
+                /* End of file on its socket makes the helper exit; SIGTERM makes
+                 * sure a wedged one does too, so the loop can finish. Its exit
+                 * callback closes the process handle. */
+                h->dying = true;
+                h->eof = true;
+                if (!uv_is_closing((uv_handle_t *)&h->pipe))
+                        uv_close((uv_handle_t *)&h->pipe, helper_handle_closed);
+                if (!h->exited)
+                        (void)uv_process_kill(&h->proc, SIGTERM);
+        }
+        uv_timer_stop(&c->fail_timer);
+        uv_close((uv_handle_t *)&c->fail_timer, timer_closed);
 }

@@ -1,15 +1,24 @@
-/* The TPM worker thread: a bounded FIFO in, a batch of completions out
- * through one uv_async_t. See tpm-worker.h. */
+/* The TPM's one owner: a FIFO on the loop thread that hands the TPM to the
+ * worker thread (slow jobs) or keeps it on the loop for one asynchronous
+ * HMAC at a time (the hot path). See tpm-worker.h. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 #include "tpm-worker.h"
 
 #include "log.h"
 #include "util.h"
+
+enum tpm_owner {
+        OWNER_NONE,   /* free: the next job may go either way */
+        OWNER_THREAD, /* the worker thread has jobs, or is running them */
+        OWNER_LOOP,   /* an asynchronous HMAC is in flight on the loop */
+};
 
 struct tpm_worker {
         uv_loop_t *loop;
@@ -23,23 +32,52 @@ struct tpm_worker {
         pthread_mutex_t lock;
         pthread_cond_t cond;
         /* under lock */
-        struct tpm_job *queue_head, *queue_tail;
-        unsigned n_queued;          /* user jobs waiting (START/PING not counted) */
+        struct tpm_job *queue_head, *queue_tail; /* handed to the thread, not started */
+        unsigned n_queued;                       /* user jobs among them (START/PING not counted) */
         struct tpm_job *done_head, *done_tail;
-        bool stopping;
+        bool running;  /* the thread is running a batch */
+        bool stopping; /* the thread may exit once its queue is empty */
         bool exited;
 
         /* loop thread only */
+        struct tpm_job *pend_head, *pend_tail; /* accepted, the TPM not free yet */
+        unsigned n_pending;                    /* user jobs among them */
+        enum tpm_owner owner;
+        struct tpm_job *loop_job; /* OWNER_LOOP: the signature in flight */
+        int loop_fd;              /* OWNER_LOOP: the descriptor its response arrives on */
+        /* The TPM's descriptor is watched through an epoll set of our own
+         * that libuv polls as one descriptor: libuv unregisters a handle's
+         * descriptor *number* when the handle closes, and the TCTI may have
+         * closed that descriptor already (swtpm: a connection per command),
+         * so the number may belong to a client connection by then. In our
+         * set, the kernel drops a closed descriptor by itself. */
+        int tpm_epoll;
+        uv_poll_t tpm_epoll_watch;
+        bool async_open;
+        unsigned open_handles; /* of tpm_epoll_watch and async; w is freed when the last one closed */
         unsigned max_queued;
+        bool stop_requested;
         void (*stopped)(void *userdata);
         void *stopped_userdata;
         bool joined;
+        uint64_t completed_on_loop;
 
         atomic_uint_fast64_t completed;
 
-        /* worker thread only */
+        /* The TPM: used by the thread while owner is OWNER_THREAD, by the
+         * loop while OWNER_LOOP; the queue lock orders the hand-overs. */
         struct tpm *tpm;
 };
+
+/* Append job to the list head/tail. */
+static void job_append(struct tpm_job **head, struct tpm_job **tail, struct tpm_job *job) {
+        job->next = NULL;
+        if (*tail)
+                (*tail)->next = job;
+        else
+                *head = job;
+        *tail = job;
+}
 
 static bool job_counts(const struct tpm_job *job) {
         return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT || job->kind == TPM_JOB_HAS_KEY;
@@ -50,6 +88,8 @@ static void set_err(struct tpm_error *err, const char *step, const char *msg) {
         snprintf(err->step, sizeof err->step, "%s", step);
         snprintf(err->msg, sizeof err->msg, "%s", msg);
 }
+
+/* ---- the worker thread ------------------------------------------------------ */
 
 /* Runs on the worker thread. */
 static void run_job(struct tpm_worker *w, struct tpm_job *job) {
@@ -74,6 +114,7 @@ static void run_job(struct tpm_worker *w, struct tpm_job *job) {
                         w->tpm = tpm_close(w->tpm);
                         return;
                 }
+                k.can_async = tpm_can_async(w->tpm);
                 if (job->keys_out)
                         *job->keys_out = k;
                 return;
@@ -125,6 +166,7 @@ static void *worker_main(void *arg) {
                 struct tpm_job *batch = w->queue_head;
                 w->queue_head = w->queue_tail = NULL;
                 w->n_queued = 0;
+                w->running = true;
                 pthread_mutex_unlock(&w->lock);
 
                 struct tpm_job *last = NULL;
@@ -139,6 +181,7 @@ static void *worker_main(void *arg) {
                 else
                         w->done_head = batch;
                 w->done_tail = last;
+                w->running = false;
                 pthread_mutex_unlock(&w->lock);
                 uv_async_send(&w->async);
                 pthread_mutex_lock(&w->lock);
@@ -154,11 +197,188 @@ static void *worker_main(void *arg) {
         return NULL;
 }
 
+/* ---- the loop side -------------------------------------------------------------- */
+
+static void dispatch(struct tpm_worker *w);
+
+static void complete_on_loop(struct tpm_worker *w, struct tpm_job *job) {
+        atomic_fetch_add(&w->completed, 1);
+        job->done(job, job->userdata); /* may free job */
+}
+
+/* A job that failed before reaching the TPM still completes from the loop,
+ * never inside tpm_worker_submit(): queue it as if the thread had run it. */
+static void complete_later(struct tpm_worker *w, struct tpm_job *job) {
+        pthread_mutex_lock(&w->lock);
+        job_append(&w->done_head, &w->done_tail, job);
+        pthread_mutex_unlock(&w->lock);
+        uv_async_send(&w->async);
+}
+
+static bool loop_eligible(const struct tpm_worker *w, const struct tpm_job *job) {
+        return job->kind == TPM_JOB_SIGN && job->in_len <= TPM_HMAC_CHUNK && w->tpm && tpm_can_async(w->tpm);
+}
+
+/* Wait for fd to become readable (the loop's epoll set sees it through
+ * tpm_epoll). Re-adding a descriptor that is still in the set is fine. */
+static int wait_readable(struct tpm_worker *w, int fd) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+        if (epoll_ctl(w->tpm_epoll, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+/* Take fd out of the set (a device TCTI keeps its descriptor open). */
+static void unwatch(struct tpm_worker *w, int fd) {
+        if (fd >= 0)
+                (void)epoll_ctl(w->tpm_epoll, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/* The signature in flight is over (r = its result): free the TPM, start the
+ * next job first (so the TPM is busy again at once), then answer. */
+static void loop_job_done(struct tpm_worker *w, int r) {
+        struct tpm_job *job = w->loop_job;
+        w->loop_job = NULL;
+        w->owner = OWNER_NONE;
+        job->r = r;
+        w->completed_on_loop++;
+        dispatch(w);
+        complete_on_loop(w, job);
+}
+
+/* Collect the response of the signature in flight if it is there. Called
+ * when the descriptor is readable, and on every new submission: with many
+ * clients one loop round may run dozens of request callbacks before it gets
+ * to the TPM's event, and the TPM would sit idle meanwhile. */
+static void loop_job_poll(struct tpm_worker *w) {
+        struct tpm_job *job = w->loop_job;
+        if (!job)
+                return;
+        int fd = w->loop_fd;
+        int r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err);
+        if (r == -EINPROGRESS) {
+                if (fd == w->loop_fd)
+                        return; /* still watched */
+                /* ESYS resubmitted the command on a new connection. */
+                unwatch(w, w->loop_fd);
+                w->loop_fd = fd;
+                r = wait_readable(w, fd);
+                if (r >= 0)
+                        return;
+                /* Cannot wait without blocking: finish the blocking way. */
+                do
+                        r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err);
+                while (r == -EINPROGRESS);
+        }
+        /* Our set holds nothing but this descriptor, so even if the TCTI
+         * closed it and the number is reused, this cannot hit another. */
+        unwatch(w, w->loop_fd);
+        w->loop_fd = -1;
+        loop_job_done(w, r);
+}
+
+static void on_tpm_readable(uv_poll_t *h, int status, int events) {
+        struct tpm_worker *w = h->data;
+        (void)events;
+        if (status < 0)
+                log_debug("poll on the TPM descriptor: %s; collecting the response anyway", uv_strerror(status));
+        loop_job_poll(w);
+}
+
+/* Start job as an asynchronous HMAC on the loop. Returns 0 (in flight),
+ * -EWOULDBLOCK (use the thread), or another -errno with job->err set (the
+ * job failed). */
+static int start_on_loop(struct tpm_worker *w, struct tpm_job *job) {
+        int fd = -1;
+        memset(&job->err, 0, sizeof job->err);
+        int r = tpm_sign_async_start(w->tpm, job->has_key_index ? &job->key_index : NULL, job->in, job->in_len, &fd,
+                                     &job->err);
+        if (r < 0)
+                return r;
+        w->loop_job = job;
+        w->loop_fd = fd;
+        w->owner = OWNER_LOOP;
+        r = wait_readable(w, fd);
+        if (r < 0) {
+                w->loop_fd = -1;
+                do
+                        r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err);
+                while (r == -EINPROGRESS);
+                w->loop_job = NULL;
+                w->owner = OWNER_NONE;
+                job->r = r;
+                complete_later(w, job);
+        }
+        return 0;
+}
+
+static struct tpm_job *pend_pop(struct tpm_worker *w) {
+        struct tpm_job *job = w->pend_head;
+        w->pend_head = job->next;
+        if (!w->pend_head)
+                w->pend_tail = NULL;
+        job->next = NULL;
+        if (job_counts(job))
+                w->n_pending--;
+        return job;
+}
+
+static void maybe_stop_thread(struct tpm_worker *w) {
+        if (!w->stop_requested || w->owner != OWNER_NONE || w->pend_head)
+                return;
+        pthread_mutex_lock(&w->lock);
+        w->stopping = true;
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+}
+
+/* Give the free TPM to the head of the FIFO. Loop thread. */
+static void dispatch(struct tpm_worker *w) {
+        while (w->owner == OWNER_NONE && w->pend_head) {
+                if (loop_eligible(w, w->pend_head)) {
+                        struct tpm_job *job = pend_pop(w);
+                        int r = start_on_loop(w, job);
+                        if (r == 0)
+                                return;
+                        if (r != -EWOULDBLOCK) {
+                                job->r = r;
+                                complete_later(w, job);
+                                continue;
+                        }
+                        /* The key is not resolved yet: the thread does that. */
+                        job->next = w->pend_head;
+                        w->pend_head = job;
+                        if (!w->pend_tail)
+                                w->pend_tail = job;
+                        if (job_counts(job))
+                                w->n_pending++;
+                }
+
+                /* Hand the thread the head and every following job that the
+                 * loop could not run itself anyway. */
+                pthread_mutex_lock(&w->lock);
+                bool first = true;
+                while (w->pend_head && (first || !loop_eligible(w, w->pend_head))) {
+                        struct tpm_job *job = pend_pop(w);
+                        job_append(&w->queue_head, &w->queue_tail, job);
+                        if (job_counts(job))
+                                w->n_queued++;
+                        first = false;
+                }
+                w->owner = OWNER_THREAD;
+                pthread_cond_signal(&w->cond);
+                pthread_mutex_unlock(&w->lock);
+        }
+        maybe_stop_thread(w);
+}
+
 static void worker_free(struct tpm_worker *w) {
         if (!w)
                 return;
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
+        if (w->tpm_epoll >= 0)
+                close(w->tpm_epoll);
         free(w->tcti);
         if (w->endorsement_auth)
                 explicit_zero(w->endorsement_auth, strlen(w->endorsement_auth));
@@ -169,13 +389,22 @@ static void worker_free(struct tpm_worker *w) {
         free(w);
 }
 
-static void async_closed(uv_handle_t *h) {
+/* Close callback of both handles: w goes when the last one is closed. */
+static void handle_closed(uv_handle_t *h) {
         struct tpm_worker *w = h->data;
+        if (--w->open_handles > 0)
+                return;
         void (*stopped)(void *) = w->stopped;
         void *ud = w->stopped_userdata;
         worker_free(w);
         if (stopped)
                 stopped(ud);
+}
+
+static void close_handles(struct tpm_worker *w) {
+        uv_close((uv_handle_t *)&w->tpm_epoll_watch, handle_closed);
+        if (w->async_open)
+                uv_close((uv_handle_t *)&w->async, handle_closed);
 }
 
 static void async_cb(uv_async_t *a) {
@@ -184,22 +413,28 @@ static void async_cb(uv_async_t *a) {
         pthread_mutex_lock(&w->lock);
         struct tpm_job *done = w->done_head;
         w->done_head = w->done_tail = NULL;
+        bool thread_idle = !w->running && !w->queue_head;
         bool exited = w->exited;
         pthread_mutex_unlock(&w->lock);
+
+        /* The thread has nothing more: the TPM is free before the done
+         * callbacks run, so what they submit can start at once. */
+        if (thread_idle && w->owner == OWNER_THREAD)
+                w->owner = OWNER_NONE;
 
         while (done) {
                 struct tpm_job *next = done->next;
                 done->next = NULL;
-                atomic_fetch_add(&w->completed, 1);
-                done->done(done, done->userdata); /* may free done */
+                complete_on_loop(w, done);
                 done = next;
         }
+        dispatch(w);
 
         if (exited && !w->joined) {
                 /* The thread has returned (it set exited last), so this does not wait. */
                 pthread_join(w->thread, NULL);
                 w->joined = true;
-                uv_close((uv_handle_t *)&w->async, async_closed);
+                close_handles(w);
         }
 }
 
@@ -230,17 +465,33 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
                                         .flush_leftovers = true };
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
-        if (oom) {
+        w->loop_fd = -1;
+        w->tpm_epoll = epoll_create1(EPOLL_CLOEXEC);
+        if (oom || w->tpm_epoll < 0) {
+                int r = oom ? -ENOMEM : -errno;
                 worker_free(w);
-                return -ENOMEM;
+                return r;
         }
-
-        int r = uv_async_init(loop, &w->async, async_cb);
+        int r = uv_poll_init(loop, &w->tpm_epoll_watch, w->tpm_epoll);
         if (r < 0) {
                 worker_free(w);
                 return r;
         }
-        w->async.data = w;
+        w->tpm_epoll_watch.data = w;
+        w->open_handles = 1;
+        r = uv_async_init(loop, &w->async, async_cb);
+        if (r >= 0) {
+                w->async.data = w;
+                w->async_open = true;
+                w->open_handles++;
+                r = uv_poll_start(&w->tpm_epoll_watch, UV_READABLE, on_tpm_readable);
+        }
+        if (r < 0) {
+                /* w is freed once the handles are closed (the loop must run). */
+                w->stopped = NULL;
+                close_handles(w);
+                return r;
+        }
 
         pthread_attr_t attr;
         pthread_attr_init(&attr);
@@ -250,10 +501,10 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
         r = -pthread_create(&w->thread, &attr, worker_main, w);
         pthread_attr_destroy(&attr);
         if (r < 0) {
-                /* Nothing references w but the async handle: free it once closed. */
+                /* Nothing references w but the handles: free it once closed. */
                 w->joined = true;
                 w->stopped = NULL;
-                uv_close((uv_handle_t *)&w->async, async_closed);
+                close_handles(w);
                 return r;
         }
         *ret = w;
@@ -261,29 +512,21 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
 }
 
 int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job) {
-        int r = 0;
-        pthread_mutex_lock(&w->lock);
-        if (w->stopping)
-                r = -ESHUTDOWN;
-        else if (job_counts(job) && w->n_queued >= w->max_queued)
-                r = -EAGAIN;
-        else {
-                job->next = NULL;
-                if (w->queue_tail)
-                        w->queue_tail->next = job;
-                else
-                        w->queue_head = job;
-                w->queue_tail = job;
-                if (job_counts(job))
-                        w->n_queued++;
-                pthread_cond_signal(&w->cond);
-        }
-        pthread_mutex_unlock(&w->lock);
-        return r;
+        if (w->stop_requested)
+                return -ESHUTDOWN;
+        if (w->owner == OWNER_LOOP)
+                loop_job_poll(w);
+        if (job_counts(job) && tpm_worker_queued(w) >= w->max_queued)
+                return -EAGAIN;
+        job_append(&w->pend_head, &w->pend_tail, job);
+        if (job_counts(job))
+                w->n_pending++;
+        dispatch(w);
+        return 0;
 }
 
 void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued) {
-        w->max_queued = max_queued; /* read under lock by submit, which runs on this thread too */
+        w->max_queued = max_queued; /* loop thread only, like submit */
 }
 
 unsigned tpm_worker_queued(const struct tpm_worker *w) {
@@ -291,18 +534,20 @@ unsigned tpm_worker_queued(const struct tpm_worker *w) {
         pthread_mutex_lock(&m->lock);
         unsigned n = m->n_queued;
         pthread_mutex_unlock(&m->lock);
-        return n;
+        return n + w->n_pending;
 }
 
 uint64_t tpm_worker_completed(const struct tpm_worker *w) {
         return atomic_load(&w->completed);
 }
 
+uint64_t tpm_worker_completed_on_loop(const struct tpm_worker *w) {
+        return w->completed_on_loop;
+}
+
 void tpm_worker_stop(struct tpm_worker *w, void (*stopped)(void *userdata), void *userdata) {
         w->stopped = stopped;
         w->stopped_userdata = userdata;
-        pthread_mutex_lock(&w->lock);
-        w->stopping = true;
-        pthread_cond_signal(&w->cond);
-        pthread_mutex_unlock(&w->lock);
+        w->stop_requested = true;
+        maybe_stop_thread(w);
 }

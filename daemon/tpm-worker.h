@@ -1,11 +1,24 @@
-/* The TPM worker: one thread that owns the struct tpm and runs TPM commands
- * one after another, so the libuv loop never blocks on the TPM.
+/* The TPM worker: the one owner of the struct tpm. TPM commands run one
+ * after another, in submission order, and the libuv loop never blocks on
+ * the TPM.
  *
- * The loop thread submits jobs into a bounded FIFO; the thread takes every
- * queued job at once (a batch), runs them back to back and hands the batch
- * back through one uv_async_t, whose callback runs each job's done callback
- * on the loop thread. Jobs are caller-owned memory (no allocation here per
- * job); a job must stay valid until its done callback has run. */
+ * Jobs wait in one bounded FIFO on the loop thread. When the TPM is free
+ * the head of the FIFO goes either
+ *  - to the worker thread (opening the TPM, imports, lookups, long
+ *    signatures: anything that takes several commands or may take seconds):
+ *    the thread runs the jobs handed to it back to back and returns them
+ *    through one uv_async_t; or
+ *  - for a signature of at most TPM_HMAC_CHUNK bytes with a known key, when
+ *    the TCTI can wait without blocking: to the loop itself, as one
+ *    asynchronous ESAPI command whose response is awaited with a uv_poll_t.
+ *    This is the hot path of both sockets, and it costs no thread hand-over:
+ *    the request is read, signed and answered by the same thread.
+ * The TPM is used by exactly one of the two at any time (the loop decides,
+ * and hands it over under the queue lock).
+ *
+ * Every done callback runs on the loop thread. Jobs are caller-owned memory
+ * (no allocation per job); a job must stay valid until its done callback
+ * has run. */
 #pragma once
 
 #include <stdbool.h>
@@ -27,6 +40,7 @@ enum tpm_job_kind {
 struct tpm_keys {
         struct tpm_public ek, srk;
         bool created_ek, created_srk;
+        bool can_async; /* short signatures will run on the loop (tpm_can_async()) */
 };
 
 struct tpm_job;
@@ -67,6 +81,7 @@ int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job);
 void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued);
 unsigned tpm_worker_queued(const struct tpm_worker *w);    /* jobs waiting, not counting the running one */
 uint64_t tpm_worker_completed(const struct tpm_worker *w); /* jobs completed so far (progress counter) */
+uint64_t tpm_worker_completed_on_loop(const struct tpm_worker *w); /* of those, signatures run on the loop */
 
 /* Refuse new jobs, let the thread finish the queued ones, close the TPM and
  * join the thread; then close the async handle and free w, and call

@@ -1157,6 +1157,8 @@ static const struct key_def schema[] = {
          "request_timeout_sec = 5"},
         {"limits", "max_queued_tpm_jobs", KEY_VALUE, p_uint, CFG(limits.max_queued_tpm_jobs), 1, 65536,
          "max_queued_tpm_jobs = 256"},
+        {"limits", "busy_poll_usec", KEY_VALUE, p_uint, CFG(limits.busy_poll_usec), 0, CONFIG_MAX_BUSY_POLL_USEC,
+         "busy_poll_usec = 50"},
         /* [[principal]] */
         {"principal", "uid", KEY_VALUE, p_uid, 0, 0, 0xFFFFFFFE, "uid = 1001"},
         {"principal", "name", KEY_VALUE, p_non_empty, PRI(name), 0, 0, "name = \"my-app\""},
@@ -1475,6 +1477,7 @@ static struct tpmid_config *config_new(const char *origin) {
                                 .idle_timeout_sec = CONFIG_DEFAULT_IDLE_TIMEOUT_SEC,
                                 .request_timeout_sec = CONFIG_DEFAULT_REQUEST_TIMEOUT_SEC,
                                 .max_queued_tpm_jobs = CONFIG_DEFAULT_MAX_QUEUED_TPM_JOBS,
+                                .busy_poll_usec = CONFIG_DEFAULT_BUSY_POLL_USEC,
                         },
         };
         if (!c->origin || !c->provisioning.global_endpoint || !c->tpm.tcti || !c->tpm.endorsement_auth ||
@@ -2049,9 +2052,10 @@ int config_format_toml(const struct tpmid_config *c, const char *header, char **
         const struct config_limits *l = &c->limits;
         sb_printf(&b,
                   "\n[limits]\nmax_connections = %u\nmax_connections_per_uid = %u\nmax_header_bytes = %u\n"
-                  "max_body_bytes = %u\nidle_timeout_sec = %u\nrequest_timeout_sec = %u\nmax_queued_tpm_jobs = %u\n",
+                  "max_body_bytes = %u\nidle_timeout_sec = %u\nrequest_timeout_sec = %u\nmax_queued_tpm_jobs = %u\n"
+                  "busy_poll_usec = %u\n",
                   l->max_connections, l->max_connections_per_uid, l->max_header_bytes, l->max_body_bytes,
-                  l->idle_timeout_sec, l->request_timeout_sec, l->max_queued_tpm_jobs);
+                  l->idle_timeout_sec, l->request_timeout_sec, l->max_queued_tpm_jobs, l->busy_poll_usec);
 
         for (size_t i = 0; i < c->n_principals; i++) {
                 const struct config_principal *p = &c->principals[i];

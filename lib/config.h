@@ -78,6 +78,8 @@
 #define CONFIG_DEFAULT_IDLE_TIMEOUT_SEC 60         /* seconds a connection may sit idle */
 #define CONFIG_DEFAULT_REQUEST_TIMEOUT_SEC 5       /* seconds to receive a whole request (aziot: 5 s body read) */
 #define CONFIG_DEFAULT_MAX_QUEUED_TPM_JOBS 256     /* TPM commands waiting for the worker */
+#define CONFIG_DEFAULT_BUSY_POLL_USEC 50           /* microseconds the loop polls after activity before sleeping */
+#define CONFIG_MAX_BUSY_POLL_USEC 1000             /* microseconds: more is a busy loop, not a poll */
 
 enum config_reprovisioning_mode {
         CONFIG_REPROVISION_DYNAMIC,           /* reprovision when the hub says the device moved (default) */
@@ -169,6 +171,7 @@ struct config_limits {
         unsigned idle_timeout_sec;        /* 1..3600 */
         unsigned request_timeout_sec;     /* 1..300 */
         unsigned max_queued_tpm_jobs;     /* 1..65536 */
+        unsigned busy_poll_usec;          /* 0..CONFIG_MAX_BUSY_POLL_USEC; 0 = sleep at once */
 };
 
 struct tpmid_config {

@@ -29,6 +29,7 @@
 
 #include "authblob.h"
 #include "b64.h"
+#include "tcti-swtpm.h"
 #include "tpm.h"
 #include "util.h"
 
@@ -63,6 +64,8 @@ struct tpm {
         struct tpm_public ek_pub, srk_pub;
         uint16_t nv_buffer_max;
         unsigned leftovers_flushed;
+        bool can_async;         /* the TCTI has poll handles and honours receive timeouts */
+        uint32_t async_handle;  /* the key of the HMAC in flight (tpm_sign_async_start), else 0 */
 };
 
 /* ---- errors ------------------------------------------------------------ */
@@ -369,11 +372,23 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
         /* Never pass NULL here: the loader would then try its default list,
          * including a simulator on localhost, and could silently talk to a
          * TPM that is not the device's. */
-        rc = Tss2_TctiLdr_Initialize(t->tcti_conf, &t->tcti);
-        if (rc != TSS2_RC_SUCCESS) {
-                t->tcti = NULL;
-                r = explain_tcti_failure(t->tcti_conf, rc, err);
-                goto fail;
+        if (startswith(t->tcti_conf, "swtpm:") || streq(t->tcti_conf, "swtpm")) {
+                /* Ours, not libtss2-tcti-swtpm: it can wait for a response
+                 * without blocking (tcti-swtpm.h says why). */
+                r = tcti_swtpm_new(t->tcti_conf[5] == ':' ? t->tcti_conf + 6 : "", &t->tcti);
+                if (r < 0) {
+                        t->tcti = NULL;
+                        r = explain_tcti_failure(t->tcti_conf,
+                                                 r == -EINVAL ? TSS2_TCTI_RC_BAD_VALUE : TSS2_TCTI_RC_IO_ERROR, err);
+                        goto fail;
+                }
+        } else {
+                rc = Tss2_TctiLdr_Initialize(t->tcti_conf, &t->tcti);
+                if (rc != TSS2_RC_SUCCESS) {
+                        t->tcti = NULL;
+                        r = explain_tcti_failure(t->tcti_conf, rc, err);
+                        goto fail;
+                }
         }
         rc = Esys_Initialize(&t->esys, t->tcti, NULL);
         if (rc != TSS2_RC_SUCCESS) {
@@ -399,6 +414,13 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
                 goto fail;
         }
         t->nv_buffer_max = (uint16_t)(v == 0 || v > TPM2_MAX_NV_BUFFER_SIZE ? 512 : v);
+        /* Ours for swtpm; the device TCTI when tss2 was built with async
+         * support (Debian's is); not tabrmd or mssim. */
+        {
+                TSS2_TCTI_POLL_HANDLE h[1];
+                size_t n = 1;
+                t->can_async = Tss2_Tcti_GetPollHandles(t->tcti, h, &n) == TSS2_RC_SUCCESS;
+        }
         if (opts && opts->flush_leftovers && !tcti_has_resource_manager(t->tcti_conf))
                 flush_leftovers(t);
         *ret = t;
@@ -419,7 +441,9 @@ struct tpm *tpm_close(struct tpm *t) {
                                 (void)Esys_TR_Close(t->esys, trs[i]);
                 Esys_Finalize(&t->esys);
         }
-        if (t->tcti)
+        if (tcti_swtpm_is(t->tcti))
+                t->tcti = tcti_swtpm_free(t->tcti);
+        else if (t->tcti)
                 Tss2_TctiLdr_Finalize(&t->tcti);
         free(t);
         return NULL;
@@ -891,6 +915,18 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
         return 0;
 }
 
+/* Take the 32-byte HMAC out of d (and free it). */
+static int hmac_digest(TPM2B_DIGEST *d, uint8_t out[32], const char *step, struct tpm_error *err) {
+        int r = 0;
+        if (d->size != 32)
+                r = seterr(err, -EIO, 0, step, "the TPM returned a %u-byte HMAC instead of 32", (unsigned)d->size);
+        else
+                memcpy(out, d->buffer, 32);
+        explicit_zero(d, sizeof(*d));
+        Esys_Free(d);
+        return r;
+}
+
 static int hmac_once(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len, uint8_t out[32], const char *step,
                      struct tpm_error *err) {
         TPM2B_MAX_BUFFER buf;
@@ -900,14 +936,7 @@ static int hmac_once(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len
         TSS2_RC rc = Esys_HMAC(t->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf, TPM2_ALG_SHA256, &d);
         if (rc != TSS2_RC_SUCCESS)
                 return tpm_error_from_rc(rc, step, err);
-        int r = 0;
-        if (d->size != 32)
-                r = seterr(err, -EIO, 0, step, "the TPM returned a %u-byte HMAC instead of 32", (unsigned)d->size);
-        else
-                memcpy(out, d->buffer, 32);
-        explicit_zero(d, sizeof(*d));
-        Esys_Free(d);
-        return r;
+        return hmac_digest(d, out, step, err);
 }
 
 static int hmac_sequence(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len, uint8_t out[32],
@@ -947,15 +976,7 @@ static int hmac_sequence(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t
         /* SequenceComplete flushed the sequence object in the TPM; ESYS drops its node. */
         seq = ESYS_TR_NONE;
         Esys_Free(ticket);
-        r = 0;
-        if (d->size != 32)
-                r = seterr(err, -EIO, 0, "Esys_SequenceComplete", "the TPM returned a %u-byte HMAC instead of 32",
-                           (unsigned)d->size);
-        else
-                memcpy(out, d->buffer, 32);
-        explicit_zero(d, sizeof(*d));
-        Esys_Free(d);
-        return r;
+        return hmac_digest(d, out, "Esys_SequenceComplete", err);
 }
 
 static int hmac_any(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len, uint8_t out[32],
@@ -963,6 +984,25 @@ static int hmac_any(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len,
         if (len <= TPM_HMAC_CHUNK)
                 return hmac_once(t, key, data, len, out, "Esys_HMAC", err);
         return hmac_sequence(t, key, data, len, out, err);
+}
+
+/* What the caller of a signature gets: out on success; a key evicted
+ * behind our back becomes -ENOKEY and its handle is forgotten. */
+static int sign_result(struct tpm *t, uint32_t handle, int r, const struct tpm_error *e, uint8_t md[32],
+                       uint8_t out[32], struct tpm_error *err) {
+        if (r < 0 && rc_is(e->rc, TPM2_RC_HANDLE)) {
+                tr_close(t, key_cache(t, handle));
+                return seterr(err, -ENOKEY, e->rc, "Esys_HMAC",
+                              "the auth key at 0x%08x is gone: the device needs to be provisioned again", handle);
+        }
+        if (r < 0) {
+                if (err)
+                        *err = *e;
+                return r;
+        }
+        memcpy(out, md, 32);
+        explicit_zero(md, 32);
+        return 0;
 }
 
 int tpm_sign(struct tpm *t, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err) {
@@ -985,23 +1025,88 @@ int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, 
         r = resolve_auth_key(t, handle, err);
         if (r < 0)
                 return r;
-        ESYS_TR *slot = key_cache(t, handle);
         struct tpm_error e;
-        r = hmac_any(t, *slot, data ? data : (const uint8_t *)"", len, md, &e);
-        if (r < 0 && rc_is(e.rc, TPM2_RC_HANDLE)) {
-                /* Someone evicted the key behind our back: forget the handle. */
-                tr_close(t, slot);
-                return seterr(err, -ENOKEY, e.rc, "Esys_HMAC",
-                              "the auth key at 0x%08x is gone: the device needs to be provisioned again", handle);
-        }
+        r = hmac_any(t, *key_cache(t, handle), data ? data : (const uint8_t *)"", len, md, &e);
+        return sign_result(t, handle, r, &e, md, out, err);
+}
+
+/* ---- asynchronous HMAC ------------------------------------------------------ */
+
+bool tpm_can_async(const struct tpm *t) {
+        return t && t->can_async;
+}
+
+/* The descriptor the response of the command in flight arrives on. */
+static int poll_fd(struct tpm *t, int *ret_fd, const char *step, struct tpm_error *err) {
+        TSS2_TCTI_POLL_HANDLE h[1];
+        size_t n = 1;
+        TSS2_RC rc = Tss2_Tcti_GetPollHandles(t->tcti, h, &n);
+        if (rc != TSS2_RC_SUCCESS)
+                return tpm_error_from_rc(rc, step, err);
+        if (n != 1 || h[0].fd < 0)
+                return seterr(err, -EIO, 0, step, "the TCTI has no descriptor to wait on for the TPM's response");
+        *ret_fd = h[0].fd;
+        return 0;
+}
+
+int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *data, size_t len, int *ret_fd,
+                         struct tpm_error *err) {
+        uint32_t handle = 0;
+        if (!t || (!data && len > 0) || !ret_fd || len > TPM_HMAC_CHUNK || t->async_handle)
+                return -EINVAL;
+        if (!t->can_async)
+                return -EWOULDBLOCK;
+        int r = index_to_handle(index ? *index : t->auth_key_handle - TPM_AUTH_KEY_BASE, &handle, err);
+        if (r < 0)
+                return r;
+        ESYS_TR *slot = key_cache(t, handle);
+        if (*slot == ESYS_TR_NONE)
+                return -EWOULDBLOCK; /* resolving the handle is a TPM round trip of its own */
+
+        TPM2B_MAX_BUFFER buf;
+        buf.size = (UINT16)len;
+        if (len)
+                memcpy(buf.buffer, data, len);
+        TSS2_RC rc = Esys_HMAC_Async(t->esys, *slot, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf,
+                                     TPM2_ALG_SHA256);
+        explicit_zero(&buf, sizeof(buf));
+        if (rc != TSS2_RC_SUCCESS)
+                return tpm_error_from_rc(rc, "Esys_HMAC_Async", err);
+        r = poll_fd(t, ret_fd, "Esys_HMAC_Async", err);
         if (r < 0) {
-                if (err)
-                        *err = e;
+                /* Collect the response the blocking way so ESYS is ready for the next command. */
+                TPM2B_DIGEST *d = NULL;
+                if (Esys_HMAC_Finish(t->esys, &d) == TSS2_RC_SUCCESS)
+                        Esys_Free(d);
                 return r;
         }
-        memcpy(out, md, sizeof(md));
-        explicit_zero(md, sizeof(md));
+        t->async_handle = handle;
         return 0;
+}
+
+int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tpm_error *err) {
+        if (!t || !out || !ret_fd || !t->async_handle)
+                return -EINVAL;
+        TPM2B_DIGEST *d = NULL;
+        uint8_t md[32];
+        struct tpm_error e = { 0 };
+
+        /* Timeout 0 only here: every other call keeps the blocking default. */
+        TSS2_RC rc = Esys_SetTimeout(t->esys, TSS2_TCTI_TIMEOUT_NONE);
+        if (rc == TSS2_RC_SUCCESS) {
+                rc = Esys_HMAC_Finish(t->esys, &d);
+                (void)Esys_SetTimeout(t->esys, TSS2_TCTI_TIMEOUT_BLOCK);
+        }
+        if ((rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_TRY_AGAIN) {
+                /* Not all there yet, or ESYS resubmitted the command after
+                 * TPM_RC_RETRY/YIELDED (on a new connection with swtpm). */
+                int r = poll_fd(t, ret_fd, "Esys_HMAC_Finish", err);
+                return r < 0 ? r : -EINPROGRESS;
+        }
+        uint32_t handle = t->async_handle;
+        t->async_handle = 0;
+        int r = rc == TSS2_RC_SUCCESS ? hmac_digest(d, md, "Esys_HMAC", &e) : tpm_error_from_rc(rc, "Esys_HMAC", &e);
+        return sign_result(t, handle, r, &e, md, out, err);
 }
 
 /* Refine the sentence for the activation steps: a blob for another TPM

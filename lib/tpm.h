@@ -93,6 +93,23 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
  * goes through a sequence). out receives 32 bytes. -ENOKEY if no key. */
 int tpm_sign(struct tpm *t, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 
+/* The same HMAC without blocking, for an event loop: start sends the command
+ * and returns the descriptor its response arrives on (wait for POLLIN);
+ * finish collects it. Only for data of at most TPM_HMAC_CHUNK bytes and a
+ * key whose handle is known already (one earlier tpm_sign*() or import);
+ * otherwise start returns -EWOULDBLOCK and the caller uses tpm_sign*() on a
+ * thread that may block. -EWOULDBLOCK too when the TCTI cannot wait without
+ * blocking (tpm_can_async()). index NULL = the configured slot.
+ * finish returns 0 with out filled, -EINPROGRESS with the descriptor to wait
+ * on next in *ret_fd (it may change: swtpm uses a connection per command
+ * and ESYS resubmits after TPM_RC_RETRY), or the errors of tpm_sign().
+ * Between start and the finish that does not return -EINPROGRESS, no other
+ * call may use t. */
+bool tpm_can_async(const struct tpm *t);
+int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *data, size_t len, int *ret_fd,
+                         struct tpm_error *err);
+int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tpm_error *err);
+
 /* Errors common to all calls below (see tpm_error_from_rc()): -EIO (TPM or
  * connection failure), -EPERM (dictionary-attack lockout), -EACCES (wrong
  * hierarchy password), -ENOSPC (no free TPM slots / persistent storage),

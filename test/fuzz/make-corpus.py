@@ -228,9 +228,53 @@ def seeds_state():
     return out
 
 
+def ipc_frame(tag, *fields):
+    """One tpmidd <-> tpmidd-https frame (lib/https-ipc.h): fields are
+    ("u32"|"u64", int) or ("str", bytes or None for absent)."""
+    payload = bytes([tag])
+    for kind, v in fields:
+        if kind == "u32":
+            payload += struct.pack(">I", v & 0xFFFFFFFF)
+        elif kind == "u64":
+            payload += struct.pack(">Q", v)
+        else:
+            payload += struct.pack(">I", 0xFFFFFFFF) if v is None else struct.pack(">I", len(v)) + v
+    return struct.pack(">I", len(payload)) + payload
+
+
+def seeds_https_ipc():
+    # A byte stream of frames, as the socket delivers it (test/fuzz/fuzz-https-ipc.c).
+    hello = ipc_frame(1, ("u32", 1), ("str", b"/etc/ssl/certs/ca.pem"),
+                      ("str", b"hub1.azure-devices.net:443:127.0.0.1:8443"), ("str", b"tpmidd/0.1.0"))
+    hello_min = ipc_frame(1, ("u32", 1), ("str", None), ("str", None), ("str", b"tpmidd/0.1.0"))
+    url = b"https://global.azure-devices-provisioning.net/0ne00000001/registrations/dev1/register?api-version=2021-06-01"
+    body = b'{"registrationId":"dev1","tpm":{"endorsementKey":"AToAAQAL","storageRootKey":"ARgAAQAL"}}'
+    put = ipc_frame(2, ("u64", 1), ("str", b"PUT"), ("str", url), ("str", None), ("str", body), ("u32", 70000))
+    get = ipc_frame(2, ("u64", 2), ("str", b"GET"), ("str", url), ("str", b"SharedAccessSignature sr=x&sig=y&se=1"),
+                    ("str", None), ("u32", 15000))
+    ok = ipc_frame(3, ("u64", 1), ("u32", 0), ("str", b""), ("u32", 202), ("str", b'{"status":"assigning"}'),
+                   ("str", b"3"), ("str", None), ("u64", 250000))
+    err = ipc_frame(3, ("u64", 2), ("u32", -110), ("str", b"Operation timed out"), ("u32", 0), ("str", b""),
+                    ("str", None), ("str", b"ServiceUnavailable"), ("u64", 70000000))
+    cancel = ipc_frame(4, ("u64", 2))
+    return [hello, hello_min, put, get, ok, err, cancel, hello + put + get + cancel, ok + err, put[:20], ok[:-3]]
+
+
+def seeds_tcti():
+    # Even first byte: a TCTI configuration string; odd: swtpm's response stream (test/fuzz/fuzz-tcti.c).
+    confs = [b"", b"path=/run/swtpm/swtpm.sock", b"host=127.0.0.1,port=2321", b"port=65535", b"path=/a,host=h",
+             b"port=0", b"path=", b"bogus=1", b"path=/a,"]
+    hmac = bytes.fromhex("80010000002e00000000") + b"\x00\x20" + bytes(32) + bytes.fromhex("0100000000")[:0]
+    resps = [bytes.fromhex("800100000010000000000000000000000000")[:16], hmac[:10 + 2 + 32 + 2],
+             bytes.fromhex("80010000000a00000101"), bytes.fromhex("80010001001000000000"), b"\x80\x01\x00"]
+    return [b"\x00" + c for c in confs] + [b"\x01" + r for r in resps]
+
+
 TARGETS = {
+    "tcti": seeds_tcti,
     "authblob": seeds_authblob, "toml": seeds_toml, "config": seeds_config, "http": seeds_http,
     "api": seeds_api, "server": seeds_server, "dps": seeds_dps, "state": seeds_state,
+    "https-ipc": seeds_https_ipc,
 }
 
 

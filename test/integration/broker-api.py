@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import pwd
+import re
 import select
 import socket
 import subprocess
@@ -237,6 +238,35 @@ def pipelined_and_half_closed():
             st, _, h = c.read_response()
             assert st == 200, (st, h)
             assert c.at_eof()
+
+
+@R.case
+def signs_on_loop_keep_order():
+    """Short signatures run on the event loop, long ones and imports on the
+    TPM thread; a signature sent while an import runs waits for it and uses
+    the new key (one FIFO for both paths)."""
+    with harness.Swtpm() as tpm, Daemon(tpm) as d, Client(d.sock) as c, Client(d.sock) as k:
+        ek, srk = c.keys()
+        blob, key = authblob.make_auth_blob(ek, srk)
+        assert c.import_key(blob)[0] == 200
+        for _ in range(3):
+            assert k.sign(b"warm") == (200, hmac_sha256(key, b"warm"))
+            blob2, key2 = authblob.make_auth_blob(ek, srk)
+            body = json.dumps({"key": base64.b64encode(blob2).decode()}).encode()
+            c.send_raw(b"POST /import_auth_key?" + API.encode() + b" HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+                       % len(body) + body)
+            time.sleep(0.003)  # the import (tens of ms on swtpm) is running
+            long_data = os.urandom(2000)
+            assert k.sign(b"after") == (200, hmac_sha256(key2, b"after"))
+            assert k.sign(long_data) == (200, hmac_sha256(key2, long_data))
+            assert c.read_response()[0] == 200
+            key = key2
+        d.stop()
+        log = d.read_log()
+        assert "signatures run on the event loop (the TCTI can wait without blocking)" in log, log
+        m = re.search(r"TPM jobs done: (\d+), of them (\d+) signatures run on the event loop", log)
+        assert m and int(m.group(2)) >= 3 and int(m.group(1)) > int(m.group(2)), log
+        assert_tpm_clean(tpm)
 
 
 @R.case

@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from harness import BUILD, SRC, Runner, need, run, tmpdir  # noqa: E402
 
-need("meson", "systemd-analyze", "systemd-sysusers", "systemd-tmpfiles", "udevadm", "unshare", "pkg-config")
+need("meson", "systemd-analyze", "systemd-sysusers", "systemd-tmpfiles", "udevadm", "unshare", "pkg-config", "ldd")
 
 MAX_EXPOSURE = 2.0  # systemd-analyze security score the unit must not exceed (peers ship 8.2-9.6)
 UNITS = ["tpmidd.service", "tpmidd-tpmd.socket", "tpmidd-identityd.socket"]
@@ -61,6 +61,7 @@ def _pkgvar(pkg, var, fallback):
 # same way a packager reads them, independently of meson's install list.
 SBINDIR = _under_prefix(OPT["sbindir"])
 BINDIR = _under_prefix(OPT["bindir"])
+LIBEXECDIR = _under_prefix(OPT["libexecdir"])
 SYSCONFDIR = "/etc" if PREFIX == "/usr" and OPT["sysconfdir"] == "etc" else _under_prefix(OPT["sysconfdir"])
 MANDIR = _under_prefix(OPT["mandir"])
 UNITDIR = OPT["systemdunitdir"] or _pkgvar("systemd", "systemdsystemunitdir", "/lib/systemd/system")
@@ -84,6 +85,7 @@ def install_tree():
     expect = {
         os.path.join(SBINDIR, "tpmidd"): 0o111,
         os.path.join(BINDIR, "tpmidctl"): 0o111,
+        os.path.join(LIBEXECDIR, "tpmidd-https"): 0o111,
         os.path.join(SYSUSERSDIR, "tpmidd.conf"): 0,
         os.path.join(TMPFILESDIR, "tpmidd.conf"): 0,
         os.path.join(UDEVRULESDIR, "70-tpmidd.rules"): 0,
@@ -101,6 +103,14 @@ def install_tree():
             assert mode & xbits == xbits, "%s is not executable (%o)" % (p, mode)
         else:
             assert mode & 0o444 == 0o444 and not mode & 0o022, "%s has mode %o" % (p, stat.S_IMODE(mode))
+    # tpmidd starts its HTTPS helper from the installed path (daemon/cloud.c),
+    # and only the helper links libcurl.
+    helper = os.path.join(LIBEXECDIR, "tpmidd-https").encode()
+    with open(D(os.path.join(SBINDIR, "tpmidd")), "rb") as f:
+        assert helper + b"\0" in f.read(), "tpmidd does not name %s" % helper
+    for exe, want in ((D(os.path.join(SBINDIR, "tpmidd")), False), (D(helper.decode()), True)):
+        needed = run(["ldd", exe]).stdout
+        assert ("libcurl" in needed) == want, "%s: libcurl linked %s, expected %s" % (exe, not want, want)
     # The service starts the installed binary with the installed config path.
     svc = open(D(os.path.join(UNITDIR, "tpmidd.service"))).read()
     assert not re.search(r"@[a-z_]+@", svc), "unsubstituted @var@ in tpmidd.service"

@@ -56,6 +56,7 @@ class Daemon:
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.pop("LISTEN_FDS", None)
         self.env["TSS2_LOG"] = "all+none"
+        self.env["TPMIDD_HTTPS_HELPER"] = harness.build_path("daemon", "tpmidd-https")  # the build tree's helper
         if env:
             self.env.update(env)
         self.argv_prefix = argv_prefix or []

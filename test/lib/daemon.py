@@ -310,6 +310,7 @@ class Daemon:
             e.pop(k, None)
         e["TSS2_LOG"] = "all+none"
         e["TPMIDD_CLOUD_CONNECT_TO"] = self.sim.connect_to()
+        e["TPMIDD_HTTPS_HELPER"] = harness.build_path("daemon", "tpmidd-https")  # the build tree's helper
         e.update(self.extra_env)
         return e
 

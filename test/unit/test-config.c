@@ -116,6 +116,7 @@ static void test_seed_fixed(void **state) {
         assert_int_equal(c->limits.idle_timeout_sec, CONFIG_DEFAULT_IDLE_TIMEOUT_SEC);
         assert_int_equal(c->limits.request_timeout_sec, CONFIG_DEFAULT_REQUEST_TIMEOUT_SEC);
         assert_int_equal(c->limits.max_queued_tpm_jobs, CONFIG_DEFAULT_MAX_QUEUED_TPM_JOBS);
+        assert_int_equal(c->limits.busy_poll_usec, CONFIG_DEFAULT_BUSY_POLL_USEC);
         assert_int_equal(c->n_principals, 0);
         config_free(c);
         config_diags_free(&d);
@@ -484,7 +485,7 @@ static void test_limits_keys(void **state) {
                 {"max_connections", 1, 4096},   {"max_connections_per_uid", 1, 4096},
                 {"max_header_bytes", 1024, 65536}, {"max_body_bytes", 1024, 1048576},
                 {"idle_timeout_sec", 1, 3600},  {"request_timeout_sec", 1, 300},
-                {"max_queued_tpm_jobs", 1, 65536},
+                {"max_queued_tpm_jobs", 1, 65536}, {"busy_poll_usec", 0, 1000},
         };
         for (size_t i = 0; i < ELEMENTSOF(lim); i++) {
                 char t[512];
@@ -508,7 +509,8 @@ static void test_limits_keys(void **state) {
         }
         struct tpmid_config *c = expect_ok(PROV "[limits]\nmax_connections = 100\nmax_connections_per_uid = 100\n"
                                                 "max_header_bytes = 4096\nmax_body_bytes = 2048\nidle_timeout_sec = 9\n"
-                                                "request_timeout_sec = 2\nmax_queued_tpm_jobs = 3\n");
+                                                "request_timeout_sec = 2\nmax_queued_tpm_jobs = 3\n"
+                                                "busy_poll_usec = 0\n");
         assert_int_equal(c->limits.max_connections, 100);
         assert_int_equal(c->limits.max_connections_per_uid, 100);
         assert_int_equal(c->limits.max_header_bytes, 4096);
@@ -516,6 +518,7 @@ static void test_limits_keys(void **state) {
         assert_int_equal(c->limits.idle_timeout_sec, 9);
         assert_int_equal(c->limits.request_timeout_sec, 2);
         assert_int_equal(c->limits.max_queued_tpm_jobs, 3);
+        assert_int_equal(c->limits.busy_poll_usec, 0);
         config_free(c);
 }
 

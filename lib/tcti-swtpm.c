@@ -1,0 +1,361 @@
+/* A TCTI for swtpm's data socket with non-blocking receive and poll
+ * handles. See tcti-swtpm.h for why it exists. */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tcti-swtpm.h"
+#include "util.h"
+
+#define TCTI_SWTPM_MAGIC 0x74706d6964737774ULL /* "tpmidswt" */
+#define TPM_HEADER_BYTES 10                    /* tag u16, size u32, code u32 */
+
+enum tcti_state {
+        STATE_TRANSMIT, /* ready for a command */
+        STATE_RECEIVE,  /* a command went out; its response is (partly) unread */
+};
+
+struct tcti_swtpm {
+        TSS2_TCTI_CONTEXT_COMMON_V2 common; /* first: the TSS casts the context to this */
+        struct sockaddr_storage addr;
+        socklen_t addr_len;
+        int fd; /* the connection of the command in flight, else -1 */
+        enum tcti_state state;
+        size_t have;     /* response bytes read so far */
+        size_t resp_len; /* set once the response is complete */
+        uint8_t resp[TCTI_SWTPM_MAX_MESSAGE];
+};
+
+static struct tcti_swtpm *cast(TSS2_TCTI_CONTEXT *ctx) {
+        struct tcti_swtpm *t = (struct tcti_swtpm *)ctx;
+        if (!t || t->common.v1.magic != TCTI_SWTPM_MAGIC)
+                return NULL;
+        return t;
+}
+
+bool tcti_swtpm_is(const TSS2_TCTI_CONTEXT *tcti) {
+        return tcti && ((const TSS2_TCTI_CONTEXT_COMMON_V1 *)tcti)->magic == TCTI_SWTPM_MAGIC;
+}
+
+static uint32_t be32(const uint8_t *p) {
+        return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* ---- configuration ------------------------------------------------------ */
+
+static int set_value(char *dst, size_t dst_size, const char *v, size_t n) {
+        if (n == 0 || n >= dst_size)
+                return -EINVAL;
+        memcpy(dst, v, n);
+        dst[n] = '\0';
+        return 0;
+}
+
+int tcti_swtpm_parse_conf(const char *conf, struct tcti_swtpm_conf *out) {
+        struct tcti_swtpm_conf c = { .port = TCTI_SWTPM_DEFAULT_PORT };
+        snprintf(c.host, sizeof(c.host), "localhost");
+
+        if (conf && strlen(conf) > TCTI_SWTPM_CONF_MAX)
+                return -EINVAL;
+        for (const char *p = conf ? conf : ""; *p;) {
+                size_t n = strcspn(p, ",");
+                const char *eq = memchr(p, '=', n);
+                if (!eq)
+                        return -EINVAL;
+                size_t kl = (size_t)(eq - p);
+                const char *v = eq + 1;
+                size_t vl = n - kl - 1;
+                int r;
+                if (kl == 4 && !memcmp(p, "path", 4)) {
+                        r = set_value(c.path, sizeof(c.path), v, vl);
+                        c.unix_socket = true;
+                } else if (kl == 4 && !memcmp(p, "host", 4)) {
+                        r = set_value(c.host, sizeof(c.host), v, vl);
+                        c.unix_socket = false;
+                } else if (kl == 4 && !memcmp(p, "port", 4)) {
+                        unsigned long port = 0;
+                        r = vl >= 1 && vl <= 5 ? 0 : -EINVAL;
+                        for (size_t i = 0; r == 0 && i < vl; i++) {
+                                if (v[i] < '0' || v[i] > '9')
+                                        r = -EINVAL;
+                                else
+                                        port = port * 10 + (unsigned long)(v[i] - '0');
+                        }
+                        if (r == 0 && (port == 0 || port > 65535))
+                                r = -EINVAL;
+                        c.port = (uint16_t)port;
+                } else
+                        r = -EINVAL;
+                if (r < 0)
+                        return r;
+                p += n;
+                if (*p == ',') {
+                        p++;
+                        if (!*p)
+                                return -EINVAL; /* trailing comma */
+                }
+        }
+        *out = c;
+        return 0;
+}
+
+/* ---- connection ---------------------------------------------------------- */
+
+static int resolve(const struct tcti_swtpm_conf *c, struct tcti_swtpm *t) {
+        if (c->unix_socket) {
+                struct sockaddr_un *un = (struct sockaddr_un *)&t->addr;
+                un->sun_family = AF_UNIX;
+                memcpy(un->sun_path, c->path, strlen(c->path) + 1);
+                t->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(c->path) + 1);
+                return 0;
+        }
+        /* Resolved once here, so sending a command never waits for DNS. */
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
+        char port[8];
+        snprintf(port, sizeof(port), "%u", (unsigned)c->port);
+        if (getaddrinfo(c->host, port, &hints, &ai) != 0 || !ai)
+                return -EHOSTUNREACH;
+        memcpy(&t->addr, ai->ai_addr, ai->ai_addrlen);
+        t->addr_len = ai->ai_addrlen;
+        freeaddrinfo(ai);
+        return 0;
+}
+
+/* A blocking connect: swtpm accepts at once, or the kernel queues us while
+ * it serves another client; either way this does not wait for the TPM. */
+static int connect_swtpm(const struct tcti_swtpm *t) {
+        int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        while (connect(fd, (const struct sockaddr *)&t->addr, t->addr_len) < 0) {
+                if (errno == EINTR)
+                        continue;
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+static void drop_connection(struct tcti_swtpm *t) {
+        if (t->fd >= 0)
+                close(t->fd);
+        t->fd = -1;
+        t->state = STATE_TRANSMIT;
+        t->have = t->resp_len = 0;
+}
+
+/* ---- the TCTI functions ----------------------------------------------------- */
+
+static TSS2_RC swtpm_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t *cmd) {
+        struct tcti_swtpm *t = cast(ctx);
+        if (!t)
+                return TSS2_TCTI_RC_BAD_CONTEXT;
+        if (!cmd)
+                return TSS2_TCTI_RC_BAD_REFERENCE;
+        if (t->state != STATE_TRANSMIT)
+                return TSS2_TCTI_RC_BAD_SEQUENCE;
+        if (size < TPM_HEADER_BYTES || size > TCTI_SWTPM_MAX_MESSAGE || be32(cmd + 2) != size)
+                return TSS2_TCTI_RC_BAD_VALUE;
+
+        int fd = connect_swtpm(t);
+        if (fd < 0)
+                return TSS2_TCTI_RC_IO_ERROR;
+        /* A command is at most 4 KiB into a fresh socket's buffer: this
+         * never waits for the TPM. */
+        for (size_t off = 0; off < size;) {
+                ssize_t n = send(fd, cmd + off, size - off, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        close(fd);
+                        return TSS2_TCTI_RC_IO_ERROR;
+                }
+                off += (size_t)n;
+        }
+        t->fd = fd;
+        t->state = STATE_RECEIVE;
+        t->have = t->resp_len = 0;
+        return TSS2_RC_SUCCESS;
+}
+
+int tcti_swtpm_response_state(const uint8_t *buf, size_t have, size_t *len) {
+        if (have < TPM_HEADER_BYTES)
+                return 0;
+        uint32_t size = be32(buf + 2);
+        if (size < TPM_HEADER_BYTES || size > TCTI_SWTPM_MAX_MESSAGE || have > size)
+                return -EBADMSG;
+        if (have < size)
+                return 0;
+        *len = size;
+        return 1;
+}
+
+/* Read what is there (block = wait for at least one byte). 1 = response
+ * complete, 0 = need more, -1 = error in *rc (drop the connection). The
+ * socket itself stays blocking: MSG_DONTWAIT spares two fcntl() calls per
+ * command. */
+static int read_some(struct tcti_swtpm *t, bool block, TSS2_RC *rc) {
+        for (;;) {
+                ssize_t n = recv(t->fd, t->resp + t->have, sizeof(t->resp) - t->have, block ? 0 : MSG_DONTWAIT);
+                block = false;
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        return 0;
+                if (n <= 0) {
+                        /* EOF before a whole response, or a socket error */
+                        *rc = TSS2_TCTI_RC_IO_ERROR;
+                        return -1;
+                }
+                t->have += (size_t)n;
+                int r = tcti_swtpm_response_state(t->resp, t->have, &t->resp_len);
+                if (r < 0) {
+                        *rc = TSS2_TCTI_RC_MALFORMED_RESPONSE;
+                        return -1;
+                }
+                if (r > 0)
+                        return 1;
+        }
+}
+
+static TSS2_RC swtpm_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *response, int32_t timeout) {
+        struct tcti_swtpm *t = cast(ctx);
+        if (!t)
+                return TSS2_TCTI_RC_BAD_CONTEXT;
+        if (!size)
+                return TSS2_TCTI_RC_BAD_REFERENCE;
+        if (t->state != STATE_RECEIVE)
+                return TSS2_TCTI_RC_BAD_SEQUENCE;
+        if (timeout < TSS2_TCTI_TIMEOUT_BLOCK)
+                return TSS2_TCTI_RC_BAD_VALUE;
+
+        while (t->resp_len == 0) {
+                TSS2_RC rc = TSS2_TCTI_RC_IO_ERROR;
+                int r = read_some(t, timeout == TSS2_TCTI_TIMEOUT_BLOCK, &rc);
+                if (r < 0) {
+                        drop_connection(t);
+                        return rc;
+                }
+                if (r > 0)
+                        break;
+                if (timeout == TSS2_TCTI_TIMEOUT_NONE)
+                        return TSS2_TCTI_RC_TRY_AGAIN;
+                struct pollfd p = { .fd = t->fd, .events = POLLIN };
+                int pr = poll(&p, 1, timeout);
+                if (pr < 0 && errno != EINTR) {
+                        drop_connection(t);
+                        return TSS2_TCTI_RC_IO_ERROR;
+                }
+                if (pr == 0)
+                        return TSS2_TCTI_RC_TRY_AGAIN;
+        }
+
+        if (!response) {
+                *size = t->resp_len; /* the caller asks how much room it needs */
+                return TSS2_RC_SUCCESS;
+        }
+        if (*size < t->resp_len) {
+                *size = t->resp_len;
+                return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
+        }
+        memcpy(response, t->resp, t->resp_len);
+        *size = t->resp_len;
+        drop_connection(t);
+        return TSS2_RC_SUCCESS;
+}
+
+static void swtpm_finalize(TSS2_TCTI_CONTEXT *ctx) {
+        struct tcti_swtpm *t = cast(ctx);
+        if (!t)
+                return;
+        drop_connection(t);
+        t->common.v1.magic = 0;
+}
+
+static TSS2_RC swtpm_cancel(TSS2_TCTI_CONTEXT *ctx) {
+        (void)ctx;
+        return TSS2_TCTI_RC_NOT_IMPLEMENTED; /* swtpm does not implement cancellation either */
+}
+
+/* The descriptor of the command in flight; none (count 0) between commands,
+ * because every command has a connection of its own. */
+static TSS2_RC swtpm_get_poll_handles(TSS2_TCTI_CONTEXT *ctx, TSS2_TCTI_POLL_HANDLE *handles, size_t *num) {
+        struct tcti_swtpm *t = cast(ctx);
+        if (!t)
+                return TSS2_TCTI_RC_BAD_CONTEXT;
+        if (!num)
+                return TSS2_TCTI_RC_BAD_REFERENCE;
+        size_t have = t->fd >= 0 ? 1 : 0;
+        if (!handles) {
+                *num = have;
+                return TSS2_RC_SUCCESS;
+        }
+        if (*num < have)
+                return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
+        if (have)
+                handles[0] = (struct pollfd){ .fd = t->fd, .events = POLLIN };
+        *num = have;
+        return TSS2_RC_SUCCESS;
+}
+
+static TSS2_RC swtpm_set_locality(TSS2_TCTI_CONTEXT *ctx, uint8_t locality) {
+        /* swtpm starts in locality 0 and tpmidd never asks for another. */
+        if (!cast(ctx))
+                return TSS2_TCTI_RC_BAD_CONTEXT;
+        return locality == 0 ? TSS2_RC_SUCCESS : TSS2_TCTI_RC_NOT_IMPLEMENTED;
+}
+
+static TSS2_RC swtpm_make_sticky(TSS2_TCTI_CONTEXT *ctx, TPM2_HANDLE *handle, uint8_t sticky) {
+        (void)ctx;
+        (void)handle;
+        (void)sticky;
+        return TSS2_TCTI_RC_NOT_IMPLEMENTED;
+}
+
+int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret) {
+        struct tcti_swtpm_conf c;
+        int r = tcti_swtpm_parse_conf(conf, &c);
+        if (r < 0)
+                return r;
+        struct tcti_swtpm *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->fd = -1;
+        r = resolve(&c, t);
+        if (r < 0) {
+                free(t);
+                return r;
+        }
+        int fd = connect_swtpm(t);
+        if (fd < 0) {
+                free(t);
+                return fd;
+        }
+        close(fd);
+
+        TSS2_TCTI_CONTEXT_COMMON_V1 *v1 = &t->common.v1;
+        v1->magic = TCTI_SWTPM_MAGIC;
+        v1->version = 2;
+        v1->transmit = swtpm_transmit;
+        v1->receive = swtpm_receive;
+        v1->finalize = swtpm_finalize;
+        v1->cancel = swtpm_cancel;
+        v1->getPollHandles = swtpm_get_poll_handles;
+        v1->setLocality = swtpm_set_locality;
+        t->common.makeSticky = swtpm_make_sticky;
+        *ret = (TSS2_TCTI_CONTEXT *)t;
+        return 0;
+}
+
+TSS2_TCTI_CONTEXT *tcti_swtpm_free(TSS2_TCTI_CONTEXT *tcti) {
+        if (!tcti)
+                return NULL;
+        swtpm_finalize(tcti);
+        free(tcti);
+        return NULL;
+}

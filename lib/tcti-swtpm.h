@@ -1,0 +1,57 @@
+/* tpmidd's own TCTI for swtpm's data socket (what "swtpm:" names in [tpm]
+ * tcti), with real asynchronous I/O.
+ *
+ * Why not libtss2-tcti-swtpm: in tss2 3.2.1 its receive() blocks whatever the
+ * timeout and it has no poll handles, so a command on it can only run on a
+ * thread that may block. The daemon runs short commands (HMAC) from its
+ * event loop through ESAPI's _Async/_Finish calls, which needs a TCTI whose
+ * receive() honours timeout 0 (TSS2_TCTI_RC_TRY_AGAIN) and that hands out
+ * the descriptor to poll, like the device TCTI does for /dev/tpmrm0. The
+ * wire protocol is the one libtss2-tcti-swtpm speaks: one connection per
+ * command, the raw TPM command out, the raw response back.
+ *
+ * The configuration string is libtss2-tcti-swtpm's: "path=SOCKET",
+ * "host=HOST,port=PORT", or empty (localhost:2321). */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <tss2/tss2_tcti.h>
+
+#define TCTI_SWTPM_MAX_MESSAGE 4096 /* bytes of one command or response (libtpms' TPM2_MAX_COMMAND_SIZE) */
+#define TCTI_SWTPM_CONF_MAX 512     /* bytes of the configuration string */
+#define TCTI_SWTPM_DEFAULT_PORT 2321
+
+struct tcti_swtpm_conf {
+        bool unix_socket;
+        char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* unix_socket */
+        char host[256];                                         /* !unix_socket */
+        uint16_t port;
+};
+
+/* Parse a configuration string (NULL or "" = localhost:2321). Pure. Returns
+ * 0, or -EINVAL for an unknown key, an empty or too long value, or a port
+ * that is not 1..65535. */
+int tcti_swtpm_parse_conf(const char *conf, struct tcti_swtpm_conf *out);
+
+/* What the first have bytes of a response stream are: 0 = a response not
+ * yet complete, 1 = exactly one complete response (*len = its size),
+ * -EBADMSG = not a response (its header's size is below 10 or above
+ * TCTI_SWTPM_MAX_MESSAGE, or more bytes than that size arrived; swtpm sends
+ * one response per command). Pure. */
+int tcti_swtpm_response_state(const uint8_t *buf, size_t have, size_t *len);
+
+/* Create the TCTI and check that swtpm accepts a connection (as
+ * libtss2-tcti-swtpm does, so "not running" shows at open). Returns 0 and
+ * *ret (free with tcti_swtpm_free()), -EINVAL for a bad conf, -ENOMEM, or
+ * the connect errno (-ENOENT, -EACCES, -ECONNREFUSED, ...). */
+int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret);
+
+/* Finalize and free; NULL-safe, returns NULL. */
+TSS2_TCTI_CONTEXT *tcti_swtpm_free(TSS2_TCTI_CONTEXT *tcti);
+
+/* Whether tcti was made by tcti_swtpm_new(). */
+bool tcti_swtpm_is(const TSS2_TCTI_CONTEXT *tcti);

@@ -1,0 +1,190 @@
+#!/usr/bin/python3
+"""tpmidd's HTTPS runs in the short-lived helper tpmidd-https (daemon/cloud.c,
+daemon/https-helper.c). Checked here, with swtpm + the DPS simulator:
+
+- the helper is killed while a DPS request is in flight: the daemon logs a
+  clear error naming the signal, retries with its backoff on a new helper and
+  ends up assigned;
+- once idle (TPMIDD_HTTPS_IDLE_SEC) the helper exits, the daemon has no child
+  and never had libcurl mapped; the next request (a reprovisioning) starts a
+  new helper;
+- the daemon's SIGTERM leaves no helper behind;
+- a missing helper binary and a helper that talks garbage are reported and
+  retried, and the daemon keeps serving."""
+import glob
+import os
+import signal
+import stat
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
+import harness  # noqa: E402
+
+harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_readpublic", "tpm2_getcap", "setpriv")
+from daemon import HUB1, Daemon, Sim, tpm_info, wait_for  # noqa: E402
+
+R = harness.Runner("https-helper")
+IDLE_SEC = 2          # TPMIDD_HTTPS_IDLE_SEC for these tests
+STALL_SEC = 6         # how long the simulator holds the request we kill the helper under
+
+
+def children(pid):
+    """Pids of pid's children (any thread's)."""
+    out = []
+    for f in glob.glob("/proc/%d/task/*/children" % pid):
+        try:
+            with open(f) as fh:
+                out += [int(x) for x in fh.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def helpers(d):
+    """The daemon's tpmidd-https children."""
+    out = []
+    for c in children(d.proc.pid):
+        try:
+            with open("/proc/%d/cmdline" % c, "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if argv0.endswith(b"tpmidd-https"):
+            out.append(c)
+    return out
+
+
+def maps(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return f.read()
+
+
+def enrolled(tpm, sim):
+    info = tpm_info(tpm)
+    regid = info["registration_id"]
+    sim.client.enroll(regid, info["ek"], hubs=[HUB1])
+    return regid
+
+
+@R.case
+def helper_killed_in_flight():
+    """SIGKILL to the helper during the first DPS request: clear error, retry, assigned."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        regid = enrolled(tpm, sim)
+        sim.client.fault("register-challenge", "stall", count=1, seconds=STALL_SEC)
+        with Daemon(tpm, sim, env={"TPMIDD_HTTPS_IDLE_SEC": str(IDLE_SEC)}) as d:
+            assert "libcurl" not in maps(d.proc.pid), "tpmidd maps libcurl"
+            # the first request is in flight: the daemon sent it, the simulator holds it
+            pids = wait_for(lambda: helpers(d), 15, what="the helper process")
+            assert len(pids) == 1, pids
+            wait_for(lambda: "with DPS (scope" in d.log_since_start(), 15, what="the first DPS request")
+            time.sleep(1.0)
+            assert sim.requests("register-challenge") == [], "the stalled request was answered early"
+            victim = pids[0]
+            assert "libcurl" in maps(victim), "the helper does not map libcurl?"
+            os.kill(victim, signal.SIGKILL)
+            t_kill = time.time()
+            p = d.wait_provisioned(timeout=60)
+            assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
+            log = d.log_since_start()
+            want = "DPS unreachable: the HTTPS helper tpmidd-https exited with signal 9"
+            if want not in log:
+                d.fail("no clear error about the helper's death (%r)" % want)
+            assert "while idle" not in log, "the helper's death was not seen by the request in flight"
+            # retried after a backoff (not in a hot loop), on a new helper
+            regs = wait_for(lambda: [e for e in sim.requests("register-challenge")] if len(
+                sim.requests("register-challenge")) >= 2 else None, STALL_SEC + 5, what="both DPS registrations")
+            retries = [e for e in regs if not e["fault"]]
+            assert retries, regs
+            assert retries[0]["ts"] - t_kill >= 0.45, (retries[0]["ts"] - t_kill, "no backoff before the retry")
+            assert log.count("started the HTTPS helper") >= 2, "no second helper started"
+            d.hub_token_ok()
+
+            # idle: the helper goes away, the daemon never loaded libcurl
+            wait_for(lambda: not helpers(d), IDLE_SEC + 10, what="the idle helper to exit")
+            assert children(d.proc.pid) == [], children(d.proc.pid)
+            m = maps(d.proc.pid)
+            for lib in ("libcurl", "libgnutls", "libnghttp2", "libssh2"):
+                assert lib not in m, "%s mapped in tpmidd" % lib
+
+            # the next request starts a new helper
+            seq = sim.last_seq()
+            r = d.reprovision()
+            assert r.status in (200, 204), r
+            assert sim.requests("register-challenge", since=seq), "no DPS request after the idle exit"
+            d.wait_provisioned(timeout=30)
+            # a helper that exits after its idle time with the request answered: no error logged
+            wait_for(lambda: not helpers(d), IDLE_SEC + 10, what="the idle helper to exit again")
+            assert "exited with status" not in d.log_since_start()
+
+
+@R.case
+def daemon_stop_ends_helper():
+    """SIGTERM to tpmidd while its helper runs a request: both are gone, exit 0."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        enrolled(tpm, sim)
+        sim.client.fault("register-challenge", "stall", count=1, seconds=STALL_SEC)
+        d = Daemon(tpm, sim)
+        try:
+            d.start()
+            wait_for(lambda: sim.requests("register-challenge"), 15, what="the first DPS request")
+            pids = wait_for(lambda: helpers(d), 5, what="the helper process")
+            t0 = time.time()
+            d.stop()  # asserts exit 0
+            assert time.time() - t0 < STALL_SEC - 1, "tpmidd waited for the stalled request"
+
+            def gone():
+                return all(not os.path.exists("/proc/%d" % p) or _zombie(p) for p in pids)
+            wait_for(gone, 5, what="the helper to exit with the daemon")
+        finally:
+            d.cleanup()
+
+
+def _zombie(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@R.case
+def missing_helper():
+    """TPMIDD_HTTPS_HELPER names no file: a clear error, retries, the daemon keeps serving."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        enrolled(tpm, sim)
+        missing = os.path.join(tpm.dir, "no-such-tpmidd-https")
+        with Daemon(tpm, sim, env={"TPMIDD_HTTPS_HELPER": missing}) as d:
+            want = "could not start the HTTPS helper %s" % missing
+            wait_for(lambda: d.log_since_start().count(want) >= 2, 30, what="two failed attempts")
+            p = d.prov()
+            assert p["state"] != "provisioned", p
+            assert want in (p.get("lastResult") or {}).get("message", ""), p
+            assert sim.requests() == [], "a request reached DPS without a helper?"
+            d.check_alive()
+
+
+@R.case
+def garbage_helper():
+    """A helper that answers with bytes that are no frame is stopped; the request fails, the daemon lives."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        enrolled(tpm, sim)
+        fake = os.path.join(tpm.dir, "fake-https")
+        with open(fake, "w") as f:
+            # a frame length far above HTTPS_IPC_MAX_FRAME_BYTES, then silence
+            f.write("#!/bin/sh\nprintf '\\377\\377\\377\\377garbage' >&3\nexec sleep 60\n")
+        os.chmod(fake, stat.S_IRWXU)
+        with Daemon(tpm, sim, env={"TPMIDD_HTTPS_HELPER": fake}) as d:
+            want = "the HTTPS helper tpmidd-https sent a malformed frame"
+            wait_for(lambda: d.log_since_start().count("DPS unreachable: " + want) >= 2, 40,
+                     what="two failed attempts")
+            # the bad helper was killed, not left behind
+            wait_for(lambda: len(children(d.proc.pid)) <= 1, 10, what="the fake helpers to be stopped")
+            d.check_alive()
+
+
+if __name__ == "__main__":
+    R.main()

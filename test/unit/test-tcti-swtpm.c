@@ -1,0 +1,371 @@
+/* Tests for lib/tcti-swtpm.c: the configuration parser, and the TCTI's
+ * behaviour against a scripted server on a Unix socket that answers the way
+ * swtpm does, or breaks the protocol in each way the TCTI must survive
+ * (split responses, early EOF, bad lengths, trailing bytes). The real swtpm
+ * is exercised by every integration test. */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "tcti-swtpm.h"
+
+/* ---- configuration --------------------------------------------------------- */
+
+static void test_conf(void **state) {
+        struct tcti_swtpm_conf c;
+        (void)state;
+
+        assert_int_equal(tcti_swtpm_parse_conf(NULL, &c), 0);
+        assert_false(c.unix_socket);
+        assert_string_equal(c.host, "localhost");
+        assert_int_equal(c.port, TCTI_SWTPM_DEFAULT_PORT);
+        assert_int_equal(tcti_swtpm_parse_conf("", &c), 0);
+
+        assert_int_equal(tcti_swtpm_parse_conf("path=/run/swtpm.sock", &c), 0);
+        assert_true(c.unix_socket);
+        assert_string_equal(c.path, "/run/swtpm.sock");
+
+        assert_int_equal(tcti_swtpm_parse_conf("host=127.0.0.1,port=65535", &c), 0);
+        assert_false(c.unix_socket);
+        assert_string_equal(c.host, "127.0.0.1");
+        assert_int_equal(c.port, 65535);
+        assert_int_equal(tcti_swtpm_parse_conf("port=1", &c), 0);
+        assert_int_equal(c.port, 1);
+
+        /* the last of path/host wins, as in libtss2-tcti-swtpm */
+        assert_int_equal(tcti_swtpm_parse_conf("path=/a,host=h", &c), 0);
+        assert_false(c.unix_socket);
+        assert_int_equal(tcti_swtpm_parse_conf("host=h,path=/a", &c), 0);
+        assert_true(c.unix_socket);
+
+        static const char *const bad[] = {
+                "path",        "path=",     "=x",      "port=0",   "port=65536", "port=-1", "port=12a",
+                "port=",       "port=123456", "bogus=1", "path=/a,", ",",         "path=/a,,port=1",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                c.port = 7;
+                assert_int_equal(tcti_swtpm_parse_conf(bad[i], &c), -EINVAL);
+                assert_int_equal(c.port, 7); /* untouched on error */
+        }
+
+        char longpath[200];
+        memset(longpath, 'a', sizeof(longpath));
+        memcpy(longpath, "path=/", 6);
+        longpath[sizeof(longpath) - 1] = '\0';
+        assert_int_equal(tcti_swtpm_parse_conf(longpath, &c), -EINVAL); /* > sun_path */
+
+        char *huge = malloc(TCTI_SWTPM_CONF_MAX + 2);
+        assert_non_null(huge);
+        memset(huge, 'x', TCTI_SWTPM_CONF_MAX + 1);
+        huge[TCTI_SWTPM_CONF_MAX + 1] = '\0';
+        assert_int_equal(tcti_swtpm_parse_conf(huge, &c), -EINVAL);
+        free(huge);
+}
+
+/* ---- a scripted swtpm --------------------------------------------------------- */
+
+enum mode {
+        MODE_OK,     /* the whole response at once */
+        MODE_SPLIT,  /* 4 bytes, then the rest once the test says so */
+        MODE_EOF,    /* 6 bytes, then close */
+        MODE_HUGE,   /* a header claiming 64 KiB */
+        MODE_TINY,   /* a header claiming 5 bytes */
+        MODE_EXTRA,  /* the response and 3 bytes more */
+};
+
+struct server {
+        char dir[32], path[64];
+        int listen_fd;
+        int go[2]; /* MODE_SPLIT: the test writes a byte to let the rest go */
+        pthread_t thread;
+        volatile enum mode mode;
+        unsigned commands; /* complete commands received */
+};
+
+static const uint8_t response[] = { 0x80, 0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
+                                    0x00, 0x00, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02 };
+static const uint8_t command[] = { 0x80, 0x01, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x01, 0x7b, 0x00, 0x08 };
+
+static bool read_all(int fd, uint8_t *buf, size_t n) {
+        for (size_t off = 0; off < n;) {
+                ssize_t r = read(fd, buf + off, n - off);
+                if (r <= 0)
+                        return false;
+                off += (size_t)r;
+        }
+        return true;
+}
+
+static void *server_main(void *arg) {
+        struct server *s = arg;
+        for (;;) {
+                int fd = accept(s->listen_fd, NULL, NULL);
+                if (fd < 0)
+                        return NULL; /* shut down */
+                uint8_t hdr[10], rest[64];
+                if (!read_all(fd, hdr, sizeof(hdr))) {
+                        close(fd); /* the TCTI's probe at creation */
+                        continue;
+                }
+                uint32_t size = (uint32_t)hdr[2] << 24 | (uint32_t)hdr[3] << 16 | (uint32_t)hdr[4] << 8 | hdr[5];
+                if (size < 10 || size - 10 > sizeof(rest) || !read_all(fd, rest, size - 10)) {
+                        close(fd);
+                        continue;
+                }
+                s->commands++;
+                uint8_t out[sizeof(response) + 3];
+                memcpy(out, response, sizeof(response));
+                switch (s->mode) {
+                case MODE_OK:
+                        (void)!write(fd, out, sizeof(response));
+                        break;
+                case MODE_SPLIT: {
+                        char b;
+                        (void)!write(fd, out, 4);
+                        (void)!read(s->go[0], &b, 1);
+                        (void)!write(fd, out + 4, sizeof(response) - 4);
+                        break;
+                }
+                case MODE_EOF:
+                        (void)!write(fd, out, 6);
+                        break;
+                case MODE_HUGE:
+                        out[3] = 0x01; /* 0x00010010 bytes */
+                        (void)!write(fd, out, sizeof(response));
+                        break;
+                case MODE_TINY:
+                        out[5] = 0x05;
+                        (void)!write(fd, out, sizeof(response));
+                        break;
+                case MODE_EXTRA:
+                        out[sizeof(response)] = out[sizeof(response) + 1] = out[sizeof(response) + 2] = 0x55;
+                        (void)!write(fd, out, sizeof(out));
+                        break;
+                }
+                /* swtpm keeps the connection until the client closes it */
+                while (s->mode != MODE_EOF && read(fd, hdr, 1) > 0)
+                        ;
+                close(fd);
+        }
+}
+
+static int setup(void **state) {
+        struct server *s = calloc(1, sizeof(*s));
+        assert_non_null(s);
+        snprintf(s->dir, sizeof(s->dir), "/tmp/test-tcti-XXXXXX");
+        assert_non_null(mkdtemp(s->dir));
+        snprintf(s->path, sizeof(s->path), "%s/swtpm.sock", s->dir);
+        s->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(s->listen_fd >= 0);
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        snprintf(a.sun_path, sizeof(a.sun_path), "%s", s->path);
+        assert_int_equal(bind(s->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+        assert_int_equal(listen(s->listen_fd, 8), 0);
+        assert_int_equal(pipe(s->go), 0);
+        assert_int_equal(pthread_create(&s->thread, NULL, server_main, s), 0);
+        *state = s;
+        return 0;
+}
+
+static int teardown(void **state) {
+        struct server *s = *state;
+        shutdown(s->listen_fd, SHUT_RDWR);
+        pthread_join(s->thread, NULL);
+        close(s->listen_fd);
+        close(s->go[0]);
+        close(s->go[1]);
+        unlink(s->path);
+        rmdir(s->dir);
+        free(s);
+        return 0;
+}
+
+static TSS2_TCTI_CONTEXT *open_tcti(struct server *s) {
+        char conf[160];
+        TSS2_TCTI_CONTEXT *t = NULL;
+        snprintf(conf, sizeof(conf), "path=%s", s->path);
+        assert_int_equal(tcti_swtpm_new(conf, &t), 0);
+        assert_true(tcti_swtpm_is(t));
+        return t;
+}
+
+static size_t poll_handles(TSS2_TCTI_CONTEXT *t, int *fd) {
+        TSS2_TCTI_POLL_HANDLE h[1];
+        size_t n = 1;
+        assert_int_equal(Tss2_Tcti_GetPollHandles(t, h, &n), TSS2_RC_SUCCESS);
+        if (n == 1)
+                *fd = h[0].fd;
+        return n;
+}
+
+static void test_round_trip(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        uint8_t buf[64];
+        size_t n;
+        int fd = -1;
+
+        /* nothing in flight: no handle; receive before transmit is out of sequence */
+        assert_int_equal(poll_handles(t, &fd), 0);
+        n = sizeof(buf);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_TCTI_RC_BAD_SEQUENCE);
+
+        for (int round = 0; round < 3; round++) {
+                s->mode = MODE_OK;
+                assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+                assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_TCTI_RC_BAD_SEQUENCE);
+                assert_int_equal(poll_handles(t, &fd), 1);
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                assert_int_equal(poll(&p, 1, 5000), 1);
+
+                /* size query, too small a buffer, then the response */
+                n = 0;
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, NULL, TSS2_TCTI_TIMEOUT_NONE), TSS2_RC_SUCCESS);
+                assert_int_equal(n, sizeof(response));
+                n = 8;
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE),
+                                 TSS2_TCTI_RC_INSUFFICIENT_BUFFER);
+                assert_int_equal(n, sizeof(response));
+                n = sizeof(buf);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE), TSS2_RC_SUCCESS);
+                assert_int_equal(n, sizeof(response));
+                assert_memory_equal(buf, response, sizeof(response));
+                assert_int_equal(poll_handles(t, &fd), 0); /* the connection is closed */
+        }
+        assert_int_equal(s->commands, 3);
+
+        /* a blocking receive */
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+        n = sizeof(buf);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_memory_equal(buf, response, sizeof(response));
+        tcti_swtpm_free(t);
+}
+
+static void test_split_response(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        uint8_t buf[64];
+        size_t n = sizeof(buf);
+        int fd = -1;
+
+        s->mode = MODE_SPLIT;
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+        assert_int_equal(poll_handles(t, &fd), 1);
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        assert_int_equal(poll(&p, 1, 5000), 1); /* the first 4 bytes */
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE), TSS2_TCTI_RC_TRY_AGAIN);
+        n = sizeof(buf);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, 10), TSS2_TCTI_RC_TRY_AGAIN); /* 10 ms, nothing new */
+        assert_int_equal(write(s->go[1], "g", 1), 1);
+        n = sizeof(buf);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_int_equal(n, sizeof(response));
+        assert_memory_equal(buf, response, sizeof(response));
+        tcti_swtpm_free(t);
+}
+
+/* Each broken response fails the command and leaves the TCTI usable. */
+static void test_broken_responses(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        static const struct {
+                enum mode mode;
+                TSS2_RC rc;
+        } cases[] = {
+                { MODE_EOF, TSS2_TCTI_RC_IO_ERROR },
+                { MODE_HUGE, TSS2_TCTI_RC_MALFORMED_RESPONSE },
+                { MODE_TINY, TSS2_TCTI_RC_MALFORMED_RESPONSE },
+                { MODE_EXTRA, TSS2_TCTI_RC_MALFORMED_RESPONSE },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                uint8_t buf[64];
+                size_t n = sizeof(buf);
+                int fd = -1;
+                s->mode = cases[i].mode;
+                assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+                TSS2_RC rc;
+                do /* a blocking receive could return before the trailing bytes are in */
+                        rc = Tss2_Tcti_Receive(t, &n, buf, 200);
+                while (rc == TSS2_TCTI_RC_TRY_AGAIN);
+                if (cases[i].mode == MODE_EXTRA && rc == TSS2_RC_SUCCESS) {
+                        /* all 19 bytes did not arrive in one read: then the
+                         * response itself was complete and is good */
+                        assert_memory_equal(buf, response, sizeof(response));
+                } else {
+                        assert_int_equal(rc, cases[i].rc);
+                }
+                assert_int_equal(poll_handles(t, &fd), 0);
+
+                s->mode = MODE_OK;
+                n = sizeof(buf);
+                assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+                assert_memory_equal(buf, response, sizeof(response));
+        }
+        tcti_swtpm_free(t);
+}
+
+static void test_bad_calls(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        uint8_t cmd[sizeof(command)];
+        memcpy(cmd, command, sizeof(cmd));
+
+        /* header size and buffer size disagree; too short; too long */
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(cmd) - 1, cmd), TSS2_TCTI_RC_BAD_VALUE);
+        assert_int_equal(Tss2_Tcti_Transmit(t, 9, cmd), TSS2_TCTI_RC_BAD_VALUE);
+        uint8_t *big = calloc(1, TCTI_SWTPM_MAX_MESSAGE + 1);
+        assert_non_null(big);
+        big[4] = 0x10;
+        big[5] = 0x01; /* 4097 */
+        assert_int_equal(Tss2_Tcti_Transmit(t, TCTI_SWTPM_MAX_MESSAGE + 1, big), TSS2_TCTI_RC_BAD_VALUE);
+        free(big);
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(cmd), NULL), TSS2_TCTI_RC_BAD_REFERENCE);
+        size_t n = 0;
+        assert_int_equal(Tss2_Tcti_Receive(t, NULL, NULL, 0), TSS2_TCTI_RC_BAD_REFERENCE);
+        assert_int_equal(Tss2_Tcti_GetPollHandles(t, NULL, NULL), TSS2_TCTI_RC_BAD_REFERENCE);
+        assert_int_equal(Tss2_Tcti_GetPollHandles(t, NULL, &n), TSS2_RC_SUCCESS);
+        assert_int_equal(n, 0);
+        assert_int_equal(Tss2_Tcti_SetLocality(t, 0), TSS2_RC_SUCCESS);
+        assert_int_equal(Tss2_Tcti_SetLocality(t, 3), TSS2_TCTI_RC_NOT_IMPLEMENTED);
+        assert_int_equal(Tss2_Tcti_Cancel(t), TSS2_TCTI_RC_NOT_IMPLEMENTED);
+        assert_int_equal(s->commands, 0);
+        tcti_swtpm_free(t);
+        assert_null(tcti_swtpm_free(NULL));
+}
+
+static void test_not_running(void **state) {
+        (void)state;
+        TSS2_TCTI_CONTEXT *t = NULL;
+        char dir[] = "/tmp/test-tcti-XXXXXX", conf[96];
+        assert_non_null(mkdtemp(dir));
+        snprintf(conf, sizeof(conf), "path=%s/none.sock", dir);
+        assert_int_equal(tcti_swtpm_new(conf, &t), -ENOENT);
+        assert_null(t);
+        assert_int_equal(tcti_swtpm_new("port=0", &t), -EINVAL);
+        rmdir(dir);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_conf),
+                cmocka_unit_test(test_not_running),
+                cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_split_response, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_broken_responses, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_bad_calls, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
