@@ -270,6 +270,27 @@ def signs_on_loop_keep_order():
 
 
 @R.case
+def key_evicted_behind_the_loop():
+    """The loop's asynchronous HMAC meets a key someone evicted: a clear
+    error, and the next import and signature work again."""
+    with harness.Swtpm() as tpm, Daemon(tpm) as d, Client(d.sock) as c:
+        ek, srk = c.keys()
+        blob, key = authblob.make_auth_blob(ek, srk)
+        assert c.import_key(blob)[0] == 200
+        assert c.sign(b"a") == (200, hmac_sha256(key, b"a"))  # the handle is known: next one runs on the loop
+        tpm.tool("tpm2_evictcontrol", "-C", "o", "-c", "0x81000100")
+        st, body = c.sign(b"b")
+        assert st == 500 and "no authentication key" in message(body) and "0x81000100" in message(body), (st, body)
+        st, body = c.sign(b"b")  # the handle was forgotten: the thread looks it up, and does not find it
+        assert st == 500 and "no authentication key" in message(body), (st, body)
+        blob, key = authblob.make_auth_blob(ek, srk)
+        assert c.import_key(blob)[0] == 200
+        assert c.sign(b"c") == (200, hmac_sha256(key, b"c"))
+        assert c.sign(b"d") == (200, hmac_sha256(key, b"d"))
+        assert_tpm_clean(tpm)
+
+
+@R.case
 def keys_served_while_tpm_busy():
     """get_tpm_keys needs no TPM round trip: it overtakes a running import."""
     with harness.Swtpm() as tpm, Daemon(tpm) as d, Client(d.sock) as c, Client(d.sock) as k:
