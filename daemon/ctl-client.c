@@ -27,16 +27,10 @@ struct resp_state {
         bool too_big;
 };
 
-static int64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Wait for fd to become ready for events until deadline. Returns 0 or -ETIMEDOUT/-errno. */
 static int wait_fd(int fd, short events, int64_t deadline) {
         for (;;) {
-                int64_t left = deadline - now_ms();
+                int64_t left = deadline - now_monotonic_ms();
                 if (left <= 0)
                         return -ETIMEDOUT;
                 struct pollfd p = { .fd = fd, .events = events };
@@ -98,7 +92,7 @@ static int write_all(int fd, const char *buf, size_t len, int64_t deadline) {
 
 int ctl_client_request(const char *socket_path, const char *method, const char *target, const char *json_body,
                        int timeout_ms, struct ctl_response *ret) {
-        int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : CTL_CLIENT_TIMEOUT_MS);
+        int64_t deadline = now_monotonic_ms() + (timeout_ms > 0 ? timeout_ms : CTL_CLIENT_TIMEOUT_MS);
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         if (strlen(socket_path) >= sizeof sa.sun_path)
                 return -ENAMETOOLONG;

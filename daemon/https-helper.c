@@ -72,12 +72,6 @@ struct helper {
         uint64_t idle_ms;
 };
 
-static uint64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void xfer_free(struct helper *h, struct xfer *x) {
         if (!x)
                 return;
@@ -104,7 +98,7 @@ static void xfer_unlink(struct helper *h, struct xfer *x) {
                         *p = x->next;
                         h->n_xfers--;
                         if (h->n_xfers == 0)
-                                h->idle_since_ms = now_ms();
+                                h->idle_since_ms = (uint64_t)now_monotonic_ms();
                         return;
                 }
 }
@@ -408,7 +402,7 @@ static int handle_msg(struct helper *h, const struct https_ipc_msg *m) {
                                           (unsigned long long)m->request.id);
                                 return -EBADMSG;
                         }
-                h->idle_since_ms = now_ms();
+                h->idle_since_ms = (uint64_t)now_monotonic_ms();
                 if (h->n_xfers >= HTTPS_IPC_MAX_INFLIGHT)
                         r = -EAGAIN; /* the daemon keeps to the same limit; answer, do not die */
                 else
@@ -548,13 +542,13 @@ int main(int argc, char **argv) {
                 return 1;
         }
         h.idle_ms = idle_ms_from_env();
-        h.idle_since_ms = now_ms();
+        h.idle_since_ms = (uint64_t)now_monotonic_ms();
         int rc = 0;
         for (;;) {
                 struct curl_waitfd wfd = {.fd = h.fd, .events = CURL_WAIT_POLLIN | (h.out_len ? CURL_WAIT_POLLOUT : 0)};
                 int timeout = HTTPS_HELPER_POLL_MS;
                 if (h.n_xfers == 0 && h.out_len == 0) {
-                        uint64_t now = now_ms(), deadline = h.idle_since_ms + h.idle_ms;
+                        uint64_t now = (uint64_t)now_monotonic_ms(), deadline = h.idle_since_ms + h.idle_ms;
                         if (now >= deadline) {
                                 log_debug("no request for %llu s, exiting", (unsigned long long)(h.idle_ms / 1000u));
                                 break;

@@ -2,6 +2,7 @@
  * worker thread (slow jobs) or keeps it on the loop for one asynchronous
  * HMAC at a time (the hot path). See tpm-worker.h. */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -234,6 +235,18 @@ static void unwatch(struct tpm_worker *w, int fd) {
                 (void)epoll_ctl(w->tpm_epoll, EPOLL_CTL_DEL, fd, NULL);
 }
 
+/* The last resort when fd cannot be watched (epoll_ctl failed): wait for
+ * the response right here, sleeping in poll() rather than spinning on
+ * TRY_AGAIN, so the ESYS context is ready for the next command. */
+static int finish_blocking(struct tpm_worker *w, struct tpm_job *job, int fd) {
+        int r;
+        while ((r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err)) == -EINPROGRESS) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                (void)poll(&p, 1, -1);
+        }
+        return r;
+}
+
 /* The signature in flight is over (r = its result): free the TPM, start the
  * next job first (so the TPM is busy again at once), then answer. */
 static void loop_job_done(struct tpm_worker *w, int r) {
@@ -265,10 +278,7 @@ static void loop_job_poll(struct tpm_worker *w) {
                 r = wait_readable(w, fd);
                 if (r >= 0)
                         return;
-                /* Cannot wait without blocking: finish the blocking way. */
-                do
-                        r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err);
-                while (r == -EINPROGRESS);
+                r = finish_blocking(w, job, fd);
         }
         /* Our set holds nothing but this descriptor, so even if the TCTI
          * closed it and the number is reused, this cannot hit another. */
@@ -301,9 +311,7 @@ static int start_on_loop(struct tpm_worker *w, struct tpm_job *job) {
         r = wait_readable(w, fd);
         if (r < 0) {
                 w->loop_fd = -1;
-                do
-                        r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err);
-                while (r == -EINPROGRESS);
+                r = finish_blocking(w, job, fd);
                 w->loop_job = NULL;
                 w->owner = OWNER_NONE;
                 job->r = r;
