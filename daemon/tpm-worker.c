@@ -237,7 +237,7 @@ static void unwatch(struct tpm_worker *w, int fd) {
 
 /* The last resort when fd cannot be watched (epoll_ctl failed): wait for
  * the response right here, sleeping in poll() rather than spinning on
- * TRY_AGAIN, so the ESYS context is ready for the next command. */
+ * TRY_AGAIN, so the SAPI context is ready for the next command. */
 static int finish_blocking(struct tpm_worker *w, struct tpm_job *job, int fd) {
         int r;
         while ((r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err)) == -EINPROGRESS) {
@@ -272,7 +272,7 @@ static void loop_job_poll(struct tpm_worker *w) {
         if (r == -EINPROGRESS) {
                 if (fd == w->loop_fd)
                         return; /* still watched */
-                /* ESYS resubmitted the command on a new connection. */
+                /* The command was sent again (TPM_RC_RETRY) on a new connection. */
                 unwatch(w, w->loop_fd);
                 w->loop_fd = fd;
                 r = wait_readable(w, fd);
@@ -503,7 +503,7 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
 
         pthread_attr_t attr;
         pthread_attr_init(&attr);
-        /* A small stack keeps the daemon's footprint small; ESAPI and the
+        /* A small stack keeps the daemon's footprint small; SAPI and the
          * marshalling code use far less than this. */
         pthread_attr_setstacksize(&attr, TPM_WORKER_STACK_BYTES);
         r = -pthread_create(&w->thread, &attr, worker_main, w);

@@ -10,7 +10,7 @@
  *    through one uv_async_t; or
  *  - for a signature of at most TPM_HMAC_CHUNK bytes with a known key, when
  *    the TCTI can wait without blocking: to the loop itself, as one
- *    asynchronous ESAPI command whose response is awaited with a uv_poll_t.
+ *    asynchronous SAPI command whose response is awaited with a uv_poll_t.
  *    This is the hot path of both sockets, and it costs no thread hand-over:
  *    the request is read, signed and answered by the same thread.
  * The TPM is used by exactly one of the two at any time (the loop decides,
@@ -27,7 +27,7 @@
 
 #include "tpm.h"
 
-#define TPM_WORKER_STACK_BYTES (256u * 1024) /* bytes of the worker thread's stack (ESAPI needs < 64 KiB) */
+#define TPM_WORKER_STACK_BYTES (256u * 1024) /* bytes of the worker thread's stack (SAPI needs < 64 KiB) */
 
 enum tpm_job_kind {
         TPM_JOB_START,  /* open the TPM if closed, ensure EK/SRK, read their publics into keys_out */

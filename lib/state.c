@@ -4,27 +4,24 @@
 #include <errno.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "b64.h"
+#include "sha256.h"
 #include "util.h"
 
 #define TRAILER_PREFIX "sha256:"
 #define TRAILER_LEN (sizeof(TRAILER_PREFIX) - 1 + 2 * STATE_DIGEST_LEN + 1) /* "sha256:" hex "\n" */
 #define CONFIG_DIGEST_TAG "tpmid-config-v1\n" /* changes the digest if the rendering ever changes */
 
-static int sha256(const void *a, size_t alen, const void *b, size_t blen, uint8_t out[STATE_DIGEST_LEN]) {
-        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-        unsigned n = 0;
-        int ok;
+_Static_assert(STATE_DIGEST_LEN == SHA256_DIGEST_LEN, "state digests are SHA-256");
 
-        if (!ctx)
-                return -ENOMEM;
-        ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) && EVP_DigestUpdate(ctx, a, alen) &&
-             (blen == 0 || EVP_DigestUpdate(ctx, b, blen)) && EVP_DigestFinal_ex(ctx, out, &n) &&
-             n == STATE_DIGEST_LEN;
-        EVP_MD_CTX_free(ctx);
-        return ok ? 0 : -EIO;
+/* SHA-256 of a followed by b (b may be NULL when blen is 0). */
+static void digest2(const void *a, size_t alen, const void *b, size_t blen, uint8_t out[STATE_DIGEST_LEN]) {
+        struct sha256 ctx;
+
+        sha256_init(&ctx);
+        sha256_update(&ctx, a, alen);
+        sha256_update(&ctx, b, blen);
+        sha256_final(&ctx, out);
 }
 
 static bool substatus_is_valid(const char *s) {
@@ -50,7 +47,6 @@ int state_format(const struct tpmid_state *st, char **ret, size_t *ret_len) {
         uint8_t dig[STATE_DIGEST_LEN];
         size_t blen;
         char *out;
-        int r;
 
         if (!st || !ret || !ret_len)
                 return -EINVAL;
@@ -76,11 +72,7 @@ int state_format(const struct tpmid_state *st, char **ret, size_t *ret_len) {
                 return -ENOMEM;
         memcpy(out, body, blen);
         out[blen] = '\n';
-        r = sha256(out, blen + 1, NULL, 0, dig);
-        if (r < 0) {
-                free(out);
-                return r;
-        }
+        digest2(out, blen + 1, NULL, 0, dig);
         dig_hex = hex_encode(dig, STATE_DIGEST_LEN);
         if (!dig_hex) {
                 free(out);
@@ -120,7 +112,6 @@ int state_parse(const uint8_t *buf, size_t len, struct tpmid_state *out) {
         const char *hub, *dev, *reg, *scope, *ekd, *sub, *cfg;
         json_int_t version, assigned;
         size_t blen;
-        int r;
 
         if (!buf || !out)
                 return -EINVAL;
@@ -136,9 +127,7 @@ int state_parse(const uint8_t *buf, size_t len, struct tpmid_state *out) {
         /* the body is one line */
         if (memchr(buf, '\n', blen - 1))
                 return -EBADMSG;
-        r = sha256(buf, blen, NULL, 0, dig);
-        if (r < 0)
-                return r;
+        digest2(buf, blen, NULL, 0, dig);
         dig_hex = hex_encode(dig, STATE_DIGEST_LEN);
         if (!dig_hex)
                 return -ENOMEM;
@@ -200,7 +189,8 @@ int state_load(const char *path, struct tpmid_state *out) {
 int state_ek_digest(const uint8_t *ek_pub, size_t len, uint8_t out[STATE_DIGEST_LEN]) {
         if (!ek_pub || len == 0 || !out)
                 return -EINVAL;
-        return sha256(ek_pub, len, NULL, 0, out);
+        digest2(ek_pub, len, NULL, 0, out);
+        return 0;
 }
 
 int state_config_digest(const struct state_config_input *in, uint8_t out[STATE_DIGEST_LEN]) {
@@ -217,7 +207,8 @@ int state_config_digest(const struct state_config_input *in, uint8_t out[STATE_D
         s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
         if (!s)
                 return -ENOMEM;
-        return sha256(CONFIG_DIGEST_TAG, strlen(CONFIG_DIGEST_TAG), s, strlen(s), out);
+        digest2(CONFIG_DIGEST_TAG, strlen(CONFIG_DIGEST_TAG), s, strlen(s), out);
+        return 0;
 }
 
 enum state_match state_check(const struct tpmid_state *st, const uint8_t ek_digest[STATE_DIGEST_LEN],

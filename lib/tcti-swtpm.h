@@ -4,7 +4,7 @@
  * Why not libtss2-tcti-swtpm: in tss2 3.2.1 its receive() blocks whatever the
  * timeout and it has no poll handles, so a command on it can only run on a
  * thread that may block. The daemon runs short commands (HMAC) from its
- * event loop through ESAPI's _Async/_Finish calls, which needs a TCTI whose
+ * event loop through SAPI's ExecuteAsync/ExecuteFinish calls, which needs a TCTI whose
  * receive() honours timeout 0 (TSS2_TCTI_RC_TRY_AGAIN) and that hands out
  * the descriptor to poll, like the device TCTI does for /dev/tpmrm0. The
  * wire protocol is the one libtss2-tcti-swtpm speaks: one connection per

@@ -1,4 +1,14 @@
-/* The TPM adapter: the only file that includes tss2_esys.h.
+/* The TPM adapter: the only file that talks to the TPM.
+ *
+ * It speaks SAPI (libtss2-sys) over a TCTI, not ESAPI. Everything tpmidd
+ * sends is authorised with a password (hierarchies, the auth key) or an
+ * unsalted policy session whose only job is PolicySecret(endorsement): no
+ * command or response HMAC, no parameter encryption, so there is nothing
+ * for ESAPI's session bookkeeping to do. What ESAPI would add is libcrypto:
+ * initialising OpenSSL 3 costs ~3 MiB of resident memory and most of the
+ * CPU of a short command, in a daemon that is idle almost all of its life
+ * (the numbers are in HACKING.md). The one hash we need, the registration
+ * id, is lib/sha256.c.
  *
  * Every TSS2_RC is converted exactly once, by tpm_error_from_rc() (or a
  * step-specific refinement right next to the call), into a negative errno
@@ -7,21 +17,21 @@
  * connection has only 3 object slots and no resource manager to clean up
  * after us.
  *
- * Hot path: tpm_sign() is one TPM2_HMAC with a password session (no HMAC or
- * salted session: those cost ~2 ms of CPU each) on a cached ESYS_TR. */
+ * Hot path: tpm_sign() is one TPM2_HMAC with a password session on the
+ * persistent handle (no HMAC or salted session: those cost ~2 ms of CPU
+ * each). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-#include <tss2/tss2_esys.h>
 #include <tss2/tss2_sys.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
@@ -29,6 +39,7 @@
 
 #include "authblob.h"
 #include "b64.h"
+#include "sha256.h"
 #include "tcti-swtpm.h"
 #include "tpm.h"
 #include "util.h"
@@ -50,23 +61,35 @@ static const uint8_t ek_policy[32] = {
         0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa,
 };
 
+/* How often a command the TPM answered with TPM_RC_RETRY, _YIELDED or
+ * _TESTING is sent again before the error goes to the caller (the count
+ * ESAPI uses). */
+#define TPM_SUBMIT_MAX 5
+
+/* No handle: transient objects (0x80..), sessions (0x02.., 0x03..) and
+ * persistent objects (0x81..) are never 0. */
+#define TPM_NO_HANDLE 0u
+
 struct tpm {
         TSS2_TCTI_CONTEXT *tcti;
-        ESYS_CONTEXT *esys;
+        TSS2_SYS_CONTEXT *sys;
         char tcti_conf[256];
+        TPM2B_AUTH endorsement_auth, owner_auth; /* hierarchy passwords, wiped at close */
         uint32_t auth_key_handle;
-        ESYS_TR ek, srk, key; /* cached persistent-object handles, ESYS_TR_NONE until resolved */
+        bool key_known; /* an object was seen at auth_key_handle (no lookup before a signature) */
         /* A second auth key slot (e.g. the DPS challenge key that is staged
-         * while the serving key keeps working), resolved on demand. */
+         * while the serving key keeps working), looked up on demand. */
         uint32_t alt_handle;
-        ESYS_TR alt_key;
+        bool alt_known;
         bool keys_cached;
         struct tpm_public ek_pub, srk_pub;
         uint16_t nv_buffer_max;
         unsigned leftovers_flushed;
-        bool can_async;         /* the TCTI has poll handles and honours receive timeouts */
-        uint32_t async_handle;  /* the key of the HMAC in flight (tpm_sign_async_start), else 0 */
+        bool can_async;        /* the TCTI has poll handles and honours receive timeouts */
+        uint32_t async_handle; /* the key of the HMAC in flight (tpm_sign_async_start), else 0 */
+        unsigned async_submits;
 };
+
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -155,7 +178,8 @@ int tpm_error_from_rc(uint32_t rc, const char *step, struct tpm_error *err) {
         default:
                 break;
         }
-        if (layer == TSS2_ESAPI_RC_LAYER && (rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_MEMORY)
+        if (layer != TSS2_TPM_RC_LAYER && layer != TSS2_RESMGR_TPM_RC_LAYER &&
+            (rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_MEMORY)
                 return seterr(err, -ENOMEM, rc, step, "%s failed: out of memory (0x%x %s)", step, rc, dec);
         return seterr(err, -EIO, rc, step, "%s failed with 0x%x (%s)", step, rc, dec);
 }
@@ -269,40 +293,57 @@ static int explain_tcti_failure(const char *conf, uint32_t rc, struct tpm_error 
 
 /* The password bytes as given, no terminating NUL (aziot-tpmd sends one;
  * the TPM strips trailing zeros, so both forms authorise the same). */
-static int set_hierarchy_auth(ESYS_CONTEXT *esys, ESYS_TR h, const char *pw, const char *what,
-                              struct tpm_error *err) {
-        TPM2B_AUTH a = { 0 };
+static int set_hierarchy_auth(TPM2B_AUTH *a, const char *pw, const char *what, struct tpm_error *err) {
         size_t n = pw ? strlen(pw) : 0;
 
         if (n > TPM_PASSWORD_MAX)
-                return seterr(err, -EINVAL, 0, "Esys_TR_SetAuth",
+                return seterr(err, -EINVAL, 0, "tpm_open",
                               "the %s hierarchy password is longer than %d bytes, more than a TPM accepts; check %s "
                               "in [tpm.hierarchy_authorization]",
                               what, TPM_PASSWORD_MAX, what);
-        a.size = (UINT16)n;
-        memcpy(a.buffer, pw ? pw : "", n);
-        TSS2_RC rc = Esys_TR_SetAuth(esys, h, &a);
-        explicit_zero(&a, sizeof(a));
-        if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, "Esys_TR_SetAuth", err);
+        a->size = (UINT16)n;
+        memcpy(a->buffer, pw ? pw : "", n);
         return 0;
 }
 
+/* A password session with the given password (NULL: empty) for the
+ * command's one authorised handle. Callers wipe it when the password is a
+ * hierarchy's. */
+static void password_auth(TSS2L_SYS_AUTH_COMMAND *a, const TPM2B_AUTH *pw) {
+        *a = (TSS2L_SYS_AUTH_COMMAND){ .count = 1 };
+        a->auths[0].sessionHandle = TPM2_RS_PW;
+        if (pw)
+                a->auths[0].hmac = *pw;
+}
+
+static bool rc_retryable(TSS2_RC rc) {
+        uint32_t base = tpm_rc_base(rc);
+        return base == TPM2_RC_RETRY || base == TPM2_RC_YIELDED || base == TPM2_RC_TESTING;
+}
+
+/* Run a SAPI one-call function, sending it again while the TPM asks for
+ * that (SAPI restores the command after a TPM error; ESAPI used to do this
+ * for us). */
+#define SYS_CALL(expr)                                                  \
+        __extension__({                                                 \
+                TSS2_RC rc_;                                            \
+                unsigned n_ = 0;                                        \
+                do                                                      \
+                        rc_ = (expr);                                   \
+                while (rc_retryable(rc_) && ++n_ < TPM_SUBMIT_MAX);     \
+                rc_;                                                    \
+        })
+
 /* One fixed property; used for the liveness probe and NV_BUFFER_MAX. */
 static int get_fixed_property(struct tpm *t, TPM2_PT prop, uint32_t *ret, const char *step, struct tpm_error *err) {
-        TPMS_CAPABILITY_DATA *cd = NULL;
-        TSS2_RC rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
-                                        prop, 1, NULL, &cd);
+        TPMS_CAPABILITY_DATA cd = { 0 };
+        TPMI_YES_NO more = TPM2_NO;
+        TSS2_RC rc = SYS_CALL(Tss2_Sys_GetCapability(t->sys, NULL, TPM2_CAP_TPM_PROPERTIES, prop, 1, &more, &cd, NULL));
         if (rc != TSS2_RC_SUCCESS)
                 return tpm_error_from_rc(rc, step, err);
-        int r = -ENOENT;
-        if (cd->data.tpmProperties.count >= 1 && cd->data.tpmProperties.tpmProperty[0].property == prop) {
-                *ret = cd->data.tpmProperties.tpmProperty[0].value;
-                r = 0;
-        }
-        Esys_Free(cd);
-        if (r < 0)
-                return seterr(err, r, 0, step, "the TPM does not report property 0x%x", prop);
+        if (cd.data.tpmProperties.count < 1 || cd.data.tpmProperties.tpmProperty[0].property != prop)
+                return seterr(err, -ENOENT, 0, step, "the TPM does not report property 0x%x", prop);
+        *ret = cd.data.tpmProperties.tpmProperty[0].value;
         return 0;
 }
 
@@ -317,29 +358,24 @@ static bool tcti_has_resource_manager(const char *conf) {
 /* Flush transient objects and loaded sessions in the TPM. Only the daemon,
  * which owns the TPM, does this at start: after a crash (kill -9 during an
  * import) a TPM without a resource manager keeps the dead run's policy
- * session and objects, and a few such crashes exhaust its slots. ESAPI has
- * no handle for these objects, so the flush goes through SAPI. */
+ * session and objects, and a few such crashes exhaust its slots. */
 static void flush_leftovers(struct tpm *t) {
         /* The handle-range starts (TPM2_TRANSIENT_FIRST, ...) written out:
          * tss2's macros shift a signed 0x80 into the sign bit (UB). */
         static const TPM2_HANDLE ranges[] = { 0x80000000u, 0x02000000u, 0x03000000u };
-        TSS2_SYS_CONTEXT *sys = NULL;
-        if (Esys_GetSysContext(t->esys, &sys) != TSS2_RC_SUCCESS || !sys)
-                return;
         for (size_t i = 0; i < ELEMENTSOF(ranges); i++) {
-                TPMS_CAPABILITY_DATA *cd = NULL;
+                TPMS_CAPABILITY_DATA cd = { 0 };
                 TPMI_YES_NO more = TPM2_NO;
-                if (Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES, ranges[i],
-                                       TPM_LEFTOVER_SCAN_MAX, &more, &cd) != TSS2_RC_SUCCESS)
+                if (SYS_CALL(Tss2_Sys_GetCapability(t->sys, NULL, TPM2_CAP_HANDLES, ranges[i], TPM_LEFTOVER_SCAN_MAX,
+                                                    &more, &cd, NULL)) != TSS2_RC_SUCCESS)
                         continue; /* best effort: a TPM that cannot list handles has nothing we could flush */
-                for (UINT32 k = 0; k < cd->data.handles.count; k++) {
-                        TPM2_HANDLE h = cd->data.handles.handle[k];
+                for (UINT32 k = 0; k < cd.data.handles.count && k < TPM2_MAX_CAP_HANDLES; k++) {
+                        TPM2_HANDLE h = cd.data.handles.handle[k];
                         if ((h >> 24) != (ranges[i] >> 24)) /* the handle type byte */
                                 continue;
-                        if (Tss2_Sys_FlushContext(sys, h) == TSS2_RC_SUCCESS)
+                        if (Tss2_Sys_FlushContext(t->sys, h) == TSS2_RC_SUCCESS)
                                 t->leftovers_flushed++;
                 }
-                Esys_Free(cd);
         }
 }
 
@@ -350,6 +386,7 @@ unsigned tpm_leftovers_flushed(const struct tpm *t) {
 int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error *err) {
         const char *conf = opts && opts->tcti && *opts->tcti ? opts->tcti : TPM_DEFAULT_TCTI;
         uint32_t index = opts ? opts->auth_key_index : TPM_AUTH_KEY_INDEX_DEFAULT;
+        TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
         struct tpm *t;
         TSS2_RC rc;
         int r;
@@ -367,7 +404,12 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
                 return seterr(err, -ENOMEM, 0, "tpm_open", "out of memory");
         snprintf(t->tcti_conf, sizeof(t->tcti_conf), "%s", conf);
         t->auth_key_handle = TPM_AUTH_KEY_BASE + index;
-        t->ek = t->srk = t->key = t->alt_key = ESYS_TR_NONE;
+        r = set_hierarchy_auth(&t->endorsement_auth, opts ? opts->endorsement_auth : NULL, "endorsement", err);
+        if (r < 0)
+                goto fail;
+        r = set_hierarchy_auth(&t->owner_auth, opts ? opts->owner_auth : NULL, "owner", err);
+        if (r < 0)
+                goto fail;
 
         /* Never pass NULL here: the loader would then try its default list,
          * including a simulator on localhost, and could silently talk to a
@@ -390,24 +432,25 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
                         goto fail;
                 }
         }
-        rc = Esys_Initialize(&t->esys, t->tcti, NULL);
-        if (rc != TSS2_RC_SUCCESS) {
-                t->esys = NULL;
-                r = tpm_error_from_rc(rc, "Esys_Initialize", err);
+        /* 0: room for TPM2_MAX_COMMAND_SIZE, which every command we send fits. */
+        size_t sz = Tss2_Sys_GetContextSize(0);
+        t->sys = calloc(1, sz);
+        if (!t->sys) {
+                r = seterr(err, -ENOMEM, 0, "tpm_open", "out of memory");
                 goto fail;
         }
-        r = set_hierarchy_auth(t->esys, ESYS_TR_RH_ENDORSEMENT, opts ? opts->endorsement_auth : NULL, "endorsement",
-                               err);
-        if (r < 0)
+        rc = Tss2_Sys_Initialize(t->sys, sz, t->tcti, &abi);
+        if (rc != TSS2_RC_SUCCESS) {
+                free(t->sys);
+                t->sys = NULL;
+                r = tpm_error_from_rc(rc, "Tss2_Sys_Initialize", err);
                 goto fail;
-        r = set_hierarchy_auth(t->esys, ESYS_TR_RH_OWNER, opts ? opts->owner_auth : NULL, "owner", err);
-        if (r < 0)
-                goto fail;
+        }
 
         /* The swtpm TCTI connects per command, so "not running" shows up only
          * at the first command: probe now so tpm_open() reports it. */
         uint32_t v = 0;
-        r = get_fixed_property(t, TPM2_PT_NV_BUFFER_MAX, &v, "Esys_GetCapability(NV_BUFFER_MAX)", err);
+        r = get_fixed_property(t, TPM2_PT_NV_BUFFER_MAX, &v, "TPM2_GetCapability(NV_BUFFER_MAX)", err);
         if (r < 0) {
                 if (err && (err->rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER)
                         r = explain_tcti_failure(t->tcti_conf, err->rc, err);
@@ -433,21 +476,20 @@ fail:
 struct tpm *tpm_close(struct tpm *t) {
         if (!t)
                 return NULL;
-        if (t->esys) {
-                /* Esys_TR_Close only drops ESYS metadata; persistent objects stay. */
-                ESYS_TR *trs[] = { &t->ek, &t->srk, &t->key, &t->alt_key };
-                for (size_t i = 0; i < ELEMENTSOF(trs); i++)
-                        if (*trs[i] != ESYS_TR_NONE)
-                                (void)Esys_TR_Close(t->esys, trs[i]);
-                Esys_Finalize(&t->esys);
+        if (t->sys) {
+                Tss2_Sys_Finalize(t->sys);
+                free(t->sys);
         }
         if (tcti_swtpm_is(t->tcti))
                 t->tcti = tcti_swtpm_free(t->tcti);
         else if (t->tcti)
                 Tss2_TctiLdr_Finalize(&t->tcti);
+        explicit_zero(&t->endorsement_auth, sizeof(t->endorsement_auth));
+        explicit_zero(&t->owner_auth, sizeof(t->owner_auth));
         free(t);
         return NULL;
 }
+
 
 /* ---- pure helpers ------------------------------------------------------ */
 
@@ -557,59 +599,49 @@ int tpm_public_check_storage_key(const uint8_t *pub, size_t len, bool want_user_
 }
 
 char *tpm_registration_id(const uint8_t *ek_pub, size_t len) {
-        uint8_t md[32];
-        unsigned mdlen = 0;
-        if (!ek_pub || EVP_Digest(ek_pub, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != sizeof(md))
+        uint8_t md[SHA256_DIGEST_LEN];
+        if (!ek_pub)
                 return NULL;
+        sha256(ek_pub, len, md);
         return hex_encode(md, sizeof(md));
 }
 
 char *tpm_registration_id_base32(const uint8_t *ek_pub, size_t len) {
-        uint8_t md[32];
-        unsigned mdlen = 0;
-        if (!ek_pub || EVP_Digest(ek_pub, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != sizeof(md))
+        uint8_t md[SHA256_DIGEST_LEN];
+        if (!ek_pub)
                 return NULL;
+        sha256(ek_pub, len, md);
         return b32_encode_lower_nopad(md, sizeof(md));
 }
 
 /* ---- flushing ---------------------------------------------------------- */
 
-/* Flush a transient object, sequence or session; *h becomes ESYS_TR_NONE.
+/* Flush a transient object, sequence or session; *h becomes TPM_NO_HANDLE.
  * On a path that already failed, a flush failure must not hide the first
  * error: r < 0 is returned unchanged then. */
-static int flush(struct tpm *t, ESYS_TR *h, const char *step, int r, struct tpm_error *err) {
-        if (*h == ESYS_TR_NONE)
+static int flush(struct tpm *t, TPM2_HANDLE *h, const char *step, int r, struct tpm_error *err) {
+        if (*h == TPM_NO_HANDLE)
                 return r;
-        TSS2_RC rc = Esys_FlushContext(t->esys, *h);
-        if (rc != TSS2_RC_SUCCESS) {
-                /* ESYS keeps its node on failure; drop it so we do not reuse it. */
-                (void)Esys_TR_Close(t->esys, h);
-                *h = ESYS_TR_NONE;
-                if (r >= 0)
-                        return tpm_error_from_rc(rc, step, err);
-                return r;
-        }
-        *h = ESYS_TR_NONE;
+        TSS2_RC rc = SYS_CALL(Tss2_Sys_FlushContext(t->sys, *h));
+        *h = TPM_NO_HANDLE;
+        if (rc != TSS2_RC_SUCCESS && r >= 0)
+                return tpm_error_from_rc(rc, step, err);
         return r;
-}
-
-static void tr_close(struct tpm *t, ESYS_TR *h) {
-        if (*h != ESYS_TR_NONE)
-                (void)Esys_TR_Close(t->esys, h);
-        *h = ESYS_TR_NONE;
 }
 
 /* ---- EK / SRK ---------------------------------------------------------- */
 
-/* Resolve a persistent handle. -ENOENT (err filled) if nothing is there. */
-static int resolve_persistent(struct tpm *t, TPM2_HANDLE h, const char *step, ESYS_TR *ret, struct tpm_error *err) {
-        ESYS_TR tr = ESYS_TR_NONE;
-        TSS2_RC rc = Esys_TR_FromTPMPublic(t->esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr);
+static int read_public(struct tpm *t, TPM2_HANDLE h, const char *step, struct tpm_public *out,
+                       struct tpm_error *err) {
+        TPM2B_PUBLIC p = { 0 };
+        TPM2B_NAME name = { 0 }, qname = { 0 };
+        TSS2_RC rc = SYS_CALL(Tss2_Sys_ReadPublic(t->sys, h, NULL, &p, &name, &qname, NULL));
         if (rc_is(rc, TPM2_RC_HANDLE))
                 return seterr(err, -ENOENT, rc, step, "there is no object at 0x%08x", h);
         if (rc != TSS2_RC_SUCCESS)
                 return tpm_error_from_rc(rc, step, err);
-        *ret = tr;
+        if (marshal_public(&p, out) < 0)
+                return seterr(err, -EOVERFLOW, 0, step, "the public area does not fit %d bytes", TPM_PUBLIC_MAX);
         return 0;
 }
 
@@ -617,150 +649,122 @@ struct primary_spec {
         const char *name;     /* "EK" */
         const char *longname; /* "endorsement key" */
         TPM2_HANDLE handle;
-        ESYS_TR hierarchy;
+        TPMI_RH_HIERARCHY hierarchy;
         enum hierarchy hierarchy_name;
         void (*tmpl)(TPM2B_PUBLIC *);
         bool user_auth;       /* we use it with a password (SRK) or a policy (EK) */
 };
 
 static const struct primary_spec ek_spec = {
-        "EK", "endorsement key", TPM_EK_HANDLE, ESYS_TR_RH_ENDORSEMENT, HIERARCHY_ENDORSEMENT, ek_template, false,
+        "EK", "endorsement key", TPM_EK_HANDLE, TPM2_RH_ENDORSEMENT, HIERARCHY_ENDORSEMENT, ek_template, false,
 };
 static const struct primary_spec srk_spec = {
-        "SRK", "storage root key", TPM_SRK_HANDLE, ESYS_TR_RH_OWNER, HIERARCHY_OWNER, srk_template, true,
+        "SRK", "storage root key", TPM_SRK_HANDLE, TPM2_RH_OWNER, HIERARCHY_OWNER, srk_template, true,
 };
 
-static int create_primary(struct tpm *t, const struct primary_spec *s, ESYS_TR *ret, struct tpm_public *pub,
+static const TPM2B_AUTH *hierarchy_auth(const struct tpm *t, enum hierarchy h) {
+        return h == HIERARCHY_OWNER ? &t->owner_auth : &t->endorsement_auth;
+}
+
+/* Make an object persistent at handle (or, with obj == handle, remove the
+ * persistent one): TPM2_EvictControl authorised by the owner password. */
+static TSS2_RC evict_control(struct tpm *t, TPM2_HANDLE obj, TPM2_HANDLE handle) {
+        TSS2L_SYS_AUTH_COMMAND auth;
+        password_auth(&auth, &t->owner_auth);
+        TSS2_RC rc = SYS_CALL(Tss2_Sys_EvictControl(t->sys, TPM2_RH_OWNER, obj, &auth, handle, NULL));
+        explicit_zero(&auth, sizeof(auth));
+        return rc;
+}
+
+static int create_primary(struct tpm *t, const struct primary_spec *s, struct tpm_public *pub,
                           struct tpm_error *err) {
-        TPM2B_PUBLIC in;
+        TSS2L_SYS_AUTH_COMMAND auth;
+        TPM2B_PUBLIC in, out_pub = { 0 };
         TPM2B_SENSITIVE_CREATE sens = { 0 };
         TPM2B_DATA outside = { 0 };
         TPML_PCR_SELECTION pcrs = { 0 };
-        TPM2B_PUBLIC *out_pub = NULL;
-        TPM2B_CREATION_DATA *cdata = NULL;
-        TPM2B_DIGEST *chash = NULL;
-        TPMT_TK_CREATION *ticket = NULL;
-        ESYS_TR obj = ESYS_TR_NONE, persisted = ESYS_TR_NONE;
+        TPM2B_CREATION_DATA cdata = { 0 };
+        TPM2B_DIGEST chash = { 0 };
+        TPMT_TK_CREATION ticket = { 0 };
+        TPM2B_NAME name = { 0 };
+        TPM2_HANDLE obj = TPM_NO_HANDLE;
         char step[64];
         TSS2_RC rc;
         int r;
 
         s->tmpl(&in);
-        snprintf(step, sizeof(step), "Esys_CreatePrimary(%s)", s->name);
-        rc = Esys_CreatePrimary(t->esys, s->hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &in,
-                                &outside, &pcrs, &obj, &out_pub, &cdata, &chash, &ticket);
-        Esys_Free(cdata);
-        Esys_Free(chash);
-        Esys_Free(ticket);
-        if (rc != TSS2_RC_SUCCESS) {
-                Esys_Free(out_pub);
+        snprintf(step, sizeof(step), "TPM2_CreatePrimary(%s)", s->name);
+        password_auth(&auth, hierarchy_auth(t, s->hierarchy_name));
+        rc = SYS_CALL(Tss2_Sys_CreatePrimary(t->sys, s->hierarchy, &auth, &sens, &in, &outside, &pcrs, &obj, &out_pub,
+                                             &cdata, &chash, &ticket, &name, NULL));
+        explicit_zero(&auth, sizeof(auth));
+        if (rc != TSS2_RC_SUCCESS)
                 return hierarchy_error(rc, step, s->hierarchy_name, err);
-        }
-        r = marshal_public(out_pub, pub);
-        Esys_Free(out_pub);
+        r = marshal_public(&out_pub, pub);
         if (r < 0) {
                 r = seterr(err, r, 0, step, "the new %s's public area does not fit %d bytes", s->name,
                            TPM_PUBLIC_MAX);
                 goto out;
         }
-        snprintf(step, sizeof(step), "Esys_EvictControl(%s)", s->name);
-        rc = Esys_EvictControl(t->esys, ESYS_TR_RH_OWNER, obj, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                               s->handle, &persisted);
+        snprintf(step, sizeof(step), "TPM2_EvictControl(%s)", s->name);
+        rc = evict_control(t, obj, s->handle);
         if (rc != TSS2_RC_SUCCESS) {
                 r = hierarchy_error(rc, step, HIERARCHY_OWNER, err);
                 goto out;
         }
         r = 0;
 out:
-        snprintf(step, sizeof(step), "Esys_FlushContext(%s)", s->name);
-        r = flush(t, &obj, step, r, err);
-        if (r < 0) {
-                tr_close(t, &persisted);
-                return r;
-        }
-        *ret = persisted;
-        return 0;
+        snprintf(step, sizeof(step), "TPM2_FlushContext(%s)", s->name);
+        return flush(t, &obj, step, r, err);
 }
 
-static int read_public(struct tpm *t, ESYS_TR tr, const char *step, struct tpm_public *out, struct tpm_error *err) {
-        TPM2B_PUBLIC *p = NULL;
-        TSS2_RC rc = Esys_ReadPublic(t->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &p, NULL, NULL);
-        if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, step, err);
-        int r = marshal_public(p, out);
-        Esys_Free(p);
-        if (r < 0)
-                return seterr(err, r, 0, step, "the public area does not fit %d bytes", TPM_PUBLIC_MAX);
-        return 0;
-}
-
-static int load_primary(struct tpm *t, const struct primary_spec *s, bool create, ESYS_TR *ret_tr,
-                        struct tpm_public *ret_pub, bool *created, struct tpm_error *err) {
-        ESYS_TR tr = ESYS_TR_NONE;
+static int load_primary(struct tpm *t, const struct primary_spec *s, bool create, struct tpm_public *ret_pub,
+                        bool *created, struct tpm_error *err) {
         struct tpm_public pub;
         char step[64], why[160];
         int r;
 
-        snprintf(step, sizeof(step), "Esys_TR_FromTPMPublic(%s)", s->name);
-        r = resolve_persistent(t, s->handle, step, &tr, err);
+        snprintf(step, sizeof(step), "TPM2_ReadPublic(%s)", s->name);
+        r = read_public(t, s->handle, step, &pub, err);
         if (r == -ENOENT) {
                 if (!create)
                         return seterr(err, -ENOENT, err ? err->rc : 0, step,
                                       "there is no %s at 0x%08x yet: run 'tpmidctl tpm info' (or start tpmidd) to "
                                       "create it",
                                       s->longname, s->handle);
-                r = create_primary(t, s, &tr, &pub, err);
+                r = create_primary(t, s, &pub, err);
                 if (r < 0)
                         return r;
                 *created = true;
         } else if (r < 0)
                 return r;
-        else {
-                snprintf(step, sizeof(step), "Esys_ReadPublic(%s)", s->name);
-                r = read_public(t, tr, step, &pub, err);
-                if (r < 0)
-                        goto fail;
-        }
         /* The analyzer does not inline the variadic seterr() behind tpm_error_from_rc() and
          * assumes read_public() can fail with r >= 0 and pub unset; it cannot. */
         // NOLINTNEXTLINE(clang-analyzer-core.CallAndMessage)
         r = tpm_public_check_storage_key(pub.buf, pub.len, s->user_auth, why, sizeof(why));
-        if (r < 0) {
-                r = seterr(err, -EBADMSG, 0, step,
-                           "the object at 0x%08x is %s, not the RSA-2048 %s tpmidd needs; systemd or another TPM "
-                           "stack may own it: move it elsewhere or remove it with 'tpm2_evictcontrol -c 0x%08x' if "
-                           "nothing uses it",
-                           s->handle, why, s->longname, s->handle);
-                goto fail;
-        }
-        *ret_tr = tr;
+        if (r < 0)
+                return seterr(err, -EBADMSG, 0, step,
+                              "the object at 0x%08x is %s, not the RSA-2048 %s tpmidd needs; systemd or another TPM "
+                              "stack may own it: move it elsewhere or remove it with 'tpm2_evictcontrol -c 0x%08x' if "
+                              "nothing uses it",
+                              s->handle, why, s->longname, s->handle);
         *ret_pub = pub;
         return 0;
-fail:
-        tr_close(t, &tr);
-        return r;
 }
 
 static int load_keys(struct tpm *t, bool create, bool *created_ek, bool *created_srk, struct tpm_error *err) {
-        ESYS_TR ek = ESYS_TR_NONE, srk = ESYS_TR_NONE;
         struct tpm_public ek_pub, srk_pub;
         bool c_ek = false, c_srk = false;
         int r;
 
         if (t->keys_cached)
                 goto done;
-        r = load_primary(t, &ek_spec, create, &ek, &ek_pub, &c_ek, err);
+        r = load_primary(t, &ek_spec, create, &ek_pub, &c_ek, err);
         if (r < 0)
                 return r;
-        r = load_primary(t, &srk_spec, create, &srk, &srk_pub, &c_srk, err);
-        if (r < 0) {
-                tr_close(t, &ek);
+        r = load_primary(t, &srk_spec, create, &srk_pub, &c_srk, err);
+        if (r < 0)
                 return r;
-        }
-        tr_close(t, &t->ek);
-        tr_close(t, &t->srk);
-        t->ek = ek;
-        t->srk = srk;
         t->ek_pub = ek_pub;
         t->srk_pub = srk_pub;
         t->keys_cached = true;
@@ -794,56 +798,49 @@ int tpm_get_keys(struct tpm *t, struct tpm_public *ek, struct tpm_public *srk, s
 /* ---- EK certificate ---------------------------------------------------- */
 
 int tpm_read_ek_cert(struct tpm *t, uint8_t **ret, size_t *ret_len, struct tpm_error *err) {
-        ESYS_TR nv = ESYS_TR_NONE;
-        TPM2B_NV_PUBLIC *nvpub = NULL;
+        TPM2B_NV_PUBLIC nvpub = { 0 };
+        TPM2B_NAME nvname = { 0 };
         uint8_t *buf = NULL;
         TSS2_RC rc;
         int r;
 
         if (!t || !ret || !ret_len)
                 return -EINVAL;
-        r = resolve_persistent(t, TPM_EK_CERT_NV_RSA, "Esys_TR_FromTPMPublic(EK certificate)", &nv, err);
-        if (r == -ENOENT)
-                return seterr(err, -ENOENT, 0, "Esys_TR_FromTPMPublic(EK certificate)",
+        rc = SYS_CALL(Tss2_Sys_NV_ReadPublic(t->sys, TPM_EK_CERT_NV_RSA, NULL, &nvpub, &nvname, NULL));
+        if (rc_is(rc, TPM2_RC_HANDLE))
+                return seterr(err, -ENOENT, 0, "TPM2_NV_ReadPublic(EK certificate)",
                               "the TPM has no RSA EK certificate in NV index 0x%08x", TPM_EK_CERT_NV_RSA);
-        if (r < 0)
-                return r;
-        rc = Esys_NV_ReadPublic(t->esys, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &nvpub, NULL);
-        if (rc != TSS2_RC_SUCCESS) {
-                r = tpm_error_from_rc(rc, "Esys_NV_ReadPublic(EK certificate)", err);
-                goto out;
-        }
-        uint16_t size = nvpub->nvPublic.dataSize;
-        TPMA_NV attrs = nvpub->nvPublic.attributes;
-        if (size == 0 || !(attrs & TPMA_NV_WRITTEN)) {
-                r = seterr(err, -ENOENT, 0, "Esys_NV_ReadPublic(EK certificate)",
-                           "NV index 0x%08x exists but holds no EK certificate", TPM_EK_CERT_NV_RSA);
-                goto out;
-        }
+        if (rc != TSS2_RC_SUCCESS)
+                return tpm_error_from_rc(rc, "TPM2_NV_ReadPublic(EK certificate)", err);
+        uint16_t size = nvpub.nvPublic.dataSize;
+        TPMA_NV attrs = nvpub.nvPublic.attributes;
+        if (size == 0 || !(attrs & TPMA_NV_WRITTEN))
+                return seterr(err, -ENOENT, 0, "TPM2_NV_ReadPublic(EK certificate)",
+                              "NV index 0x%08x exists but holds no EK certificate", TPM_EK_CERT_NV_RSA);
         /* Makers set AUTHREAD (empty index password) and/or OWNERREAD. */
-        ESYS_TR auth = (attrs & TPMA_NV_AUTHREAD) ? nv : ESYS_TR_RH_OWNER;
+        bool by_index = attrs & TPMA_NV_AUTHREAD;
+        TPMI_RH_NV_AUTH auth_handle = by_index ? TPM_EK_CERT_NV_RSA : TPM2_RH_OWNER;
         buf = malloc(size);
-        if (!buf) {
-                r = seterr(err, -ENOMEM, 0, "tpm_read_ek_cert", "out of memory");
-                goto out;
-        }
+        if (!buf)
+                return seterr(err, -ENOMEM, 0, "tpm_read_ek_cert", "out of memory");
         for (uint16_t off = 0; off < size;) {
                 uint16_t n = (uint16_t)(size - off < t->nv_buffer_max ? size - off : t->nv_buffer_max);
-                TPM2B_MAX_NV_BUFFER *data = NULL;
-                rc = Esys_NV_Read(t->esys, auth, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, n, off, &data);
+                TPM2B_MAX_NV_BUFFER data = { 0 };
+                TSS2L_SYS_AUTH_COMMAND auth;
+                password_auth(&auth, by_index ? NULL : &t->owner_auth);
+                rc = SYS_CALL(Tss2_Sys_NV_Read(t->sys, auth_handle, TPM_EK_CERT_NV_RSA, &auth, n, off, &data, NULL));
+                explicit_zero(&auth, sizeof(auth));
                 if (rc != TSS2_RC_SUCCESS) {
-                        r = tpm_error_from_rc(rc, "Esys_NV_Read(EK certificate)", err);
+                        r = tpm_error_from_rc(rc, "TPM2_NV_Read(EK certificate)", err);
                         goto out;
                 }
-                if (data->size != n) {
-                        Esys_Free(data);
-                        r = seterr(err, -EIO, 0, "Esys_NV_Read(EK certificate)",
+                if (data.size != n) {
+                        r = seterr(err, -EIO, 0, "TPM2_NV_Read(EK certificate)",
                                    "the TPM returned %u bytes of the EK certificate where %u were asked for",
-                                   (unsigned)data->size, (unsigned)n);
+                                   (unsigned)data.size, (unsigned)n);
                         goto out;
                 }
-                memcpy(buf + off, data->buffer, n);
-                Esys_Free(data);
+                memcpy(buf + off, data.buffer, n);
                 off = (uint16_t)(off + n);
         }
         *ret = TAKE_PTR(buf);
@@ -851,34 +848,39 @@ int tpm_read_ek_cert(struct tpm *t, uint8_t **ret, size_t *ret_len, struct tpm_e
         r = 0;
 out:
         free(buf);
-        Esys_Free(nvpub);
-        tr_close(t, &nv);
         return r;
 }
 
 /* ---- auth key ---------------------------------------------------------- */
 
-/* The cache entry for the persistent auth key at handle: the configured
- * slot, or the one alternative slot (re-pointed when another is asked for). */
-static ESYS_TR *key_cache(struct tpm *t, uint32_t handle) {
+/* Whether an object was seen at handle: the configured slot, or the one
+ * alternative slot (re-pointed when another is asked for). */
+static bool *key_known(struct tpm *t, uint32_t handle) {
         if (handle == t->auth_key_handle)
-                return &t->key;
+                return &t->key_known;
         if (t->alt_handle != handle) {
-                tr_close(t, &t->alt_key);
+                t->alt_known = false;
                 t->alt_handle = handle;
         }
-        return &t->alt_key;
+        return &t->alt_known;
 }
 
+/* A signature on a persistent handle needs no lookup first; only the first
+ * one asks the TPM whether the key is there, so the caller gets -ENOKEY
+ * with a sentence instead of a bare TPM_RC_HANDLE. */
 static int resolve_auth_key(struct tpm *t, uint32_t handle, struct tpm_error *err) {
-        ESYS_TR *slot = key_cache(t, handle);
-        if (*slot != ESYS_TR_NONE)
+        bool *known = key_known(t, handle);
+        if (*known)
                 return 0;
-        int r = resolve_persistent(t, handle, "Esys_TR_FromTPMPublic(auth key)", slot, err);
+        struct tpm_public pub;
+        int r = read_public(t, handle, "TPM2_ReadPublic(auth key)", &pub, err);
         if (r == -ENOENT)
-                return seterr(err, -ENOKEY, 0, "Esys_TR_FromTPMPublic(auth key)",
+                return seterr(err, -ENOKEY, 0, "TPM2_ReadPublic(auth key)",
                               "there is no auth key at 0x%08x: the device is not provisioned yet", handle);
-        return r;
+        if (r < 0)
+                return r;
+        *known = true;
+        return 0;
 }
 
 static int index_to_handle(uint32_t index, uint32_t *handle, struct tpm_error *err) {
@@ -903,7 +905,7 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
         if (r < 0)
                 return r;
         /* Not cached: the key may have been removed by someone else. */
-        tr_close(t, key_cache(t, handle));
+        *key_known(t, handle) = false;
         r = resolve_auth_key(t, handle, err);
         if (r == -ENOKEY) {
                 *present = false;
@@ -915,7 +917,7 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
         return 0;
 }
 
-/* Take the 32-byte HMAC out of d (and free it). */
+/* Take the 32-byte HMAC out of d (and wipe it). */
 static int hmac_digest(TPM2B_DIGEST *d, uint8_t out[32], const char *step, struct tpm_error *err) {
         int r = 0;
         if (d->size != 32)
@@ -923,76 +925,80 @@ static int hmac_digest(TPM2B_DIGEST *d, uint8_t out[32], const char *step, struc
         else
                 memcpy(out, d->buffer, 32);
         explicit_zero(d, sizeof(*d));
-        Esys_Free(d);
         return r;
 }
 
-static int hmac_once(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len, uint8_t out[32], const char *step,
-                     struct tpm_error *err) {
+/* The auth keys DPS sends have an empty password; so do HMAC sequences. */
+static const TSS2L_SYS_AUTH_COMMAND empty_password = {
+        .count = 1,
+        .auths = { { .sessionHandle = TPM2_RS_PW } },
+};
+
+static int hmac_once(struct tpm *t, TPM2_HANDLE key, const uint8_t *data, size_t len, uint8_t out[32],
+                     const char *step, struct tpm_error *err) {
         TPM2B_MAX_BUFFER buf;
-        TPM2B_DIGEST *d = NULL;
+        TPM2B_DIGEST d = { 0 };
         buf.size = (UINT16)len;
         memcpy(buf.buffer, data, len);
-        TSS2_RC rc = Esys_HMAC(t->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf, TPM2_ALG_SHA256, &d);
+        TSS2_RC rc = SYS_CALL(Tss2_Sys_HMAC(t->sys, key, &empty_password, &buf, TPM2_ALG_SHA256, &d, NULL));
+        explicit_zero(&buf, sizeof(buf));
         if (rc != TSS2_RC_SUCCESS)
                 return tpm_error_from_rc(rc, step, err);
-        return hmac_digest(d, out, step, err);
+        return hmac_digest(&d, out, step, err);
 }
 
-static int hmac_sequence(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len, uint8_t out[32],
+static int hmac_sequence(struct tpm *t, TPM2_HANDLE key, const uint8_t *data, size_t len, uint8_t out[32],
                          struct tpm_error *err) {
         TPM2B_AUTH seq_auth = { 0 };
         TPM2B_MAX_BUFFER buf;
-        TPM2B_DIGEST *d = NULL;
-        TPMT_TK_HASHCHECK *ticket = NULL;
-        ESYS_TR seq = ESYS_TR_NONE;
+        TPM2B_DIGEST d = { 0 };
+        TPMT_TK_HASHCHECK ticket = { 0 };
+        TPM2_HANDLE seq = TPM_NO_HANDLE;
         TSS2_RC rc;
         int r;
 
-        rc = Esys_HMAC_Start(t->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &seq_auth, TPM2_ALG_SHA256,
-                             &seq);
+        rc = SYS_CALL(Tss2_Sys_HMAC_Start(t->sys, key, &empty_password, &seq_auth, TPM2_ALG_SHA256, &seq, NULL));
         if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, "Esys_HMAC_Start", err);
+                return tpm_error_from_rc(rc, "TPM2_HMAC_Start", err);
         /* Keep the last (possibly full) chunk for SequenceComplete. */
         while (len > TPM_HMAC_CHUNK) {
                 buf.size = TPM_HMAC_CHUNK;
                 memcpy(buf.buffer, data, TPM_HMAC_CHUNK);
-                rc = Esys_SequenceUpdate(t->esys, seq, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf);
+                rc = SYS_CALL(Tss2_Sys_SequenceUpdate(t->sys, seq, &empty_password, &buf, NULL));
                 if (rc != TSS2_RC_SUCCESS) {
-                        r = tpm_error_from_rc(rc, "Esys_SequenceUpdate", err);
-                        return flush(t, &seq, "Esys_FlushContext(HMAC sequence)", r, err);
+                        explicit_zero(&buf, sizeof(buf));
+                        r = tpm_error_from_rc(rc, "TPM2_SequenceUpdate", err);
+                        return flush(t, &seq, "TPM2_FlushContext(HMAC sequence)", r, err);
                 }
                 data += TPM_HMAC_CHUNK;
                 len -= TPM_HMAC_CHUNK;
         }
         buf.size = (UINT16)len;
         memcpy(buf.buffer, data, len);
-        rc = Esys_SequenceComplete(t->esys, seq, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf, ESYS_TR_RH_NULL,
-                                   &d, &ticket);
+        rc = SYS_CALL(Tss2_Sys_SequenceComplete(t->sys, seq, &empty_password, &buf, TPM2_RH_NULL, &d, &ticket, NULL));
+        explicit_zero(&buf, sizeof(buf));
         if (rc != TSS2_RC_SUCCESS) {
-                r = tpm_error_from_rc(rc, "Esys_SequenceComplete", err);
-                return flush(t, &seq, "Esys_FlushContext(HMAC sequence)", r, err);
+                r = tpm_error_from_rc(rc, "TPM2_SequenceComplete", err);
+                return flush(t, &seq, "TPM2_FlushContext(HMAC sequence)", r, err);
         }
-        /* SequenceComplete flushed the sequence object in the TPM; ESYS drops its node. */
-        seq = ESYS_TR_NONE;
-        Esys_Free(ticket);
-        return hmac_digest(d, out, "Esys_SequenceComplete", err);
+        /* SequenceComplete flushed the sequence object in the TPM. */
+        return hmac_digest(&d, out, "TPM2_SequenceComplete", err);
 }
 
-static int hmac_any(struct tpm *t, ESYS_TR key, const uint8_t *data, size_t len, uint8_t out[32],
+static int hmac_any(struct tpm *t, TPM2_HANDLE key, const uint8_t *data, size_t len, uint8_t out[32],
                     struct tpm_error *err) {
         if (len <= TPM_HMAC_CHUNK)
-                return hmac_once(t, key, data, len, out, "Esys_HMAC", err);
+                return hmac_once(t, key, data, len, out, "TPM2_HMAC", err);
         return hmac_sequence(t, key, data, len, out, err);
 }
 
 /* What the caller of a signature gets: out on success; a key evicted
- * behind our back becomes -ENOKEY and its handle is forgotten. */
+ * behind our back becomes -ENOKEY and is looked up again next time. */
 static int sign_result(struct tpm *t, uint32_t handle, int r, const struct tpm_error *e, uint8_t md[32],
                        uint8_t out[32], struct tpm_error *err) {
         if (r < 0 && rc_is(e->rc, TPM2_RC_HANDLE)) {
-                tr_close(t, key_cache(t, handle));
-                return seterr(err, -ENOKEY, e->rc, "Esys_HMAC",
+                *key_known(t, handle) = false;
+                return seterr(err, -ENOKEY, e->rc, "TPM2_HMAC",
                               "the auth key at 0x%08x is gone: the device needs to be provisioned again", handle);
         }
         if (r < 0) {
@@ -1026,7 +1032,7 @@ int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, 
         if (r < 0)
                 return r;
         struct tpm_error e;
-        r = hmac_any(t, *key_cache(t, handle), data ? data : (const uint8_t *)"", len, md, &e);
+        r = hmac_any(t, handle, data ? data : (const uint8_t *)"", len, md, &e);
         return sign_result(t, handle, r, &e, md, out, err);
 }
 
@@ -1059,55 +1065,68 @@ int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *da
         int r = index_to_handle(index ? *index : t->auth_key_handle - TPM_AUTH_KEY_BASE, &handle, err);
         if (r < 0)
                 return r;
-        ESYS_TR *slot = key_cache(t, handle);
-        if (*slot == ESYS_TR_NONE)
-                return -EWOULDBLOCK; /* resolving the handle is a TPM round trip of its own */
+        if (!*key_known(t, handle))
+                return -EWOULDBLOCK; /* the lookup is a TPM round trip of its own */
 
         TPM2B_MAX_BUFFER buf;
         buf.size = (UINT16)len;
         if (len)
                 memcpy(buf.buffer, data, len);
-        TSS2_RC rc = Esys_HMAC_Async(t->esys, *slot, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf,
-                                     TPM2_ALG_SHA256);
+        TSS2_RC rc = Tss2_Sys_HMAC_Prepare(t->sys, handle, &buf, TPM2_ALG_SHA256);
         explicit_zero(&buf, sizeof(buf));
+        if (rc == TSS2_RC_SUCCESS)
+                rc = Tss2_Sys_SetCmdAuths(t->sys, &empty_password);
+        if (rc == TSS2_RC_SUCCESS)
+                rc = Tss2_Sys_ExecuteAsync(t->sys);
         if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, "Esys_HMAC_Async", err);
-        r = poll_fd(t, ret_fd, "Esys_HMAC_Async", err);
+                return tpm_error_from_rc(rc, "TPM2_HMAC", err);
+        r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
         if (r < 0) {
-                /* Collect the response the blocking way so ESYS is ready for the next command. */
-                TPM2B_DIGEST *d = NULL;
-                if (Esys_HMAC_Finish(t->esys, &d) == TSS2_RC_SUCCESS)
-                        Esys_Free(d);
+                /* Collect the response the blocking way so SAPI is ready for the next command. */
+                (void)Tss2_Sys_ExecuteFinish(t->sys, TSS2_TCTI_TIMEOUT_BLOCK);
                 return r;
         }
         t->async_handle = handle;
+        t->async_submits = 1;
         return 0;
 }
 
 int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tpm_error *err) {
         if (!t || !out || !ret_fd || !t->async_handle)
                 return -EINVAL;
-        TPM2B_DIGEST *d = NULL;
+        TPM2B_DIGEST d = { 0 };
         uint8_t md[32];
         struct tpm_error e = { 0 };
+        int r;
 
-        /* Timeout 0 only here: every other call keeps the blocking default. */
-        TSS2_RC rc = Esys_SetTimeout(t->esys, TSS2_TCTI_TIMEOUT_NONE);
-        if (rc == TSS2_RC_SUCCESS) {
-                rc = Esys_HMAC_Finish(t->esys, &d);
-                (void)Esys_SetTimeout(t->esys, TSS2_TCTI_TIMEOUT_BLOCK);
-        }
-        if ((rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_TRY_AGAIN) {
-                /* Not all there yet, or ESYS resubmitted the command after
-                 * TPM_RC_RETRY/YIELDED (on a new connection with swtpm). */
-                int r = poll_fd(t, ret_fd, "Esys_HMAC_Finish", err);
+        TSS2_RC rc = Tss2_Sys_ExecuteFinish(t->sys, TSS2_TCTI_TIMEOUT_NONE);
+        if ((rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_TRY_AGAIN)
+        {
+                /* Not all there yet. */
+                r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
                 return r < 0 ? r : -EINPROGRESS;
         }
+        if (rc_retryable(rc) && t->async_submits < TPM_SUBMIT_MAX) {
+                /* SAPI kept the command: send it again (a new connection with swtpm). */
+                rc = Tss2_Sys_ExecuteAsync(t->sys);
+                if (rc == TSS2_RC_SUCCESS) {
+                        t->async_submits++;
+                        r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
+                        if (r == 0)
+                                return -EINPROGRESS;
+                        (void)Tss2_Sys_ExecuteFinish(t->sys, TSS2_TCTI_TIMEOUT_BLOCK);
+                        t->async_handle = 0;
+                        return r;
+                }
+        }
+        if (rc == TSS2_RC_SUCCESS)
+                rc = Tss2_Sys_HMAC_Complete(t->sys, &d);
         uint32_t handle = t->async_handle;
         t->async_handle = 0;
-        int r = rc == TSS2_RC_SUCCESS ? hmac_digest(d, md, "Esys_HMAC", &e) : tpm_error_from_rc(rc, "Esys_HMAC", &e);
+        r = rc == TSS2_RC_SUCCESS ? hmac_digest(&d, md, "TPM2_HMAC", &e) : tpm_error_from_rc(rc, "TPM2_HMAC", &e);
         return sign_result(t, handle, r, &e, md, out, err);
 }
+
 
 /* Refine the sentence for the activation steps: a blob for another TPM
  * fails the TPM's integrity or OAEP checks, which the generic text would
@@ -1148,16 +1167,19 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
         uint32_t handle = 0;
         struct authblob ab;
         struct authblob_error abe;
+        TSS2L_SYS_AUTH_COMMAND auth;
         TPM2B_ID_OBJECT cred = { 0 };
-        TPM2B_ENCRYPTED_SECRET secret = { 0 }, seed = { 0 };
-        TPM2B_PRIVATE dup = { 0 };
+        TPM2B_ENCRYPTED_SECRET secret = { 0 }, seed = { 0 }, no_salt = { 0 };
+        TPM2B_PRIVATE dup = { 0 }, priv = { 0 };
         TPM2B_PUBLIC pub = { 0 };
         TPM2B_DATA inner = { 0 };
-        TPM2B_DIGEST *cert_info = NULL;
-        TPM2B_PRIVATE *priv = NULL;
-        TPM2B_TIMEOUT *timeout = NULL;
-        TPMT_TK_AUTH *ticket = NULL;
-        ESYS_TR sess = ESYS_TR_NONE, key = ESYS_TR_NONE, old = ESYS_TR_NONE, persisted = ESYS_TR_NONE;
+        TPM2B_DIGEST cert_info = { 0 }, no_cphash = { 0 };
+        TPM2B_NONCE nonce_caller = { 0 }, nonce_tpm = { 0 }, no_nonce = { 0 }, no_ref = { 0 };
+        TPM2B_TIMEOUT timeout = { 0 };
+        TPMT_TK_AUTH ticket = { 0 };
+        TPM2B_NAME name = { 0 };
+        TPM2_HANDLE sess = TPM_NO_HANDLE, key = TPM_NO_HANDLE;
+        struct tpm_public old;
         uint8_t md[32];
         size_t off = 0;
         TSS2_RC rc;
@@ -1168,7 +1190,7 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
         r = index_to_handle(index, &handle, err);
         if (r < 0)
                 return r;
-        ESYS_TR *slot = key_cache(t, handle);
+        bool *known = key_known(t, handle);
         r = authblob_parse(blob, len, &ab, &abe);
         if (r < 0) {
                 char msg[sizeof(err->msg)];
@@ -1201,39 +1223,50 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
         if (r < 0)
                 return r;
 
-        /* The EK's adminWithPolicy needs PolicySecret(endorsement). No
-         * parameter encryption: nothing secret crosses the bus here that
-         * is not already encrypted to the EK/SRK. */
+        /* The EK's adminWithPolicy needs PolicySecret(endorsement): an
+         * unsalted, unbound policy session. No parameter encryption: nothing
+         * secret crosses the bus here that is not already encrypted to the
+         * EK/SRK, and no HMAC: the policy has no PolicyAuthValue. The TPM
+         * wants a caller nonce of at least 16 bytes to start a session. */
+        nonce_caller.size = 16;
+        if (getrandom(nonce_caller.buffer, nonce_caller.size, 0) != nonce_caller.size)
+                return seterr(err, -errno ? -errno : -EIO, 0, "getrandom", "no random bytes for the session nonce");
         TPMT_SYM_DEF sym = { .algorithm = TPM2_ALG_NULL };
-        rc = Esys_StartAuthSession(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                   NULL, TPM2_SE_POLICY, &sym, TPM2_ALG_SHA256, &sess);
+        rc = SYS_CALL(Tss2_Sys_StartAuthSession(t->sys, TPM2_RH_NULL, TPM2_RH_NULL, NULL, &nonce_caller, &no_salt,
+                                                TPM2_SE_POLICY, &sym, TPM2_ALG_SHA256, &sess, &nonce_tpm, NULL));
         if (rc != TSS2_RC_SUCCESS) {
-                sess = ESYS_TR_NONE;
-                r = tpm_error_from_rc(rc, "Esys_StartAuthSession(EK policy)", err);
+                sess = TPM_NO_HANDLE;
+                r = tpm_error_from_rc(rc, "TPM2_StartAuthSession(EK policy)", err);
                 goto out;
         }
-        rc = Esys_PolicySecret(t->esys, ESYS_TR_RH_ENDORSEMENT, sess, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                               NULL, NULL, NULL, 0, &timeout, &ticket);
+        password_auth(&auth, &t->endorsement_auth);
+        rc = SYS_CALL(Tss2_Sys_PolicySecret(t->sys, TPM2_RH_ENDORSEMENT, sess, &auth, &no_nonce, &no_cphash, &no_ref, 0,
+                                            &timeout, &ticket, NULL));
+        explicit_zero(&auth, sizeof(auth));
         if (rc != TSS2_RC_SUCCESS) {
-                r = hierarchy_error(rc, "Esys_PolicySecret(endorsement)", HIERARCHY_ENDORSEMENT, err);
+                r = hierarchy_error(rc, "TPM2_PolicySecret(endorsement)", HIERARCHY_ENDORSEMENT, err);
                 goto out;
         }
-        rc = Esys_ActivateCredential(t->esys, t->srk, t->ek, ESYS_TR_PASSWORD, sess, ESYS_TR_NONE, &cred, &secret,
-                                     &cert_info);
+        /* SRK (empty password), then the EK under the policy session. */
+        auth = empty_password;
+        auth.count = 2;
+        auth.auths[1] = (TPMS_AUTH_COMMAND){ .sessionHandle = sess, .sessionAttributes = TPMA_SESSION_CONTINUESESSION };
+        rc = SYS_CALL(Tss2_Sys_ActivateCredential(t->sys, TPM_SRK_HANDLE, TPM_EK_HANDLE, &auth, &cred, &secret,
+                                                  &cert_info, NULL));
         if (rc != TSS2_RC_SUCCESS) {
-                r = import_error(t, rc, "Esys_ActivateCredential", err);
+                r = import_error(t, rc, "TPM2_ActivateCredential", err);
                 goto out;
         }
-        r = flush(t, &sess, "Esys_FlushContext(EK policy session)", 0, err);
+        r = flush(t, &sess, "TPM2_FlushContext(EK policy session)", 0, err);
         if (r < 0)
                 goto out;
-        if (cert_info->size > sizeof(inner.buffer)) {
-                r = seterr(err, -EBADMSG, 0, "Esys_ActivateCredential", "the activated credential is %u bytes, too "
-                           "long for an inner wrapper key", (unsigned)cert_info->size);
+        if (cert_info.size > sizeof(inner.buffer)) {
+                r = seterr(err, -EBADMSG, 0, "TPM2_ActivateCredential", "the activated credential is %u bytes, too "
+                           "long for an inner wrapper key", (unsigned)cert_info.size);
                 goto out;
         }
-        inner.size = cert_info->size;
-        memcpy(inner.buffer, cert_info->buffer, inner.size);
+        inner.size = cert_info.size;
+        memcpy(inner.buffer, cert_info.buffer, inner.size);
 
         /* keyBits follows the key DPS chose (Node/Java/TSS.MSR do the same;
          * 16 bytes -> AES-128 in practice). No key means no inner wrapper. */
@@ -1243,84 +1276,73 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
                 wrap.keyBits.aes = (TPMI_AES_KEY_BITS)(8 * inner.size);
                 wrap.mode.aes = TPM2_ALG_CFB;
         }
-        rc = Esys_Import(t->esys, t->srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &inner, &pub, &dup, &seed,
-                         &wrap, &priv);
+        rc = SYS_CALL(Tss2_Sys_Import(t->sys, TPM_SRK_HANDLE, &empty_password, &inner, &pub, &dup, &seed, &wrap, &priv,
+                                      NULL));
         if (rc != TSS2_RC_SUCCESS) {
-                r = import_error(t, rc, "Esys_Import", err);
+                r = import_error(t, rc, "TPM2_Import", err);
                 goto out;
         }
-        rc = Esys_Load(t->esys, t->srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, priv, &pub, &key);
+        rc = SYS_CALL(Tss2_Sys_Load(t->sys, TPM_SRK_HANDLE, &empty_password, &priv, &pub, &key, &name, NULL));
         if (rc != TSS2_RC_SUCCESS) {
-                key = ESYS_TR_NONE;
-                r = import_error(t, rc, "Esys_Load(auth key)", err);
+                key = TPM_NO_HANDLE;
+                r = import_error(t, rc, "TPM2_Load(auth key)", err);
                 goto out;
         }
         r = hmac_once(t, key, (const uint8_t *)TPM_IMPORT_CHECK_MSG, strlen(TPM_IMPORT_CHECK_MSG), md,
-                      "Esys_HMAC(new auth key check)", err);
+                      "TPM2_HMAC(new auth key check)", err);
         explicit_zero(md, sizeof(md));
         if (r < 0)
                 goto out;
 
         /* Point of no return: the new key is loaded and works. Only now
          * remove the old one, then persist the new one at its handle. */
-        tr_close(t, slot);
-        r = resolve_persistent(t, handle, "Esys_TR_FromTPMPublic(old auth key)", &old, err);
+        *known = false;
+        r = read_public(t, handle, "TPM2_ReadPublic(old auth key)", &old, err);
         if (r < 0 && r != -ENOENT)
                 goto out;
         if (r >= 0) { /* -ENOENT: no old key to remove */
-                ESYS_TR none = ESYS_TR_NONE;
-                rc = Esys_EvictControl(t->esys, ESYS_TR_RH_OWNER, old, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                       handle, &none);
+                rc = evict_control(t, handle, handle);
                 if (rc != TSS2_RC_SUCCESS) {
-                        r = hierarchy_error(rc, "Esys_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
+                        r = hierarchy_error(rc, "TPM2_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
                         goto out;
                 }
-                tr_close(t, &none);
         }
-        rc = Esys_EvictControl(t->esys, ESYS_TR_RH_OWNER, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                               handle, &persisted);
+        rc = evict_control(t, key, handle);
         if (rc != TSS2_RC_SUCCESS) {
-                persisted = ESYS_TR_NONE;
-                r = hierarchy_error(rc, "Esys_EvictControl(persist auth key)", HIERARCHY_OWNER, err);
+                r = hierarchy_error(rc, "TPM2_EvictControl(persist auth key)", HIERARCHY_OWNER, err);
                 goto out;
         }
         r = 0;
 out:
         explicit_zero(&inner, sizeof(inner));
-        if (cert_info)
-                explicit_zero(cert_info, sizeof(*cert_info));
-        Esys_Free(cert_info);
-        Esys_Free(priv);
-        Esys_Free(timeout);
-        Esys_Free(ticket);
-        tr_close(t, &old);
-        r = flush(t, &sess, "Esys_FlushContext(EK policy session)", r, err);
-        r = flush(t, &key, "Esys_FlushContext(new auth key)", r, err);
-        if (r < 0) {
-                tr_close(t, &persisted);
+        explicit_zero(&cert_info, sizeof(cert_info));
+        explicit_zero(&priv, sizeof(priv));
+        r = flush(t, &sess, "TPM2_FlushContext(EK policy session)", r, err);
+        r = flush(t, &key, "TPM2_FlushContext(new auth key)", r, err);
+        if (r < 0)
                 return r;
-        }
-        *slot = persisted;
+        *known = true;
         return 0;
 }
 
 /* ---- status ------------------------------------------------------------ */
 
 int tpm_da_info(struct tpm *t, struct tpm_da_info *out, struct tpm_error *err) {
-        TPMS_CAPABILITY_DATA *cd = NULL;
+        TPMS_CAPABILITY_DATA cd = { 0 };
+        TPMI_YES_NO more = TPM2_NO;
         struct tpm_da_info d = { 0 };
         unsigned seen = 0;
 
         if (!t || !out)
                 return -EINVAL;
         /* PT_PERMANENT .. PT_LOCKOUT_RECOVERY are contiguous variable properties. */
-        TSS2_RC rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
-                                        TPM2_PT_PERMANENT,
-                                        TPM2_PT_LOCKOUT_RECOVERY - TPM2_PT_PERMANENT + 1, NULL, &cd);
+        TSS2_RC rc = SYS_CALL(Tss2_Sys_GetCapability(t->sys, NULL, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_PERMANENT,
+                                                     TPM2_PT_LOCKOUT_RECOVERY - TPM2_PT_PERMANENT + 1, &more, &cd,
+                                                     NULL));
         if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, "Esys_GetCapability(DA properties)", err);
-        for (uint32_t i = 0; i < cd->data.tpmProperties.count && i < TPM2_MAX_TPM_PROPERTIES; i++) {
-                const TPMS_TAGGED_PROPERTY *p = &cd->data.tpmProperties.tpmProperty[i];
+                return tpm_error_from_rc(rc, "TPM2_GetCapability(DA properties)", err);
+        for (uint32_t i = 0; i < cd.data.tpmProperties.count && i < TPM2_MAX_TPM_PROPERTIES; i++) {
+                const TPMS_TAGGED_PROPERTY *p = &cd.data.tpmProperties.tpmProperty[i];
                 switch (p->property) {
                 case TPM2_PT_PERMANENT:
                         d.in_lockout = p->value & TPMA_PERMANENT_INLOCKOUT;
@@ -1346,9 +1368,8 @@ int tpm_da_info(struct tpm *t, struct tpm_da_info *out, struct tpm_error *err) {
                         break;
                 }
         }
-        Esys_Free(cd);
         if (seen != 31)
-                return seterr(err, -EIO, 0, "Esys_GetCapability(DA properties)",
+                return seterr(err, -EIO, 0, "TPM2_GetCapability(DA properties)",
                               "the TPM did not report all dictionary-attack properties");
         *out = d;
         return 0;
@@ -1358,5 +1379,5 @@ int tpm_ping(struct tpm *t, struct tpm_error *err) {
         uint32_t v;
         if (!t)
                 return -EINVAL;
-        return get_fixed_property(t, TPM2_PT_MANUFACTURER, &v, "Esys_GetCapability(ping)", err);
+        return get_fixed_property(t, TPM2_PT_MANUFACTURER, &v, "TPM2_GetCapability(ping)", err);
 }

@@ -1,5 +1,5 @@
 /* The only module that talks to the TPM (the only file that includes
- * tss2_esys.h). It owns the ESYS context, flushes every transient object and
+ * tss2_sys.h). It owns the SAPI context, flushes every transient object and
  * session on every path, and turns every TSS2_RC into a negative errno plus a
  * one-sentence explanation (struct tpm_error) that says which step failed and
  * what to do about it.
@@ -26,7 +26,7 @@ struct tpm;
 
 struct tpm_error {
         uint32_t rc;       /* the TSS2_RC, 0 if the failure was not from the TSS */
-        char step[64];     /* e.g. "Esys_CreatePrimary(EK)" */
+        char step[64];     /* e.g. "TPM2_CreatePrimary(EK)" */
         char msg[512];     /* one sentence with the fix; never secrets */
 };
 
@@ -46,7 +46,7 @@ struct tpm_public {
         size_t len;
 };
 
-/* Open the TCTI and ESYS context. Does not touch EK/SRK. Returns 0 and *ret
+/* Open the TCTI and SAPI context. Does not touch EK/SRK. Returns 0 and *ret
  * (free with tpm_close()) or -errno with *err filled. */
 int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error *err);
 struct tpm *tpm_close(struct tpm *t); /* NULL-safe, returns NULL */
@@ -102,7 +102,7 @@ int tpm_sign(struct tpm *t, const uint8_t *data, size_t len, uint8_t out[32], st
  * blocking (tpm_can_async()). index NULL = the configured slot.
  * finish returns 0 with out filled, -EINPROGRESS with the descriptor to wait
  * on next in *ret_fd (it may change: swtpm uses a connection per command
- * and ESYS resubmits after TPM_RC_RETRY), or the errors of tpm_sign().
+ * and a command is sent again after TPM_RC_RETRY), or the errors of tpm_sign().
  * Between start and the finish that does not return -EINPROGRESS, no other
  * call may use t. */
 bool tpm_can_async(const struct tpm *t);

@@ -270,11 +270,25 @@ def seeds_tcti():
     return [b"\x00" + c for c in confs] + [b"\x01" + r for r in resps]
 
 
+def seeds_sha256():
+    # Byte 0 low 4 bits: k chunk sizes follow, then the message (test/fuzz/fuzz-sha256.c).
+    # NIST messages, and lengths and splits around the padding boundaries.
+    nist = [b"abc", b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+            b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopq"
+            b"rstnopqrstu"]
+    body = bytes((i * 37 + 11) & 0xFF for i in range(300))
+    out = [b"\x00"] + [b"\x00" + m for m in nist] + [b"\x01\x01" + nist[0], b"\x02\x00\x1c" + nist[1]]
+    for n, splits in [(55, [55]), (56, [1, 0]), (63, [63]), (64, [0, 64]), (65, [64, 1]), (119, [55, 64]),
+                      (120, [56]), (127, [3, 61]), (128, [65]), (300, [7, 13, 0, 255])]:
+        out.append(bytes([len(splits)] + splits) + body[:n])
+    return out
+
+
 TARGETS = {
     "tcti": seeds_tcti,
     "authblob": seeds_authblob, "toml": seeds_toml, "config": seeds_config, "http": seeds_http,
     "api": seeds_api, "server": seeds_server, "dps": seeds_dps, "state": seeds_state,
-    "https-ipc": seeds_https_ipc,
+    "https-ipc": seeds_https_ipc, "sha256": seeds_sha256,
 }
 
 

@@ -195,10 +195,10 @@ static void test_rc_base(void **state) {
 static void expect_rc(uint32_t rc, int want, const char *needle) {
         struct tpm_error e;
         memset(&e, 0xaa, sizeof(e));
-        assert_int_equal(tpm_error_from_rc(rc, "Esys_Step(X)", &e), want);
+        assert_int_equal(tpm_error_from_rc(rc, "TPM2_Step(X)", &e), want);
         assert_int_equal(e.rc, rc);
-        assert_string_equal(e.step, "Esys_Step(X)");
-        assert_non_null(strstr(e.msg, "Esys_Step(X)"));
+        assert_string_equal(e.step, "TPM2_Step(X)");
+        assert_non_null(strstr(e.msg, "TPM2_Step(X)"));
         if (!strstr(e.msg, needle))
                 fail_msg("message for 0x%x lacks '%s': %s", rc, needle, e.msg);
         assert_null(strchr(e.msg, '\n'));
