@@ -46,16 +46,22 @@ struct tpm_worker {
         enum tpm_owner owner;
         struct tpm_job *loop_job; /* OWNER_LOOP: the signature in flight */
         int loop_fd;              /* OWNER_LOOP: the descriptor its response arrives on */
+        bool loop_fd_armed;       /* loop_fd is armed in tpm_epoll (EPOLLONESHOT: one event disarms it) */
+        uv_timer_t idle_timer;    /* TPM_IDLE_RELEASE_MS after the TPM went idle: tpm_idle() */
         /* The TPM's descriptor is watched through an epoll set of our own
          * that libuv polls as one descriptor: libuv unregisters a handle's
          * descriptor *number* when the handle closes, and the TCTI may have
          * closed that descriptor already (swtpm: a connection per command),
          * so the number may belong to a client connection by then. In our
-         * set, the kernel drops a closed descriptor by itself. */
+         * set, the kernel drops a closed descriptor by itself. Entries are
+         * one-shot: a response that arrives while the worker thread has the
+         * TPM (and reads it itself) wakes nobody, and nothing has to be
+         * removed after a signature, whether the TCTI keeps its descriptor
+         * (the device, a kept swtpm connection) or closes it. */
         int tpm_epoll;
         uv_poll_t tpm_epoll_watch;
         bool async_open;
-        unsigned open_handles; /* of tpm_epoll_watch and async; w is freed when the last one closed */
+        unsigned open_handles; /* of tpm_epoll_watch, idle_timer and async; w is freed when the last one closed */
         unsigned max_queued;
         bool stop_requested;
         void (*stopped)(void *userdata);
@@ -220,19 +226,17 @@ static bool loop_eligible(const struct tpm_worker *w, const struct tpm_job *job)
         return job->kind == TPM_JOB_SIGN && job->in_len <= TPM_HMAC_CHUNK && w->tpm && tpm_can_async(w->tpm);
 }
 
-/* Wait for fd to become readable (the loop's epoll set sees it through
- * tpm_epoll). Re-adding a descriptor that is still in the set is fine. */
+/* Arm fd for one readable event (the loop's epoll set sees it through
+ * tpm_epoll). A descriptor still in the set from an earlier command (the
+ * same open connection or device) is re-armed; a new one is added. */
 static int wait_readable(struct tpm_worker *w, int fd) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
-        if (epoll_ctl(w->tpm_epoll, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EEXIST)
-                return -errno;
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.fd = fd };
+        if (epoll_ctl(w->tpm_epoll, EPOLL_CTL_MOD, fd, &ev) < 0) {
+                if (errno != ENOENT || epoll_ctl(w->tpm_epoll, EPOLL_CTL_ADD, fd, &ev) < 0)
+                        return -errno;
+        }
+        w->loop_fd_armed = true;
         return 0;
-}
-
-/* Take fd out of the set (a device TCTI keeps its descriptor open). */
-static void unwatch(struct tpm_worker *w, int fd) {
-        if (fd >= 0)
-                (void)epoll_ctl(w->tpm_epoll, EPOLL_CTL_DEL, fd, NULL);
 }
 
 /* The last resort when fd cannot be watched (epoll_ctl failed): wait for
@@ -270,20 +274,18 @@ static void loop_job_poll(struct tpm_worker *w) {
         int fd = w->loop_fd;
         int r = tpm_sign_async_finish(w->tpm, job->digest, &fd, &job->err);
         if (r == -EINPROGRESS) {
-                if (fd == w->loop_fd)
+                if (fd == w->loop_fd && w->loop_fd_armed)
                         return; /* still watched */
-                /* The command was sent again (TPM_RC_RETRY) on a new connection. */
-                unwatch(w, w->loop_fd);
+                /* Not all there after an event, or the command was sent
+                 * again (TPM_RC_RETRY), maybe on a new connection. */
                 w->loop_fd = fd;
                 r = wait_readable(w, fd);
                 if (r >= 0)
                         return;
                 r = finish_blocking(w, job, fd);
         }
-        /* Our set holds nothing but this descriptor, so even if the TCTI
-         * closed it and the number is reused, this cannot hit another. */
-        unwatch(w, w->loop_fd);
         w->loop_fd = -1;
+        w->loop_fd_armed = false;
         loop_job_done(w, r);
 }
 
@@ -292,6 +294,7 @@ static void on_tpm_readable(uv_poll_t *h, int status, int events) {
         (void)events;
         if (status < 0)
                 log_debug("poll on the TPM descriptor: %s; collecting the response anyway", uv_strerror(status));
+        w->loop_fd_armed = false; /* one-shot: the event disarmed it */
         loop_job_poll(w);
 }
 
@@ -311,6 +314,7 @@ static int start_on_loop(struct tpm_worker *w, struct tpm_job *job) {
         r = wait_readable(w, fd);
         if (r < 0) {
                 w->loop_fd = -1;
+                w->loop_fd_armed = false;
                 r = finish_blocking(w, job, fd);
                 w->loop_job = NULL;
                 w->owner = OWNER_NONE;
@@ -338,6 +342,18 @@ static void maybe_stop_thread(struct tpm_worker *w) {
         w->stopping = true;
         pthread_cond_signal(&w->cond);
         pthread_mutex_unlock(&w->lock);
+}
+
+/* The TPM has had nothing to do for TPM_IDLE_RELEASE_MS: let other programs
+ * at it (swtpm serves one connection at a time). Between jobs the TPM is
+ * the loop's to touch. */
+static void on_idle(uv_timer_t *t) {
+        struct tpm_worker *w = t->data;
+        /* Once stopping, the thread may be closing the TPM. */
+        if (w->stop_requested || w->owner != OWNER_NONE || w->pend_head || !w->tpm)
+                return;
+        if (tpm_idle(w->tpm))
+                log_debug("TPM idle: released the simulator connection");
 }
 
 /* Give the free TPM to the head of the FIFO. Loop thread. */
@@ -377,6 +393,8 @@ static void dispatch(struct tpm_worker *w) {
                 pthread_cond_signal(&w->cond);
                 pthread_mutex_unlock(&w->lock);
         }
+        if (w->owner == OWNER_NONE && !w->pend_head && !w->stop_requested)
+                uv_timer_start(&w->idle_timer, on_idle, TPM_IDLE_RELEASE_MS, 0); /* restarts a running one */
         maybe_stop_thread(w);
 }
 
@@ -411,6 +429,8 @@ static void handle_closed(uv_handle_t *h) {
 
 static void close_handles(struct tpm_worker *w) {
         uv_close((uv_handle_t *)&w->tpm_epoll_watch, handle_closed);
+        if (w->idle_timer.data)
+                uv_close((uv_handle_t *)&w->idle_timer, handle_closed);
         if (w->async_open)
                 uv_close((uv_handle_t *)&w->async, handle_closed);
 }
@@ -487,6 +507,10 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
         }
         w->tpm_epoll_watch.data = w;
         w->open_handles = 1;
+        uv_timer_init(loop, &w->idle_timer); /* cannot fail */
+        uv_unref((uv_handle_t *)&w->idle_timer); /* does not keep the loop alive */
+        w->idle_timer.data = w;
+        w->open_handles++;
         r = uv_async_init(loop, &w->async, async_cb);
         if (r >= 0) {
                 w->async.data = w;
@@ -557,5 +581,6 @@ void tpm_worker_stop(struct tpm_worker *w, void (*stopped)(void *userdata), void
         w->stopped = stopped;
         w->stopped_userdata = userdata;
         w->stop_requested = true;
+        uv_timer_stop(&w->idle_timer);
         maybe_stop_thread(w);
 }

@@ -28,6 +28,11 @@
 #include "tpm.h"
 
 #define TPM_WORKER_STACK_BYTES (256u * 1024) /* bytes of the worker thread's stack (SAPI needs < 64 KiB) */
+/* ms without TPM jobs after which the TPM connection is given back to other
+ * programs (tpm_idle(): swtpm's single connection). Long enough to keep it
+ * through a burst of requests, short enough that tpm2-tools run next to the
+ * daemon hardly notice the wait. */
+#define TPM_IDLE_RELEASE_MS 2
 
 enum tpm_job_kind {
         TPM_JOB_START,  /* open the TPM if closed, ensure EK/SRK, read their publics into keys_out */

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tcti-swtpm.h"
@@ -23,7 +24,8 @@ struct tcti_swtpm {
         TSS2_TCTI_CONTEXT_COMMON_V2 common; /* first: the TSS casts the context to this */
         struct sockaddr_storage addr;
         socklen_t addr_len;
-        int fd; /* the connection of the command in flight, else -1 */
+        int fd; /* the connection: of the command in flight, or kept from the last one; else -1 */
+        uint64_t connected_ms; /* when fd was connected (CLOCK_MONOTONIC_COARSE) */
         enum tcti_state state;
         size_t have;     /* response bytes read so far */
         size_t resp_len; /* set once the response is complete */
@@ -127,6 +129,12 @@ static int resolve(const struct tcti_swtpm_conf *c, struct tcti_swtpm *t) {
 
 /* A blocking connect: swtpm accepts at once, or the kernel queues us while
  * it serves another client; either way this does not wait for the TPM. */
+static uint64_t coarse_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static int connect_swtpm(const struct tcti_swtpm *t) {
         int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -139,6 +147,36 @@ static int connect_swtpm(const struct tcti_swtpm *t) {
                 return r;
         }
         return fd;
+}
+
+/* Whether the connection kept from the last command can carry the next one:
+ * swtpm has not closed it (a restart) and sent nothing since (it never
+ * does; bytes here would be read as the next response). */
+static bool kept_connection_usable(const struct tcti_swtpm *t) {
+        if (coarse_ms() - t->connected_ms >= TCTI_SWTPM_KEEP_MAX_MS)
+                return false; /* let whoever waits in swtpm's queue have a turn */
+        uint8_t b;
+        ssize_t n = recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+/* 0, or -errno with *sent = the bytes that went out before the error. A
+ * command is at most 4 KiB into the socket's buffer: this never waits for
+ * the TPM. */
+static int send_all(int fd, const uint8_t *cmd, size_t size, size_t *sent) {
+        size_t off = 0;
+        while (off < size) {
+                ssize_t n = send(fd, cmd + off, size - off, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        *sent = off;
+                        return n < 0 ? -errno : -EIO;
+                }
+                off += (size_t)n;
+        }
+        *sent = off;
+        return 0;
 }
 
 static void drop_connection(struct tcti_swtpm *t) {
@@ -162,22 +200,31 @@ static TSS2_RC swtpm_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t
         if (size < TPM_HEADER_BYTES || size > TCTI_SWTPM_MAX_MESSAGE || be32(cmd + 2) != size)
                 return TSS2_TCTI_RC_BAD_VALUE;
 
-        int fd = connect_swtpm(t);
-        if (fd < 0)
-                return TSS2_TCTI_RC_IO_ERROR;
-        /* A command is at most 4 KiB into a fresh socket's buffer: this
-         * never waits for the TPM. */
-        for (size_t off = 0; off < size;) {
-                ssize_t n = send(fd, cmd + off, size - off, MSG_NOSIGNAL);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0) {
-                        close(fd);
-                        return TSS2_TCTI_RC_IO_ERROR;
-                }
-                off += (size_t)n;
+        bool kept = t->fd >= 0;
+        if (kept && !kept_connection_usable(t)) {
+                drop_connection(t);
+                kept = false;
         }
-        t->fd = fd;
+        for (;;) {
+                if (t->fd < 0) {
+                        int fd = connect_swtpm(t);
+                        if (fd < 0)
+                                return TSS2_TCTI_RC_IO_ERROR;
+                        t->fd = fd;
+                        t->connected_ms = coarse_ms();
+                }
+                size_t sent = 0;
+                int r = send_all(t->fd, cmd, size, &sent);
+                if (r == 0)
+                        break;
+                drop_connection(t);
+                /* swtpm closed the kept connection between our check and
+                 * the send: nothing of the command went out, so a new
+                 * connection can carry it. */
+                if (!kept || sent > 0 || (r != -EPIPE && r != -ECONNRESET))
+                        return TSS2_TCTI_RC_IO_ERROR;
+                kept = false;
+        }
         t->state = STATE_RECEIVE;
         t->have = t->resp_len = 0;
         return TSS2_RC_SUCCESS;
@@ -265,7 +312,9 @@ static TSS2_RC swtpm_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *resp
         }
         memcpy(response, t->resp, t->resp_len);
         *size = t->resp_len;
-        drop_connection(t);
+        /* Keep the connection for the next command (tcti_swtpm_release()). */
+        t->state = STATE_TRANSMIT;
+        t->have = t->resp_len = 0;
         return TSS2_RC_SUCCESS;
 }
 
@@ -282,15 +331,15 @@ static TSS2_RC swtpm_cancel(TSS2_TCTI_CONTEXT *ctx) {
         return TSS2_TCTI_RC_NOT_IMPLEMENTED; /* swtpm does not implement cancellation either */
 }
 
-/* The descriptor of the command in flight; none (count 0) between commands,
- * because every command has a connection of its own. */
+/* The descriptor of the command in flight; none (count 0) between commands:
+ * there is nothing to wait for on a kept connection. */
 static TSS2_RC swtpm_get_poll_handles(TSS2_TCTI_CONTEXT *ctx, TSS2_TCTI_POLL_HANDLE *handles, size_t *num) {
         struct tcti_swtpm *t = cast(ctx);
         if (!t)
                 return TSS2_TCTI_RC_BAD_CONTEXT;
         if (!num)
                 return TSS2_TCTI_RC_BAD_REFERENCE;
-        size_t have = t->fd >= 0 ? 1 : 0;
+        size_t have = t->state == STATE_RECEIVE && t->fd >= 0 ? 1 : 0;
         if (!handles) {
                 *num = have;
                 return TSS2_RC_SUCCESS;
@@ -331,12 +380,14 @@ int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret) {
                 free(t);
                 return r;
         }
-        int fd = connect_swtpm(t);
-        if (fd < 0) {
+        /* Kept for the first command. */
+        t->fd = connect_swtpm(t);
+        t->connected_ms = coarse_ms();
+        if (t->fd < 0) {
+                r = t->fd;
                 free(t);
-                return fd;
+                return r;
         }
-        close(fd);
 
         TSS2_TCTI_CONTEXT_COMMON_V1 *v1 = &t->common.v1;
         v1->magic = TCTI_SWTPM_MAGIC;
@@ -350,6 +401,14 @@ int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret) {
         t->common.makeSticky = swtpm_make_sticky;
         *ret = (TSS2_TCTI_CONTEXT *)t;
         return 0;
+}
+
+bool tcti_swtpm_release(TSS2_TCTI_CONTEXT *tcti) {
+        struct tcti_swtpm *t = cast(tcti);
+        if (!t || t->state != STATE_TRANSMIT || t->fd < 0)
+                return false;
+        drop_connection(t);
+        return true;
 }
 
 TSS2_TCTI_CONTEXT *tcti_swtpm_free(TSS2_TCTI_CONTEXT *tcti) {

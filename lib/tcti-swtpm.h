@@ -7,8 +7,20 @@
  * event loop through SAPI's ExecuteAsync/ExecuteFinish calls, which needs a TCTI whose
  * receive() honours timeout 0 (TSS2_TCTI_RC_TRY_AGAIN) and that hands out
  * the descriptor to poll, like the device TCTI does for /dev/tpmrm0. The
- * wire protocol is the one libtss2-tcti-swtpm speaks: one connection per
- * command, the raw TPM command out, the raw response back.
+ * wire protocol is the one libtss2-tcti-swtpm speaks: the raw TPM command
+ * out, the raw response back.
+ *
+ * Connections: libtss2-tcti-swtpm connects for every command, so that other
+ * programs get their turn (swtpm serves one connection at a time). Here the
+ * connection stays open after a response, so commands that follow each
+ * other closely skip socket/connect/close on our side and accept/close on
+ * swtpm's; the owner gives it back with tcti_swtpm_release() when it goes
+ * idle (tpmidd: TPM_IDLE_RELEASE_MS after the last command), and another
+ * program that connects meanwhile waits in swtpm's listen queue until then,
+ * and under a steady stream of commands at most TCTI_SWTPM_KEEP_MAX_MS: a
+ * connection older than that is closed before the next command, and swtpm
+ * serves whoever queued first. A kept connection that swtpm closed (a
+ * restart) is noticed before the next command and replaced.
  *
  * The configuration string is libtss2-tcti-swtpm's: "path=SOCKET",
  * "host=HOST,port=PORT", or empty (localhost:2321). */
@@ -24,6 +36,7 @@
 #define TCTI_SWTPM_MAX_MESSAGE 4096 /* bytes of one command or response (libtpms' TPM2_MAX_COMMAND_SIZE) */
 #define TCTI_SWTPM_CONF_MAX 512     /* bytes of the configuration string */
 #define TCTI_SWTPM_DEFAULT_PORT 2321
+#define TCTI_SWTPM_KEEP_MAX_MS 100  /* ms one connection carries commands before others get a turn */
 
 struct tcti_swtpm_conf {
         bool unix_socket;
@@ -52,6 +65,12 @@ int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret);
 
 /* Finalize and free; NULL-safe, returns NULL. */
 TSS2_TCTI_CONTEXT *tcti_swtpm_free(TSS2_TCTI_CONTEXT *tcti);
+
+/* Close the connection kept from the last command, so another program can
+ * talk to swtpm. Returns true if one was closed; false (nothing done) when
+ * there was none or a command is in flight. The next command connects
+ * again. */
+bool tcti_swtpm_release(TSS2_TCTI_CONTEXT *tcti);
 
 /* Whether tcti was made by tcti_swtpm_new(). */
 bool tcti_swtpm_is(const TSS2_TCTI_CONTEXT *tcti);

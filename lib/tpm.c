@@ -1325,6 +1325,12 @@ out:
         return 0;
 }
 
+bool tpm_idle(struct tpm *t) {
+        if (!t || t->async_handle || !tcti_swtpm_is(t->tcti))
+                return false;
+        return tcti_swtpm_release(t->tcti);
+}
+
 /* ---- status ------------------------------------------------------------ */
 
 int tpm_da_info(struct tpm *t, struct tpm_da_info *out, struct tpm_error *err) {

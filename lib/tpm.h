@@ -110,6 +110,14 @@ int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *da
                          struct tpm_error *err);
 int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tpm_error *err);
 
+/* The caller will not send commands for a while: give back what holds the
+ * TPM against other programs. With swtpm that is the connection kept from
+ * the last command (swtpm serves one at a time; see tcti-swtpm.h); the
+ * device and other TCTIs keep nothing that blocks others, so this does
+ * nothing there. Returns true if a connection was closed. Not while an
+ * asynchronous signature is in flight. */
+bool tpm_idle(struct tpm *t);
+
 /* Errors common to all calls below (see tpm_error_from_rc()): -EIO (TPM or
  * connection failure), -EPERM (dictionary-attack lockout), -EACCES (wrong
  * hierarchy password), -ENOSPC (no free TPM slots / persistent storage),

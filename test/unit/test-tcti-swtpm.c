@@ -82,6 +82,8 @@ enum mode {
         MODE_HUGE,   /* a header claiming 64 KiB */
         MODE_TINY,   /* a header claiming 5 bytes */
         MODE_EXTRA,  /* the response and 3 bytes more */
+        MODE_CLOSE,  /* the whole response, then close the connection (a restarted swtpm) */
+        MODE_LATE,   /* the whole response, then 3 bytes more once the test says so */
 };
 
 struct server {
@@ -90,7 +92,9 @@ struct server {
         int go[2]; /* MODE_SPLIT: the test writes a byte to let the rest go */
         pthread_t thread;
         volatile enum mode mode;
-        unsigned commands; /* complete commands received */
+        _Atomic unsigned commands;    /* complete commands received */
+        _Atomic unsigned connections; /* accepted */
+        _Atomic unsigned closed;      /* connections the server closed */
 };
 
 static const uint8_t response[] = { 0x80, 0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
@@ -107,22 +111,15 @@ static bool read_all(int fd, uint8_t *buf, size_t n) {
         return true;
 }
 
-static void *server_main(void *arg) {
-        struct server *s = arg;
+/* Serve commands on fd until the client closes it or the mode ends it. */
+static void serve_connection(struct server *s, int fd) {
         for (;;) {
-                int fd = accept(s->listen_fd, NULL, NULL);
-                if (fd < 0)
-                        return NULL; /* shut down */
                 uint8_t hdr[10], rest[64];
-                if (!read_all(fd, hdr, sizeof(hdr))) {
-                        close(fd); /* the TCTI's probe at creation */
-                        continue;
-                }
+                if (!read_all(fd, hdr, sizeof(hdr)))
+                        return; /* the client closed it (or the TCTI's probe was never used) */
                 uint32_t size = (uint32_t)hdr[2] << 24 | (uint32_t)hdr[3] << 16 | (uint32_t)hdr[4] << 8 | hdr[5];
-                if (size < 10 || size - 10 > sizeof(rest) || !read_all(fd, rest, size - 10)) {
-                        close(fd);
-                        continue;
-                }
+                if (size < 10 || size - 10 > sizeof(rest) || !read_all(fd, rest, size - 10))
+                        return;
                 s->commands++;
                 uint8_t out[sizeof(response) + 3];
                 memcpy(out, response, sizeof(response));
@@ -152,11 +149,33 @@ static void *server_main(void *arg) {
                         out[sizeof(response)] = out[sizeof(response) + 1] = out[sizeof(response) + 2] = 0x55;
                         (void)!write(fd, out, sizeof(out));
                         break;
+                case MODE_CLOSE:
+                        (void)!write(fd, out, sizeof(response));
+                        return;
+                case MODE_LATE: {
+                        char b;
+                        (void)!write(fd, out, sizeof(response));
+                        (void)!read(s->go[0], &b, 1);
+                        (void)!write(fd, "\x55\x55\x55", 3);
+                        break;
                 }
-                /* swtpm keeps the connection until the client closes it */
-                while (s->mode != MODE_EOF && read(fd, hdr, 1) > 0)
-                        ;
+                }
+                if (s->mode == MODE_EOF)
+                        return;
+                /* swtpm keeps the connection for the next command until the client closes it */
+        }
+}
+
+static void *server_main(void *arg) {
+        struct server *s = arg;
+        for (;;) {
+                int fd = accept(s->listen_fd, NULL, NULL);
+                if (fd < 0)
+                        return NULL; /* shut down */
+                s->connections++;
+                serve_connection(s, fd);
                 close(fd);
+                s->closed++;
         }
 }
 
@@ -241,9 +260,12 @@ static void test_round_trip(void **state) {
                 assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE), TSS2_RC_SUCCESS);
                 assert_int_equal(n, sizeof(response));
                 assert_memory_equal(buf, response, sizeof(response));
-                assert_int_equal(poll_handles(t, &fd), 0); /* the connection is closed */
+                assert_int_equal(poll_handles(t, &fd), 0); /* nothing in flight */
         }
         assert_int_equal(s->commands, 3);
+        /* all three on the connection made at creation, kept open */
+        assert_int_equal(s->connections, 1);
+        assert_int_equal(s->closed, 0);
 
         /* a blocking receive */
         assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
@@ -317,6 +339,109 @@ static void test_broken_responses(void **state) {
         tcti_swtpm_free(t);
 }
 
+/* Wait (up to 5 s) until the server has closed n connections. */
+static void wait_closed(struct server *s, unsigned n) {
+        for (int i = 0; i < 5000 && s->closed < n; i++)
+                usleep(1000);
+        assert_int_equal(s->closed, n);
+}
+
+static void round_trip(TSS2_TCTI_CONTEXT *t) {
+        uint8_t buf[64];
+        size_t n = sizeof(buf);
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_int_equal(n, sizeof(response));
+        assert_memory_equal(buf, response, sizeof(response));
+}
+
+/* The kept connection goes back to swtpm on request, and only between
+ * commands; the next command connects again. */
+static void test_release(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        uint8_t buf[64];
+        size_t n = sizeof(buf);
+
+        s->mode = MODE_OK;
+        round_trip(t);
+        assert_true(tcti_swtpm_release(t));
+        wait_closed(s, 1); /* swtpm sees the close and can serve someone else */
+        assert_false(tcti_swtpm_release(t)); /* nothing kept any more */
+
+        round_trip(t); /* a new connection */
+        assert_int_equal(s->connections, 2);
+
+        /* not while a command is in flight */
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+        assert_false(tcti_swtpm_release(t));
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_int_equal(s->commands, 3);
+        assert_false(tcti_swtpm_release(NULL));
+        tcti_swtpm_free(t);
+}
+
+/* A steady stream of commands gives others a turn: a connection older than
+ * TCTI_SWTPM_KEEP_MAX_MS is not used for the next command. */
+static void test_keep_max(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        s->mode = MODE_OK;
+        round_trip(t);
+        round_trip(t);
+        assert_int_equal(s->connections, 1);
+        usleep((TCTI_SWTPM_KEEP_MAX_MS + 20) * 1000);
+        round_trip(t);
+        assert_int_equal(s->connections, 2);
+        wait_closed(s, 1);
+        tcti_swtpm_free(t);
+}
+
+/* swtpm closes the kept connection (it restarted): the next command goes
+ * out on a new one, without an error. */
+static void test_kept_connection_closed(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+
+        for (unsigned i = 1; i <= 3; i++) {
+                s->mode = MODE_CLOSE;
+                round_trip(t);
+                wait_closed(s, i);
+        }
+        s->mode = MODE_OK;
+        round_trip(t);
+        assert_int_equal(s->commands, 4);
+        assert_int_equal(s->connections, 4);
+        tcti_swtpm_free(t);
+}
+
+/* Bytes after a response stay in a kept connection: they must not be read
+ * as the next response. */
+static void test_stray_bytes_after_response(void **state) {
+        struct server *s = *state;
+        TSS2_TCTI_CONTEXT *t = open_tcti(s);
+        uint8_t buf[64];
+        size_t n = sizeof(buf);
+        int fd = -1;
+
+        s->mode = MODE_LATE;
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+        assert_int_equal(poll_handles(t, &fd), 1);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_memory_equal(buf, response, sizeof(response));
+        /* now the stray bytes, into the kept connection */
+        s->mode = MODE_OK;
+        assert_int_equal(write(s->go[1], "g", 1), 1);
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        assert_int_equal(poll(&p, 1, 5000), 1);
+
+        round_trip(t); /* on a new connection: the kept one is not trusted any more */
+        assert_int_equal(s->connections, 2);
+        round_trip(t);
+        assert_int_equal(s->connections, 2);
+        tcti_swtpm_free(t);
+}
+
 static void test_bad_calls(void **state) {
         struct server *s = *state;
         TSS2_TCTI_CONTEXT *t = open_tcti(s);
@@ -366,6 +491,10 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_split_response, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_broken_responses, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_bad_calls, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_release, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_keep_max, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_kept_connection_closed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stray_bytes_after_response, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
