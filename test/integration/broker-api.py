@@ -291,6 +291,51 @@ def key_evicted_behind_the_loop():
 
 
 @R.case
+def tpm_shared_with_other_programs():
+    """swtpm serves one connection at a time and the daemon keeps its
+    connection between commands: tpm2-tools still get their turn, while the
+    daemon signs without a pause (the connection is renewed every 100 ms)
+    and right after it went idle (released after 2 ms)."""
+    with harness.Swtpm() as tpm, Daemon(tpm) as d, Client(d.sock) as c:
+        ek, srk = c.keys()
+        blob, key = authblob.make_auth_blob(ek, srk)
+        assert c.import_key(blob)[0] == 200
+        stop = threading.Event()
+        result = {"ok": 0, "bad": []}
+
+        def load():
+            with Client(d.sock) as k:
+                while not stop.is_set():
+                    st, body = k.sign(b"load")
+                    if (st, body) == (200, hmac_sha256(key, b"load")):
+                        result["ok"] += 1
+                    else:
+                        result["bad"].append((st, body))
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            time.sleep(0.3)
+            for _ in range(3):
+                before = result["ok"]
+                t0 = time.monotonic()
+                tpm.tool("tpm2_getcap", "properties-fixed", timeout=30)
+                took = time.monotonic() - t0
+                assert took < 3.0, f"tpm2_getcap waited {took:.2f} s for the TPM while the daemon signed"
+                assert result["ok"] > before, "the daemon did not sign while tpm2_getcap ran"
+        finally:
+            stop.set()
+            t.join()
+        assert not result["bad"] and result["ok"] > 100, result
+        # idle: the connection is back with swtpm at once
+        assert c.sign(b"x") == (200, hmac_sha256(key, b"x"))
+        t0 = time.monotonic()
+        tpm.tool("tpm2_getcap", "properties-fixed", timeout=30)
+        assert time.monotonic() - t0 < 3.0
+        assert_tpm_clean(tpm)
+
+
+@R.case
 def keys_served_while_tpm_busy():
     """get_tpm_keys needs no TPM round trip: it overtakes a running import."""
     with harness.Swtpm() as tpm, Daemon(tpm) as d, Client(d.sock) as c, Client(d.sock) as k:
