@@ -140,6 +140,11 @@ static void reply_tpm_error(struct tpmd_api *a, struct api_job *j) {
                 status = 503;
                 what = "TPM not available";
                 break;
+        case -EAGAIN:
+                /* TPM_RC_RETRY/YIELDED/TESTING/NV_RATE that outlasted tpm.c's re-sends: transient. */
+                status = 503;
+                what = "the TPM is busy";
+                break;
         default:
                 status = 500;
                 what = j->op == API_OP_TPM_IMPORT ? "importing the authentication key failed"
