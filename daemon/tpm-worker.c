@@ -51,7 +51,8 @@ struct tpm_worker {
         /* The TPM's descriptor is watched through an epoll set of our own
          * that libuv polls as one descriptor: libuv unregisters a handle's
          * descriptor *number* when the handle closes, and the TCTI may have
-         * closed that descriptor already (swtpm: a connection per command),
+         * closed that descriptor already (swtpm: a released or renewed
+         * connection),
          * so the number may belong to a client connection by then. In our
          * set, the kernel drops a closed descriptor by itself. Entries are
          * one-shot: a response that arrives while the worker thread has the
@@ -349,8 +350,8 @@ static void maybe_stop_thread(struct tpm_worker *w) {
  * the loop's to touch. */
 static void on_idle(uv_timer_t *t) {
         struct tpm_worker *w = t->data;
-        /* Once stopping, the thread may be closing the TPM. */
-        if (w->stop_requested || w->owner != OWNER_NONE || w->pend_head || !w->tpm)
+        /* Not armed again once stopping (the thread may be closing the TPM). */
+        if (w->owner != OWNER_NONE || w->pend_head || !w->tpm)
                 return;
         if (tpm_idle(w->tpm))
                 log_debug("TPM idle: released the simulator connection");

@@ -6,7 +6,6 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "tcti-swtpm.h"
@@ -25,7 +24,7 @@ struct tcti_swtpm {
         struct sockaddr_storage addr;
         socklen_t addr_len;
         int fd; /* the connection: of the command in flight, or kept from the last one; else -1 */
-        uint64_t connected_ms; /* when fd was connected (CLOCK_MONOTONIC_COARSE) */
+        int64_t connected_ms; /* when fd was connected (now_monotonic_ms()) */
         enum tcti_state state;
         size_t have;     /* response bytes read so far */
         size_t resp_len; /* set once the response is complete */
@@ -129,12 +128,6 @@ static int resolve(const struct tcti_swtpm_conf *c, struct tcti_swtpm *t) {
 
 /* A blocking connect: swtpm accepts at once, or the kernel queues us while
  * it serves another client; either way this does not wait for the TPM. */
-static uint64_t coarse_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static int connect_swtpm(const struct tcti_swtpm *t) {
         int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -153,7 +146,7 @@ static int connect_swtpm(const struct tcti_swtpm *t) {
  * swtpm has not closed it (a restart) and sent nothing since (it never
  * does; bytes here would be read as the next response). */
 static bool kept_connection_usable(const struct tcti_swtpm *t) {
-        if (coarse_ms() - t->connected_ms >= TCTI_SWTPM_KEEP_MAX_MS)
+        if (now_monotonic_ms() - t->connected_ms >= TCTI_SWTPM_KEEP_MAX_MS)
                 return false; /* let whoever waits in swtpm's queue have a turn */
         uint8_t b;
         ssize_t n = recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -211,7 +204,7 @@ static TSS2_RC swtpm_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t
                         if (fd < 0)
                                 return TSS2_TCTI_RC_IO_ERROR;
                         t->fd = fd;
-                        t->connected_ms = coarse_ms();
+                        t->connected_ms = now_monotonic_ms();
                 }
                 size_t sent = 0;
                 int r = send_all(t->fd, cmd, size, &sent);
@@ -382,7 +375,7 @@ int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret) {
         }
         /* Kept for the first command. */
         t->fd = connect_swtpm(t);
-        t->connected_ms = coarse_ms();
+        t->connected_ms = now_monotonic_ms();
         if (t->fd < 0) {
                 r = t->fd;
                 free(t);

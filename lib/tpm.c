@@ -447,8 +447,8 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
                 goto fail;
         }
 
-        /* The swtpm TCTI connects per command, so "not running" shows up only
-         * at the first command: probe now so tpm_open() reports it. */
+        /* A TCTI may not talk to the TPM before the first command, so "not
+         * running" would show up only then: probe now so tpm_open() reports it. */
         uint32_t v = 0;
         r = get_fixed_property(t, TPM2_PT_NV_BUFFER_MAX, &v, "TPM2_GetCapability(NV_BUFFER_MAX)", err);
         if (r < 0) {

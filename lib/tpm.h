@@ -101,8 +101,9 @@ int tpm_sign(struct tpm *t, const uint8_t *data, size_t len, uint8_t out[32], st
  * thread that may block. -EWOULDBLOCK too when the TCTI cannot wait without
  * blocking (tpm_can_async()). index NULL = the configured slot.
  * finish returns 0 with out filled, -EINPROGRESS with the descriptor to wait
- * on next in *ret_fd (it may change: swtpm uses a connection per command
- * and a command is sent again after TPM_RC_RETRY), or the errors of tpm_sign().
+ * on next in *ret_fd (it may change: the command is sent again after
+ * TPM_RC_RETRY, with swtpm maybe on a new connection), or the errors of
+ * tpm_sign().
  * Between start and the finish that does not return -EINPROGRESS, no other
  * call may use t. */
 bool tpm_can_async(const struct tpm *t);

@@ -113,6 +113,16 @@ def setup(tpm):
     return proxy, Daemon(tpm, tcti="swtpm:path=" + proxy.path)
 
 
+def provision(c):
+    """Import an auth key (no faults) and sign once, so the key's handle is
+    known and short signatures run on the loop. Returns (ek, srk, key)."""
+    ek, srk = c.keys()
+    blob, key = authblob.make_auth_blob(ek, srk)
+    assert c.import_key(blob)[0] == 200
+    assert c.sign(b"warm") == (200, hmac_sha256(key, b"warm"))
+    return ek, srk, key
+
+
 @R.case
 def import_survives_retries():
     """Every step of an import is answered with a retry code once first."""
@@ -138,10 +148,7 @@ def signatures_survive_retries():
     with harness.Swtpm() as tpm:
         proxy, daemon = setup(tpm)
         with daemon as d, Client(d.sock) as c:
-            ek, srk = c.keys()
-            blob, key = authblob.make_auth_blob(ek, srk)
-            assert c.import_key(blob)[0] == 200
-            assert c.sign(b"warm") == (200, hmac_sha256(key, b"warm"))  # the key is known: the loop signs
+            _, _, key = provision(c)
             for i in range(20):
                 proxy.inject(CC_HMAC, [(RC_RETRY, RC_YIELDED, RC_TESTING)[i % 3]] * (1 + i % 4))
                 data = b"short %d" % i
@@ -166,10 +173,7 @@ def tpm_that_keeps_asking_gets_503():
     with harness.Swtpm() as tpm:
         proxy, daemon = setup(tpm)
         with daemon as d, Client(d.sock) as c:
-            ek, srk = c.keys()
-            blob, key = authblob.make_auth_blob(ek, srk)
-            assert c.import_key(blob)[0] == 200
-            assert c.sign(b"warm") == (200, hmac_sha256(key, b"warm"))
+            ek, srk, key = provision(c)
             proxy.inject(CC_HMAC, [RC_RETRY] * 5)
             st, body = c.sign(b"busy")
             assert st == 503 and "the TPM is busy" in message(body) and "TPM2_HMAC" in message(body), (st, body)
