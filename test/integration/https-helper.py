@@ -44,15 +44,17 @@ def children(pid):
 
 
 def helpers(d):
-    """The daemon's tpmidd-https children."""
+    """The daemon's tpmidd-https children, zombies included: a helper that has
+    exited but is not reaped yet still counts (its cmdline is empty then, so
+    the name comes from /proc/PID/stat)."""
     out = []
     for c in children(d.proc.pid):
         try:
-            with open("/proc/%d/cmdline" % c, "rb") as f:
-                argv0 = f.read().split(b"\0")[0]
-        except OSError:
+            with open("/proc/%d/stat" % c) as f:
+                comm = f.read().split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError):
             continue
-        if argv0.endswith(b"tpmidd-https"):
+        if comm == "tpmidd-https":
             out.append(c)
     return out
 
