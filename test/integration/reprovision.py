@@ -92,8 +92,8 @@ def always_on_startup():
         t0 = time.time()
         # served at once, while the first PUT stalls
         assert s.d.identity() == (HUB1, s.regid)
-        p = s.d.prov()
-        assert p["state"] == "registering", p
+        # the saved state is read and checked after READY: loading-state first
+        p = s.d.wait_state("registering", timeout=2)
         assert time.time() - t0 < 2
         s.d.wait_provisioned()
         routes = s.routes(seq)
@@ -460,7 +460,7 @@ def report_while_busy_and_unprovisioned():
         s.sim.client.fault("register-challenge", "stall", count=1, seconds=3)
         seq = s.sim.last_seq()
         s.d.start()
-        assert s.d.prov()["state"] == "registering"
+        s.d.wait_state("registering", timeout=2)  # after loading-state, during the stalled PUT
         assert s.report_action(401) == "already-provisioning"
         s.d.wait_provisioned()
         routes = s.routes(seq)
