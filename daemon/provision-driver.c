@@ -686,11 +686,8 @@ static void job_done(struct tpm_job *job, void *userdata) {
                 if (r >= 0 && job->present) {
                         d->have_identity = true;
                         log_info("provisioning: serving the saved identity: hub %s, device %s", d->hub, d->device_id);
-                        {
-                                feed_simple(d,
-                                            d->loaded_stale ? PROV_EV_STATE_LOADED_STALE : PROV_EV_STATE_LOADED_VALID);
-                                return;
-                        }
+                        feed_simple(d, d->loaded_stale ? PROV_EV_STATE_LOADED_STALE : PROV_EV_STATE_LOADED_VALID);
+                        return;
                 }
                 if (r < 0)
                         log_warn("provisioning: could not check the TPM for the saved identity's key: %s",

@@ -3,8 +3,6 @@
 authorisation, concurrency, and a clean TPM afterwards."""
 import base64
 import grp
-import hashlib
-import hmac
 import json
 import os
 import pwd
@@ -22,7 +20,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
-from broker import API, Client, Daemon, message  # noqa: E402
+from broker import API, Client, Daemon, hmac_sha256, message  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "tpm2_readpublic", "tpm2_getcap", "curl", "setpriv")
 import authblob  # noqa: E402
@@ -34,10 +32,6 @@ def assert_tpm_clean(tpm):
     """No transient object or session left behind (the daemon is idle or stopped)."""
     assert tpm.transient_handles() == [], tpm.transient_handles()
     assert tpm.loaded_sessions() == [], tpm.loaded_sessions()
-
-
-def hmac_sha256(key, data):
-    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 @R.case

@@ -93,7 +93,7 @@ def always_on_startup():
         # served at once, while the first PUT stalls
         assert s.d.identity() == (HUB1, s.regid)
         # the saved state is read and checked after READY: loading-state first
-        p = s.d.wait_state("registering", timeout=2)
+        s.d.wait_state("registering", timeout=2)
         assert time.time() - t0 < 2
         s.d.wait_provisioned()
         routes = s.routes(seq)

@@ -6,8 +6,6 @@ worker thread's blocking one, and a TPM that keeps asking gets a clear 503.
 swtpm never answers with these codes, so a proxy between tpmidd and swtpm
 answers chosen commands with them in swtpm's place (the command does not
 reach swtpm then, exactly as if the TPM had not run it)."""
-import hashlib
-import hmac
 import os
 import re
 import socket
@@ -19,7 +17,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
-from broker import Client, Daemon, message  # noqa: E402
+from broker import Client, Daemon, hmac_sha256, message  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "tpm2_getcap")
 import authblob  # noqa: E402
@@ -28,10 +26,6 @@ R = harness.Runner("tpm-retry")
 
 RC_RETRY, RC_YIELDED, RC_TESTING = 0x922, 0x908, 0x90A
 CC_HMAC, CC_IMPORT, CC_LOAD, CC_ACTIVATE, CC_EVICT, CC_SEQ_UPDATE = 0x155, 0x156, 0x157, 0x147, 0x120, 0x15C
-
-
-def hmac_sha256(key, data):
-    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 def read_exact(s, n):
@@ -95,8 +89,10 @@ class Proxy:
                     up.connect(self.upstream)
                 up.sendall(hdr + body)
                 rh = read_exact(up, 10)
-                _, rsize, _ = struct.unpack(">HII", rh)
-                c.sendall(rh + read_exact(up, rsize - 10))
+                rbody = read_exact(up, struct.unpack(">HII", rh)[1] - 10) if rh else None
+                if rbody is None:
+                    return  # swtpm went away: so does the client's connection
+                c.sendall(rh + rbody)
         except OSError:
             return
         finally:

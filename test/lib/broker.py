@@ -7,6 +7,8 @@
 - NotifySocket: a datagram socket standing in for systemd's NOTIFY_SOCKET.
 """
 import base64
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -231,6 +233,11 @@ class Client:
         if st != 200:
             return st, body
         return st, base64.b64decode(json.loads(body)["digest"])
+
+
+def hmac_sha256(key, data):
+    """What sign_with_auth_key must answer for data under the imported key."""
+    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 def message(body):
