@@ -70,7 +70,7 @@ class LogFollower(threading.Thread):
 
 def main():
     for tool in ("tpmidd", "tpmidctl"):
-        if not os.path.exists(harness.build_path("daemon", tool)):
+        if not os.path.exists(harness.program(tool)):
             fail("%s is not built (expected in %s/daemon)" % (tool, harness.BUILD))
     work = harness.tmpdir("tpmid-demo-")
     tpm = sim = d = follower = None

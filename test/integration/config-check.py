@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import harness  # noqa: E402
 
-CTL = harness.build_path("daemon", "tpmidctl")
+CTL = harness.program("tpmidctl")
 DATA = os.path.join(harness.SRC, "test", "unit", "data", "config")
 EXIT_CONFIG = 3
 

@@ -76,7 +76,7 @@ def D(path):
 
 
 def tpmidctl():
-    return os.path.join(BUILD, "daemon", "tpmidctl")
+    return harness.program("tpmidctl")
 
 
 @R.case

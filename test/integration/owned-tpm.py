@@ -26,7 +26,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
-from harness import Runner, Swtpm, build_path, need, run, tmpdir  # noqa: E402
+from harness import Runner, Swtpm, need, program, run, tmpdir  # noqa: E402
 
 need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_createek", "tpm2_createprimary", "tpm2_changeauth",
      "tpm2_evictcontrol", "tpm2_readpublic", "tpm2_getcap", "tpm2_dictionarylockout", "tpm2_create", "setpriv")
@@ -34,7 +34,7 @@ need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_createek", "tpm2_createprimary
 import authblob  # noqa: E402  (python3-tpm2-pytss)
 from daemon import HUB1, Daemon, Sim  # noqa: E402
 
-CTL = build_path("daemon", "tpmidctl")
+CTL = program("tpmidctl")
 EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_NOTPM = 1, 2, 3, 4
 SEED_FMT = "Gathering the registration information...\n\nRegistration Id:\n%s\n\nEndorsement Key:\n%s\n"
 OWNER_PW = "owner-s3cret"

@@ -21,13 +21,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # module that tpm2-pytss imports: keep it off the import path.
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from harness import Runner, Swtpm, build_path, need, run, tmpdir  # noqa: E402
+from harness import Runner, Swtpm, need, program, run, tmpdir  # noqa: E402
 
 need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_createek", "tpm2_readpublic", "tpm2_getcap", "openssl")
 
 import authblob  # noqa: E402  (needs python3-tpm2-pytss)
 
-CTL = build_path("daemon", "tpmidctl")
+CTL = program("tpmidctl")
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOTPM = 1, 2, 4
 SEED_FMT = "Gathering the registration information...\n\nRegistration Id:\n%s\n\nEndorsement Key:\n%s\n"
 

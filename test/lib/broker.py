@@ -24,7 +24,7 @@ API = "api-version=2020-09-01"
 
 
 def tpmidd_path():
-    return harness.build_path("daemon", "tpmidd")
+    return harness.program("tpmidd")
 
 
 def toml_config(tcti, sock, limits=None, principals=(), log_level="debug", extra=""):
@@ -58,7 +58,7 @@ class Daemon:
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.pop("LISTEN_FDS", None)
         self.env["TSS2_LOG"] = "all+none"
-        self.env["TPMIDD_HTTPS_HELPER"] = harness.build_path("daemon", "tpmidd-https")  # the build tree's helper
+        self.env["TPMIDD_HTTPS_HELPER"] = harness.program("tpmidd-https")  # the build tree's helper
         if env:
             self.env.update(env)
         self.argv_prefix = argv_prefix or []

@@ -41,7 +41,7 @@ STATE_FILE = "device-state"
 
 
 def tpmidctl_path():
-    return harness.build_path("daemon", "tpmidctl")
+    return harness.program("tpmidctl")
 
 
 def wait_for(pred, timeout, step=0.05, what="condition"):
@@ -310,7 +310,7 @@ class Daemon:
             e.pop(k, None)
         e["TSS2_LOG"] = "all+none"
         e["TPMIDD_CLOUD_CONNECT_TO"] = self.sim.connect_to()
-        e["TPMIDD_HTTPS_HELPER"] = harness.build_path("daemon", "tpmidd-https")  # the build tree's helper
+        e["TPMIDD_HTTPS_HELPER"] = harness.program("tpmidd-https")  # the build tree's helper
         e.update(self.extra_env)
         return e
 

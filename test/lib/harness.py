@@ -35,6 +35,19 @@ def build_path(*parts):
     return os.path.join(BUILD, *parts)
 
 
+# The three programs, each in its own build folder (daemon/meson.build).
+PROGRAMS = {
+    "tpmidd": ("daemon", "tpmidd", "tpmidd"),
+    "tpmidd-https": ("daemon", "https", "tpmidd-https"),
+    "tpmidctl": ("daemon", "ctl", "tpmidctl"),
+}
+
+
+def program(name):
+    """Path of one of our programs in the build tree."""
+    return build_path(*PROGRAMS[name])
+
+
 def run(cmd, check=True, env=None, input=None, timeout=60, **kw):
     """Run a command, capture text output; raise with both streams on failure."""
     p = subprocess.run(cmd, env=env, input=input, timeout=timeout, capture_output=True,
@@ -232,4 +245,4 @@ def daemon_argv(*args):
     valgrind gate runs the same tests under memcheck."""
     import shlex
     wrapper = shlex.split(os.environ.get("TPMID_DAEMON_WRAPPER", ""))
-    return wrapper + [build_path("daemon", "tpmidd")] + list(args)
+    return wrapper + [program("tpmidd")] + list(args)

@@ -27,7 +27,7 @@ if ! cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portabilit
 fi
 
 echo "-- clang-tidy"
-out=$(ls lib/*.c daemon/*.c | xargs -P "$JOBS" -n 1 clang-tidy -p "$BUILD" --quiet 2>/dev/null)
+out=$(ls lib/*.c daemon/*/*.c | xargs -P "$JOBS" -n 1 clang-tidy -p "$BUILD" --quiet 2>/dev/null)
 if echo "$out" | grep -E '(warning|error):'; then
         echo "clang-tidy reported findings (the full trace: clang-tidy -p $BUILD FILE)"
         rc=1

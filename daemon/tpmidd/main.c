@@ -38,18 +38,6 @@
 #define TPM_EXTEND_MARGIN_MS 30000   /* ms added to each start-timeout extension while waiting for the TPM */
 #define MALLOC_ARENAS 1              /* glibc arenas: one thread does real work, extra arenas only cost RSS */
 
-/* The identity socket's API (daemon/identity-api.c) is optional in this
- * binary: weak references resolve to NULL when it is not linked in, and the
- * identity socket is then not served (an inherited one answers 503). */
-#pragma weak identity_api_new
-#pragma weak identity_api_handle
-#pragma weak identity_api_set_config
-#pragma weak identity_api_free
-#pragma weak identity_api_tpm_ready
-#pragma weak identity_api_set_tpm_state
-#pragma weak identity_api_set_status_cb
-#pragma weak identity_api_status_text
-
 struct daemon {
         uv_loop_t loop;
         char *config_path;
@@ -138,7 +126,7 @@ static int load_config(const char *path, bool must_exist, struct tpmid_config **
 
 static void set_serving_status(struct daemon *d) {
         _cleanup_free_ char *regid = tpm_registration_id(d->keys.ek.buf, d->keys.ek.len);
-        const char *prov = d->identity && identity_api_status_text ? identity_api_status_text(d->identity) : NULL;
+        const char *prov = d->identity ? identity_api_status_text(d->identity) : NULL;
         notify_status(d->notify, "ready: serving %s, TPM ready (registration id %s)%s%s",
                       d->config->endpoints.tpmd_socket, regid ? regid : "?", prov ? "; " : "", prov ? prov : "");
 }
@@ -155,9 +143,9 @@ static void identity_status_changed(const char *text, void *userdata) {
 static void identity_tpm_state(struct daemon *d, bool ready, const char *reason) {
         if (!d->identity)
                 return;
-        if (ready && identity_api_tpm_ready)
+        if (ready)
                 identity_api_tpm_ready(d->identity, &d->keys);
-        else if (!ready && identity_api_set_tpm_state)
+        else
                 identity_api_set_tpm_state(d->identity, false, reason);
 }
 
@@ -288,7 +276,7 @@ static void worker_stopped(void *userdata) {
         d->tpmd_srv = NULL;
         server_close(d->identity_srv);
         d->identity_srv = NULL;
-        if (d->identity && identity_api_free)
+        if (d->identity)
                 d->identity = identity_api_free(d->identity);
         d->tpmd = tpmd_api_free(d->tpmd);
         close_handle((uv_handle_t *)&d->sig_term);
@@ -376,7 +364,7 @@ static void reload(struct daemon *d) {
                         server_set_limits(d->identity_srv, &l);
                         server_set_config(d->identity_srv, c);
                 }
-                if (d->identity && identity_api_set_config)
+                if (d->identity)
                         identity_api_set_config(d->identity, c);
                 tpm_worker_set_max_queued(d->worker, c->limits.max_queued_tpm_jobs);
                 /* Keep the endpoints and TPM options tpmidd actually runs with. */
@@ -408,10 +396,6 @@ static void signal_cb(uv_signal_t *s, int signum) {
 }
 
 /* ---- sockets ---- */
-
-static void identity_unavailable(struct server_request *req, void *userdata) {
-        server_reply_error(req, 503, NULL, 0, "the identity service is not part of this tpmidd build");
-}
 
 struct inherited {
         int tpmd_fd, identity_fd;
@@ -468,21 +452,16 @@ static int open_servers(struct daemon *d) {
         log_info("serving the TPM API on %s%s", d->config->endpoints.tpmd_socket,
                  inh.tpmd_fd >= 0 ? " (socket from systemd)" : "");
 
-        bool have_identity = identity_api_new && identity_api_handle;
-        if (have_identity) {
-                r = identity_api_new(&d->loop, d->config, d->worker, &d->identity);
-                if (r < 0)
-                        return log_error_errno(r, "could not set up the identity API: %s", strerror(-r));
-                if (identity_api_set_status_cb)
-                        identity_api_set_status_cb(d->identity, identity_status_changed, d);
-        }
-        if (have_identity || inh.identity_fd >= 0) {
+        r = identity_api_new(&d->loop, d->config, d->worker, &d->identity);
+        if (r < 0)
+                return log_error_errno(r, "could not set up the identity API: %s", strerror(-r));
+        identity_api_set_status_cb(d->identity, identity_status_changed, d);
+        {
                 r = server_new(&d->loop,
                                &(struct server_options){ .name = "identityd",
                                                          .path = d->config->endpoints.identityd_socket,
                                                          .fd = inh.identity_fd,
-                                                         .handler = have_identity ? identity_api_handle
-                                                                                  : identity_unavailable,
+                                                         .handler = identity_api_handle,
                                                          .userdata = d->identity, .limits = lim,
                                                          .config = d->config },
                                &d->identity_srv);
