@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from harness import BUILD, SRC, Runner, need, run, tmpdir  # noqa: E402
+from harness import BUILD, SRC, Runner, need, program, run, tmpdir  # noqa: E402
 
 need("meson", "systemd-analyze", "systemd-sysusers", "systemd-tmpfiles", "udevadm", "unshare", "pkg-config", "ldd")
 
@@ -76,7 +76,7 @@ def D(path):
 
 
 def tpmidctl():
-    return harness.program("tpmidctl")
+    return program("tpmidctl")
 
 
 @R.case
