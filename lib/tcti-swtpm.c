@@ -1,9 +1,8 @@
-/* A TCTI for swtpm's data socket with non-blocking receive and poll
- * handles. See tcti-swtpm.h for why it exists. */
+/* A TCTI for swtpm's data socket that keeps its connection between
+ * commands. See tcti-swtpm.h for why it exists. */
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -235,32 +234,20 @@ int tcti_swtpm_response_state(const uint8_t *buf, size_t have, size_t *len) {
         return 1;
 }
 
-/* Read what is there (block = wait for at least one byte). 1 = response
- * complete, 0 = need more, -1 = error in *rc (drop the connection). The
- * socket itself stays blocking: MSG_DONTWAIT spares two fcntl() calls per
- * command. */
-static int read_some(struct tcti_swtpm *t, bool block, TSS2_RC *rc) {
-        for (;;) {
-                ssize_t n = recv(t->fd, t->resp + t->have, sizeof(t->resp) - t->have, block ? 0 : MSG_DONTWAIT);
-                block = false;
+/* Read until the response is complete. 0 = complete (t->resp_len set), or
+ * a TCTI error (drop the connection). */
+static TSS2_RC read_response(struct tcti_swtpm *t) {
+        while (t->resp_len == 0) {
+                ssize_t n = recv(t->fd, t->resp + t->have, sizeof(t->resp) - t->have, 0);
                 if (n < 0 && errno == EINTR)
                         continue;
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                        return 0;
-                if (n <= 0) {
-                        /* EOF before a whole response, or a socket error */
-                        *rc = TSS2_TCTI_RC_IO_ERROR;
-                        return -1;
-                }
+                if (n <= 0)
+                        return TSS2_TCTI_RC_IO_ERROR; /* EOF before a whole response, or a socket error */
                 t->have += (size_t)n;
-                int r = tcti_swtpm_response_state(t->resp, t->have, &t->resp_len);
-                if (r < 0) {
-                        *rc = TSS2_TCTI_RC_MALFORMED_RESPONSE;
-                        return -1;
-                }
-                if (r > 0)
-                        return 1;
+                if (tcti_swtpm_response_state(t->resp, t->have, &t->resp_len) < 0)
+                        return TSS2_TCTI_RC_MALFORMED_RESPONSE;
         }
+        return TSS2_RC_SUCCESS;
 }
 
 static TSS2_RC swtpm_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *response, int32_t timeout) {
@@ -271,30 +258,14 @@ static TSS2_RC swtpm_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *resp
                 return TSS2_TCTI_RC_BAD_REFERENCE;
         if (t->state != STATE_RECEIVE)
                 return TSS2_TCTI_RC_BAD_SEQUENCE;
-        if (timeout < TSS2_TCTI_TIMEOUT_BLOCK)
-                return TSS2_TCTI_RC_BAD_VALUE;
+        if (timeout != TSS2_TCTI_TIMEOUT_BLOCK)
+                return TSS2_TCTI_RC_BAD_VALUE; /* blocking only (tcti-swtpm.h) */
 
-        while (t->resp_len == 0) {
-                TSS2_RC rc = TSS2_TCTI_RC_IO_ERROR;
-                int r = read_some(t, timeout == TSS2_TCTI_TIMEOUT_BLOCK, &rc);
-                if (r < 0) {
-                        drop_connection(t);
-                        return rc;
-                }
-                if (r > 0)
-                        break;
-                if (timeout == TSS2_TCTI_TIMEOUT_NONE)
-                        return TSS2_TCTI_RC_TRY_AGAIN;
-                struct pollfd p = { .fd = t->fd, .events = POLLIN };
-                int pr = poll(&p, 1, timeout);
-                if (pr < 0 && errno != EINTR) {
-                        drop_connection(t);
-                        return TSS2_TCTI_RC_IO_ERROR;
-                }
-                if (pr == 0)
-                        return TSS2_TCTI_RC_TRY_AGAIN;
+        TSS2_RC rc = read_response(t);
+        if (rc != TSS2_RC_SUCCESS) {
+                drop_connection(t);
+                return rc;
         }
-
         if (!response) {
                 *size = t->resp_len; /* the caller asks how much room it needs */
                 return TSS2_RC_SUCCESS;
@@ -322,27 +293,6 @@ static void swtpm_finalize(TSS2_TCTI_CONTEXT *ctx) {
 static TSS2_RC swtpm_cancel(TSS2_TCTI_CONTEXT *ctx) {
         (void)ctx;
         return TSS2_TCTI_RC_NOT_IMPLEMENTED; /* swtpm does not implement cancellation either */
-}
-
-/* The descriptor of the command in flight; none (count 0) between commands:
- * there is nothing to wait for on a kept connection. */
-static TSS2_RC swtpm_get_poll_handles(TSS2_TCTI_CONTEXT *ctx, TSS2_TCTI_POLL_HANDLE *handles, size_t *num) {
-        struct tcti_swtpm *t = cast(ctx);
-        if (!t)
-                return TSS2_TCTI_RC_BAD_CONTEXT;
-        if (!num)
-                return TSS2_TCTI_RC_BAD_REFERENCE;
-        size_t have = t->state == STATE_RECEIVE && t->fd >= 0 ? 1 : 0;
-        if (!handles) {
-                *num = have;
-                return TSS2_RC_SUCCESS;
-        }
-        if (*num < have)
-                return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
-        if (have)
-                handles[0] = (struct pollfd){ .fd = t->fd, .events = POLLIN };
-        *num = have;
-        return TSS2_RC_SUCCESS;
 }
 
 static TSS2_RC swtpm_set_locality(TSS2_TCTI_CONTEXT *ctx, uint8_t locality) {
@@ -389,7 +339,7 @@ int tcti_swtpm_new(const char *conf, TSS2_TCTI_CONTEXT **ret) {
         v1->receive = swtpm_receive;
         v1->finalize = swtpm_finalize;
         v1->cancel = swtpm_cancel;
-        v1->getPollHandles = swtpm_get_poll_handles;
+        v1->getPollHandles = NULL; /* blocking only: Tss2_Tcti_GetPollHandles() says not implemented */
         v1->setLocality = swtpm_set_locality;
         t->common.makeSticky = swtpm_make_sticky;
         *ret = (TSS2_TCTI_CONTEXT *)t;

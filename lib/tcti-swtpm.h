@@ -1,26 +1,27 @@
 /* tpmidd's own TCTI for swtpm's data socket (what "swtpm:" names in [tpm]
- * tcti), with real asynchronous I/O.
+ * tcti). The wire protocol is the one libtss2-tcti-swtpm speaks: the raw
+ * TPM command out, the raw response back. Calls block, like every TPM call
+ * in tpmidd (they run on the TPM worker thread, or in tpmidctl).
  *
- * Why not libtss2-tcti-swtpm: in tss2 3.2.1 its receive() blocks whatever the
- * timeout and it has no poll handles, so a command on it can only run on a
- * thread that may block. The daemon runs short commands (HMAC) from its
- * event loop through SAPI's ExecuteAsync/ExecuteFinish calls, which needs a TCTI whose
- * receive() honours timeout 0 (TSS2_TCTI_RC_TRY_AGAIN) and that hands out
- * the descriptor to poll, like the device TCTI does for /dev/tpmrm0. The
- * wire protocol is the one libtss2-tcti-swtpm speaks: the raw TPM command
- * out, the raw response back.
+ * Why not libtss2-tcti-swtpm: it connects for every command, so that other
+ * programs get their turn (swtpm serves one connection at a time). That is
+ * a socket, a connect and a close here and an accept and a close in swtpm,
+ * per command, on the critical path of every signature. Here the connection
+ * stays open after a response, so commands that follow each other closely
+ * skip all that; the owner gives it back with tcti_swtpm_release() when it
+ * goes idle (tpmidd: TPM_IDLE_RELEASE_MS after the last command), and
+ * another program that connects meanwhile waits in swtpm's listen queue
+ * until then, and under a steady stream of commands at most
+ * TCTI_SWTPM_KEEP_MAX_MS: a connection older than that is closed before the
+ * next command, and swtpm serves whoever queued first. A kept connection
+ * that swtpm closed (a restart) is noticed before the next command and
+ * replaced. (/dev/tpmrm0 needs none of this: the device stays open and the
+ * kernel's resource manager lets others in between commands.)
  *
- * Connections: libtss2-tcti-swtpm connects for every command, so that other
- * programs get their turn (swtpm serves one connection at a time). Here the
- * connection stays open after a response, so commands that follow each
- * other closely skip socket/connect/close on our side and accept/close on
- * swtpm's; the owner gives it back with tcti_swtpm_release() when it goes
- * idle (tpmidd: TPM_IDLE_RELEASE_MS after the last command), and another
- * program that connects meanwhile waits in swtpm's listen queue until then,
- * and under a steady stream of commands at most TCTI_SWTPM_KEEP_MAX_MS: a
- * connection older than that is closed before the next command, and swtpm
- * serves whoever queued first. A kept connection that swtpm closed (a
- * restart) is noticed before the next command and replaced.
+ * receive() blocks until the whole response is there; it accepts only
+ * TSS2_TCTI_TIMEOUT_BLOCK (SAPI's Tss2_Sys_Execute() and ESAPI's default),
+ * and there are no poll handles (getPollHandles: not implemented), as in
+ * libtss2-tcti-swtpm.
  *
  * The configuration string is libtss2-tcti-swtpm's: "path=SOCKET",
  * "host=HOST,port=PORT", or empty (localhost:2321). */

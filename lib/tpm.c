@@ -85,9 +85,7 @@ struct tpm {
         struct tpm_public ek_pub, srk_pub;
         uint16_t nv_buffer_max;
         unsigned leftovers_flushed;
-        bool can_async;        /* the TCTI has poll handles and honours receive timeouts */
-        uint32_t async_handle; /* the key of the HMAC in flight (tpm_sign_async_start), else 0 */
-        unsigned async_submits;
+        const struct tpm_tcti_source *source; /* where tcti came from, if not from tcti_conf */
 };
 
 
@@ -414,9 +412,18 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
         /* Never pass NULL here: the loader would then try its default list,
          * including a simulator on localhost, and could silently talk to a
          * TPM that is not the device's. */
-        if (startswith(t->tcti_conf, "swtpm:") || streq(t->tcti_conf, "swtpm")) {
-                /* Ours, not libtss2-tcti-swtpm: it can wait for a response
-                 * without blocking (tcti-swtpm.h says why). */
+        if (opts && opts->tcti_source) {
+                r = opts->tcti_source->open(opts->tcti_source->userdata, &t->tcti);
+                if (r < 0) {
+                        t->tcti = NULL;
+                        r = seterr(err, -EIO, 0, "tpm_open", "cannot open the TCTI '%s': %s", t->tcti_conf,
+                                   strerror(-r));
+                        goto fail;
+                }
+                t->source = opts->tcti_source;
+        } else if (startswith(t->tcti_conf, "swtpm:") || streq(t->tcti_conf, "swtpm")) {
+                /* Ours, not libtss2-tcti-swtpm: it keeps its connection
+                 * between commands (tcti-swtpm.h says why). */
                 r = tcti_swtpm_new(t->tcti_conf[5] == ':' ? t->tcti_conf + 6 : "", &t->tcti);
                 if (r < 0) {
                         t->tcti = NULL;
@@ -457,13 +464,6 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
                 goto fail;
         }
         t->nv_buffer_max = (uint16_t)(v == 0 || v > TPM2_MAX_NV_BUFFER_SIZE ? 512 : v);
-        /* Ours for swtpm; the device TCTI when tss2 was built with async
-         * support (Debian's is); not tabrmd or mssim. */
-        {
-                TSS2_TCTI_POLL_HANDLE h[1];
-                size_t n = 1;
-                t->can_async = Tss2_Tcti_GetPollHandles(t->tcti, h, &n) == TSS2_RC_SUCCESS;
-        }
         if (opts && opts->flush_leftovers && !tcti_has_resource_manager(t->tcti_conf))
                 flush_leftovers(t);
         *ret = t;
@@ -480,7 +480,9 @@ struct tpm *tpm_close(struct tpm *t) {
                 Tss2_Sys_Finalize(t->sys);
                 free(t->sys);
         }
-        if (tcti_swtpm_is(t->tcti))
+        if (t->source && t->tcti)
+                t->source->close(t->source->userdata, t->tcti);
+        else if (tcti_swtpm_is(t->tcti))
                 t->tcti = tcti_swtpm_free(t->tcti);
         else if (t->tcti)
                 Tss2_TctiLdr_Finalize(&t->tcti);
@@ -1036,98 +1038,6 @@ int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, 
         return sign_result(t, handle, r, &e, md, out, err);
 }
 
-/* ---- asynchronous HMAC ------------------------------------------------------ */
-
-bool tpm_can_async(const struct tpm *t) {
-        return t && t->can_async;
-}
-
-/* The descriptor the response of the command in flight arrives on. */
-static int poll_fd(struct tpm *t, int *ret_fd, const char *step, struct tpm_error *err) {
-        TSS2_TCTI_POLL_HANDLE h[1];
-        size_t n = 1;
-        TSS2_RC rc = Tss2_Tcti_GetPollHandles(t->tcti, h, &n);
-        if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, step, err);
-        if (n != 1 || h[0].fd < 0)
-                return seterr(err, -EIO, 0, step, "the TCTI has no descriptor to wait on for the TPM's response");
-        *ret_fd = h[0].fd;
-        return 0;
-}
-
-int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *data, size_t len, int *ret_fd,
-                         struct tpm_error *err) {
-        uint32_t handle = 0;
-        if (!t || (!data && len > 0) || !ret_fd || len > TPM_HMAC_CHUNK || t->async_handle)
-                return -EINVAL;
-        if (!t->can_async)
-                return -EWOULDBLOCK;
-        int r = index_to_handle(index ? *index : t->auth_key_handle - TPM_AUTH_KEY_BASE, &handle, err);
-        if (r < 0)
-                return r;
-        if (!*key_known(t, handle))
-                return -EWOULDBLOCK; /* the lookup is a TPM round trip of its own */
-
-        TPM2B_MAX_BUFFER buf;
-        buf.size = (UINT16)len;
-        if (len)
-                memcpy(buf.buffer, data, len);
-        TSS2_RC rc = Tss2_Sys_HMAC_Prepare(t->sys, handle, &buf, TPM2_ALG_SHA256);
-        explicit_zero(&buf, sizeof(buf));
-        if (rc == TSS2_RC_SUCCESS)
-                rc = Tss2_Sys_SetCmdAuths(t->sys, &empty_password);
-        if (rc == TSS2_RC_SUCCESS)
-                rc = Tss2_Sys_ExecuteAsync(t->sys);
-        if (rc != TSS2_RC_SUCCESS)
-                return tpm_error_from_rc(rc, "TPM2_HMAC", err);
-        r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
-        if (r < 0) {
-                /* Collect the response the blocking way so SAPI is ready for the next command. */
-                (void)Tss2_Sys_ExecuteFinish(t->sys, TSS2_TCTI_TIMEOUT_BLOCK);
-                return r;
-        }
-        t->async_handle = handle;
-        t->async_submits = 1;
-        return 0;
-}
-
-int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tpm_error *err) {
-        if (!t || !out || !ret_fd || !t->async_handle)
-                return -EINVAL;
-        TPM2B_DIGEST d = { 0 };
-        uint8_t md[32];
-        struct tpm_error e = { 0 };
-        int r;
-
-        TSS2_RC rc = Tss2_Sys_ExecuteFinish(t->sys, TSS2_TCTI_TIMEOUT_NONE);
-        if ((rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_TRY_AGAIN)
-        {
-                /* Not all there yet. */
-                r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
-                return r < 0 ? r : -EINPROGRESS;
-        }
-        if (rc_retryable(rc) && t->async_submits < TPM_SUBMIT_MAX) {
-                /* SAPI kept the command: send it again (a new connection with swtpm). */
-                rc = Tss2_Sys_ExecuteAsync(t->sys);
-                if (rc == TSS2_RC_SUCCESS) {
-                        t->async_submits++;
-                        r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
-                        if (r == 0)
-                                return -EINPROGRESS;
-                        (void)Tss2_Sys_ExecuteFinish(t->sys, TSS2_TCTI_TIMEOUT_BLOCK);
-                        t->async_handle = 0;
-                        return r;
-                }
-        }
-        if (rc == TSS2_RC_SUCCESS)
-                rc = Tss2_Sys_HMAC_Complete(t->sys, &d);
-        uint32_t handle = t->async_handle;
-        t->async_handle = 0;
-        r = rc == TSS2_RC_SUCCESS ? hmac_digest(&d, md, "TPM2_HMAC", &e) : tpm_error_from_rc(rc, "TPM2_HMAC", &e);
-        return sign_result(t, handle, r, &e, md, out, err);
-}
-
-
 /* Refine the sentence for the activation steps: a blob for another TPM
  * fails the TPM's integrity or OAEP checks, which the generic text would
  * call a TPM failure. */
@@ -1326,9 +1236,11 @@ out:
 }
 
 bool tpm_idle(struct tpm *t) {
-        if (!t || t->async_handle || !tcti_swtpm_is(t->tcti))
+        if (!t || !t->tcti)
                 return false;
-        return tcti_swtpm_release(t->tcti);
+        if (t->source)
+                return t->source->release && t->source->release(t->source->userdata, t->tcti);
+        return tcti_swtpm_is(t->tcti) && tcti_swtpm_release(t->tcti);
 }
 
 /* ---- status ------------------------------------------------------------ */

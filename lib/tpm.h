@@ -5,12 +5,14 @@
  * what to do about it.
  *
  * Not thread-safe: one struct tpm is used by one thread at a time (the
- * daemon's TPM worker thread; tpmidctl directly). Blocking calls. */
+ * daemon's TPM worker thread; tpmidctl directly). Every call blocks until
+ * the TPM has answered. */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <tss2/tss2_tcti.h>
 
 #define TPM_EK_HANDLE 0x81010001u
 #define TPM_SRK_HANDLE 0x81000001u
@@ -30,6 +32,20 @@ struct tpm_error {
         char msg[512];     /* one sentence with the fix; never secrets */
 };
 
+/* A TCTI that tpm_open() takes from its caller instead of opening the
+ * configuration string: how the unit tests put a TPM of their own (canned
+ * responses, errors, delays) behind SAPI. All three run on the thread that
+ * calls tpm_open()/tpm_close()/tpm_idle(). */
+struct tpm_tcti_source {
+        /* 0 and *ret, or -errno (tpm_open() fails with -EIO and a sentence). */
+        int (*open)(void *userdata, TSS2_TCTI_CONTEXT **ret);
+        /* tpm_close(): the TCTI open made is no longer used. */
+        void (*close)(void *userdata, TSS2_TCTI_CONTEXT *tcti);
+        /* tpm_idle() (may be NULL: nothing to give back): true if something was released. */
+        bool (*release)(void *userdata, TSS2_TCTI_CONTEXT *tcti);
+        void *userdata;
+};
+
 struct tpm_options {
         const char *tcti;            /* TCTI config string; NULL = TPM_DEFAULT_TCTI (never the loader default list) */
         const char *endorsement_auth; /* hierarchy passwords; NULL or "" = empty */
@@ -38,6 +54,9 @@ struct tpm_options {
         bool flush_leftovers;        /* the owner of the TPM (the daemon): at open, flush transient objects and
                                       * sessions a crashed earlier run left behind, unless the TCTI is a resource
                                       * manager (/dev/tpmrm*, tabrmd) that already did */
+        const struct tpm_tcti_source *tcti_source; /* NULL: open tcti; else the TCTI comes from here (tcti still
+                                                    * names it in errors) and it must outlive every struct tpm
+                                                    * opened with it */
 };
 
 /* Marshalled TPM2B_PUBLIC bytes (what tpm2_readpublic -o writes). */
@@ -93,30 +112,12 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
  * goes through a sequence). out receives 32 bytes. -ENOKEY if no key. */
 int tpm_sign(struct tpm *t, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 
-/* The same HMAC without blocking, for an event loop: start sends the command
- * and returns the descriptor its response arrives on (wait for POLLIN);
- * finish collects it. Only for data of at most TPM_HMAC_CHUNK bytes and a
- * key whose handle is known already (one earlier tpm_sign*() or import);
- * otherwise start returns -EWOULDBLOCK and the caller uses tpm_sign*() on a
- * thread that may block. -EWOULDBLOCK too when the TCTI cannot wait without
- * blocking (tpm_can_async()). index NULL = the configured slot.
- * finish returns 0 with out filled, -EINPROGRESS with the descriptor to wait
- * on next in *ret_fd (it may change: the command is sent again after
- * TPM_RC_RETRY, with swtpm maybe on a new connection), or the errors of
- * tpm_sign().
- * Between start and the finish that does not return -EINPROGRESS, no other
- * call may use t. */
-bool tpm_can_async(const struct tpm *t);
-int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *data, size_t len, int *ret_fd,
-                         struct tpm_error *err);
-int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tpm_error *err);
-
 /* The caller will not send commands for a while: give back what holds the
  * TPM against other programs. With swtpm that is the connection kept from
  * the last command (swtpm serves one at a time; see tcti-swtpm.h); the
  * device and other TCTIs keep nothing that blocks others, so this does
- * nothing there. Returns true if a connection was closed. Not while an
- * asynchronous signature is in flight. */
+ * nothing there (a tcti_source: its release hook). Returns true if a
+ * connection was closed. */
 bool tpm_idle(struct tpm *t);
 
 /* Errors common to all calls below (see tpm_error_from_rc()): -EIO (TPM or

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,11 +160,9 @@ static void start_done(struct tpm_job *job, void *userdata) {
                 d->tpm_error[0] = '\0';
                 tpmd_api_set_ready(d->tpmd, &d->keys);
                 identity_tpm_state(d, true, NULL);
-                log_info("TPM ready: endorsement key %s, storage root key %s; signatures %s",
+                log_info("TPM ready: endorsement key %s, storage root key %s",
                          d->keys.created_ek ? "created and persisted at 0x81010001" : "found at 0x81010001",
-                         d->keys.created_srk ? "created and persisted at 0x81000001" : "found at 0x81000001",
-                         d->keys.can_async ? "run on the event loop (the TCTI can wait without blocking)"
-                                           : "run on the TPM thread (the TCTI blocks)");
+                         d->keys.created_srk ? "created and persisted at 0x81000001" : "found at 0x81000001");
                 set_serving_status(d);
                 if (!d->ever_ready) {
                         d->ever_ready = true;
@@ -294,9 +291,7 @@ static void finish(struct daemon *d) {
         d->finishing = true;
         uv_timer_stop(&d->drain_timer);
         if (d->worker) {
-                log_info("TPM jobs done: %llu, of them %llu signatures run on the event loop",
-                         (unsigned long long)tpm_worker_completed(d->worker),
-                         (unsigned long long)tpm_worker_completed_on_loop(d->worker));
+                log_info("TPM jobs done: %llu", (unsigned long long)tpm_worker_completed(d->worker));
                 tpm_worker_stop(d->worker, worker_stopped, d);
         }
         else
@@ -496,33 +491,6 @@ static void walk_cb(uv_handle_t *h, void *arg) {
                   uv_is_closing(h) ? " (closing)" : "");
 }
 
-/* uv_run(UV_RUN_DEFAULT) with hybrid polling: after a round of callbacks,
- * look for new events without sleeping for up to [limits] busy_poll_usec
- * before blocking in epoll again. A request that arrives, or a TPM
- * response, then costs no wake-up of a sleeping thread (tens of
- * microseconds on a VM, more than swtpm takes for an HMAC). Idle, the loop
- * sleeps as before: the spin only follows activity. (The TPM's descriptors
- * are in an epoll set that stays registered with libuv's, see
- * tpm-worker.c, so polling libuv's epoll descriptor sees TPM responses.) */
-static void run_loop(struct daemon *d) {
-        /* On one CPU the process we would wait for cannot run while we spin. */
-        const bool smp = sysconf(_SC_NPROCESSORS_ONLN) > 1;
-        const int backend = uv_backend_fd(&d->loop);
-        while (uv_run(&d->loop, UV_RUN_NOWAIT)) {
-                const unsigned spin_usec = smp ? d->config->limits.busy_poll_usec : 0; /* reloadable */
-                const uint64_t deadline = uv_hrtime() + (uint64_t)spin_usec * 1000u;
-                bool ready = false;
-                while (spin_usec && !ready) {
-                        struct pollfd p = { .fd = backend, .events = POLLIN };
-                        ready = poll(&p, 1, 0) > 0;
-                        if (uv_hrtime() >= deadline)
-                                break;
-                }
-                if (!ready && !uv_run(&d->loop, UV_RUN_ONCE))
-                        break;
-        }
-}
-
 int main(int argc, char **argv) {
         static const struct option opts[] = {
                 { "config", required_argument, NULL, 'c' },
@@ -648,7 +616,7 @@ int main(int argc, char **argv) {
         /* READY=1 follows once the TPM answered (start_done). */
         notify_status(d.notify, "sockets open, connecting to the TPM (%s)", d.config->tpm.tcti);
         submit_start(&d);
-        run_loop(&d);
+        uv_run(&d.loop, UV_RUN_DEFAULT);
         goto done;
 
 shutdown:

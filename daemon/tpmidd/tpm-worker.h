@@ -1,20 +1,19 @@
-/* The TPM worker: the one owner of the struct tpm. TPM commands run one
- * after another, in submission order, and the libuv loop never blocks on
- * the TPM.
+/* The TPM worker: the one owner of the struct tpm. Every TPM command runs
+ * on one worker thread, one job after another in submission order, with
+ * blocking calls; the libuv loop never waits for the TPM.
  *
- * Jobs wait in one bounded FIFO on the loop thread. When the TPM is free
- * the head of the FIFO goes either
- *  - to the worker thread (opening the TPM, imports, lookups, long
- *    signatures: anything that takes several commands or may take seconds):
- *    the thread runs the jobs handed to it back to back and returns them
- *    through one uv_async_t; or
- *  - for a signature of at most TPM_HMAC_CHUNK bytes with a known key, when
- *    the TCTI can wait without blocking: to the loop itself, as one
- *    asynchronous SAPI command whose response is awaited with a uv_poll_t.
- *    This is the hot path of both sockets, and it costs no thread hand-over:
- *    the request is read, signed and answered by the same thread.
- * The TPM is used by exactly one of the two at any time (the loop decides,
- * and hands it over under the queue lock).
+ * The loop submits jobs into one bounded FIFO; the thread takes them from
+ * its head, runs each (opening the TPM, imports, lookups, signatures of any
+ * length: the same path for all) and returns it through one uv_async_t,
+ * whose callback calls the job's done callback on the loop thread. Between
+ * jobs the thread keeps the TPM connection; TPM_IDLE_RELEASE_MS after the
+ * last job it gives it back (tpm_idle()) from a timed wait, so nothing on
+ * the loop has to watch for idleness.
+ *
+ * Why a thread and not the loop: the device TCTI (libtss2-tcti-device on
+ * /dev/tpmrm0) and ours for swtpm block in receive(), a real TPM takes
+ * milliseconds per command and seconds to create a primary key, and one
+ * path for every command leaves nothing to hand over between threads.
  *
  * Every done callback runs on the loop thread. Jobs are caller-owned memory
  * (no allocation per job); a job must stay valid until its done callback
@@ -28,15 +27,15 @@
 #include "tpm.h"
 
 #define TPM_WORKER_STACK_BYTES (256u * 1024) /* bytes of the worker thread's stack (SAPI needs < 64 KiB) */
-/* ms without TPM jobs after which the TPM connection is given back to other
- * programs (tpm_idle(): swtpm's single connection). Long enough to keep it
- * through a burst of requests, short enough that tpm2-tools run next to the
- * daemon hardly notice the wait. */
+/* ms without TPM jobs after which the worker thread gives the TPM
+ * connection back to other programs (tpm_idle(): swtpm's single
+ * connection). Long enough to keep it through a burst of requests, short
+ * enough that tpm2-tools run next to the daemon hardly notice the wait. */
 #define TPM_IDLE_RELEASE_MS 2
 
 enum tpm_job_kind {
         TPM_JOB_START,  /* open the TPM if closed, ensure EK/SRK, read their publics into keys_out */
-        TPM_JOB_SIGN,   /* HMAC-SHA256 of in/in_len with the auth key into out.digest */
+        TPM_JOB_SIGN,   /* HMAC-SHA256 of in/in_len with the auth key into digest */
         TPM_JOB_IMPORT, /* import the authenticationKey blob in/in_len */
         TPM_JOB_PING,   /* cheap liveness probe; on failure the TPM is closed (re-open with START) */
         TPM_JOB_HAS_KEY, /* is there an auth key (configured slot, or key_index) → present */
@@ -45,7 +44,6 @@ enum tpm_job_kind {
 struct tpm_keys {
         struct tpm_public ek, srk;
         bool created_ek, created_srk;
-        bool can_async; /* short signatures will run on the loop (tpm_can_async()) */
 };
 
 struct tpm_job;
@@ -73,9 +71,11 @@ struct tpm_job {
 
 struct tpm_worker;
 
-/* Start the thread. opts is copied. max_queued bounds the jobs waiting for the
- * thread (START/PING are internal and never refused). Returns 0 and *ret, or
- * -errno (nothing left behind). The TPM is not opened until a START job. */
+/* Start the thread. opts is copied (opts->tcti_source, a test's fake TPM, is
+ * not: it must outlive the worker). max_queued bounds the jobs waiting for
+ * the thread (START/PING are internal and never refused). Returns 0 and
+ * *ret, or -errno (nothing left behind once the loop has run: the async
+ * handle closes through it). The TPM is not opened until a START job. */
 int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max_queued, struct tpm_worker **ret);
 
 /* Queue a job. Returns 0 (done will be called exactly once), -EAGAIN when
@@ -86,7 +86,6 @@ int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job);
 void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued);
 unsigned tpm_worker_queued(const struct tpm_worker *w);    /* jobs waiting, not counting the running one */
 uint64_t tpm_worker_completed(const struct tpm_worker *w); /* jobs completed so far (progress counter) */
-uint64_t tpm_worker_completed_on_loop(const struct tpm_worker *w); /* of those, signatures run on the loop */
 
 /* Refuse new jobs, let the thread finish the queued ones, close the TPM and
  * join the thread; then close the async handle and free w, and call
