@@ -1,10 +1,10 @@
 /* Tests for lib/tcti-swtpm.c: the configuration parser, and the TCTI's
  * behaviour against a scripted server on a Unix socket that answers the way
  * swtpm does, or breaks the protocol in each way the TCTI must survive
- * (split responses, early EOF, bad lengths, trailing bytes). The real swtpm
- * is exercised by every integration test. */
+ * (responses in pieces, early EOF, bad lengths, trailing bytes), and its
+ * kept connection (released on request, renewed, replaced when swtpm closed
+ * it). The real swtpm is exercised by every integration test. */
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -77,7 +77,7 @@ static void test_conf(void **state) {
 
 enum mode {
         MODE_OK,     /* the whole response at once */
-        MODE_SPLIT,  /* 4 bytes, then the rest once the test says so */
+        MODE_SPLIT,  /* one byte at a time, 2 ms apart */
         MODE_EOF,    /* 6 bytes, then close */
         MODE_HUGE,   /* a header claiming 64 KiB */
         MODE_TINY,   /* a header claiming 5 bytes */
@@ -95,6 +95,7 @@ struct server {
         _Atomic unsigned commands;    /* complete commands received */
         _Atomic unsigned connections; /* accepted */
         _Atomic unsigned closed;      /* connections the server closed */
+        _Atomic unsigned late_sent;   /* MODE_LATE: stray bytes written */
 };
 
 static const uint8_t response[] = { 0x80, 0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
@@ -127,13 +128,12 @@ static void serve_connection(struct server *s, int fd) {
                 case MODE_OK:
                         (void)!write(fd, out, sizeof(response));
                         break;
-                case MODE_SPLIT: {
-                        char b;
-                        (void)!write(fd, out, 4);
-                        (void)!read(s->go[0], &b, 1);
-                        (void)!write(fd, out + 4, sizeof(response) - 4);
+                case MODE_SPLIT:
+                        for (size_t i = 0; i < sizeof(response); i++) {
+                                (void)!write(fd, out + i, 1);
+                                usleep(2000);
+                        }
                         break;
-                }
                 case MODE_EOF:
                         (void)!write(fd, out, 6);
                         break;
@@ -157,6 +157,7 @@ static void serve_connection(struct server *s, int fd) {
                         (void)!write(fd, out, sizeof(response));
                         (void)!read(s->go[0], &b, 1);
                         (void)!write(fd, "\x55\x55\x55", 3);
+                        s->late_sent++; /* in the client's receive queue once write returned */
                         break;
                 }
                 }
@@ -219,24 +220,13 @@ static TSS2_TCTI_CONTEXT *open_tcti(struct server *s) {
         return t;
 }
 
-static size_t poll_handles(TSS2_TCTI_CONTEXT *t, int *fd) {
-        TSS2_TCTI_POLL_HANDLE h[1];
-        size_t n = 1;
-        assert_int_equal(Tss2_Tcti_GetPollHandles(t, h, &n), TSS2_RC_SUCCESS);
-        if (n == 1)
-                *fd = h[0].fd;
-        return n;
-}
-
 static void test_round_trip(void **state) {
         struct server *s = *state;
         TSS2_TCTI_CONTEXT *t = open_tcti(s);
         uint8_t buf[64];
         size_t n;
-        int fd = -1;
 
-        /* nothing in flight: no handle; receive before transmit is out of sequence */
-        assert_int_equal(poll_handles(t, &fd), 0);
+        /* receive before transmit is out of sequence */
         n = sizeof(buf);
         assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_TCTI_RC_BAD_SEQUENCE);
 
@@ -244,58 +234,68 @@ static void test_round_trip(void **state) {
                 s->mode = MODE_OK;
                 assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
                 assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_TCTI_RC_BAD_SEQUENCE);
-                assert_int_equal(poll_handles(t, &fd), 1);
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                assert_int_equal(poll(&p, 1, 5000), 1);
 
-                /* size query, too small a buffer, then the response */
+                /* only blocking receives; a refused one changes nothing */
+                n = sizeof(buf);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE), TSS2_TCTI_RC_BAD_VALUE);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, 10), TSS2_TCTI_RC_BAD_VALUE);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, -2), TSS2_TCTI_RC_BAD_VALUE);
+
+                /* size query (what SAPI does first), too small a buffer, then the response */
                 n = 0;
-                assert_int_equal(Tss2_Tcti_Receive(t, &n, NULL, TSS2_TCTI_TIMEOUT_NONE), TSS2_RC_SUCCESS);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, NULL, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
                 assert_int_equal(n, sizeof(response));
                 n = 8;
-                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE),
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK),
                                  TSS2_TCTI_RC_INSUFFICIENT_BUFFER);
                 assert_int_equal(n, sizeof(response));
                 n = sizeof(buf);
-                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE), TSS2_RC_SUCCESS);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
                 assert_int_equal(n, sizeof(response));
                 assert_memory_equal(buf, response, sizeof(response));
-                assert_int_equal(poll_handles(t, &fd), 0); /* nothing in flight */
+                /* the command is over */
+                n = sizeof(buf);
+                assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_TCTI_RC_BAD_SEQUENCE);
         }
         assert_int_equal(s->commands, 3);
         /* all three on the connection made at creation, kept open */
         assert_int_equal(s->connections, 1);
         assert_int_equal(s->closed, 0);
-
-        /* a blocking receive */
-        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
-        n = sizeof(buf);
-        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
-        assert_memory_equal(buf, response, sizeof(response));
         tcti_swtpm_free(t);
 }
 
+/* A response that arrives in pieces is returned whole, to the size query
+ * and to the read. */
 static void test_split_response(void **state) {
         struct server *s = *state;
         TSS2_TCTI_CONTEXT *t = open_tcti(s);
         uint8_t buf[64];
-        size_t n = sizeof(buf);
-        int fd = -1;
+        size_t n = 0;
 
         s->mode = MODE_SPLIT;
         assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
-        assert_int_equal(poll_handles(t, &fd), 1);
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        assert_int_equal(poll(&p, 1, 5000), 1); /* the first 4 bytes */
-        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_NONE), TSS2_TCTI_RC_TRY_AGAIN);
-        n = sizeof(buf);
-        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, 10), TSS2_TCTI_RC_TRY_AGAIN); /* 10 ms, nothing new */
-        assert_int_equal(write(s->go[1], "g", 1), 1);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, NULL, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_int_equal(n, sizeof(response));
         n = sizeof(buf);
         assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
         assert_int_equal(n, sizeof(response));
         assert_memory_equal(buf, response, sizeof(response));
+
+        /* and again without the size query */
+        assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
+        n = sizeof(buf);
+        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
+        assert_int_equal(n, sizeof(response));
+        assert_memory_equal(buf, response, sizeof(response));
+        assert_int_equal(s->connections, 1);
         tcti_swtpm_free(t);
+}
+
+/* Wait (up to 5 s) until the server has closed n connections. */
+static void wait_closed(struct server *s, unsigned n) {
+        for (int i = 0; i < 5000 && s->closed < n; i++)
+                usleep(1000);
+        assert_int_equal(s->closed, n);
 }
 
 /* Each broken response fails the command and leaves the TCTI usable. */
@@ -314,21 +314,21 @@ static void test_broken_responses(void **state) {
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 uint8_t buf[64];
                 size_t n = sizeof(buf);
-                int fd = -1;
                 s->mode = cases[i].mode;
                 assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
-                TSS2_RC rc;
-                do /* a blocking receive could return before the trailing bytes are in */
-                        rc = Tss2_Tcti_Receive(t, &n, buf, 200);
-                while (rc == TSS2_TCTI_RC_TRY_AGAIN);
+                TSS2_RC rc = Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK);
                 if (cases[i].mode == MODE_EXTRA && rc == TSS2_RC_SUCCESS) {
                         /* all 19 bytes did not arrive in one read: then the
                          * response itself was complete and is good */
                         assert_memory_equal(buf, response, sizeof(response));
                 } else {
                         assert_int_equal(rc, cases[i].rc);
+                        /* the command is over, and its connection dropped */
+                        n = sizeof(buf);
+                        assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK),
+                                         TSS2_TCTI_RC_BAD_SEQUENCE);
+                        wait_closed(s, (unsigned)i + 1);
                 }
-                assert_int_equal(poll_handles(t, &fd), 0);
 
                 s->mode = MODE_OK;
                 n = sizeof(buf);
@@ -337,13 +337,6 @@ static void test_broken_responses(void **state) {
                 assert_memory_equal(buf, response, sizeof(response));
         }
         tcti_swtpm_free(t);
-}
-
-/* Wait (up to 5 s) until the server has closed n connections. */
-static void wait_closed(struct server *s, unsigned n) {
-        for (int i = 0; i < 5000 && s->closed < n; i++)
-                usleep(1000);
-        assert_int_equal(s->closed, n);
 }
 
 static void round_trip(TSS2_TCTI_CONTEXT *t) {
@@ -422,18 +415,17 @@ static void test_stray_bytes_after_response(void **state) {
         TSS2_TCTI_CONTEXT *t = open_tcti(s);
         uint8_t buf[64];
         size_t n = sizeof(buf);
-        int fd = -1;
 
         s->mode = MODE_LATE;
         assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(command), command), TSS2_RC_SUCCESS);
-        assert_int_equal(poll_handles(t, &fd), 1);
         assert_int_equal(Tss2_Tcti_Receive(t, &n, buf, TSS2_TCTI_TIMEOUT_BLOCK), TSS2_RC_SUCCESS);
         assert_memory_equal(buf, response, sizeof(response));
         /* now the stray bytes, into the kept connection */
         s->mode = MODE_OK;
         assert_int_equal(write(s->go[1], "g", 1), 1);
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        assert_int_equal(poll(&p, 1, 5000), 1);
+        for (int i = 0; i < 5000 && s->late_sent < 1; i++)
+                usleep(1000);
+        assert_int_equal(s->late_sent, 1);
 
         round_trip(t); /* on a new connection: the kept one is not trusted any more */
         assert_int_equal(s->connections, 2);
@@ -460,9 +452,8 @@ static void test_bad_calls(void **state) {
         assert_int_equal(Tss2_Tcti_Transmit(t, sizeof(cmd), NULL), TSS2_TCTI_RC_BAD_REFERENCE);
         size_t n = 0;
         assert_int_equal(Tss2_Tcti_Receive(t, NULL, NULL, 0), TSS2_TCTI_RC_BAD_REFERENCE);
-        assert_int_equal(Tss2_Tcti_GetPollHandles(t, NULL, NULL), TSS2_TCTI_RC_BAD_REFERENCE);
-        assert_int_equal(Tss2_Tcti_GetPollHandles(t, NULL, &n), TSS2_RC_SUCCESS);
-        assert_int_equal(n, 0);
+        /* blocking only: no poll handles */
+        assert_int_equal(Tss2_Tcti_GetPollHandles(t, NULL, &n), TSS2_TCTI_RC_NOT_IMPLEMENTED);
         assert_int_equal(Tss2_Tcti_SetLocality(t, 0), TSS2_RC_SUCCESS);
         assert_int_equal(Tss2_Tcti_SetLocality(t, 3), TSS2_TCTI_RC_NOT_IMPLEMENTED);
         assert_int_equal(Tss2_Tcti_Cancel(t), TSS2_TCTI_RC_NOT_IMPLEMENTED);
