@@ -10,10 +10,12 @@
  * last job it gives it back (tpm_idle()) from a timed wait, so nothing on
  * the loop has to watch for idleness.
  *
- * Why a thread and not the loop: the device TCTI (libtss2-tcti-device on
- * /dev/tpmrm0) and ours for swtpm block in receive(), a real TPM takes
- * milliseconds per command and seconds to create a primary key, and one
- * path for every command leaves nothing to hand over between threads.
+ * Why a thread and not the loop: every TPM call is a blocking SAPI call
+ * (Tss2_Sys_Execute through libtss2-tcti-device on /dev/tpmrm0 in
+ * production, through lib/tcti-swtpm.c on swtpm), a real TPM takes
+ * milliseconds per command and seconds to create a primary key, and with
+ * one path for every command nothing is handed over between threads: only
+ * this thread ever touches the struct tpm.
  *
  * Every done callback runs on the loop thread. Jobs are caller-owned memory
  * (no allocation per job); a job must stay valid until its done callback
