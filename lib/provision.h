@@ -114,7 +114,9 @@
 #define PROV_POLL_MAX 100                  /* GET polls per DPS run before starting over (transient) */
 #define PROV_POLL_DEFAULT_MS (DPS_RETRY_AFTER_DEFAULT_S * 1000u) /* ms between polls without Retry-After */
 #define PROV_CHALLENGE_KEY_OFFSET 1        /* challenge slot = auth_key_index + this */
-#define PROV_STALE_CHALLENGE_RUNS 3        /* runs in a row whose second PUT DPS refused (401) before that is its verdict (C SDK: 3) */
+/* DPS runs in a row whose second PUT DPS refused (401) before a refusal is its
+ * verdict (the Azure IoT C SDK also allows 3). */
+#define PROV_STALE_CHALLENGE_RUNS 3
 #define PROV_REPORT_MIN_INTERVAL_MS 60000u /* ms between hub checks started by client reports */
 #define PROV_MESSAGE_MAX (DPS_ERROR_MESSAGE_MAX + 128) /* bytes of a status message: DPS's text plus our context */
 
@@ -159,7 +161,7 @@ enum prov_event {
         PROV_EV_STATE_MISSING_OR_CORRUPT, /* ENOENT, EBADMSG, OTHER_TPM or no serving key */
         PROV_EV_HUB_OK,
         PROV_EV_HUB_REJECTED,             /* hub 401/403, or 404 for our device */
-        PROV_EV_HUB_UNREACHABLE,          /* network, timeout, 5xx, 429 */
+        PROV_EV_HUB_UNREACHABLE,          /* no answer, or any other status (5xx, 429, ...) */
         PROV_EV_DPS_401_CHALLENGE,        /* first PUT answered 401 with a parsed challenge */
         PROV_EV_IMPORT_OK,
         PROV_EV_IMPORT_FAILED,            /* TPM import failed (retried with backoff) */
@@ -174,7 +176,7 @@ enum prov_event {
         PROV_EV_SAVE_FAILED,              /* identity is in use but not persisted */
         PROV_EV_TIMER,                    /* the armed delay of ARM_TIMER elapsed */
         PROV_EV_CLIENT_REPROVISION,       /* authorized POST /identities/device/reprovision */
-        PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS,
+        PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, /* fed by prov_report(), which applies the report rules */
         PROV_EV_CONFIG_CHANGED,           /* reload changed the provisioning config */
         _PROV_EVENT_MAX,
 };
@@ -192,7 +194,7 @@ struct prov_event_data {
 
 enum prov_action_kind {
         PROV_ACT_NONE,                  /* nothing to do (settled, or event coalesced) */
-        PROV_ACT_LOAD_STATE,            /* state_load() + state_check() + tpm_has_auth_key() → STATE_* */
+        PROV_ACT_LOAD_STATE,            /* read + state_check(), look for slot's key → prov_state_event() */
         PROV_ACT_CHECK_HUB,             /* hub GET signed by slot → prov_hub_event() */
         PROV_ACT_DPS_REGISTER,          /* first PUT, unsigned → prov_dps_interpret() */
         PROV_ACT_TPM_IMPORT_CHALLENGE,  /* import blob into slot → IMPORT_* */

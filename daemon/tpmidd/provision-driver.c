@@ -11,13 +11,11 @@
 #include "provision-driver.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "b64.h"
 #include "dps.h"
 #include "log.h"
 #include "sas.h"
