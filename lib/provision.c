@@ -2,6 +2,7 @@
 #include "provision.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "util.h"
@@ -39,6 +40,7 @@ static const char *const event_table[_PROV_EVENT_MAX] = {
         [PROV_EV_IMPORT_OK] = "import-ok",
         [PROV_EV_IMPORT_FAILED] = "import-failed",
         [PROV_EV_DPS_202] = "dps-202",
+        [PROV_EV_DPS_SAS_REFUSED] = "dps-sas-refused",
         [PROV_EV_POLL_ASSIGNING] = "poll-assigning",
         [PROV_EV_POLL_ASSIGNED] = "poll-assigned",
         [PROV_EV_POLL_FAILED] = "poll-failed",
@@ -74,6 +76,37 @@ static const char *const reason_table[_PROV_REASON_MAX] = {
         [PROV_REASON_CLIENT_REQUEST] = "client-request",
         [PROV_REASON_CONFIG_CHANGED] = "config-changed",
 };
+
+static const char *const slot_table[_PROV_SLOT_MAX] = {
+        [PROV_SLOT_NONE] = "none",
+        [PROV_SLOT_SERVING] = "serving",
+        [PROV_SLOT_CHALLENGE] = "challenge",
+};
+
+static const char *const blob_table[_PROV_BLOB_MAX] = {
+        [PROV_BLOB_NONE] = "none",
+        [PROV_BLOB_CHALLENGE] = "challenge",
+        [PROV_BLOB_ASSIGNED] = "assigned",
+};
+
+/* The key each action uses (see provision.h, "TPM slots"). */
+static const enum prov_slot action_slot[_PROV_ACT_MAX] = {
+        [PROV_ACT_LOAD_STATE] = PROV_SLOT_SERVING,
+        [PROV_ACT_CHECK_HUB] = PROV_SLOT_SERVING,
+        [PROV_ACT_DPS_REGISTER] = PROV_SLOT_NONE,
+        [PROV_ACT_TPM_IMPORT_CHALLENGE] = PROV_SLOT_CHALLENGE,
+        [PROV_ACT_DPS_AUTH_REGISTER] = PROV_SLOT_CHALLENGE,
+        [PROV_ACT_DPS_POLL] = PROV_SLOT_CHALLENGE,
+        [PROV_ACT_TPM_IMPORT_FINAL] = PROV_SLOT_SERVING,
+};
+
+const char *prov_slot_to_string(enum prov_slot s) {
+        return (unsigned)s < _PROV_SLOT_MAX ? slot_table[s] : NULL;
+}
+
+const char *prov_blob_to_string(enum prov_blob b) {
+        return (unsigned)b < _PROV_BLOB_MAX ? blob_table[b] : NULL;
+}
 
 const char *prov_mode_to_string(enum prov_mode m) {
         return (unsigned)m < _PROV_MODE_MAX ? mode_table[m] : NULL;
@@ -134,6 +167,12 @@ bool prov_is_busy(const struct prov_machine *m) {
         return false;
 }
 
+/* OnErrorOnly never reprovisions on hub signals (client reports). The one
+ * place that decides it, for prov_step() and prov_report(). */
+static bool hub_signals_ignored(const struct prov_machine *m) {
+        return m->mode == PROV_MODE_ON_ERROR_ONLY;
+}
+
 static void record_error(struct prov_machine *m, const struct prov_event_data *d, const char *fallback,
                          bool permanent) {
         const char *msg = d->message && *d->message ? d->message : fallback;
@@ -156,6 +195,8 @@ static void clear_error(struct prov_machine *m) {
 static void act(struct prov_action *a, enum prov_action_kind kind, uint64_t delay_ms) {
         a->kind = kind;
         a->delay_ms = delay_ms;
+        a->slot = action_slot[kind];
+        a->blob = PROV_BLOB_NONE;
 }
 
 static void start_dps(struct prov_machine *m, enum prov_reason reason, struct prov_action *a) {
@@ -221,9 +262,25 @@ static void start_polling(struct prov_machine *m, const struct prov_event_data *
         act(a, PROV_ACT_DPS_POLL, poll_delay(d));
 }
 
-static void assigned(struct prov_machine *m, struct prov_action *a) {
+static void assigned(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
         m->state = PROV_IMPORTING_FINAL;
+        m->assigned_has_key = d->has_auth_key;
+        m->sas_refusals = 0; /* DPS accepted this run's signatures */
         act(a, PROV_ACT_TPM_IMPORT_FINAL, 0);
+        a->blob = m->assigned_has_key ? PROV_BLOB_ASSIGNED : PROV_BLOB_CHALLENGE;
+}
+
+/* The second PUT's SAS was refused. DPS keeps only the latest challenge of a
+ * registration id, so the usual cause is a newer one issued to a request
+ * still in flight from a crashed predecessor of ours; a fresh run then
+ * succeeds. Only repeated refusals are DPS's verdict. */
+static void sas_refused(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
+        if (++m->sas_refusals < PROV_STALE_CHALLENGE_RUNS)
+                back_off(m, d, "DPS refused this run's signature", a);
+        else {
+                m->sas_refusals = 0; /* the verdict is kept; a later request starts a fresh count */
+                fail(m, d, "DPS rejected the SAS token", a);
+        }
 }
 
 static void poll_failed(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
@@ -308,6 +365,7 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 if (ev == PROV_EV_DPS_401_CHALLENGE) {
                         m->state = PROV_IMPORTING_CHALLENGE;
                         act(a, PROV_ACT_TPM_IMPORT_CHALLENGE, 0);
+                        a->blob = PROV_BLOB_CHALLENGE;
                         return 0;
                 }
                 return run_common(m, ev, d, a) ? 0 : -EINVAL;
@@ -329,9 +387,11 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 if (ev == PROV_EV_DPS_202 || ev == PROV_EV_POLL_ASSIGNING)
                         start_polling(m, d, a);
                 else if (ev == PROV_EV_POLL_ASSIGNED)
-                        assigned(m, a);
+                        assigned(m, d, a);
                 else if (ev == PROV_EV_POLL_FAILED)
                         poll_failed(m, d, a);
+                else if (ev == PROV_EV_DPS_SAS_REFUSED)
+                        sas_refused(m, d, a);
                 else
                         return run_common(m, ev, d, a) ? 0 : -EINVAL;
                 return 0;
@@ -351,7 +411,7 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                         else
                                 act(a, PROV_ACT_DPS_POLL, poll_delay(d));
                 } else if (ev == PROV_EV_POLL_ASSIGNED)
-                        assigned(m, a);
+                        assigned(m, d, a);
                 else if (ev == PROV_EV_POLL_FAILED)
                         poll_failed(m, d, a);
                 else
@@ -393,8 +453,8 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 else if (ev == PROV_EV_CONFIG_CHANGED)
                         start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
                 else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS) {
-                        if (m->mode == PROV_MODE_ON_ERROR_ONLY || !m->serving)
-                                act(a, PROV_ACT_NONE, 0); /* OnErrorOnly ignores hub signals */
+                        if (hub_signals_ignored(m) || !m->serving)
+                                act(a, PROV_ACT_NONE, 0); /* nothing to check, or OnErrorOnly */
                         else {
                                 /* verify the report ourselves before acting on it */
                                 m->state = PROV_CHECKING_HUB;
@@ -420,6 +480,7 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
         case PROV_FAILED_PERMANENT:
                 if (ev == PROV_EV_CLIENT_REPROVISION || ev == PROV_EV_CONFIG_CHANGED) {
                         backoff_reset(&m->backoff);
+                        m->sas_refusals = 0;
                         start_dps(m,
                                   ev == PROV_EV_CONFIG_CHANGED ? PROV_REASON_CONFIG_CHANGED
                                                                : PROV_REASON_CLIENT_REQUEST,
@@ -452,7 +513,7 @@ int prov_step(struct prov_machine *m, enum prov_event ev, const struct prov_even
                 *m = before;
                 return r;
         }
-        a.status_changed = m->state != before.state || m->serving != before.serving ||
+        a.status_changed = m->state != before.state || m->mode != before.mode || m->serving != before.serving ||
                            m->reason != before.reason || m->last_code != before.last_code ||
                            m->last_http_status != before.last_http_status ||
                            m->last_permanent != before.last_permanent || m->save_failed != before.save_failed ||
@@ -461,4 +522,242 @@ int prov_step(struct prov_machine *m, enum prov_event ev, const struct prov_even
                 a.kind = PROV_ACT_NOTIFY_STATUS;
         *out = a;
         return 0;
+}
+
+int prov_set_mode(struct prov_machine *m, enum prov_mode mode, struct prov_action *out) {
+        struct prov_action a = {0};
+
+        if (!m || !out || (unsigned)mode >= _PROV_MODE_MAX)
+                return -EINVAL;
+        a.status_changed = m->mode != mode;
+        a.kind = a.status_changed ? PROV_ACT_NOTIFY_STATUS : PROV_ACT_NONE;
+        m->mode = mode;
+        *out = a;
+        return 0;
+}
+
+enum api_report_action prov_report(struct prov_machine *m, int hub_status, uint64_t now_ms, struct prov_action *out) {
+        struct prov_action none = {0};
+
+        *out = none;
+        if (hub_signals_ignored(m) || prov_hub_event(0, hub_status) != PROV_EV_HUB_REJECTED)
+                return API_REPORT_IGNORED;
+        if (prov_is_busy(m))
+                return API_REPORT_ALREADY_PROVISIONING;
+        if (m->state == PROV_CHECKING_HUB)
+                return API_REPORT_CHECKING_HUB; /* joins the check in flight */
+        if (m->state != PROV_PROVISIONED || !m->serving)
+                return API_REPORT_IGNORED; /* nothing served yet, or DPS refused us (FAILED_PERMANENT) */
+        if (m->report_checked && now_ms - m->report_check_ms < PROV_REPORT_MIN_INTERVAL_MS)
+                return API_REPORT_RATE_LIMITED;
+        if (prov_step(m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, NULL, out) < 0 || m->state != PROV_CHECKING_HUB)
+                return API_REPORT_IGNORED;
+        m->report_checked = true;
+        m->report_check_ms = now_ms;
+        return API_REPORT_CHECKING_HUB;
+}
+
+enum prov_event prov_hub_event(int error, long http_status) {
+        if (error < 0)
+                return PROV_EV_HUB_UNREACHABLE;
+        if (http_status >= 200 && http_status <= 299)
+                return PROV_EV_HUB_OK;
+        if (http_status == 401 || http_status == 403 || http_status == 404)
+                return PROV_EV_HUB_REJECTED;
+        return PROV_EV_HUB_UNREACHABLE; /* 5xx, 429, a proxy's answer: no evidence of a move */
+}
+
+bool prov_state_usable(int load_r, enum state_match match) {
+        if (load_r < 0)
+                return false;
+        switch (match) {
+        case STATE_MATCH_OK:
+        case STATE_MATCH_CONFIG_CHANGED:
+                return true;
+        case STATE_MATCH_OTHER_TPM:
+                break;
+        }
+        return false;
+}
+
+enum prov_event prov_state_event(int load_r, enum state_match match, int key_r, bool key_present) {
+        if (!prov_state_usable(load_r, match) || key_r < 0 || !key_present)
+                return PROV_EV_STATE_MISSING_OR_CORRUPT;
+        return match == STATE_MATCH_CONFIG_CHANGED ? PROV_EV_STATE_LOADED_STALE : PROV_EV_STATE_LOADED_VALID;
+}
+
+static uint32_t retry_after_of(const struct prov_dps_answer *ans) {
+        uint32_t s = 0;
+        if (ans->retry_after && dps_parse_retry_after(ans->retry_after, ans->now, &s) < 0)
+                s = 0;
+        return s;
+}
+
+static void result_set(struct prov_dps_result *out, enum prov_event ev, const char *status, const char *note) {
+        out->event = ev;
+        out->status = status;
+        out->note = note;
+        out->data.message = out->message;
+}
+
+/* A non-success answer (or none at all). */
+static void interpret_failure(enum dps_request req, const struct prov_dps_answer *ans, struct prov_dps_result *out) {
+        struct dps_error err;
+        const char *reason = NULL;
+        bool have_err;
+        enum dps_class cls;
+
+        out->data.retry_after_s = retry_after_of(ans);
+        if (ans->error < 0) {
+                snprintf(out->message, sizeof(out->message), "%s%s", ans->not_sent ? "" : "DPS unreachable: ",
+                         ans->error_msg && *ans->error_msg ? ans->error_msg : "no answer");
+                result_set(out, PROV_EV_TRANSIENT_ERROR, "error", NULL);
+                return;
+        }
+        have_err = ans->body && dps_parse_error(ans->body, ans->body_len, &err) >= 0;
+        cls = dps_classify(req, (int)ans->http_status, have_err ? &err : NULL, &reason);
+        if (req == DPS_REQUEST_REGISTER && ans->http_status == 401) {
+                /* Only reached when the 401 carried no usable challenge. With a
+                 * DPS error body it is DPS's verdict on this TPM's enrollment
+                 * ("Endorsement key is invalid, or does not match the
+                 * Enrollment", "Enrollment is disabled"): retrying cannot
+                 * change it. Without one it is some proxy's or a garbled
+                 * answer: retry. */
+                bool verdict = have_err && (err.code != 0 || err.message[0]);
+                cls = verdict ? DPS_CLASS_PERMANENT : DPS_CLASS_TRANSIENT;
+                reason = verdict ? "DPS refused the TPM attestation" : "DPS answered 401 without a usable challenge";
+        }
+        if (have_err && err.message[0])
+                snprintf(out->message, sizeof(out->message), "%s (HTTP %ld): %s", reason ? reason : "DPS error",
+                         ans->http_status, err.message);
+        else
+                snprintf(out->message, sizeof(out->message), "%s (HTTP %ld)", reason ? reason : "unexpected DPS answer",
+                         ans->http_status);
+        out->data.http_status = (int)ans->http_status;
+        out->data.code = have_err ? err.code : 0;
+        if (req == DPS_REQUEST_POLL && (ans->http_status == 401 || ans->http_status == 404)) {
+                /* The second PUT of this run was accepted with the same challenge
+                 * key, so DPS knows this TPM and its enrollment. A 401 now means
+                 * that key went stale (DPS issued a newer challenge for this
+                 * registration id); a 404 that DPS forgot the operation (expired,
+                 * or lost). Polling again cannot help and neither is a verdict:
+                 * POLL_FAILED, not permanent (TRANSIENT_ERROR would re-poll the
+                 * same operation), starts a new run after a backoff. A real
+                 * refusal shows on that run's first PUT. */
+                out->data.permanent = false;
+                result_set(out, PROV_EV_POLL_FAILED, "error",
+                           ans->http_status == 401 ? "DPS no longer accepts this run's challenge key; registering again"
+                                                   : "DPS no longer knows this run's operation; registering again");
+                return;
+        }
+        if (req == DPS_REQUEST_AUTH_REGISTER && ans->http_status == 401) {
+                result_set(out, PROV_EV_DPS_SAS_REFUSED, "error", "DPS refused this run's signature");
+                return;
+        }
+        if (cls == DPS_CLASS_PERMANENT)
+                result_set(out, PROV_EV_PERMANENT_ERROR, "failed", "DPS refused the registration");
+        else
+                result_set(out, PROV_EV_TRANSIENT_ERROR, "error", "DPS request failed, will retry");
+}
+
+/* An operation status (200/202 to a poll, 200 to the second PUT). */
+static int interpret_registration(const struct prov_dps_answer *ans, struct prov_dps_result *out) {
+        struct dps_registration reg;
+        const char *reason = NULL, *status;
+        int r = dps_parse_registration(ans->body, ans->body_len, &reg);
+
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                out->data.http_status = (int)ans->http_status;
+                out->data.retry_after_s = retry_after_of(ans);
+                snprintf(out->message, sizeof(out->message), "malformed DPS operation status");
+                result_set(out, PROV_EV_TRANSIENT_ERROR, "error", "DPS sent a malformed operation status, will retry");
+                return 0;
+        }
+        if (reg.operation_id[0])
+                snprintf(out->operation_id, sizeof(out->operation_id), "%s", reg.operation_id);
+        switch (reg.status) {
+        case DPS_STATUS_ASSIGNING:
+                dps_registration_clear(&reg);
+                out->data.retry_after_s = retry_after_of(ans);
+                result_set(out, PROV_EV_POLL_ASSIGNING, NULL, NULL);
+                return 0;
+        case DPS_STATUS_ASSIGNED:
+                out->data.has_auth_key = reg.auth_blob != NULL;
+                snprintf(out->message, sizeof(out->message), "%s", reg.substatus);
+                out->reg = reg;
+                result_set(out, PROV_EV_POLL_ASSIGNED, NULL, NULL);
+                return 0;
+        case DPS_STATUS_UNASSIGNED:
+        case DPS_STATUS_FAILED:
+        case DPS_STATUS_DISABLED:
+        case _DPS_STATUS_MAX:
+                break;
+        }
+        out->data.permanent = dps_classify_registration(&reg, &reason) == DPS_CLASS_PERMANENT;
+        status = dps_status_to_string(reg.status) ? dps_status_to_string(reg.status) : "failed";
+        snprintf(out->message, sizeof(out->message), "registration %s: %s", status,
+                 reg.error_message[0] ? reg.error_message : (reason ? reason : "no reason given"));
+        out->data.http_status = (int)ans->http_status;
+        out->data.code = reg.error_code;
+        dps_registration_clear(&reg);
+        result_set(out, PROV_EV_POLL_FAILED, status, out->data.permanent ? "DPS assignment failed" : NULL);
+        return 0;
+}
+
+int prov_dps_interpret(enum dps_request req, const struct prov_dps_answer *answer, struct prov_dps_result *out) {
+        struct prov_dps_answer copy = *answer;
+        const struct prov_dps_answer *ans = &copy;
+
+        if (!copy.body) {
+                copy.body = (const uint8_t *)""; /* the parsers want a buffer, even an empty one */
+                copy.body_len = 0;
+        }
+        memset(out, 0, sizeof(*out));
+        out->data.message = out->message;
+        if (ans->error >= 0) {
+                switch (req) {
+                case DPS_REQUEST_REGISTER:
+                        if (ans->http_status == 401 &&
+                            dps_parse_challenge(ans->body, ans->body_len, &out->challenge) >= 0) {
+                                out->message[0] = '\0';
+                                result_set(out, PROV_EV_DPS_401_CHALLENGE, NULL, NULL);
+                                return 0;
+                        }
+                        break; /* no challenge: DPS refused the attestation itself, or garbage */
+                case DPS_REQUEST_AUTH_REGISTER:
+                        if (ans->http_status == 202) {
+                                struct dps_operation op;
+                                out->data.retry_after_s = retry_after_of(ans);
+                                if (dps_parse_operation(ans->body, ans->body_len, &op) < 0) {
+                                        out->data.http_status = 202;
+                                        snprintf(out->message, sizeof(out->message), "malformed DPS 202 answer");
+                                        result_set(out, PROV_EV_TRANSIENT_ERROR, "error",
+                                                   "DPS sent a malformed 202 answer, will retry");
+                                        return 0;
+                                }
+                                snprintf(out->operation_id, sizeof(out->operation_id), "%s", op.operation_id);
+                                result_set(out, PROV_EV_DPS_202, NULL, NULL);
+                                return 0;
+                        }
+                        if (ans->http_status == 200)
+                                return interpret_registration(ans, out);
+                        break;
+                case DPS_REQUEST_POLL:
+                        if (ans->http_status == 200 || ans->http_status == 202)
+                                return interpret_registration(ans, out);
+                        break;
+                }
+        }
+        interpret_failure(req, ans, out);
+        return 0;
+}
+
+void prov_dps_result_clear(struct prov_dps_result *r) {
+        if (!r)
+                return;
+        dps_challenge_clear(&r->challenge);
+        dps_registration_clear(&r->reg);
+        memset(r, 0, sizeof(*r));
 }

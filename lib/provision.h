@@ -1,37 +1,48 @@
-/* The provisioning state machine (pure: no I/O, no clock, no logging).
+/* The provisioning policy (pure: no I/O, no clock, no logging).
  *
- * The daemon's driver (daemon/provision.c) feeds events in with prov_step();
- * each call returns the ONE action the driver performs next. The driver owns
- * a single timer: every new action cancels whatever delay was armed before,
- * so a stale TIMER can never reach the machine. At most one request (file,
- * TPM or HTTP) is in flight at a time; its completion is the next event.
+ * Every provisioning decision of the daemon is made here; the driver
+ * (daemon/tpmidd/provision-driver.c) only carries out actions and reports
+ * what happened:
+ *  - the state machine: the driver feeds events in with prov_step(); each
+ *    call returns the ONE action the driver performs next, and the action says
+ *    exactly what to do (which request, which TPM slot signs it or receives
+ *    an import, which blob, how long to wait first);
+ *  - what an answer means: prov_hub_event() for the hub check,
+ *    prov_dps_interpret() for every DPS answer (including the 401 rules),
+ *    prov_state_event() for the saved identity;
+ *  - client reports (prov_report(): mode, busy, rate limit) and mode changes
+ *    at reload (prov_set_mode()).
+ * The driver owns a single timer: every new action cancels whatever delay
+ * was armed before, so a stale TIMER can never reach the machine. At most
+ * one operation (file, TPM or HTTP, or a TPM signature followed by the HTTP
+ * request it authorises) is in flight at a time; its completion is the next
+ * event.
  *
  * ---------------------------------------------------------------------------
- * "Serving" identity
+ * "Serving" identity and TPM slots
  *
- * m->serving is true while a saved identity (hub, device id, and the hub key
- * at the serving TPM handle) is handed to clients. DPS runs never clear it:
- * the old identity is served until DPS has assigned a new one AND its key is
- * in the serving handle (IMPORTING_FINAL → IMPORT_OK). At that moment the
- * driver switches its in-memory identity to the new hub/device id, before
- * SAVE_STATE. If the final import fails, tpm_import_auth_key() leaves the old
- * key in place, so serving stays on the old identity.
- *
- * TPM slots (PROPOSAL for the TPM side; the lead wires it):
  *   serving slot   = TPM_AUTH_KEY_BASE + auth_key_index       (hub key)
  *   challenge slot = TPM_AUTH_KEY_BASE + prov_challenge_key_index(auth_key_index)
- * The 401 challenge blob is imported into the CHALLENGE slot, which signs the
- * DPS SAS tokens of the second PUT and the polls; only the final
- * registrationState.tpm.authenticationKey is imported into the SERVING slot.
- * This keeps the working hub key intact during reprovisioning (aziot imports
- * both into one handle and loses the old key at the challenge). It needs
- * tpm_import_auth_key/tpm_sign variants that take the index explicitly, e.g.
- *   int tpm_import_auth_key_at(struct tpm *, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *);
- *   int tpm_sign_at(struct tpm *, uint32_t index, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *);
- * If DPS assigns without a tpm.authenticationKey, the driver imports the
- * retained challenge blob again into the serving slot (ActivateCredential
- * accepts the same credential blob repeatedly), so TPM_IMPORT_FINAL always
- * has a blob. The challenge slot may be evicted after SAVED.
+ *
+ * m->serving is true while a saved identity (hub, device id, and the hub key
+ * in the serving slot) is handed to clients. DPS runs never clear it: the
+ * 401 challenge blob is imported into the CHALLENGE slot, which signs the DPS
+ * SAS tokens of the second PUT and the polls, so the working hub key stays in
+ * place while DPS runs. Only after DPS assigned is a key imported into the
+ * SERVING slot (IMPORTING_FINAL): registrationState.tpm.authenticationKey, or,
+ * when DPS sent none, the retained challenge blob again (ActivateCredential
+ * accepts the same credential blob repeatedly; action.blob says which). On
+ * IMPORT_OK the driver switches its identity to the new hub/device id, before
+ * SAVE_STATE.
+ *
+ * What a failed final import leaves (lib/tpm.c, tpm_import_auth_key()): the
+ * new key is activated, imported, loaded and test-signed first; a failure
+ * there leaves the old key in the serving slot untouched. Only then is the
+ * old key evicted and the new one persisted at the same handle. If that
+ * persist fails, the slot is empty: the old identity is still the one
+ * "served" (m->serving stays true, the machine backs off and retries), but
+ * its signatures fail until a retry succeeds, and a restart finds no key and
+ * provisions from scratch. There is one serving slot; nothing keeps a copy.
  *
  * ---------------------------------------------------------------------------
  * auto_reprovisioning_mode (exact semantics; the man page copies this)
@@ -50,30 +61,39 @@
  *     5xx, failed import): back off (exponential, full jitter, 2 s..300 s,
  *     at least the server's Retry-After) and retry forever in the background;
  *     a saved identity keeps being served.
+ *   - DPS refuses the SAS of the second PUT (401): usually a challenge that
+ *     went stale (DPS keeps only the latest; a crashed predecessor's request
+ *     may have fetched a newer one), so back off and start a new run; only
+ *     PROV_STALE_CHALLENGE_RUNS refusals in a row are DPS's verdict
+ *     (permanent).
  *   - Permanent DPS failure (no enrollment, EK mismatch, enrollment disabled,
  *     401 after authentication, assignment failed): stop retrying
  *     (FAILED_PERMANENT); the DPS error code and message are kept for status;
  *     a saved identity keeps being served. Only CLIENT_REPROVISION,
  *     CONFIG_CHANGED or a daemon restart tries again.
  *   - The serving key is replaced only after DPS assigned (see above).
+ *   - A mode change at reload (prov_set_mode()) starts nothing by itself; the
+ *     new mode governs every decision from then on (a startup decision still
+ *     pending while the state loads, client reports).
  * Dynamic (default):
  *   - Start with a valid saved identity: serve it, and check it against the
- *     hub once (CHECK_HUB: one TPM-signed hub request). HUB_REJECTED (the hub
- *     answers 401/403, or 404 for the device) is evidence the device moved →
- *     run DPS. HUB_UNREACHABLE is not evidence → keep serving, no DPS.
- *   - A client reports that the hub rejects the credentials
- *     (CLIENT_REPORTS_BAD_CREDENTIALS): check the hub ourselves (clients alone
- *     cannot trigger DPS without an authorized request), and run DPS only if
- *     the hub rejects us too.
+ *     hub once (CHECK_HUB: one hub request signed with the serving key).
+ *     HUB_REJECTED (the hub answers 401/403, or 404 for the device) is
+ *     evidence the device moved → run DPS. HUB_UNREACHABLE (no answer, or any
+ *     other status) is not evidence → keep serving, no DPS.
+ *   - A client reports that the hub rejects the credentials (prov_report()):
+ *     check the hub ourselves (clients alone cannot trigger DPS without an
+ *     authorized request), and run DPS only if the hub rejects us too. At most
+ *     one report-started check per PROV_REPORT_MIN_INTERVAL_MS.
  * AlwaysOnStartup:
  *   - Every start runs DPS, also with a valid saved identity, which is
  *     served while DPS runs and kept if DPS is unreachable or fails.
  *   - At runtime it behaves like Dynamic (reacts to hub rejection reports).
  * OnErrorOnly:
  *   - Start with a valid saved identity: serve it, no hub check, no DPS.
- *   - Never reprovisions on hub signals: CLIENT_REPORTS_BAD_CREDENTIALS is
- *     ignored. DPS runs only without a valid saved identity, on a config
- *     change, or when an authorized client asks.
+ *   - Never reprovisions on hub signals: client reports are ignored. DPS runs
+ *     only without a valid saved identity, on a config change, or when an
+ *     authorized client asks.
  * ---------------------------------------------------------------------------
  *
  * One DPS run: REGISTERING (first PUT) → 401 → IMPORTING_CHALLENGE →
@@ -86,12 +106,19 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "api.h"
 #include "backoff.h"
 #include "dps.h"
+#include "state.h"
 
 #define PROV_POLL_MAX 100                  /* GET polls per DPS run before starting over (transient) */
 #define PROV_POLL_DEFAULT_MS (DPS_RETRY_AFTER_DEFAULT_S * 1000u) /* ms between polls without Retry-After */
 #define PROV_CHALLENGE_KEY_OFFSET 1        /* challenge slot = auth_key_index + this */
+/* DPS runs in a row whose second PUT DPS refused (401) before a refusal is its
+ * verdict (the Azure IoT C SDK also allows 3). */
+#define PROV_STALE_CHALLENGE_RUNS 3
+#define PROV_REPORT_MIN_INTERVAL_MS 60000u /* ms between hub checks started by client reports */
+#define PROV_MESSAGE_MAX (DPS_ERROR_MESSAGE_MAX + 128) /* bytes of a status message: DPS's text plus our context */
 
 /* The TPM index (relative to TPM_AUTH_KEY_BASE) of the challenge slot. */
 static inline uint32_t prov_challenge_key_index(uint32_t auth_key_index) {
@@ -134,13 +161,14 @@ enum prov_event {
         PROV_EV_STATE_MISSING_OR_CORRUPT, /* ENOENT, EBADMSG, OTHER_TPM or no serving key */
         PROV_EV_HUB_OK,
         PROV_EV_HUB_REJECTED,             /* hub 401/403, or 404 for our device */
-        PROV_EV_HUB_UNREACHABLE,          /* network, timeout, 5xx, 429 */
+        PROV_EV_HUB_UNREACHABLE,          /* no answer, or any other status (5xx, 429, ...) */
         PROV_EV_DPS_401_CHALLENGE,        /* first PUT answered 401 with a parsed challenge */
         PROV_EV_IMPORT_OK,
         PROV_EV_IMPORT_FAILED,            /* TPM import failed (retried with backoff) */
         PROV_EV_DPS_202,                  /* second PUT accepted: data.retry_after_s */
+        PROV_EV_DPS_SAS_REFUSED,          /* second PUT answered 401: stale challenge, or DPS's verdict */
         PROV_EV_POLL_ASSIGNING,           /* data.retry_after_s */
-        PROV_EV_POLL_ASSIGNED,
+        PROV_EV_POLL_ASSIGNED,            /* data.has_auth_key: DPS sent registrationState.tpm.authenticationKey */
         PROV_EV_POLL_FAILED,              /* status failed/disabled: data.permanent, code, message */
         PROV_EV_TRANSIENT_ERROR,          /* dps_classify() TRANSIENT: data.retry_after_s, http_status */
         PROV_EV_PERMANENT_ERROR,          /* dps_classify() PERMANENT: data.code, message, http_status */
@@ -148,7 +176,7 @@ enum prov_event {
         PROV_EV_SAVE_FAILED,              /* identity is in use but not persisted */
         PROV_EV_TIMER,                    /* the armed delay of ARM_TIMER elapsed */
         PROV_EV_CLIENT_REPROVISION,       /* authorized POST /identities/device/reprovision */
-        PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS,
+        PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, /* fed by prov_report(), which applies the report rules */
         PROV_EV_CONFIG_CHANGED,           /* reload changed the provisioning config */
         _PROV_EVENT_MAX,
 };
@@ -161,17 +189,18 @@ struct prov_event_data {
         int64_t code;           /* DPS errorCode, 0 if none */
         const char *message;    /* DPS errorMessage or the reason from dps_classify(); may be NULL */
         bool permanent;         /* POLL_FAILED: dps_classify_registration() said PERMANENT */
+        bool has_auth_key;      /* POLL_ASSIGNED: the assignment carried its own key blob */
 };
 
 enum prov_action_kind {
         PROV_ACT_NONE,                  /* nothing to do (settled, or event coalesced) */
-        PROV_ACT_LOAD_STATE,            /* state_load() + state_check() + tpm_has_auth_key() → STATE_* */
-        PROV_ACT_CHECK_HUB,             /* one TPM-signed hub request → HUB_* */
-        PROV_ACT_DPS_REGISTER,          /* first PUT → DPS_401_CHALLENGE / TRANSIENT / PERMANENT */
-        PROV_ACT_TPM_IMPORT_CHALLENGE,  /* import 401 blob into the challenge slot → IMPORT_* */
-        PROV_ACT_DPS_AUTH_REGISTER,     /* second PUT (SAS from challenge slot) → DPS_202 / POLL_* / errors */
-        PROV_ACT_DPS_POLL,              /* after delay_ms, GET operation → POLL_* / errors */
-        PROV_ACT_TPM_IMPORT_FINAL,      /* import final (or retained challenge) blob into the serving slot */
+        PROV_ACT_LOAD_STATE,            /* read + state_check(), look for slot's key → prov_state_event() */
+        PROV_ACT_CHECK_HUB,             /* hub GET signed by slot → prov_hub_event() */
+        PROV_ACT_DPS_REGISTER,          /* first PUT, unsigned → prov_dps_interpret() */
+        PROV_ACT_TPM_IMPORT_CHALLENGE,  /* import blob into slot → IMPORT_* */
+        PROV_ACT_DPS_AUTH_REGISTER,     /* second PUT signed by slot → prov_dps_interpret() */
+        PROV_ACT_DPS_POLL,              /* after delay_ms, GET operation signed by slot → prov_dps_interpret() */
+        PROV_ACT_TPM_IMPORT_FINAL,      /* import blob into slot → IMPORT_* */
         PROV_ACT_SAVE_STATE,            /* state_save() the new identity → SAVED / SAVE_FAILED */
         PROV_ACT_ARM_TIMER,             /* after delay_ms, feed TIMER */
         PROV_ACT_NOTIFY_STATUS,         /* only the status changed: publish it */
@@ -179,10 +208,31 @@ enum prov_action_kind {
 };
 const char *prov_action_to_string(enum prov_action_kind a);
 
+/* A TPM key slot (see "TPM slots" above). */
+enum prov_slot {
+        PROV_SLOT_NONE,      /* no key: the first PUT is not signed */
+        PROV_SLOT_SERVING,   /* the hub key: TPM_AUTH_KEY_BASE + auth_key_index */
+        PROV_SLOT_CHALLENGE, /* prov_challenge_key_index(auth_key_index) */
+        _PROV_SLOT_MAX,
+};
+const char *prov_slot_to_string(enum prov_slot s);
+
+/* Which blob a TPM import takes. */
+enum prov_blob {
+        PROV_BLOB_NONE,
+        PROV_BLOB_CHALLENGE, /* the 401 challenge's authenticationKey (kept for the run) */
+        PROV_BLOB_ASSIGNED,  /* registrationState.tpm.authenticationKey of the assignment */
+        _PROV_BLOB_MAX,
+};
+const char *prov_blob_to_string(enum prov_blob b);
+
 struct prov_action {
         enum prov_action_kind kind;
         uint64_t delay_ms;    /* DPS_POLL and ARM_TIMER: wait this long first */
-        bool status_changed;  /* state, serving or last error changed: publish status (sd_notify STATUS=, API) */
+        enum prov_slot slot;  /* LOAD_STATE: the key that must exist; CHECK_HUB, DPS_AUTH_REGISTER, DPS_POLL:
+                               * the key that signs the SAS; TPM_IMPORT_*: where the key goes; else NONE */
+        enum prov_blob blob;  /* TPM_IMPORT_*: what to import; else NONE */
+        bool status_changed;  /* state, mode, serving or last error changed: publish status (sd_notify STATUS=, API) */
 };
 
 /* Why the current/last DPS run was started (for status and logs). */
@@ -212,6 +262,10 @@ struct prov_machine {
         char last_message[DPS_ERROR_MESSAGE_MAX + 1];
         bool last_permanent;
         bool save_failed;        /* provisioned but state not persisted */
+        bool assigned_has_key;   /* the current run's assignment carried its own key blob */
+        uint32_t sas_refusals;   /* DPS_SAS_REFUSED in a row (PROV_STALE_CHALLENGE_RUNS) */
+        bool report_checked;     /* a client report started a hub check ... */
+        uint64_t report_check_ms; /* ... at this time (the caller's monotonic clock) */
 };
 
 /* Initialise m in PROV_IDLE. rnd/userdata go to backoff_init() (NULL =
@@ -225,3 +279,76 @@ int prov_step(struct prov_machine *m, enum prov_event ev, const struct prov_even
 
 /* Whether a DPS run is in progress (REGISTERING .. SAVING or BACKING_OFF). */
 bool prov_is_busy(const struct prov_machine *m);
+
+/* Reload: run in mode from now on. Starts nothing by itself (see the modes
+ * above). Returns 0 and *out (NOTIFY_STATUS when the mode changed, else
+ * NONE), or -EINVAL for an out-of-range mode (m untouched). */
+int prov_set_mode(struct prov_machine *m, enum prov_mode mode, struct prov_action *out);
+
+/* A client reports that the hub answered hub_status to the device's
+ * credentials, at now_ms (a monotonic clock in ms). The client's word alone
+ * never starts DPS: a rejection (prov_hub_event() == HUB_REJECTED) makes the
+ * daemon check the hub itself (CLIENT_REPORTS_BAD_CREDENTIALS → CHECK_HUB),
+ * at most once per PROV_REPORT_MIN_INTERVAL_MS (the startup check does not
+ * count). OnErrorOnly ignores reports. Returns what was decided, for the
+ * client's answer, with *out the action to perform (NONE unless a check
+ * starts). Cannot fail. */
+enum api_report_action prov_report(struct prov_machine *m, int hub_status, uint64_t now_ms, struct prov_action *out);
+
+/* ---- what answers mean ---- */
+
+/* The hub check's answer: error < 0 when there was none (transport error,
+ * or the signature or request could not be made), else http_status. 2xx →
+ * HUB_OK; 401, 403, 404 → HUB_REJECTED (the device may have moved); anything
+ * else → HUB_UNREACHABLE (not evidence of a move). */
+enum prov_event prov_hub_event(int error, long http_status);
+
+/* The saved identity: load_r is state_load()'s result, match state_check()'s
+ * (ignored unless load_r is 0). Whether the serving key must be looked for:
+ * true for an intact file of this TPM. */
+bool prov_state_usable(int load_r, enum state_match match);
+/* The LOAD_STATE event: key_r/key_present are the serving-key lookup's
+ * result (ignored unless prov_state_usable()). A key that cannot be found,
+ * or an error looking for it, means the identity cannot be served. */
+enum prov_event prov_state_event(int load_r, enum state_match match, int key_r, bool key_present);
+
+/* One answer to a DPS request, as the transport delivered it. */
+struct prov_dps_answer {
+        int error;             /* 0, or -errno: no answer (transport error, or the request was not sent) */
+        const char *error_msg; /* for error: what went wrong (may be NULL) */
+        bool not_sent;         /* for error: a local step failed before sending; error_msg says which */
+        long http_status;
+        const uint8_t *body;   /* may be NULL */
+        size_t body_len;
+        const char *retry_after; /* Retry-After header value or NULL */
+        int64_t now;             /* Unix seconds, for an HTTP-date Retry-After */
+};
+
+/* What a DPS answer means, and what it carried. */
+struct prov_dps_result {
+        enum prov_event event;        /* DPS_401_CHALLENGE, DPS_202, DPS_SAS_REFUSED, POLL_*, *_ERROR */
+        struct prov_event_data data;  /* to feed with event; data.message points into message */
+        const char *status;           /* static: the status API's lastResult.status for a failure
+                                       * ("error", "failed", a DPS status), NULL for progress */
+        const char *note;             /* static: what it means, for the log, or NULL */
+        char message[PROV_MESSAGE_MAX + 1];
+        struct dps_challenge challenge;                /* DPS_401_CHALLENGE: the blob to import */
+        char operation_id[DPS_OPERATION_ID_MAX + 1];   /* "" or the operation to poll */
+        struct dps_registration reg;                   /* POLL_ASSIGNED: the assignment */
+};
+
+/* Interpret the answer to req (the first PUT, the second PUT or a poll):
+ * parse what the status says should be there, classify it with
+ * dps_classify()/dps_classify_registration() and the 401 rules:
+ *  - first PUT, 401 with a challenge: DPS_401_CHALLENGE; 401 without one is
+ *    DPS's verdict on this TPM's enrollment when it carries a DPS error
+ *    (PERMANENT), else some proxy's or a garbled answer (TRANSIENT);
+ *  - second PUT, 401: DPS_SAS_REFUSED (the machine counts them);
+ *  - poll, 401 (the challenge key went stale) or 404 (DPS forgot the
+ *    operation): POLL_FAILED, not permanent: polling cannot help and neither
+ *    is a verdict on the enrollment, so a new run starts after a backoff;
+ *  - malformed success answers: TRANSIENT_ERROR.
+ * Returns 0 and *out (release with prov_dps_result_clear()), or -ENOMEM.
+ * out is zeroed first either way. */
+int prov_dps_interpret(enum dps_request req, const struct prov_dps_answer *ans, struct prov_dps_result *out);
+void prov_dps_result_clear(struct prov_dps_result *r); /* NULL-safe; zeroes the blobs */

@@ -1,62 +1,47 @@
 /* Provisioning driver. See provision-driver.h for the contract and
- * lib/provision.h for the state machine and the exact semantics of the
- * auto-reprovisioning modes.
+ * lib/provision.h for the policy it carries out.
  *
- * Every action is one "operation" that may take up to two asynchronous steps
- * (a TPM signature, then the HTTPS request it authorizes). Completions carry
- * the driver's operation generation, so a completion that arrives after the
- * machine moved on (e.g. reprovision requested while a poll was waiting) is
- * dropped instead of being fed as an event for the wrong state. */
+ * The driver keeps no state machine of its own: what it remembers is the
+ * action in flight (cur: the machine's action and which of its asynchronous
+ * parts runs), the data the run collected (challenge blob, operation id,
+ * assignment) and what status shows. Completions carry the operation
+ * generation, so a completion that arrives after the machine moved on (e.g.
+ * reprovision requested while a poll was waiting) is dropped instead of being
+ * fed as an event for the wrong state. */
 #include "provision-driver.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "b64.h"
-#include "cloud.h"
 #include "dps.h"
 #include "log.h"
-#include "provision.h"
 #include "sas.h"
-#include "state.h"
 #include "tpm.h"
 #include "util.h"
 
 #define LOG_MESSAGE_PROVISIONED "0d3c6f8e5b7a4f21a9e4c2d18b6f7a30" /* DPS assigned the device to a hub */
 #define LOG_MESSAGE_DPS_FAILED "7f1b2c3d4e5f40718293a4b5c6d7e8f9"  /* a DPS run failed (DPS_ERROR_CODE= set) */
-#define PROV_STATUS_TEXT_MAX 1024
-#define PROV_STALE_CHALLENGE_RUNS 3 /* runs whose SAS DPS refused, before a 401 counts as DPS's verdict (C SDK: 3) */                                  /* bytes of the STATUS= line */
+#define PROV_STATUS_TEXT_MAX 1024                                   /* bytes of the STATUS= line */
 
-enum op_kind {
-        OP_NONE,
-        OP_HAS_KEY,   /* LOAD_STATE: TPM "is the serving key there?" */
-        OP_HUB_SIGN,  /* CHECK_HUB step 1 */
-        OP_HUB_GET,   /* CHECK_HUB step 2 */
-        OP_REGISTER,  /* first PUT */
-        OP_IMPORT,    /* challenge or final import */
-        OP_AUTH_SIGN, /* second PUT step 1 */
-        OP_AUTH_PUT,  /* second PUT step 2 */
-        OP_POLL_SIGN, /* poll step 1 */
-        OP_POLL_GET,  /* poll step 2 */
+/* Which asynchronous part of the current action is in flight. */
+enum step {
+        STEP_NONE,
+        STEP_KEY,     /* LOAD_STATE: TPM lookup of the serving key */
+        STEP_DELAY,   /* DPS_POLL: waiting action.delay_ms; ARM_TIMER: the backoff */
+        STEP_SIGN,    /* a TPM signature of the request's SAS */
+        STEP_SEND,    /* the HTTPS request */
+        STEP_IMPORT,  /* a TPM import */
 };
 
 struct prov_driver {
-        uv_loop_t *loop;
         const struct tpmid_config *cfg;
-        struct tpm_worker *worker;
-        struct cloud *cloud;
-        uv_timer_t timer;
-        bool timer_for_poll; /* the armed timer starts a poll (else it feeds TIMER) */
+        struct prov_io io;
 
         struct prov_machine m;
-        bool started, closing;
-        int open_handles;
-        bool report_checked;      /* a client report started a hub check (rate limit) */
-        uint64_t report_check_ms; /* uv_now() of that check */
+        bool started, closing, io_closed;
 
         struct tpm_keys keys;
         char *regid;
@@ -70,18 +55,19 @@ struct prov_driver {
         bool have_identity;
         char hub[DPS_HUB_NAME_MAX + 1];
         char device_id[DPS_DEVICE_ID_MAX + 1];
+        struct tpmid_state loaded; /* LOAD_STATE: the file, until its key is found */
+        enum state_match loaded_match;
 
-        /* the current DPS run */
+        /* what the current DPS run collected */
         struct dps_challenge challenge;
         char operation_id[DPS_OPERATION_ID_MAX + 1];
         struct dps_registration reg;
         bool reg_valid;
-        bool loaded_stale; /* LOAD_STATE found a stale (config changed) identity */
-        unsigned stale_challenge_runs; /* consecutive runs whose second PUT got 401 */
 
-        /* the operation in flight */
-        enum op_kind op;
-        uint64_t op_gen;
+        /* the action in flight */
+        struct prov_action cur;
+        enum step step;
+        uint64_t gen;
         struct tpm_job job;
         bool job_busy;
         uint64_t job_gen;
@@ -96,7 +82,7 @@ struct prov_driver {
         bool has_last;
         char last_status[32];
         int64_t last_code;
-        char last_message[DPS_ERROR_MESSAGE_MAX + 128]; /* DPS message plus our context */
+        char last_message[PROV_MESSAGE_MAX + 1];
         int64_t last_at;
         int64_t next_retry_at;
         char status_text[PROV_STATUS_TEXT_MAX];
@@ -104,10 +90,10 @@ struct prov_driver {
         void *status_userdata;
 };
 
-static void perform(struct prov_driver *d, const struct prov_action *a);
+static void perform(struct prov_driver *d);
 
 static void maybe_free(struct prov_driver *d) {
-        if (!d->closing || d->open_handles > 0 || d->job_busy)
+        if (!d->closing || !d->io_closed || d->job_busy)
                 return;
         dps_challenge_clear(&d->challenge);
         dps_registration_clear(&d->reg);
@@ -125,12 +111,34 @@ static void set_last(struct prov_driver *d, const char *status, int64_t code, co
         snprintf(d->last_status, sizeof(d->last_status), "%s", status);
         d->last_code = code;
         snprintf(d->last_message, sizeof(d->last_message), "%s", message ? message : "");
-        d->last_at = (int64_t)time(NULL);
+        d->last_at = d->io.now_unix(d->io.userdata);
 }
 
 static void publish_status(struct prov_driver *d) {
         if (d->status_cb)
                 d->status_cb(d->status_userdata);
+}
+
+/* Carry out an action the machine returned. A new operation supersedes
+ * whatever was in flight; an event the machine coalesced (NONE, e.g. a
+ * reprovision request during a run) leaves the operation in flight valid: its
+ * completion is still the machine's next event, so dropping it would stall
+ * the run. */
+static void run(struct prov_driver *d, const struct prov_action *a) {
+        if (a->kind != PROV_ACT_NONE && a->kind != PROV_ACT_NOTIFY_STATUS) {
+                d->gen++;
+                d->io.timer_stop(d->io.userdata);
+                d->next_retry_at = 0;
+                if (d->cloud_busy) {
+                        d->io.cloud_cancel(d->io.userdata, d->cloud_id);
+                        d->cloud_busy = false;
+                }
+                d->cur = *a;
+                d->step = STEP_NONE;
+                perform(d);
+        }
+        if (a->status_changed)
+                publish_status(d);
 }
 
 /* Feed one event into the machine and carry out the resulting action. */
@@ -145,29 +153,22 @@ static void feed(struct prov_driver *d, enum prov_event ev, const struct prov_ev
                           prov_state_to_string(before));
                 return;
         }
-        log_debug("provisioning: %s --%s--> %s, action %s", prov_state_to_string(before), prov_event_to_string(ev),
-                  prov_state_to_string(d->m.state), prov_action_to_string(a.kind));
-        /* A new operation supersedes whatever was in flight. An event the
-         * machine coalesced (NONE, e.g. a reprovision request during a run)
-         * leaves the operation in flight valid: its completion is still the
-         * machine's next event, so dropping it would stall the run. */
-        if (a.kind != PROV_ACT_NONE && a.kind != PROV_ACT_NOTIFY_STATUS)
-                d->op_gen++;
-        perform(d, &a);
-        if (a.status_changed)
-                publish_status(d);
+        log_debug("provisioning: %s --%s--> %s, action %s (slot %s, blob %s)", prov_state_to_string(before),
+                  prov_event_to_string(ev), prov_state_to_string(d->m.state), prov_action_to_string(a.kind),
+                  prov_slot_to_string(a.slot), prov_blob_to_string(a.blob));
+        run(d, &a);
 }
 
 static void feed_simple(struct prov_driver *d, enum prov_event ev) {
         feed(d, ev, NULL);
 }
 
-/* ---- TPM steps ---- */
+/* ---- TPM ---- */
 
 static void job_done(struct tpm_job *job, void *userdata);
 
 static int submit_job(struct prov_driver *d, enum tpm_job_kind kind, const uint8_t *in, size_t len,
-                      bool challenge_slot) {
+                      enum prov_slot slot, enum step step) {
         if (d->job_busy)
                 return -EBUSY; /* cannot happen: one operation at a time; keeps the job memory safe */
         memset(&d->job, 0, sizeof(d->job));
@@ -176,17 +177,18 @@ static int submit_job(struct prov_driver *d, enum tpm_job_kind kind, const uint8
         d->job.in_len = len;
         d->job.done = job_done;
         d->job.userdata = d;
-        d->job.has_key_index = challenge_slot;
+        d->job.has_key_index = slot == PROV_SLOT_CHALLENGE;
         d->job.key_index = prov_challenge_key_index(d->cfg->tpm.auth_key_index);
-        int r = tpm_worker_submit(d->worker, &d->job);
+        int r = d->io.tpm_submit(d->io.userdata, &d->job);
         if (r < 0)
                 return r;
         d->job_busy = true;
-        d->job_gen = d->op_gen;
+        d->job_gen = d->gen;
+        d->step = step;
         return 0;
 }
 
-/* ---- HTTPS steps ---- */
+/* ---- HTTPS ---- */
 
 static void cloud_done(const struct cloud_response *resp, void *userdata);
 
@@ -200,15 +202,61 @@ static int send_cloud(struct prov_driver *d, const char *method, const char *url
                 .body_len = body ? strlen(body) : 0,
                 .timeout_ms = timeout_ms,
         };
-        int r = cloud_send(d->cloud, &req, cloud_done, d, &d->cloud_id);
+        int r = d->io.cloud_send(d->io.userdata, &req, cloud_done, d, &d->cloud_id);
         if (r < 0)
                 return r;
         d->cloud_busy = true;
+        d->step = STEP_SEND;
         return 0;
 }
 
 static long cloud_timeout_ms(const struct prov_driver *d) {
         return (long)d->cfg->cloud_timeout_sec * 1000L;
+}
+
+static enum dps_request dps_request_of(enum prov_action_kind kind) {
+        switch (kind) {
+        case PROV_ACT_DPS_AUTH_REGISTER:
+                return DPS_REQUEST_AUTH_REGISTER;
+        case PROV_ACT_DPS_POLL:
+                return DPS_REQUEST_POLL;
+        case PROV_ACT_NONE:
+        case PROV_ACT_LOAD_STATE:
+        case PROV_ACT_CHECK_HUB:
+        case PROV_ACT_DPS_REGISTER:
+        case PROV_ACT_TPM_IMPORT_CHALLENGE:
+        case PROV_ACT_TPM_IMPORT_FINAL:
+        case PROV_ACT_SAVE_STATE:
+        case PROV_ACT_ARM_TIMER:
+        case PROV_ACT_NOTIFY_STATUS:
+        case _PROV_ACT_MAX:
+                break;
+        }
+        return DPS_REQUEST_REGISTER;
+}
+
+static void set_last_from(struct prov_driver *d, const struct prov_dps_result *res) {
+        if (res->status)
+                set_last(d, res->status, res->data.code, res->message);
+}
+
+/* A DPS request of the current action failed before anything was sent. */
+static void dps_not_sent(struct prov_driver *d, int r, const char *what) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s: %s", what, strerror(-r));
+        log_warn("provisioning: %s", msg);
+        struct prov_dps_answer ans = {.error = r, .error_msg = msg, .not_sent = true};
+        struct prov_dps_result res;
+        (void)prov_dps_interpret(dps_request_of(d->cur.kind), &ans, &res); /* cannot fail without a body */
+        set_last_from(d, &res);
+        feed(d, res.event, &res.data);
+        prov_dps_result_clear(&res);
+}
+
+/* The hub check could not be made or answered. */
+static void hub_failed(struct prov_driver *d, int r, const char *what) {
+        log_warn("provisioning: %s: %s; keeping the saved identity", what, strerror(-r));
+        feed_simple(d, prov_hub_event(r, 0));
 }
 
 /* Prepare the SAS string-to-sign for resource sr (already encoded). */
@@ -217,53 +265,88 @@ static int prepare_sas(struct prov_driver *d, char *sr, uint64_t lifetime) {
         free(d->sts);
         d->sts = NULL;
         d->sr = sr;
-        d->sas_expiry = (uint64_t)time(NULL) + lifetime;
+        d->sas_expiry = (uint64_t)d->io.now_unix(d->io.userdata) + lifetime;
         return sas_string_to_sign(d->sr, d->sas_expiry, &d->sts, &d->sts_len);
 }
 
-static void transient(struct prov_driver *d, int http_status, uint32_t retry_after, const char *message) {
-        set_last(d, "error", 0, message);
-        struct prov_event_data ed = {.retry_after_s = retry_after, .http_status = http_status, .message = message};
-        feed(d, PROV_EV_TRANSIENT_ERROR, &ed);
-}
-
-/* A failed step before any request went out (out of memory, queue full,
- * a value DPS sent that we cannot use): treated as transient so the machine
- * backs off instead of spinning. */
-static void step_failed(struct prov_driver *d, int r, const char *what) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "%s: %s", what, strerror(-r));
-        log_warn("provisioning: %s", msg);
-        transient(d, 0, 0, msg);
-}
-
-static void start_hub_check(struct prov_driver *d) {
+/* A request signed by the action's slot: the SAS resource is the hub's
+ * device or the DPS registration. */
+static void start_signing(struct prov_driver *d) {
+        bool hub = d->cur.kind == PROV_ACT_CHECK_HUB;
         char *sr = NULL;
-        int r = sas_hub_resource(d->hub, d->device_id, &sr);
+        int r = hub ? sas_hub_resource(d->hub, d->device_id, &sr)
+                    : sas_dps_resource(d->cfg->provisioning.id_scope, d->regid, &sr);
         if (r >= 0)
-                r = prepare_sas(d, sr, SAS_HUB_LIFETIME_S);
-        if (r >= 0) {
-                d->op = OP_HUB_SIGN;
-                r = submit_job(d, TPM_JOB_SIGN, (const uint8_t *)d->sts, d->sts_len, false);
+                r = prepare_sas(d, sr, hub ? SAS_HUB_LIFETIME_S : SAS_DPS_LIFETIME_S);
+        if (r >= 0)
+                r = submit_job(d, TPM_JOB_SIGN, (const uint8_t *)d->sts, d->sts_len, d->cur.slot, STEP_SIGN);
+        if (r >= 0)
+                return;
+        if (hub)
+                hub_failed(d, r, "could not start the hub check");
+        else
+                dps_not_sent(d, r, "could not sign the DPS request");
+}
+
+static char *signed_token(struct prov_driver *d, const char *skn) {
+        char *tok = NULL;
+        if (sas_token_format(d->sr, d->job.digest, d->sas_expiry, skn, &tok) < 0)
+                return NULL;
+        return tok;
+}
+
+/* The signature is there: send the request it authorises. */
+static void send_signed(struct prov_driver *d) {
+        bool hub = d->cur.kind == PROV_ACT_CHECK_HUB;
+        _cleanup_free_ char *tok = signed_token(d, hub ? NULL : SAS_DPS_KEY_NAME), *url = NULL, *body = NULL,
+                            *dev = NULL;
+        int r = tok ? 0 : -ENOMEM;
+        if (r >= 0 && hub) {
+                r = sas_percent_encode(d->device_id, strlen(d->device_id), &dev);
+                if (r >= 0 && asprintf(&url, "https://%s/devices/%s/modules?api-version=%s", d->hub, dev,
+                                       PROV_HUB_API_VERSION) < 0) {
+                        url = NULL;
+                        r = -ENOMEM;
+                }
+                if (r >= 0)
+                        r = send_cloud(d, "GET", url, tok, NULL, PROV_HUB_CHECK_TIMEOUT_MS);
+        } else if (r >= 0 && d->cur.kind == PROV_ACT_DPS_AUTH_REGISTER) {
+                r = dps_register_url(d->cfg->provisioning.global_endpoint, d->cfg->provisioning.id_scope, d->regid,
+                                     &url);
+                if (r >= 0)
+                        r = dps_auth_register_body(d->regid, d->payload, &body);
+                if (r >= 0)
+                        r = send_cloud(d, "PUT", url, tok, body, cloud_timeout_ms(d));
+        } else if (r >= 0) {
+                r = dps_operation_url(d->cfg->provisioning.global_endpoint, d->cfg->provisioning.id_scope, d->regid,
+                                      d->operation_id, &url);
+                if (r >= 0)
+                        r = send_cloud(d, "GET", url, tok, NULL, cloud_timeout_ms(d));
         }
-        if (r < 0) {
-                log_warn_errno(r, "provisioning: could not start the hub check: %s", strerror(-r));
-                feed_simple(d, PROV_EV_HUB_UNREACHABLE);
-        }
+        if (tok)
+                explicit_zero(tok, strlen(tok));
+        if (r >= 0)
+                return;
+        if (hub)
+                hub_failed(d, r, "could not send the hub check");
+        else
+                dps_not_sent(d, r, "could not send the DPS request");
 }
 
 static void start_register(struct prov_driver *d) {
         _cleanup_free_ char *url = NULL, *body = NULL;
+        dps_challenge_clear(&d->challenge);
+        dps_registration_clear(&d->reg);
+        d->reg_valid = false;
+        d->operation_id[0] = 0;
         int r = dps_register_url(d->cfg->provisioning.global_endpoint, d->cfg->provisioning.id_scope, d->regid, &url);
         if (r >= 0)
                 r = dps_register_body(d->regid, d->keys.ek.buf, d->keys.ek.len, d->keys.srk.buf, d->keys.srk.len,
                                       d->payload, &body);
-        if (r >= 0) {
-                d->op = OP_REGISTER;
+        if (r >= 0)
                 r = send_cloud(d, "PUT", url, NULL, body, cloud_timeout_ms(d));
-        }
         if (r < 0) {
-                step_failed(d, r, "could not send the DPS registration");
+                dps_not_sent(d, r, "could not send the DPS registration");
                 return;
         }
         log_struct(LOG_INFO, NULL, LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid)),
@@ -271,37 +354,90 @@ static void start_register(struct prov_driver *d) {
                    d->cfg->provisioning.id_scope, prov_reason_to_string(d->m.reason));
 }
 
-static void start_import(struct prov_driver *d, bool challenge_slot) {
-        const uint8_t *blob = d->challenge.blob;
-        size_t len = d->challenge.blob_len;
-        if (!challenge_slot && d->reg_valid && d->reg.auth_blob) {
-                blob = d->reg.auth_blob;
-                len = d->reg.auth_blob_len;
+static void start_import(struct prov_driver *d) {
+        const uint8_t *blob = NULL;
+        size_t len = 0;
+        switch (d->cur.blob) {
+        case PROV_BLOB_CHALLENGE:
+                blob = d->challenge.blob;
+                len = d->challenge.blob_len;
+                break;
+        case PROV_BLOB_ASSIGNED:
+                if (d->reg_valid) {
+                        blob = d->reg.auth_blob;
+                        len = d->reg.auth_blob_len;
+                }
+                break;
+        case PROV_BLOB_NONE:
+        case _PROV_BLOB_MAX:
+                break;
         }
-        if (!blob) {
-                struct prov_event_data ed = {.message = "no authenticationKey to import"};
-                feed(d, PROV_EV_IMPORT_FAILED, &ed);
+        const char *why = "no authenticationKey to import";
+        int r = blob ? submit_job(d, TPM_JOB_IMPORT, blob, len, d->cur.slot, STEP_IMPORT) : -ENODATA;
+        if (r >= 0)
+                return;
+        if (blob)
+                why = "TPM queue full";
+        set_last(d, "error", 0, why);
+        struct prov_event_data ed = {.message = why};
+        feed(d, PROV_EV_IMPORT_FAILED, &ed);
+}
+
+/* ---- the saved identity ---- */
+
+static void load_state(struct prov_driver *d) {
+        enum state_match match = STATE_MATCH_OK;
+        int r = d->io.state_load(d->io.userdata, d->state_path, &d->loaded);
+        if (r == -ENOENT)
+                log_info("provisioning: no saved identity in %s", d->state_path);
+        else if (r == -EBADMSG)
+                log_warn("provisioning: the saved identity in %s is corrupt or incomplete and is not trusted; "
+                         "provisioning again",
+                         d->state_path);
+        else if (r < 0)
+                log_warn("provisioning: could not read %s: %s; provisioning again", d->state_path, strerror(-r));
+        else {
+                match = state_check(&d->loaded, d->ek_digest, d->config_digest);
+                switch (match) {
+                case STATE_MATCH_OK:
+                        break;
+                case STATE_MATCH_CONFIG_CHANGED:
+                        log_info("provisioning: the saved identity was made with other provisioning settings; "
+                                 "serving it while DPS runs again");
+                        break;
+                case STATE_MATCH_OTHER_TPM:
+                        log_warn("provisioning: the saved identity belongs to another TPM (its endorsement key "
+                                 "differs); not serving it");
+                        break;
+                }
+        }
+        if (!prov_state_usable(r, match)) {
+                feed_simple(d, prov_state_event(r, match, 0, false));
                 return;
         }
-        d->op = OP_IMPORT;
-        int r = submit_job(d, TPM_JOB_IMPORT, blob, len, challenge_slot);
-        if (r < 0) {
-                struct prov_event_data ed = {.message = "TPM queue full"};
-                feed(d, PROV_EV_IMPORT_FAILED, &ed);
+        /* The saved identity is only usable while its key is in the TPM. */
+        d->loaded_match = match;
+        int k = submit_job(d, TPM_JOB_HAS_KEY, NULL, 0, d->cur.slot, STEP_KEY);
+        if (k < 0) {
+                log_warn("provisioning: could not look for the saved identity's key: %s", strerror(-k));
+                feed_simple(d, prov_state_event(r, match, k, false));
         }
 }
 
-static void start_signed_dps_request(struct prov_driver *d, enum op_kind sign_op) {
-        char *sr = NULL;
-        int r = sas_dps_resource(d->cfg->provisioning.id_scope, d->regid, &sr);
-        if (r >= 0)
-                r = prepare_sas(d, sr, SAS_DPS_LIFETIME_S);
-        if (r >= 0) {
-                d->op = sign_op;
-                r = submit_job(d, TPM_JOB_SIGN, (const uint8_t *)d->sts, d->sts_len, true);
-        }
-        if (r < 0)
-                step_failed(d, r, "could not sign the DPS request");
+static void key_found(struct prov_driver *d, const struct tpm_job *job) {
+        enum prov_event ev = prov_state_event(0, d->loaded_match, job->r, job->present);
+        if (ev != PROV_EV_STATE_MISSING_OR_CORRUPT) {
+                snprintf(d->hub, sizeof(d->hub), "%s", d->loaded.hub);
+                snprintf(d->device_id, sizeof(d->device_id), "%s", d->loaded.device_id);
+                d->have_identity = true;
+                log_info("provisioning: serving the saved identity: hub %s, device %s", d->hub, d->device_id);
+        } else if (job->r < 0)
+                log_warn("provisioning: could not check the TPM for the saved identity's key: %s", job->err.msg);
+        else
+                log_warn("provisioning: the saved identity's key is not in the TPM (handle 0x%08x); "
+                         "provisioning again",
+                         TPM_AUTH_KEY_BASE + d->cfg->tpm.auth_key_index);
+        feed_simple(d, ev);
 }
 
 static int write_state(struct prov_driver *d) {
@@ -312,85 +448,29 @@ static int write_state(struct prov_driver *d) {
         snprintf(st.id_scope, sizeof(st.id_scope), "%s", d->cfg->provisioning.id_scope);
         memcpy(st.ek_digest, d->ek_digest, sizeof(st.ek_digest));
         memcpy(st.config_digest, d->config_digest, sizeof(st.config_digest));
-        st.assigned_at = (int64_t)time(NULL);
+        st.assigned_at = d->io.now_unix(d->io.userdata);
         if (d->reg_valid)
                 snprintf(st.substatus, sizeof(st.substatus), "%s", d->reg.substatus);
         /* A few hundred bytes to local storage: done inline; the rename is
          * atomic and the fsyncs are what make the state survive a power cut. */
-        return state_save(d->state_path, &st);
+        return d->io.state_save(d->io.userdata, d->state_path, &st);
 }
 
-static void timer_cb(uv_timer_t *t) {
-        struct prov_driver *d = t->data;
-        if (d->timer_for_poll) {
-                d->timer_for_poll = false;
-                start_signed_dps_request(d, OP_POLL_SIGN);
+/* ---- performing actions ---- */
+
+static void timer_cb(void *userdata) {
+        struct prov_driver *d = userdata;
+        if (d->closing || d->step != STEP_DELAY)
                 return;
-        }
-        feed_simple(d, PROV_EV_TIMER);
-}
-
-static void load_state(struct prov_driver *d) {
-        struct tpmid_state st;
-        int r = state_load(d->state_path, &st);
-        enum prov_event ev = PROV_EV_STATE_MISSING_OR_CORRUPT;
-        if (r == -ENOENT)
-                log_info("provisioning: no saved identity in %s", d->state_path);
-        else if (r == -EBADMSG)
-                log_warn("provisioning: the saved identity in %s is corrupt or incomplete and is not trusted; "
-                         "provisioning again",
-                         d->state_path);
-        else if (r < 0)
-                log_warn("provisioning: could not read %s: %s; provisioning again", d->state_path, strerror(-r));
+        d->step = STEP_NONE;
+        if (d->cur.kind == PROV_ACT_DPS_POLL)
+                start_signing(d);
         else
-                switch (state_check(&st, d->ek_digest, d->config_digest)) {
-                case STATE_MATCH_OK:
-                        ev = PROV_EV_STATE_LOADED_VALID;
-                        break;
-                case STATE_MATCH_CONFIG_CHANGED:
-                        log_info("provisioning: the saved identity was made with other provisioning settings; "
-                                 "serving it while DPS runs again");
-                        ev = PROV_EV_STATE_LOADED_STALE;
-                        break;
-                case STATE_MATCH_OTHER_TPM:
-                        log_warn("provisioning: the saved identity belongs to another TPM (its endorsement key "
-                                 "differs); not serving it");
-                        break;
-                }
-        if (ev == PROV_EV_STATE_MISSING_OR_CORRUPT) {
-                feed_simple(d, ev);
-                return;
-        }
-
-        /* The saved identity is only usable while its key is in the TPM. */
-        snprintf(d->hub, sizeof(d->hub), "%s", st.hub);
-        snprintf(d->device_id, sizeof(d->device_id), "%s", st.device_id);
-        d->loaded_stale = ev == PROV_EV_STATE_LOADED_STALE;
-        d->op = OP_HAS_KEY;
-        if (submit_job(d, TPM_JOB_HAS_KEY, NULL, 0, false) < 0)
-                feed_simple(d, PROV_EV_STATE_MISSING_OR_CORRUPT);
+                feed_simple(d, PROV_EV_TIMER);
 }
 
-static void reset_run(struct prov_driver *d) {
-        dps_challenge_clear(&d->challenge);
-        dps_registration_clear(&d->reg);
-        d->reg_valid = false;
-        d->operation_id[0] = 0;
-}
-
-static void perform(struct prov_driver *d, const struct prov_action *a) {
-        if (a->kind != PROV_ACT_NONE && a->kind != PROV_ACT_NOTIFY_STATUS) {
-                /* A new operation supersedes whatever was pending (the machine
-                 * owns one timer and one request at a time). */
-                uv_timer_stop(&d->timer);
-                d->timer_for_poll = false;
-                d->next_retry_at = 0;
-                if (d->cloud_busy) {
-                        (void)cloud_cancel(d->cloud, d->cloud_id); /* -ENOENT only if it just finished */
-                        d->cloud_busy = false;
-                }
-        }
-        switch (a->kind) {
+static void perform(struct prov_driver *d) {
+        switch (d->cur.kind) {
         case PROV_ACT_NONE:
         case PROV_ACT_NOTIFY_STATUS:
         case _PROV_ACT_MAX:
@@ -399,24 +479,19 @@ static void perform(struct prov_driver *d, const struct prov_action *a) {
                 load_state(d);
                 break;
         case PROV_ACT_CHECK_HUB:
-                start_hub_check(d);
+        case PROV_ACT_DPS_AUTH_REGISTER:
+                start_signing(d);
                 break;
         case PROV_ACT_DPS_REGISTER:
-                reset_run(d);
                 start_register(d);
                 break;
         case PROV_ACT_TPM_IMPORT_CHALLENGE:
-                start_import(d, true);
-                break;
-        case PROV_ACT_DPS_AUTH_REGISTER:
-                start_signed_dps_request(d, OP_AUTH_SIGN);
+        case PROV_ACT_TPM_IMPORT_FINAL:
+                start_import(d);
                 break;
         case PROV_ACT_DPS_POLL:
-                d->timer_for_poll = true;
-                uv_timer_start(&d->timer, timer_cb, a->delay_ms, 0);
-                break;
-        case PROV_ACT_TPM_IMPORT_FINAL:
-                start_import(d, false);
+                d->step = STEP_DELAY;
+                d->io.timer_start(d->io.userdata, d->cur.delay_ms, timer_cb, d);
                 break;
         case PROV_ACT_SAVE_STATE: {
                 int r = write_state(d);
@@ -430,245 +505,151 @@ static void perform(struct prov_driver *d, const struct prov_action *a) {
                 break;
         }
         case PROV_ACT_ARM_TIMER:
-                d->next_retry_at = (int64_t)time(NULL) + (int64_t)((a->delay_ms + 999) / 1000);
-                uv_timer_start(&d->timer, timer_cb, a->delay_ms, 0);
-                log_info("provisioning: next DPS attempt in %.1f s", (double)a->delay_ms / 1000.0);
+                d->next_retry_at = d->io.now_unix(d->io.userdata) + (int64_t)((d->cur.delay_ms + 999) / 1000);
+                d->step = STEP_DELAY;
+                d->io.timer_start(d->io.userdata, d->cur.delay_ms, timer_cb, d);
+                log_info("provisioning: next DPS attempt in %.1f s", (double)d->cur.delay_ms / 1000.0);
                 break;
         }
 }
 
-static uint32_t retry_after_of(const struct cloud_response *resp) {
-        uint32_t s = 0;
-        if (resp->retry_after && dps_parse_retry_after(resp->retry_after, (int64_t)time(NULL), &s) < 0)
-                s = 0;
-        return s;
-}
+/* ---- completions ---- */
 
-/* A non-success HTTP answer (or none at all) to a DPS request. */
-static void dps_failure(struct prov_driver *d, enum dps_request req, const struct cloud_response *resp) {
-        if (resp->error) {
-                char msg[300];
-                snprintf(msg, sizeof(msg), "DPS unreachable: %s", resp->error_msg);
-                log_warn("provisioning: %s", msg);
-                transient(d, 0, 0, msg);
-                return;
-        }
-        struct dps_error err;
-        bool have_err = dps_parse_error((const uint8_t *)resp->body, resp->body_len, &err) >= 0;
-        const char *reason = NULL;
-        enum dps_class cls = dps_classify(req, (int)resp->status, have_err ? &err : NULL, &reason);
-        if (req == DPS_REQUEST_REGISTER && resp->status == 401) {
-                /* Only reached when the 401 carried no usable challenge. With a
-                 * DPS error body it is DPS's verdict on this TPM's enrollment
-                 * ("Endorsement key is invalid, or does not match the
-                 * Enrollment", "Enrollment is disabled"): retrying cannot
-                 * change it. Without one it is some proxy's or a garbled
-                 * answer: retry. */
-                bool verdict = have_err && (err.code != 0 || err.message[0]);
-                cls = verdict ? DPS_CLASS_PERMANENT : DPS_CLASS_TRANSIENT;
-                reason = verdict ? "DPS refused the TPM attestation" : "DPS answered 401 without a usable challenge";
-        }
-        char msg[DPS_ERROR_MESSAGE_MAX + 64];
-        if (have_err && err.message[0])
-                snprintf(msg, sizeof(msg), "%s (HTTP %ld): %s", reason ? reason : "DPS error", resp->status,
-                         err.message);
+static void hub_answered(struct prov_driver *d, const struct cloud_response *resp) {
+        enum prov_event ev = prov_hub_event(resp->error, resp->status);
+        if (ev == PROV_EV_HUB_OK)
+                log_info("provisioning: hub %s accepts device %s", d->hub, d->device_id);
+        else if (ev == PROV_EV_HUB_REJECTED)
+                log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status)),
+                           "provisioning: hub %s rejects device %s (HTTP %ld): the device may have moved", d->hub,
+                           d->device_id, resp->status);
+        else if (resp->error < 0)
+                log_warn("provisioning: hub %s unreachable (%s); keeping the saved identity", d->hub,
+                         resp->error_msg);
         else
-                snprintf(msg, sizeof(msg), "%s (HTTP %ld)", reason ? reason : "unexpected DPS answer", resp->status);
-        int64_t code = have_err ? err.code : 0;
-        if (req == DPS_REQUEST_POLL && (resp->status == 401 || resp->status == 404)) {
-                /* The second PUT of this run was accepted with the same challenge
-                 * key, so DPS knows this TPM and its enrollment. A 401 now means
-                 * that key went stale (DPS issued a newer challenge for this
-                 * registration id, e.g. to a request a crashed predecessor of ours
-                 * left in flight); a 404 that DPS forgot the operation (expired,
-                 * or lost). Polling again cannot help and neither is a verdict on
-                 * the enrollment: start a new run after a backoff. A real refusal
-                 * shows on that run's first PUT. POLL_FAILED (not TRANSIENT_ERROR,
-                 * which re-polls the same operation). */
-                log_struct(LOG_WARNING, NULL,
-                           LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
-                           "provisioning: DPS %s (%s); registering again",
-                           resp->status == 401 ? "no longer accepts this run's challenge key"
-                                               : "no longer knows this run's operation",
-                           msg);
-                set_last(d, "error", code, msg);
-                struct prov_event_data ed = {.http_status = (int)resp->status,
-                                             .code = code,
-                                             .message = msg,
-                                             .retry_after_s = retry_after_of(resp),
-                                             .permanent = false};
-                feed(d, PROV_EV_POLL_FAILED, &ed);
-                return;
-        }
-        if (req == DPS_REQUEST_AUTH_REGISTER && resp->status == 401 &&
-            ++d->stale_challenge_runs < PROV_STALE_CHALLENGE_RUNS) {
-                /* DPS refused a SAS signed with the key it issued moments ago.
-                 * The usual cause is a newer challenge for this registration id
-                 * (DPS keeps only the latest), issued to a request still in
-                 * flight from a crashed predecessor of ours; a fresh run then
-                 * succeeds. Only repeated refusals are DPS's verdict. */
-                log_struct(LOG_WARNING, NULL,
-                           LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
-                           "provisioning: DPS refused this run's signature (%s); registering again (%u of %u)", msg,
-                           d->stale_challenge_runs, (unsigned)PROV_STALE_CHALLENGE_RUNS);
-                transient(d, (int)resp->status, retry_after_of(resp), msg);
-                return;
-        }
-        if (cls == DPS_CLASS_PERMANENT) {
-                log_struct(LOG_ERR, LOG_MESSAGE_DPS_FAILED,
-                           LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_NUM("HTTP_STATUS", resp->status),
-                                      LOG_NUM("DPS_ERROR_CODE", code)),
-                           "provisioning: DPS refused the registration: %s; not retrying until reprovisioning is "
-                           "requested or the configuration changes",
-                           msg);
-                set_last(d, "failed", code, msg);
-                struct prov_event_data ed = {.http_status = (int)resp->status, .code = code, .message = msg};
-                feed(d, PROV_EV_PERMANENT_ERROR, &ed);
-                return;
-        }
-        log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status), LOG_NUM("DPS_ERROR_CODE", code)),
-                   "provisioning: DPS request failed, will retry: %s", msg);
-        transient(d, (int)resp->status, retry_after_of(resp), msg);
+                log_warn("provisioning: hub %s answered HTTP %ld; keeping the saved identity", d->hub, resp->status);
+        feed_simple(d, ev);
 }
 
-static void handle_registration(struct prov_driver *d, const struct cloud_response *resp) {
-        struct dps_registration reg;
-        int r = dps_parse_registration((const uint8_t *)resp->body, resp->body_len, &reg);
-        if (r < 0) {
-                log_warn("provisioning: DPS sent a malformed operation status (%s), will retry", strerror(-r));
-                transient(d, (int)resp->status, retry_after_of(resp), "malformed DPS operation status");
-                return;
-        }
-        if (reg.operation_id[0])
-                snprintf(d->operation_id, sizeof(d->operation_id), "%s", reg.operation_id);
-        switch (reg.status) {
-        case DPS_STATUS_ASSIGNING: {
-                dps_registration_clear(&reg);
-                struct prov_event_data ed = {.retry_after_s = retry_after_of(resp)};
-                feed(d, PROV_EV_POLL_ASSIGNING, &ed);
-                return;
-        }
-        case DPS_STATUS_ASSIGNED:
-                dps_registration_clear(&d->reg);
-                d->reg = reg;
-                d->reg_valid = true;
-                d->stale_challenge_runs = 0;
-                log_info("provisioning: DPS assigned \"%s\" to hub %s as device %s (%s)", d->regid, reg.assigned_hub,
-                         reg.device_id, reg.substatus[0] ? reg.substatus : "no substatus");
-                feed_simple(d, PROV_EV_POLL_ASSIGNED);
-                return;
-        case DPS_STATUS_UNASSIGNED:
-        case DPS_STATUS_FAILED:
-        case DPS_STATUS_DISABLED:
-        case _DPS_STATUS_MAX: {
-                const char *reason = NULL;
-                enum dps_class cls = dps_classify_registration(&reg, &reason);
-                char msg[DPS_ERROR_MESSAGE_MAX + 64];
-                snprintf(msg, sizeof(msg), "registration %s: %s",
-                         (dps_status_to_string(reg.status) ? dps_status_to_string(reg.status) : "failed"),
-                         reg.error_message[0] ? reg.error_message : (reason ? reason : "no reason given"));
+/* Log what a DPS answer meant. A SAS refusal is logged by the caller once
+ * the machine decided between a new run and a verdict. */
+static void log_dps_result(struct prov_driver *d, const struct prov_dps_result *res) {
+        bool failure = res->event == PROV_EV_PERMANENT_ERROR || res->event == PROV_EV_POLL_FAILED ||
+                       res->event == PROV_EV_TRANSIENT_ERROR;
+        bool permanent = res->event == PROV_EV_PERMANENT_ERROR || (res->event == PROV_EV_POLL_FAILED && res->data.permanent);
+
+        if (res->event == PROV_EV_DPS_202)
+                log_struct(LOG_INFO, NULL, LOG_FIELDS(LOG_STR("DPS_OPERATION_ID", d->operation_id)),
+                           "provisioning: DPS accepted the registration, operation %s", d->operation_id);
+        else if (res->event == PROV_EV_POLL_ASSIGNED)
+                log_info("provisioning: DPS assigned \"%s\" to hub %s as device %s (%s)", d->regid,
+                         d->reg.assigned_hub, d->reg.device_id,
+                         d->reg.substatus[0] ? d->reg.substatus : "no substatus");
+        else if (permanent)
                 log_struct(LOG_ERR, LOG_MESSAGE_DPS_FAILED,
-                           LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_NUM("DPS_ERROR_CODE", reg.error_code),
+                           LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid),
+                                      LOG_NUM("HTTP_STATUS", res->data.http_status),
+                                      LOG_NUM("DPS_ERROR_CODE", res->data.code),
                                       LOG_STR("DPS_OPERATION_ID", d->operation_id)),
-                           "provisioning: %s", msg);
-                set_last(d, (dps_status_to_string(reg.status) ? dps_status_to_string(reg.status) : "failed"),
-                         reg.error_code, msg);
-                struct prov_event_data ed = {.http_status = (int)resp->status,
-                                             .code = reg.error_code,
-                                             .message = msg,
-                                             .permanent = cls == DPS_CLASS_PERMANENT};
-                dps_registration_clear(&reg);
-                feed(d, PROV_EV_POLL_FAILED, &ed);
+                           "provisioning: %s: %s; not retrying until reprovisioning is requested or the "
+                           "configuration changes",
+                           res->note ? res->note : "DPS refused the registration", res->message);
+        else if (failure)
+                log_struct(LOG_WARNING, NULL,
+                           LOG_FIELDS(LOG_NUM("HTTP_STATUS", res->data.http_status),
+                                      LOG_NUM("DPS_ERROR_CODE", res->data.code)),
+                           "provisioning: %s (%s)", res->note ? res->note : "DPS request failed, will retry",
+                           res->message);
+}
+
+static void dps_answered(struct prov_driver *d, const struct cloud_response *resp) {
+        struct prov_dps_answer ans = {
+                .error = resp->error,
+                .error_msg = resp->error_msg,
+                .http_status = resp->status,
+                .body = (const uint8_t *)resp->body,
+                .body_len = resp->body_len,
+                .retry_after = resp->retry_after,
+                .now = d->io.now_unix(d->io.userdata),
+        };
+        struct prov_dps_result res;
+        int r = prov_dps_interpret(dps_request_of(d->cur.kind), &ans, &res);
+        if (r < 0) {
+                prov_dps_result_clear(&res);
+                dps_not_sent(d, r, "could not read the DPS answer");
                 return;
         }
+        if (res.operation_id[0])
+                snprintf(d->operation_id, sizeof(d->operation_id), "%s", res.operation_id);
+        if (res.event == PROV_EV_DPS_401_CHALLENGE) {
+                dps_challenge_clear(&d->challenge);
+                d->challenge = res.challenge;
+                memset(&res.challenge, 0, sizeof(res.challenge));
+        } else if (res.event == PROV_EV_POLL_ASSIGNED) {
+                dps_registration_clear(&d->reg);
+                d->reg = res.reg;
+                d->reg_valid = true;
+                memset(&res.reg, 0, sizeof(res.reg));
         }
+        log_dps_result(d, &res);
+        set_last_from(d, &res);
+        feed(d, res.event, &res.data);
+        if (res.event == PROV_EV_DPS_SAS_REFUSED) {
+                if (d->m.state == PROV_FAILED_PERMANENT) {
+                        /* the machine took it as DPS's verdict */
+                        snprintf(d->last_status, sizeof(d->last_status), "failed");
+                        publish_status(d);
+                        log_struct(LOG_ERR, LOG_MESSAGE_DPS_FAILED,
+                                   LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid),
+                                              LOG_NUM("HTTP_STATUS", res.data.http_status),
+                                              LOG_NUM("DPS_ERROR_CODE", res.data.code)),
+                                   "provisioning: DPS refused the registration: %s; not retrying until "
+                                   "reprovisioning is requested or the configuration changes",
+                                   res.message);
+                } else
+                        log_struct(LOG_WARNING, NULL,
+                                   LOG_FIELDS(LOG_NUM("HTTP_STATUS", res.data.http_status),
+                                              LOG_NUM("DPS_ERROR_CODE", res.data.code)),
+                                   "provisioning: %s (%s); registering again (%u of %u)", res.note, res.message,
+                                   (unsigned)d->m.sas_refusals, (unsigned)PROV_STALE_CHALLENGE_RUNS);
+        }
+        prov_dps_result_clear(&res);
 }
 
 static void cloud_done(const struct cloud_response *resp, void *userdata) {
         struct prov_driver *d = userdata;
         d->cloud_busy = false;
-        if (d->closing)
+        if (d->closing || d->step != STEP_SEND)
                 return;
-        switch (d->op) {
-        case OP_HUB_GET:
-                if (resp->error) {
-                        log_warn("provisioning: hub %s unreachable (%s); keeping the saved identity", d->hub,
-                                 resp->error_msg);
-                        feed_simple(d, PROV_EV_HUB_UNREACHABLE);
-                        return;
-                }
-                if (resp->status >= 200 && resp->status < 300) {
-                        log_info("provisioning: hub %s accepts device %s", d->hub, d->device_id);
-                        feed_simple(d, PROV_EV_HUB_OK);
-                        return;
-                }
-                if (resp->status == 401 || resp->status == 403 || resp->status == 404) {
-                        log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status)),
-                                   "provisioning: hub %s rejects device %s (HTTP %ld): the device may have moved",
-                                   d->hub, d->device_id, resp->status);
-                        feed_simple(d, PROV_EV_HUB_REJECTED);
-                        return;
-                }
-                log_warn("provisioning: hub %s answered HTTP %ld; keeping the saved identity", d->hub, resp->status);
-                feed_simple(d, PROV_EV_HUB_UNREACHABLE);
-                return;
-        case OP_REGISTER:
-                if (!resp->error && resp->status == 401) {
-                        dps_challenge_clear(&d->challenge);
-                        int r = dps_parse_challenge((const uint8_t *)resp->body, resp->body_len, &d->challenge);
-                        if (r < 0) {
-                                /* No challenge: DPS refused the attestation itself
-                                 * (EK mismatch, enrollment disabled); see dps_failure(). */
-                                dps_failure(d, DPS_REQUEST_REGISTER, resp);
-                                return;
-                        }
-                        feed_simple(d, PROV_EV_DPS_401_CHALLENGE);
-                        return;
-                }
-                dps_failure(d, DPS_REQUEST_REGISTER, resp);
-                return;
-        case OP_AUTH_PUT:
-                if (!resp->error && resp->status == 202) {
-                        struct dps_operation op;
-                        if (dps_parse_operation((const uint8_t *)resp->body, resp->body_len, &op) < 0) {
-                                transient(d, 202, retry_after_of(resp), "malformed DPS 202 answer");
-                                return;
-                        }
-                        snprintf(d->operation_id, sizeof(d->operation_id), "%s", op.operation_id);
-                        log_struct(LOG_INFO, NULL, LOG_FIELDS(LOG_STR("DPS_OPERATION_ID", op.operation_id)),
-                                   "provisioning: DPS accepted the registration, operation %s", op.operation_id);
-                        struct prov_event_data ed = {.retry_after_s = retry_after_of(resp)};
-                        feed(d, PROV_EV_DPS_202, &ed);
-                        return;
-                }
-                if (!resp->error && resp->status == 200) {
-                        handle_registration(d, resp);
-                        return;
-                }
-                dps_failure(d, DPS_REQUEST_AUTH_REGISTER, resp);
-                return;
-        case OP_POLL_GET:
-                if (!resp->error && (resp->status == 200 || resp->status == 202)) {
-                        handle_registration(d, resp);
-                        return;
-                }
-                dps_failure(d, DPS_REQUEST_POLL, resp);
-                return;
-        case OP_NONE:
-        case OP_HAS_KEY:
-        case OP_HUB_SIGN:
-        case OP_IMPORT:
-        case OP_AUTH_SIGN:
-        case OP_POLL_SIGN:
-                break;
-        }
+        d->step = STEP_NONE;
+        if (d->cur.kind == PROV_ACT_CHECK_HUB)
+                hub_answered(d, resp);
+        else
+                dps_answered(d, resp);
 }
 
-static char *signed_token(struct prov_driver *d, const char *skn) {
-        char *tok = NULL;
-        if (sas_token_format(d->sr, d->job.digest, d->sas_expiry, skn, &tok) < 0)
-                return NULL;
-        return tok;
+static void imported(struct prov_driver *d, const struct tpm_job *job) {
+        if (job->r < 0) {
+                log_struct(LOG_ERR, NULL, LOG_FIELDS(LOG_HEX("TPM_RC", job->err.rc)),
+                           "provisioning: importing the DPS key into the TPM failed: %s", job->err.msg);
+                struct prov_event_data ed = {.message = job->err.msg};
+                set_last(d, "error", 0, job->err.msg);
+                feed(d, PROV_EV_IMPORT_FAILED, &ed);
+                return;
+        }
+        if (d->cur.kind == PROV_ACT_TPM_IMPORT_FINAL && d->reg_valid) {
+                /* The new key is in the serving slot: switch identities now. */
+                snprintf(d->hub, sizeof(d->hub), "%s", d->reg.assigned_hub);
+                snprintf(d->device_id, sizeof(d->device_id), "%s", d->reg.device_id);
+                d->have_identity = true;
+                set_last(d, "assigned", 0, d->reg.substatus);
+                log_struct(LOG_NOTICE, LOG_MESSAGE_PROVISIONED,
+                           LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_STR("IOTHUB", d->hub),
+                                      LOG_STR("DEVICE_ID", d->device_id),
+                                      LOG_STR("DPS_OPERATION_ID", d->operation_id)),
+                           "provisioned: device %s on hub %s", d->device_id, d->hub);
+        }
+        feed_simple(d, PROV_EV_IMPORT_OK);
 }
 
 static void job_done(struct tpm_job *job, void *userdata) {
@@ -678,125 +659,141 @@ static void job_done(struct tpm_job *job, void *userdata) {
                 maybe_free(d);
                 return;
         }
-        if (d->job_gen != d->op_gen)
+        if (d->job_gen != d->gen)
                 return; /* superseded while the TPM worked */
-        int r = job->r;
-        switch (d->op) {
-        case OP_HAS_KEY:
-                if (r >= 0 && job->present) {
-                        d->have_identity = true;
-                        log_info("provisioning: serving the saved identity: hub %s, device %s", d->hub, d->device_id);
-                        feed_simple(d, d->loaded_stale ? PROV_EV_STATE_LOADED_STALE : PROV_EV_STATE_LOADED_VALID);
+        enum step step = d->step;
+        d->step = STEP_NONE;
+        switch (step) {
+        case STEP_KEY:
+                key_found(d, job);
+                return;
+        case STEP_IMPORT:
+                imported(d, job);
+                return;
+        case STEP_SIGN:
+                if (job->r >= 0) {
+                        send_signed(d);
                         return;
                 }
-                if (r < 0)
-                        log_warn("provisioning: could not check the TPM for the saved identity's key: %s",
-                                 job->err.msg);
-                else
-                        log_warn("provisioning: the saved identity's key is not in the TPM (handle 0x%08x); "
-                                 "provisioning again",
-                                 TPM_AUTH_KEY_BASE + d->cfg->tpm.auth_key_index);
-                feed_simple(d, PROV_EV_STATE_MISSING_OR_CORRUPT);
-                return;
-        case OP_HUB_SIGN: {
-                if (r < 0) {
+                if (d->cur.kind == PROV_ACT_CHECK_HUB) {
                         log_warn("provisioning: could not sign the hub check: %s", job->err.msg);
-                        feed_simple(d, PROV_EV_HUB_UNREACHABLE);
-                        return;
+                        feed_simple(d, prov_hub_event(job->r, 0));
+                } else {
+                        struct prov_dps_answer ans = {.error = job->r, .error_msg = job->err.msg, .not_sent = true};
+                        struct prov_dps_result res;
+                        (void)prov_dps_interpret(dps_request_of(d->cur.kind), &ans, &res);
+                        set_last_from(d, &res);
+                        feed(d, res.event, &res.data);
+                        prov_dps_result_clear(&res);
                 }
-                _cleanup_free_ char *tok = signed_token(d, NULL), *dev = NULL, *url = NULL;
-                int rr = tok ? sas_percent_encode(d->device_id, strlen(d->device_id), &dev) : -ENOMEM;
-                if (rr >= 0 && asprintf(&url, "https://%s/devices/%s/modules?api-version=%s", d->hub, dev,
-                                        PROV_HUB_API_VERSION) < 0) {
-                        url = NULL;
-                        rr = -ENOMEM;
-                }
-                if (rr >= 0) {
-                        d->op = OP_HUB_GET;
-                        rr = send_cloud(d, "GET", url, tok, NULL, PROV_HUB_CHECK_TIMEOUT_MS);
-                }
-                if (tok)
-                        explicit_zero(tok, strlen(tok));
-                if (rr < 0)
-                        feed_simple(d, PROV_EV_HUB_UNREACHABLE);
                 return;
-        }
-        case OP_IMPORT: {
-                if (r < 0) {
-                        log_struct(LOG_ERR, NULL, LOG_FIELDS(LOG_HEX("TPM_RC", job->err.rc)),
-                                   "provisioning: importing the DPS key into the TPM failed: %s", job->err.msg);
-                        struct prov_event_data ed = {.message = job->err.msg};
-                        set_last(d, "error", 0, job->err.msg);
-                        feed(d, PROV_EV_IMPORT_FAILED, &ed);
-                        return;
-                }
-                if (d->m.state == PROV_IMPORTING_FINAL && d->reg_valid) {
-                        /* The new key is in the serving slot: switch identities now. */
-                        snprintf(d->hub, sizeof(d->hub), "%s", d->reg.assigned_hub);
-                        snprintf(d->device_id, sizeof(d->device_id), "%s", d->reg.device_id);
-                        d->have_identity = true;
-                        set_last(d, "assigned", 0, d->reg.substatus);
-                        log_struct(LOG_NOTICE, LOG_MESSAGE_PROVISIONED,
-                                   LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_STR("IOTHUB", d->hub),
-                                              LOG_STR("DEVICE_ID", d->device_id),
-                                              LOG_STR("DPS_OPERATION_ID", d->operation_id)),
-                                   "provisioned: device %s on hub %s", d->device_id, d->hub);
-                }
-                feed_simple(d, PROV_EV_IMPORT_OK);
-                return;
-        }
-        case OP_AUTH_SIGN:
-        case OP_POLL_SIGN: {
-                if (r < 0) {
-                        set_last(d, "error", 0, job->err.msg);
-                        struct prov_event_data ed = {.message = job->err.msg};
-                        feed(d, PROV_EV_TRANSIENT_ERROR, &ed);
-                        return;
-                }
-                _cleanup_free_ char *tok = signed_token(d, SAS_DPS_KEY_NAME), *url = NULL, *body = NULL;
-                int rr = tok ? 0 : -ENOMEM;
-                if (rr >= 0 && d->op == OP_AUTH_SIGN) {
-                        rr = dps_register_url(d->cfg->provisioning.global_endpoint, d->cfg->provisioning.id_scope,
-                                              d->regid, &url);
-                        if (rr >= 0)
-                                rr = dps_auth_register_body(d->regid, d->payload, &body);
-                        if (rr >= 0) {
-                                d->op = OP_AUTH_PUT;
-                                rr = send_cloud(d, "PUT", url, tok, body, cloud_timeout_ms(d));
-                        }
-                } else if (rr >= 0) {
-                        rr = dps_operation_url(d->cfg->provisioning.global_endpoint, d->cfg->provisioning.id_scope,
-                                               d->regid, d->operation_id, &url);
-                        if (rr >= 0) {
-                                d->op = OP_POLL_GET;
-                                rr = send_cloud(d, "GET", url, tok, NULL, cloud_timeout_ms(d));
-                        }
-                }
-                if (tok)
-                        explicit_zero(tok, strlen(tok));
-                if (rr < 0)
-                        step_failed(d, rr, "could not send the DPS request");
-                return;
-        }
-        case OP_NONE:
-        case OP_HUB_GET:
-        case OP_REGISTER:
-        case OP_AUTH_PUT:
-        case OP_POLL_GET:
+        case STEP_NONE:
+        case STEP_DELAY:
+        case STEP_SEND:
                 break;
         }
 }
 
-/* ---- public API ---- */
+/* ---- the real io: the TPM worker, cloud.c, a libuv timer, the state file ---- */
 
-static void timer_close_cb(uv_handle_t *h) {
-        struct prov_driver *d = h->data;
-        d->open_handles--;
-        maybe_free(d);
+struct real_io {
+        struct tpm_worker *worker;
+        struct cloud *cloud;
+        uv_loop_t *loop;
+        uv_timer_t timer;
+        void (*timer_fn)(void *);
+        void *timer_userdata;
+        void (*closed)(void *);
+        void *closed_userdata;
+};
+
+static int real_tpm_submit(void *userdata, struct tpm_job *job) {
+        struct real_io *io = userdata;
+        return tpm_worker_submit(io->worker, job);
 }
 
-static enum prov_mode mode_of(enum config_reprovisioning_mode m) {
-        switch (m) {
+static int real_cloud_send(void *userdata, const struct cloud_request *req, cloud_cb cb, void *cb_userdata,
+                           uint64_t *ret_id) {
+        struct real_io *io = userdata;
+        return cloud_send(io->cloud, req, cb, cb_userdata, ret_id);
+}
+
+static void real_cloud_cancel(void *userdata, uint64_t id) {
+        struct real_io *io = userdata;
+        (void)cloud_cancel(io->cloud, id); /* -ENOENT only if it just finished */
+}
+
+static void real_timer_cb(uv_timer_t *t) {
+        struct real_io *io = t->data;
+        io->timer_fn(io->timer_userdata);
+}
+
+static void real_timer_start(void *userdata, uint64_t ms, void (*cb)(void *), void *cb_userdata) {
+        struct real_io *io = userdata;
+        io->timer_fn = cb;
+        io->timer_userdata = cb_userdata;
+        uv_timer_start(&io->timer, real_timer_cb, ms, 0);
+}
+
+static void real_timer_stop(void *userdata) {
+        struct real_io *io = userdata;
+        uv_timer_stop(&io->timer);
+}
+
+static int real_state_load(void *userdata, const char *path, struct tpmid_state *out) {
+        return state_load(path, out);
+}
+
+static int real_state_save(void *userdata, const char *path, const struct tpmid_state *st) {
+        return state_save(path, st);
+}
+
+static uint64_t real_now_ms(void *userdata) {
+        struct real_io *io = userdata;
+        return uv_now(io->loop);
+}
+
+static int64_t real_now_unix(void *userdata) {
+        return (int64_t)time(NULL);
+}
+
+static void real_timer_closed(uv_handle_t *h) {
+        struct real_io *io = h->data;
+        void (*closed)(void *) = io->closed;
+        void *closed_userdata = io->closed_userdata;
+        free(io);
+        closed(closed_userdata);
+}
+
+static void real_close(void *userdata, void (*done)(void *), void *done_userdata) {
+        struct real_io *io = userdata;
+        io->closed = done;
+        io->closed_userdata = done_userdata;
+        cloud_close(io->cloud);
+        io->cloud = NULL;
+        uv_timer_stop(&io->timer);
+        uv_close((uv_handle_t *)&io->timer, real_timer_closed);
+}
+
+static const struct prov_io real_io_ops = {
+        .tpm_submit = real_tpm_submit,
+        .cloud_send = real_cloud_send,
+        .cloud_cancel = real_cloud_cancel,
+        .timer_start = real_timer_start,
+        .timer_stop = real_timer_stop,
+        .state_load = real_state_load,
+        .state_save = real_state_save,
+        .now_ms = real_now_ms,
+        .now_unix = real_now_unix,
+        .close = real_close,
+};
+
+/* ---- public API ---- */
+
+/* config.h's reprovisioning mode as the machine's (one enum once config.h
+ * uses enum prov_mode; then this goes). */
+static enum prov_mode mode_of(const struct tpmid_config *cfg) {
+        switch (cfg->auto_reprovisioning_mode) {
         case CONFIG_REPROVISION_ALWAYS_ON_STARTUP:
                 return PROV_MODE_ALWAYS_ON_STARTUP;
         case CONFIG_REPROVISION_ON_ERROR_ONLY:
@@ -808,31 +805,45 @@ static enum prov_mode mode_of(enum config_reprovisioning_mode m) {
         return PROV_MODE_DYNAMIC;
 }
 
-int prov_driver_new(uv_loop_t *loop, const struct tpmid_config *cfg, struct tpm_worker *w, struct prov_driver **ret) {
+int prov_driver_new_with_io(const struct tpmid_config *cfg, const struct prov_io *io, struct prov_driver **ret) {
         struct prov_driver *d = calloc(1, sizeof(*d));
         if (!d)
                 return -ENOMEM;
-        d->loop = loop;
         d->cfg = cfg;
-        d->worker = w;
+        d->io = *io;
         if (asprintf(&d->state_path, "%s/%s", cfg->state_dir, STATE_FILE_NAME) < 0) {
                 free(d);
                 return -ENOMEM;
         }
-        const char *connect_to = getenv("TPMIDD_CLOUD_CONNECT_TO");
-        struct cloud_options co = {.ca_bundle = cfg->cloud_ca_bundle, .connect_to = connect_to};
-        int r = cloud_new(loop, &co, &d->cloud);
-        if (r < 0) {
-                free(d->state_path);
-                free(d);
-                return r;
-        }
-        uv_timer_init(loop, &d->timer);
-        d->timer.data = d;
-        d->open_handles = 1;
-        prov_machine_init(&d->m, mode_of(cfg->auto_reprovisioning_mode), NULL, NULL);
+        prov_machine_init(&d->m, mode_of(cfg), NULL, NULL);
         snprintf(d->status_text, sizeof(d->status_text), "waiting for the TPM");
         *ret = d;
+        return 0;
+}
+
+int prov_driver_new(uv_loop_t *loop, const struct tpmid_config *cfg, struct tpm_worker *w, struct prov_driver **ret) {
+        struct real_io *rio = calloc(1, sizeof(*rio));
+        if (!rio)
+                return -ENOMEM;
+        rio->loop = loop;
+        rio->worker = w;
+        const char *connect_to = getenv("TPMIDD_CLOUD_CONNECT_TO");
+        struct cloud_options co = {.ca_bundle = cfg->cloud_ca_bundle, .connect_to = connect_to};
+        int r = cloud_new(loop, &co, &rio->cloud);
+        if (r < 0) {
+                free(rio);
+                return r;
+        }
+        struct prov_io io = real_io_ops;
+        io.userdata = rio;
+        r = prov_driver_new_with_io(cfg, &io, ret);
+        if (r < 0) {
+                cloud_close(rio->cloud); /* frees itself once the loop runs */
+                free(rio);
+                return r;
+        }
+        uv_timer_init(loop, &rio->timer);
+        rio->timer.data = rio;
         return 0;
 }
 
@@ -904,23 +915,11 @@ int prov_driver_reprovision(struct prov_driver *d) {
 }
 
 enum api_report_action prov_driver_report_bad_credentials(struct prov_driver *d, int hub_status) {
-        if (d->m.mode == PROV_MODE_ON_ERROR_ONLY || !api_report_is_rejection(hub_status))
-                return API_REPORT_IGNORED;
-        if (prov_is_busy(&d->m))
-                return API_REPORT_ALREADY_PROVISIONING;
-        if (d->m.state == PROV_CHECKING_HUB)
-                return API_REPORT_CHECKING_HUB; /* coalesced into the check in flight */
-        if (!d->started || d->m.state != PROV_PROVISIONED)
-                return API_REPORT_IGNORED; /* nothing served yet, or DPS refused us (FAILED_PERMANENT) */
-        uint64_t now = uv_now(d->loop);
-        if (d->report_checked && now - d->report_check_ms < PROV_REPORT_MIN_INTERVAL_MS)
-                return API_REPORT_RATE_LIMITED;
-        feed_simple(d, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS);
-        if (d->m.state != PROV_CHECKING_HUB)
-                return API_REPORT_IGNORED; /* the machine declined (e.g. nothing served) */
-        d->report_checked = true;
-        d->report_check_ms = now;
-        return API_REPORT_CHECKING_HUB;
+        struct prov_action a;
+        enum api_report_action decided = prov_report(&d->m, hub_status, d->io.now_ms(d->io.userdata), &a);
+        if (!d->closing)
+                run(d, &a);
+        return decided;
 }
 
 void prov_driver_set_config(struct prov_driver *d, const struct tpmid_config *cfg) {
@@ -930,6 +929,13 @@ void prov_driver_set_config(struct prov_driver *d, const struct tpmid_config *cf
                        !streq_ptr(old->provisioning.registration_id, cfg->provisioning.registration_id) ||
                        !streq_ptr(old->provisioning.payload_path, cfg->provisioning.payload_path);
         d->cfg = cfg;
+        struct prov_action a;
+        enum prov_mode mode = mode_of(cfg), was = d->m.mode;
+        if (prov_set_mode(&d->m, mode, &a) >= 0 && mode != was) {
+                log_info("provisioning: auto_reprovisioning_mode is now %s (was %s)", prov_mode_to_string(mode),
+                         prov_mode_to_string(was));
+                run(d, &a);
+        }
         if (!changed || !d->started)
                 return;
         if (load_provisioning_inputs(d) < 0)
@@ -948,6 +954,10 @@ bool prov_driver_identity(const struct prov_driver *d, const char **hub, const c
 
 enum prov_state prov_driver_state(const struct prov_driver *d) {
         return d->m.state;
+}
+
+enum prov_mode prov_driver_mode(const struct prov_driver *d) {
+        return d->m.mode;
 }
 
 const char *prov_driver_registration_id(const struct prov_driver *d) {
@@ -1008,13 +1018,16 @@ const char *prov_driver_status_text(struct prov_driver *d) {
         return d->status_text;
 }
 
+static void io_closed(void *userdata) {
+        struct prov_driver *d = userdata;
+        d->io_closed = true;
+        maybe_free(d);
+}
+
 void prov_driver_close(struct prov_driver *d) {
         if (!d || d->closing)
                 return;
         d->closing = true;
-        cloud_close(d->cloud);
-        d->cloud = NULL;
         d->cloud_busy = false;
-        uv_timer_stop(&d->timer);
-        uv_close((uv_handle_t *)&d->timer, timer_close_cb);
+        d->io.close(d->io.userdata, io_closed, d);
 }

@@ -1,13 +1,61 @@
 /* libFuzzer target: every DPS response parser, the payload parser, the
- * Retry-After parser and the SAS token parser on the same arbitrary bytes.
- * Beyond "no crash, no leak", it checks the promises the driver relies on:
- * an accepted hub/device id is safe for a URL and a file, blobs are bounded. */
+ * Retry-After parser and the SAS token parser on the same arbitrary bytes,
+ * and lib/provision.c's prov_dps_interpret() on them as the body of an answer
+ * to each of the three DPS requests (the HTTP status is chosen by size % 6,
+ * so no input bytes are mode bits). Beyond "no crash, no leak", it checks the
+ * promises the driver relies on: an accepted hub/device id is safe for a URL
+ * and a file, blobs are bounded, every answer maps to an event the machine
+ * expects after that request. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dps.h"
+#include "provision.h"
 #include "sas.h"
+
+/* The events an answer to req may produce (what prov_step() accepts after it). */
+static int event_fits(enum dps_request req, enum prov_event ev) {
+        if (ev == PROV_EV_TRANSIENT_ERROR || ev == PROV_EV_PERMANENT_ERROR)
+                return 1;
+        switch (req) {
+        case DPS_REQUEST_REGISTER:
+                return ev == PROV_EV_DPS_401_CHALLENGE;
+        case DPS_REQUEST_AUTH_REGISTER:
+                return ev == PROV_EV_DPS_202 || ev == PROV_EV_DPS_SAS_REFUSED || ev == PROV_EV_POLL_ASSIGNING ||
+                       ev == PROV_EV_POLL_ASSIGNED || ev == PROV_EV_POLL_FAILED;
+        case DPS_REQUEST_POLL:
+                return ev == PROV_EV_POLL_ASSIGNING || ev == PROV_EV_POLL_ASSIGNED || ev == PROV_EV_POLL_FAILED;
+        }
+        return 0;
+}
+
+static void interpret(const uint8_t *data, size_t size) {
+        static const long statuses[] = {200, 202, 401, 404, 429, 503};
+        struct prov_dps_answer ans = {
+                .http_status = statuses[size % 6],
+                .body = data,
+                .body_len = size,
+                .retry_after = "5",
+                .now = 1700000000,
+        };
+        for (int req = DPS_REQUEST_REGISTER; req <= DPS_REQUEST_POLL; req++) {
+                struct prov_dps_result res;
+                if (prov_dps_interpret((enum dps_request)req, &ans, &res) < 0)
+                        continue; /* -ENOMEM */
+                if (!event_fits((enum dps_request)req, res.event) || res.data.message != res.message ||
+                    strnlen(res.message, sizeof(res.message)) == sizeof(res.message))
+                        abort();
+                if (res.event == PROV_EV_DPS_401_CHALLENGE &&
+                    (!res.challenge.blob || res.challenge.blob_len > DPS_AUTH_BLOB_MAX))
+                        abort();
+                if (res.event == PROV_EV_POLL_ASSIGNED &&
+                    (!dps_hub_name_is_valid(res.reg.assigned_hub) || !dps_device_id_is_valid(res.reg.device_id) ||
+                     res.data.has_auth_key != (res.reg.auth_blob != NULL)))
+                        abort();
+                prov_dps_result_clear(&res);
+        }
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -59,6 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 json_decref(j);
         if (sas_token_parse((const char *)data, size, &t) == 0)
                 sas_token_clear(&t);
+        interpret(data, size);
 
         if (size <= 256) {
                 char s[257];

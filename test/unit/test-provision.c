@@ -499,6 +499,379 @@ static void test_save_failed(void **state) {
         assert_int_equal(m.backoff.attempts, 0);
 }
 
+#define B(s) ((const uint8_t *)(s)), strlen(s)
+
+/* Every action says which slot and which blob; the driver decides neither. */
+static void test_slots_and_blobs(void **state) {
+        struct prov_machine m;
+        struct prov_event_data with_key = {.has_auth_key = true};
+        struct prov_action a;
+
+        init(&m, PROV_MODE_DYNAMIC);
+        a = step(&m, PROV_EV_START);
+        assert_int_equal(a.slot, PROV_SLOT_SERVING); /* the saved identity needs its key */
+        a = step(&m, PROV_EV_STATE_LOADED_VALID);
+        assert_int_equal(a.kind, PROV_ACT_CHECK_HUB);
+        assert_int_equal(a.slot, PROV_SLOT_SERVING); /* the hub check is signed with the hub key */
+        a = step(&m, PROV_EV_HUB_REJECTED);
+        assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
+        assert_int_equal(a.slot, PROV_SLOT_NONE);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_CHALLENGE);
+        assert_int_equal(a.blob, PROV_BLOB_CHALLENGE);
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.kind, PROV_ACT_DPS_AUTH_REGISTER);
+        assert_int_equal(a.slot, PROV_SLOT_CHALLENGE);
+        a = step(&m, PROV_EV_DPS_202);
+        assert_int_equal(a.kind, PROV_ACT_DPS_POLL);
+        assert_int_equal(a.slot, PROV_SLOT_CHALLENGE);
+        a = step_d(&m, PROV_EV_POLL_ASSIGNED, &with_key);
+        assert_int_equal(a.kind, PROV_ACT_TPM_IMPORT_FINAL);
+        assert_int_equal(a.slot, PROV_SLOT_SERVING);
+        assert_int_equal(a.blob, PROV_BLOB_ASSIGNED);
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.slot, PROV_SLOT_NONE);
+        assert_int_equal(a.blob, PROV_BLOB_NONE);
+
+        /* an assignment without its own key: the challenge blob again */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_POLL_ASSIGNED);
+        assert_int_equal(a.slot, PROV_SLOT_SERVING);
+        assert_int_equal(a.blob, PROV_BLOB_CHALLENGE);
+
+        for (int i = 0; i < _PROV_SLOT_MAX; i++)
+                assert_non_null(prov_slot_to_string((enum prov_slot)i));
+        for (int i = 0; i < _PROV_BLOB_MAX; i++)
+                assert_non_null(prov_blob_to_string((enum prov_blob)i));
+        assert_null(prov_slot_to_string(_PROV_SLOT_MAX));
+        assert_null(prov_blob_to_string(_PROV_BLOB_MAX));
+}
+
+static void to_authenticating(struct prov_machine *m) {
+        step(m, PROV_EV_DPS_401_CHALLENGE);
+        step(m, PROV_EV_IMPORT_OK);
+        assert_int_equal(m->state, PROV_AUTHENTICATING);
+}
+
+/* A refused SAS on the second PUT: new runs, then DPS's verdict. */
+static void test_sas_refused(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 401, .code = 401002, .message = "Unauthorized"};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        for (unsigned i = 1; i < PROV_STALE_CHALLENGE_RUNS; i++) {
+                to_authenticating(&m);
+                a = step_d(&m, PROV_EV_DPS_SAS_REFUSED, &d);
+                assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+                assert_int_equal(m.state, PROV_BACKING_OFF);
+                assert_int_equal(m.sas_refusals, i);
+                assert_false(m.last_permanent);
+                EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        }
+        to_authenticating(&m);
+        a = step_d(&m, PROV_EV_DPS_SAS_REFUSED, &d);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        assert_true(m.last_permanent);
+        assert_true(m.last_code == 401002);
+        /* a client request after the verdict counts afresh */
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.sas_refusals, 0);
+        to_authenticating(&m);
+        EXPECT(&m, PROV_EV_DPS_SAS_REFUSED, PROV_ACT_ARM_TIMER, PROV_BACKING_OFF);
+
+        /* an accepted signature ends the series */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        to_authenticating(&m);
+        step_d(&m, PROV_EV_DPS_SAS_REFUSED, &d);
+        step(&m, PROV_EV_TIMER);
+        to_authenticating(&m);
+        step(&m, PROV_EV_DPS_202);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        assert_int_equal(m.sas_refusals, 0);
+
+        /* only the second PUT's answer can be a refusal */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        assert_int_equal(prov_step(&m, PROV_EV_DPS_SAS_REFUSED, &d, &a), -EINVAL);
+}
+
+static void provisioned(struct prov_machine *m, enum prov_mode mode) {
+        boot(m, mode, PROV_EV_STATE_LOADED_VALID);
+        if (m->state == PROV_CHECKING_HUB)
+                step(m, PROV_EV_HUB_OK);
+        else if (m->state == PROV_REGISTERING)
+                run_dps_ok(m);
+        assert_int_equal(m->state, PROV_PROVISIONED);
+}
+
+static void test_report(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+        const uint64_t t0 = 1000000;
+
+        provisioned(&m, PROV_MODE_DYNAMIC);
+        /* statuses that are not a rejection are no evidence */
+        assert_int_equal(prov_report(&m, 500, t0, &a), API_REPORT_IGNORED);
+        assert_int_equal(prov_report(&m, 429, t0, &a), API_REPORT_IGNORED);
+        assert_int_equal(prov_report(&m, 200, t0, &a), API_REPORT_IGNORED);
+        assert_int_equal(a.kind, PROV_ACT_NONE);
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        /* a rejection starts a check, which later reports join */
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_CHECKING_HUB);
+        assert_int_equal(a.kind, PROV_ACT_CHECK_HUB);
+        assert_int_equal(a.slot, PROV_SLOT_SERVING);
+        assert_int_equal(prov_report(&m, 403, t0 + 1, &a), API_REPORT_CHECKING_HUB);
+        assert_int_equal(a.kind, PROV_ACT_NONE);
+        step(&m, PROV_EV_HUB_OK);
+        /* then at most one check per interval */
+        assert_int_equal(prov_report(&m, 404, t0 + PROV_REPORT_MIN_INTERVAL_MS - 1, &a), API_REPORT_RATE_LIMITED);
+        assert_int_equal(a.kind, PROV_ACT_NONE);
+        assert_int_equal(prov_report(&m, 404, t0 + PROV_REPORT_MIN_INTERVAL_MS, &a), API_REPORT_CHECKING_HUB);
+        assert_int_equal(a.kind, PROV_ACT_CHECK_HUB);
+        /* the hub agrees: DPS runs; reports meanwhile say so */
+        step(&m, PROV_EV_HUB_REJECTED);
+        assert_int_equal(m.reason, PROV_REASON_HUB_REJECTED);
+        assert_int_equal(prov_report(&m, 401, t0 + 3 * PROV_REPORT_MIN_INTERVAL_MS, &a),
+                         API_REPORT_ALREADY_PROVISIONING);
+        assert_int_equal(a.kind, PROV_ACT_NONE);
+        step(&m, PROV_EV_TRANSIENT_ERROR);
+        assert_int_equal(prov_report(&m, 401, t0 + 3 * PROV_REPORT_MIN_INTERVAL_MS, &a),
+                         API_REPORT_ALREADY_PROVISIONING);
+
+        /* OnErrorOnly ignores reports, in every state */
+        provisioned(&m, PROV_MODE_ON_ERROR_ONLY);
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_IGNORED);
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_IGNORED);
+
+        /* nothing served yet, or DPS refused us */
+        init(&m, PROV_MODE_DYNAMIC);
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_IGNORED);
+        assert_int_equal(m.state, PROV_IDLE);
+        step(&m, PROV_EV_START);
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_IGNORED);
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_PERMANENT_ERROR);
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_IGNORED);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+
+        /* AlwaysOnStartup reacts at runtime like Dynamic */
+        provisioned(&m, PROV_MODE_ALWAYS_ON_STARTUP);
+        assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_CHECKING_HUB);
+}
+
+static void test_set_mode(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        provisioned(&m, PROV_MODE_DYNAMIC);
+        assert_int_equal(prov_set_mode(&m, PROV_MODE_DYNAMIC, &a), 0);
+        assert_int_equal(a.kind, PROV_ACT_NONE);
+        assert_false(a.status_changed);
+        assert_int_equal(prov_set_mode(&m, PROV_MODE_ON_ERROR_ONLY, &a), 0);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS); /* starts nothing, status shows the new mode */
+        assert_true(a.status_changed);
+        assert_int_equal(m.mode, PROV_MODE_ON_ERROR_ONLY);
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        assert_int_equal(prov_report(&m, 401, 0, &a), API_REPORT_IGNORED);
+        assert_int_equal(prov_set_mode(&m, PROV_MODE_DYNAMIC, &a), 0);
+        assert_int_equal(prov_report(&m, 401, 0, &a), API_REPORT_CHECKING_HUB);
+        assert_int_equal(prov_set_mode(&m, _PROV_MODE_MAX, &a), -EINVAL);
+        assert_int_equal(m.mode, PROV_MODE_DYNAMIC);
+
+        /* a mode set while the state loads governs the startup decision */
+        init(&m, PROV_MODE_DYNAMIC);
+        step(&m, PROV_EV_START);
+        prov_set_mode(&m, PROV_MODE_ALWAYS_ON_STARTUP, &a);
+        EXPECT(&m, PROV_EV_STATE_LOADED_VALID, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.reason, PROV_REASON_STARTUP);
+        /* a mode change mid-run leaves the run alone */
+        assert_int_equal(prov_set_mode(&m, PROV_MODE_ON_ERROR_ONLY, &a), 0);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_int_equal(m.state, PROV_REGISTERING);
+}
+
+static void test_hub_event(void **state) {
+        assert_int_equal(prov_hub_event(0, 200), PROV_EV_HUB_OK);
+        assert_int_equal(prov_hub_event(0, 204), PROV_EV_HUB_OK);
+        assert_int_equal(prov_hub_event(0, 401), PROV_EV_HUB_REJECTED);
+        assert_int_equal(prov_hub_event(0, 403), PROV_EV_HUB_REJECTED);
+        assert_int_equal(prov_hub_event(0, 404), PROV_EV_HUB_REJECTED);
+        assert_int_equal(prov_hub_event(0, 400), PROV_EV_HUB_UNREACHABLE);
+        assert_int_equal(prov_hub_event(0, 429), PROV_EV_HUB_UNREACHABLE);
+        assert_int_equal(prov_hub_event(0, 500), PROV_EV_HUB_UNREACHABLE);
+        assert_int_equal(prov_hub_event(0, 302), PROV_EV_HUB_UNREACHABLE);
+        assert_int_equal(prov_hub_event(0, 0), PROV_EV_HUB_UNREACHABLE);
+        /* no answer, whatever the status field says */
+        assert_int_equal(prov_hub_event(-ETIMEDOUT, 0), PROV_EV_HUB_UNREACHABLE);
+        assert_int_equal(prov_hub_event(-EIO, 401), PROV_EV_HUB_UNREACHABLE);
+}
+
+static void test_state_event(void **state) {
+        assert_true(prov_state_usable(0, STATE_MATCH_OK));
+        assert_true(prov_state_usable(0, STATE_MATCH_CONFIG_CHANGED));
+        assert_false(prov_state_usable(0, STATE_MATCH_OTHER_TPM));
+        assert_false(prov_state_usable(-ENOENT, STATE_MATCH_OK));
+        assert_false(prov_state_usable(-EBADMSG, STATE_MATCH_OK));
+        assert_int_equal(prov_state_event(0, STATE_MATCH_OK, 0, true), PROV_EV_STATE_LOADED_VALID);
+        assert_int_equal(prov_state_event(0, STATE_MATCH_CONFIG_CHANGED, 0, true), PROV_EV_STATE_LOADED_STALE);
+        assert_int_equal(prov_state_event(0, STATE_MATCH_OK, 0, false), PROV_EV_STATE_MISSING_OR_CORRUPT);
+        assert_int_equal(prov_state_event(0, STATE_MATCH_CONFIG_CHANGED, -EIO, true), PROV_EV_STATE_MISSING_OR_CORRUPT);
+        assert_int_equal(prov_state_event(0, STATE_MATCH_OTHER_TPM, 0, true), PROV_EV_STATE_MISSING_OR_CORRUPT);
+        assert_int_equal(prov_state_event(-ENOENT, STATE_MATCH_OK, 0, true), PROV_EV_STATE_MISSING_OR_CORRUPT);
+        assert_int_equal(prov_state_event(-EACCES, STATE_MATCH_OK, 0, true), PROV_EV_STATE_MISSING_OR_CORRUPT);
+}
+
+static enum prov_event interpret(enum dps_request req, long status, const char *body, const char *retry_after,
+                                 struct prov_dps_result *res) {
+        struct prov_dps_answer ans = {
+                .http_status = status,
+                .body = body ? (const uint8_t *)body : NULL,
+                .body_len = body ? strlen(body) : 0,
+                .retry_after = retry_after,
+                .now = 1700000000,
+        };
+        assert_int_equal(prov_dps_interpret(req, &ans, res), 0);
+        assert_ptr_equal(res->data.message, res->message);
+        return res->event;
+}
+
+static const char *const assigned_body =
+        "{\"operationId\":\"4.x\",\"status\":\"assigned\",\"registrationState\":{"
+        "\"registrationId\":\"abc\",\"assignedHub\":\"myhub.azure-devices.net\",\"deviceId\":\"dev-01\","
+        "\"status\":\"assigned\",\"substatus\":\"initialAssignment\",\"tpm\":{\"authenticationKey\":\"AAECAw==\"}}}";
+static const char *const assigned_nokey_body =
+        "{\"operationId\":\"4.x\",\"status\":\"assigned\",\"registrationState\":{"
+        "\"registrationId\":\"abc\",\"assignedHub\":\"myhub.azure-devices.net\",\"deviceId\":\"dev-01\","
+        "\"status\":\"assigned\"}}";
+
+static void test_dps_interpret(void **state) {
+        struct prov_dps_result r;
+        const char *err401 = "{\"errorCode\":401002,\"message\":\"Enrollment is disabled\"}";
+
+        /* first PUT */
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, "{\"authenticationKey\":\"AAECAw==\"}", NULL, &r),
+                         PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(r.challenge.blob_len, 4);
+        assert_null(r.status);
+        prov_dps_result_clear(&r);
+        assert_null(r.challenge.blob);
+        /* 401 without a challenge: with a DPS error it is DPS's verdict ... */
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, err401, NULL, &r), PROV_EV_PERMANENT_ERROR);
+        assert_true(r.data.code == 401002);
+        assert_int_equal(r.data.http_status, 401);
+        assert_string_equal(r.status, "failed");
+        assert_non_null(strstr(r.message, "Enrollment is disabled"));
+        assert_non_null(strstr(r.message, "attestation"));
+        prov_dps_result_clear(&r);
+        /* ... without one, a proxy's or garbled answer */
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, "<html>", NULL, &r), PROV_EV_TRANSIENT_ERROR);
+        assert_string_equal(r.status, "error");
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, NULL, NULL, &r), PROV_EV_TRANSIENT_ERROR);
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 404, "{\"errorCode\":404201,\"message\":\"Enrollment not found\"}",
+                                   NULL, &r),
+                         PROV_EV_PERMANENT_ERROR);
+        assert_true(r.data.code == 404201);
+        /* 429 with Retry-After (seconds and HTTP date) */
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 429, NULL, "7", &r), PROV_EV_TRANSIENT_ERROR);
+        assert_int_equal(r.data.retry_after_s, 7);
+        assert_int_equal(r.data.http_status, 429);
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 503, NULL, "Tue, 14 Nov 2023 22:13:40 GMT", &r),
+                         PROV_EV_TRANSIENT_ERROR);
+        assert_int_equal(r.data.retry_after_s, 20);
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 503, NULL, "soon", &r), PROV_EV_TRANSIENT_ERROR);
+        assert_int_equal(r.data.retry_after_s, 0);
+        /* a 2xx to the unauthenticated PUT makes no sense */
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 200, "{}", NULL, &r), PROV_EV_PERMANENT_ERROR);
+
+        /* no answer, or not sent */
+        {
+                struct prov_dps_answer ans = {.error = -ECONNREFUSED, .error_msg = "Connection refused"};
+                assert_int_equal(prov_dps_interpret(DPS_REQUEST_POLL, &ans, &r), 0);
+                assert_int_equal(r.event, PROV_EV_TRANSIENT_ERROR);
+                assert_string_equal(r.message, "DPS unreachable: Connection refused");
+                assert_string_equal(r.status, "error");
+                ans.not_sent = true;
+                ans.error_msg = "could not sign the DPS request: Input/output error";
+                assert_int_equal(prov_dps_interpret(DPS_REQUEST_AUTH_REGISTER, &ans, &r), 0);
+                assert_int_equal(r.event, PROV_EV_TRANSIENT_ERROR);
+                assert_string_equal(r.message, "could not sign the DPS request: Input/output error");
+                ans.error_msg = NULL;
+                assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+                assert_string_equal(r.message, "no answer");
+        }
+
+        /* second PUT */
+        assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 202, "{\"operationId\":\"4.abc\",\"status\":\"assigning\"}",
+                                   "2", &r),
+                         PROV_EV_DPS_202);
+        assert_string_equal(r.operation_id, "4.abc");
+        assert_int_equal(r.data.retry_after_s, 2);
+        assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 202, "{}", NULL, &r), PROV_EV_TRANSIENT_ERROR);
+        assert_string_equal(r.message, "malformed DPS 202 answer");
+        assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 401, err401, NULL, &r), PROV_EV_DPS_SAS_REFUSED);
+        assert_true(r.data.code == 401002);
+        assert_non_null(r.note);
+        assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 200, assigned_body, NULL, &r), PROV_EV_POLL_ASSIGNED);
+        assert_true(r.data.has_auth_key);
+        assert_string_equal(r.reg.device_id, "dev-01");
+        assert_string_equal(r.message, "initialAssignment");
+        prov_dps_result_clear(&r);
+        assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 400, "{\"errorCode\":400004}", NULL, &r),
+                         PROV_EV_PERMANENT_ERROR);
+        assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 400, "{\"errorCode\":503001}", NULL, &r),
+                         PROV_EV_TRANSIENT_ERROR); /* DPS's code says "later" */
+
+        /* poll */
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 202, "{\"operationId\":\"4.abc\",\"status\":\"assigning\"}", "3",
+                                   &r),
+                         PROV_EV_POLL_ASSIGNING);
+        assert_int_equal(r.data.retry_after_s, 3);
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 200, assigned_nokey_body, NULL, &r), PROV_EV_POLL_ASSIGNED);
+        assert_false(r.data.has_auth_key);
+        assert_string_equal(r.operation_id, "4.x");
+        prov_dps_result_clear(&r);
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 200, "not json", NULL, &r), PROV_EV_TRANSIENT_ERROR);
+        assert_string_equal(r.message, "malformed DPS operation status");
+        /* 401 (challenge key stale) and 404 (operation forgotten): a new run, not a verdict */
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 404, "{\"errorCode\":404203}", NULL, &r), PROV_EV_POLL_FAILED);
+        assert_false(r.data.permanent);
+        assert_non_null(strstr(r.note, "no longer knows this run's operation"));
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 401, err401, NULL, &r), PROV_EV_POLL_FAILED);
+        assert_false(r.data.permanent);
+        assert_non_null(strstr(r.note, "challenge key"));
+        /* failed assignments: DPS's code decides */
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 200,
+                                   "{\"operationId\":\"4.x\",\"status\":\"failed\",\"registrationState\":{"
+                                   "\"registrationId\":\"abc\",\"status\":\"failed\",\"errorCode\":400209,"
+                                   "\"errorMessage\":\"unauthorized to hub\"}}",
+                                   NULL, &r),
+                         PROV_EV_POLL_FAILED);
+        assert_true(r.data.permanent);
+        assert_true(r.data.code == 400209);
+        assert_string_equal(r.status, "failed");
+        assert_string_equal(r.message, "registration failed: unauthorized to hub");
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 200,
+                                   "{\"operationId\":\"4.x\",\"status\":\"failed\",\"registrationState\":{"
+                                   "\"registrationId\":\"abc\",\"status\":\"failed\",\"errorCode\":503001}}",
+                                   NULL, &r),
+                         PROV_EV_POLL_FAILED);
+        assert_false(r.data.permanent);
+        assert_int_equal(interpret(DPS_REQUEST_POLL, 200,
+                                   "{\"operationId\":\"4.x\",\"status\":\"disabled\",\"registrationState\":{"
+                                   "\"registrationId\":\"abc\",\"status\":\"disabled\"}}",
+                                   NULL, &r),
+                         PROV_EV_POLL_FAILED);
+        assert_true(r.data.permanent);
+        assert_string_equal(r.status, "disabled");
+        /* every result can be fed to the machine in the state its request is made in */
+        prov_dps_result_clear(NULL);
+}
+
 /* Every (state, event) pair: either the event is valid there, or prov_step
  * returns -EINVAL and leaves the machine and *out untouched. */
 struct reach {
@@ -551,7 +924,8 @@ static uint32_t valid_events(enum prov_state s) {
                 return EV(IMPORT_OK) | EV(IMPORT_FAILED) | err | client;
         case PROV_AUTHENTICATING:
         case PROV_POLLING:
-                return EV(DPS_202) * (s == PROV_AUTHENTICATING) | EV(POLL_ASSIGNING) | EV(POLL_ASSIGNED) |
+                return (EV(DPS_202) | EV(DPS_SAS_REFUSED)) * (s == PROV_AUTHENTICATING) | EV(POLL_ASSIGNING) |
+                       EV(POLL_ASSIGNED) |
                        EV(POLL_FAILED) | err | client;
         case PROV_SAVING:
                 return EV(SAVED) | EV(SAVE_FAILED) | client;
@@ -640,6 +1014,13 @@ int main(void) {
                 cmocka_unit_test(test_config_changed),
                 cmocka_unit_test(test_save_failed),
                 cmocka_unit_test(test_every_pair),
+                cmocka_unit_test(test_slots_and_blobs),
+                cmocka_unit_test(test_sas_refused),
+                cmocka_unit_test(test_report),
+                cmocka_unit_test(test_set_mode),
+                cmocka_unit_test(test_hub_event),
+                cmocka_unit_test(test_state_event),
+                cmocka_unit_test(test_dps_interpret),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
