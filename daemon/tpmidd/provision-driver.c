@@ -795,17 +795,8 @@ static void timer_close_cb(uv_handle_t *h) {
         maybe_free(d);
 }
 
-static enum prov_mode mode_of(enum config_reprovisioning_mode m) {
-        switch (m) {
-        case CONFIG_REPROVISION_ALWAYS_ON_STARTUP:
-                return PROV_MODE_ALWAYS_ON_STARTUP;
-        case CONFIG_REPROVISION_ON_ERROR_ONLY:
-                return PROV_MODE_ON_ERROR_ONLY;
-        case CONFIG_REPROVISION_DYNAMIC:
-        case _CONFIG_REPROVISION_MAX:
-                break;
-        }
-        return PROV_MODE_DYNAMIC;
+static enum prov_mode mode_of(enum prov_mode m) {
+        return m; /* the config holds lib/provision's enum itself */
 }
 
 int prov_driver_new(uv_loop_t *loop, const struct tpmid_config *cfg, struct tpm_worker *w, struct prov_driver **ret) {
