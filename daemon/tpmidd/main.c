@@ -490,11 +490,9 @@ static void walk_cb(uv_handle_t *h, void *arg) {
  * are in an epoll set that stays registered with libuv's, see
  * tpm-worker.c, so polling libuv's epoll descriptor sees TPM responses.) */
 static void run_loop(struct daemon *d) {
-        /* On one CPU the process we would wait for cannot run while we spin. */
-        const bool smp = sysconf(_SC_NPROCESSORS_ONLN) > 1;
         const int backend = uv_backend_fd(&d->loop);
         while (uv_run(&d->loop, UV_RUN_NOWAIT)) {
-                const unsigned spin_usec = smp ? 0u : 0u; /* busy_poll_usec is ignored now (issue 13 removes this spin) */
+                const unsigned spin_usec = 0; /* [limits] busy_poll_usec is ignored now; issue 13 removes this spin */
                 const uint64_t deadline = uv_hrtime() + (uint64_t)spin_usec * 1000u;
                 bool ready = false;
                 while (spin_usec && !ready) {
