@@ -471,17 +471,19 @@ int config_parse_text(struct config_ctx *x, const char *text, size_t len, const 
                 if (header)
                         x->blanked_header = true;
                 else {
-                        size_t i = 0;
-                        while (i < ll && (l[i] == ' ' || l[i] == '\t'))
-                                i++;
-                        size_t s = i;
-                        while (i < ll && l[i] != '=' && l[i] != ' ' && l[i] != '\t')
-                                i++;
-                        const char *dot = memrchr(l + s, '.', i - s);
-                        if (dot)
-                                s = (size_t)(dot - l) + 1;
-                        if (i > s)
-                                ctx_add_blanked(x, l + s, i - s);
+                        /* the last dotted part of the key before '=' */
+                        _cleanup_free_ char *line = strndup(l, ll);
+                        if (!line)
+                                return -ENOMEM;
+                        const char *k = line + strspn(line, " \t");
+                        size_t kl = strcspn(k, "= \t");
+                        const char *dot = memrchr(k, '.', kl);
+                        if (dot) {
+                                kl -= (size_t)(dot + 1 - k);
+                                k = dot + 1;
+                        }
+                        if (kl > 0)
+                                ctx_add_blanked(x, k, kl);
                 }
 
                 /* replace the line: headers by a throwaway array-of-tables entry,

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -481,29 +480,10 @@ static void walk_cb(uv_handle_t *h, void *arg) {
                   uv_is_closing(h) ? " (closing)" : "");
 }
 
-/* uv_run(UV_RUN_DEFAULT) with hybrid polling: after a round of callbacks,
- * look for new events without sleeping for up to [limits] busy_poll_usec
- * before blocking in epoll again. A request that arrives, or a TPM
- * response, then costs no wake-up of a sleeping thread (tens of
- * microseconds on a VM, more than swtpm takes for an HMAC). Idle, the loop
- * sleeps as before: the spin only follows activity. (The TPM's descriptors
- * are in an epoll set that stays registered with libuv's, see
- * tpm-worker.c, so polling libuv's epoll descriptor sees TPM responses.) */
+/* [limits] busy_poll_usec is ignored now (issue 13): the loop sleeps in
+ * epoll whenever it has nothing to do. */
 static void run_loop(struct daemon *d) {
-        const int backend = uv_backend_fd(&d->loop);
-        while (uv_run(&d->loop, UV_RUN_NOWAIT)) {
-                const unsigned spin_usec = 0; /* [limits] busy_poll_usec is ignored now; issue 13 removes this spin */
-                const uint64_t deadline = uv_hrtime() + (uint64_t)spin_usec * 1000u;
-                bool ready = false;
-                while (spin_usec && !ready) {
-                        struct pollfd p = { .fd = backend, .events = POLLIN };
-                        ready = poll(&p, 1, 0) > 0;
-                        if (uv_hrtime() >= deadline)
-                                break;
-                }
-                if (!ready && !uv_run(&d->loop, UV_RUN_ONCE))
-                        break;
-        }
+        (void)uv_run(&d->loop, UV_RUN_DEFAULT);
 }
 
 int main(int argc, char **argv) {
