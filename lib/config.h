@@ -39,7 +39,14 @@
  * registration_id: when absent, the daemon derives it from the endorsement key
  * exactly as Microsoft's documented script does: the lowercase hex SHA-256 of
  * the EK's marshalled TPM2B_PUBLIC (what `tpm2_readpublic -o ek.pub` writes,
- * then `sha256sum ek.pub`). `tpmidctl tpm info` prints the same value. */
+ * then `sha256sum ek.pub`). `tpmidctl tpm info` prints the same value.
+ *
+ * One concern per file: config.c (this model, the key table and its value
+ * parsers, the walk and the checks across keys), config-diag.{c,h}
+ * (diagnostics, "did you mean", syntax-error recovery), config-load.c
+ * (config_load() with drop-ins, config_check_files(), config_path_from_env()),
+ * config-write.{c,h} (the TOML writer), config-diff.{c,h} (what changed);
+ * who may call what is lib/authz.{c,h}. config-internal.h is what they share. */
 #pragma once
 
 #include <stdbool.h>
@@ -217,6 +224,7 @@ const struct config_principal *config_principal_for_uid(const struct tpmid_confi
 /* The operations aziot grants a role: no idtype (daemon) → everything;
  * with idtype → identity.get, identity.provisioning and identity.token. */
 uint32_t config_role_default_allow(unsigned idtype);
+
 /* Names ↔ enums/bits. *_to_string return static strings (NULL if out of range);
  * *_from_string return the value, or -EINVAL if unknown. */
 const char *config_provisioning_source_to_string(enum config_provisioning_source s);
