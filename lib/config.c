@@ -1,58 +1,33 @@
-/* tpmidd configuration: TOML tree → validated struct tpmid_config.
+/* tpmidd configuration: the model. TOML tree → validated struct tpmid_config.
  *
  * Shape: a table of known keys (schema) drives a walk over the parsed tree;
  * each key has a parser that checks type and value and writes one field.
- * Nothing stops at the first problem: every finding becomes a diagnostic, so
- * one run of `tpmidctl config check` shows all of them.
- *
- * TOML syntax errors stop lib/toml at the first one. To still report all of
- * a file's mistakes in one pass, the offending line is blanked (a bad table
- * header becomes an anonymous array-of-tables entry the walk skips) and the
- * text parsed again, up to CONFIG_MAX_SYNTAX_ERRORS times. Checks that would
- * only repeat a syntax error (e.g. "id_scope is missing" after the id_scope
- * line was blanked) are suppressed.
+ * Nothing stops at the first problem: every finding becomes a diagnostic
+ * (lib/config-diag.c), so one run of `tpmidctl config check` shows all of
+ * them. Reading files and drop-ins is lib/config-load.c; writing TOML back
+ * lib/config-write.c; comparing two configs lib/config-diff.c; deciding what
+ * a principal may do lib/authz.c.
  *
  * Ownership: goto-free, cleanup attributes for locals; the context owns the
  * config under construction until it is handed to the caller. */
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
+#include "config-internal.h"
 
-#include "config.h"
-#include "util.h"
+#define CONFIG_MAX_STRING_BYTES 4096 /* bytes of any string value */
+#define CONFIG_UNIX_PATH_MAX 107     /* sizeof(sockaddr_un.sun_path) - 1 */
 
-#define CONFIG_MAX_SYNTAX_ERRORS 50 /* syntax errors reported per file before giving up */
-#define CONFIG_MAX_SUGGEST_DISTANCE 2 /* edit distance for "did you mean" */
-#define CONFIG_MAX_STRING_BYTES 4096  /* bytes of any string value */
-#define CONFIG_UNIX_PATH_MAX 107      /* sizeof(sockaddr_un.sun_path) - 1 */
-#define SYNTAX_PLACEHOLDER_HEADER "[[__tpmidd_syntax_error__]]"
-#define SYNTAX_PLACEHOLDER_KEY "__tpmidd_syntax_error__"
+/* ---- names ---- */
 
-/* ------------------------------------------------------------------------ */
-/* Names */
-
-static const char *const mode_names[_CONFIG_REPROVISION_MAX] = {
-        [CONFIG_REPROVISION_DYNAMIC] = "Dynamic",
-        [CONFIG_REPROVISION_ALWAYS_ON_STARTUP] = "AlwaysOnStartup",
-        [CONFIG_REPROVISION_ON_ERROR_ONLY] = "OnErrorOnly",
-};
 static const char *const source_names[_CONFIG_SOURCE_MAX] = {
         [CONFIG_SOURCE_DPS] = "dps",
         [CONFIG_SOURCE_NONE] = "none",
-};
-static const char *const log_level_names[_CONFIG_LOG_MAX] = {
-        [CONFIG_LOG_ERROR] = "error",
-        [CONFIG_LOG_WARN] = "warn",
-        [CONFIG_LOG_INFO] = "info",
-        [CONFIG_LOG_DEBUG] = "debug",
 };
 static const char *const op_names[] = {
         "tpm.keys", "tpm.import", "tpm.sign", "identity.get", "identity.provisioning",
@@ -60,36 +35,10 @@ static const char *const op_names[] = {
 };
 static const char *const idtype_names[] = {"device", "module", "local"};
 
-const char *config_reprovisioning_mode_to_string(enum config_reprovisioning_mode m) {
-        if ((unsigned)m >= _CONFIG_REPROVISION_MAX)
-                return NULL;
-        return mode_names[m];
-}
-
-int config_reprovisioning_mode_from_string(const char *s) {
-        for (size_t i = 0; i < ELEMENTSOF(mode_names); i++)
-                if (s && streq(s, mode_names[i]))
-                        return (int)i;
-        return -EINVAL;
-}
-
 const char *config_provisioning_source_to_string(enum config_provisioning_source s) {
         if ((unsigned)s >= _CONFIG_SOURCE_MAX)
                 return NULL;
         return source_names[s];
-}
-
-const char *config_log_level_to_string(enum config_log_level l) {
-        if ((unsigned)l >= _CONFIG_LOG_MAX)
-                return NULL;
-        return log_level_names[l];
-}
-
-int config_log_level_from_string(const char *s) {
-        for (size_t i = 0; i < ELEMENTSOF(log_level_names); i++)
-                if (s && streq(s, log_level_names[i]))
-                        return (int)i;
-        return -EINVAL;
 }
 
 const char *config_op_to_string(uint32_t op) {
@@ -110,32 +59,14 @@ int config_op_from_string(const char *s) {
         return -EINVAL;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Small string helpers */
-
-/* Levenshtein distance, capped: strings longer than 63 bytes count as far. */
-static unsigned edit_distance(const char *a, const char *b) {
-        size_t la = strlen(a), lb = strlen(b);
-        if (la > 63 || lb > 63)
-                return UINT_MAX;
-        unsigned row[64], prev[64];
-        for (size_t j = 0; j <= lb; j++)
-                prev[j] = (unsigned)j;
-        for (size_t i = 1; i <= la; i++) {
-                row[0] = (unsigned)i;
-                for (size_t j = 1; j <= lb; j++) {
-                        unsigned cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
-                        unsigned best = prev[j - 1] + cost;
-                        if (prev[j] + 1 < best)
-                                best = prev[j] + 1;
-                        if (row[j - 1] + 1 < best)
-                                best = row[j - 1] + 1;
-                        row[j] = best;
-                }
-                memcpy(prev, row, sizeof(unsigned) * (lb + 1));
-        }
-        return prev[lb];
+const char *config_idtype_to_string(unsigned bit) {
+        for (size_t i = 0; i < ELEMENTSOF(idtype_names); i++)
+                if (bit == (1u << i))
+                        return idtype_names[i];
+        return NULL;
 }
+
+/* ---- small string helpers ---- */
 
 static char *join_key(const char *prefix, const char *key) {
         char *s = NULL;
@@ -174,256 +105,10 @@ static bool string_is_integer(const char *s) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Diagnostics */
-
-struct file_info {
-        char *origin;
-        char *text; /* as read (before any line was blanked) */
-        size_t len;
-};
-
-struct ctx {
-        struct config_diags *diags;
-        struct tpmid_config *c;
-        const char *origin; /* main file, for diagnostics without a value */
-        bool oom;
-
-        struct file_info *files;
-        size_t n_files;
-
-        /* keys whose line had a syntax error and was blanked */
-        char **blanked;
-        size_t n_blanked;
-        bool blanked_header;
-
-        /* seen while walking, for cross-key checks */
-        const struct toml_value *v_provisioning, *v_attestation, *v_source, *v_method, *v_id_scope,
-                *v_scope_id, *v_local_gateway, *v_limits_per_uid, *v_tpm_max_requests, *v_aziot_tpmd;
-        int64_t tpm_max_requests, aziot_tpmd_max_requests;
-        bool source_unsupported;
-};
-
-static void diags_add(struct ctx *x, enum config_severity sev, const char *file, unsigned line, unsigned col,
-                      const char *key, char *message /* consumed */) {
-        struct config_diags *d = x->diags;
-        switch (sev) {
-        case CONFIG_SEVERITY_ERROR:
-                d->n_errors++;
-                break;
-        case CONFIG_SEVERITY_WARNING:
-                d->n_warnings++;
-                break;
-        case CONFIG_SEVERITY_INFO:
-                d->n_infos++;
-                break;
-        }
-        if (!message) {
-                x->oom = true;
-                return;
-        }
-        if (d->n >= CONFIG_MAX_DIAGS) {
-                free(message);
-                return;
-        }
-        struct config_diag *items = realloc(d->items, (d->n + 1) * sizeof(*items));
-        if (!items) {
-                free(message);
-                x->oom = true;
-                return;
-        }
-        d->items = items;
-        struct config_diag *g = &items[d->n];
-        *g = (struct config_diag){
-                .severity = sev,
-                .file = strdup(file ? file : (x->origin ? x->origin : "<config>")),
-                .line = line,
-                .col = col,
-                .key = key ? strdup(key) : NULL,
-                .message = message,
-        };
-        if (!g->file || (key && !g->key)) {
-                free(g->file);
-                free(g->key);
-                free(g->message);
-                x->oom = true;
-                return;
-        }
-        d->n++;
-}
-
-_printf_(7, 8) static void diag_at(struct ctx *x, enum config_severity sev, const char *file, unsigned line,
-                                   unsigned col, const char *key, const char *fmt, ...) {
-        va_list ap;
-        char *m = NULL;
-        va_start(ap, fmt);
-        if (vasprintf(&m, fmt, ap) < 0)
-                m = NULL;
-        va_end(ap);
-        diags_add(x, sev, file, line, col, key, m);
-}
-
-_printf_(5, 6) static void diag_v(struct ctx *x, enum config_severity sev, const struct toml_value *v,
-                                  const char *key, const char *fmt, ...) {
-        va_list ap;
-        char *m = NULL;
-        va_start(ap, fmt);
-        if (vasprintf(&m, fmt, ap) < 0)
-                m = NULL;
-        va_end(ap);
-        if (v)
-                diags_add(x, sev, toml_origin(v), toml_line(v), toml_col(v), key, m);
-        else
-                diags_add(x, sev, x->origin, 0, 0, key, m);
-}
-
-#define error_v(x, v, key, ...) diag_v(x, CONFIG_SEVERITY_ERROR, v, key, __VA_ARGS__)
-#define warn_v(x, v, key, ...) diag_v(x, CONFIG_SEVERITY_WARNING, v, key, __VA_ARGS__)
-#define info_v(x, v, key, ...) diag_v(x, CONFIG_SEVERITY_INFO, v, key, __VA_ARGS__)
-
-void config_diags_free(struct config_diags *diags) {
-        if (!diags)
-                return;
-        for (size_t i = 0; i < diags->n; i++) {
-                free(diags->items[i].file);
-                free(diags->items[i].key);
-                free(diags->items[i].message);
-        }
-        free(diags->items);
-        *diags = (struct config_diags){0};
-}
-
-char *config_format_diag(const struct config_diag *d) {
-        static const char *const sev[] = {
-                [CONFIG_SEVERITY_ERROR] = "error",
-                [CONFIG_SEVERITY_WARNING] = "warning",
-                [CONFIG_SEVERITY_INFO] = "note",
-        };
-        char *s = NULL;
-        const char *sv = (unsigned)d->severity < ELEMENTSOF(sev) ? sev[d->severity] : "error";
-        int r;
-        if (d->line > 0 && d->col > 0)
-                r = asprintf(&s, "%s:%u:%u: %s: %s", d->file, d->line, d->col, sv, d->message);
-        else if (d->line > 0)
-                r = asprintf(&s, "%s:%u: %s: %s", d->file, d->line, sv, d->message);
-        else
-                r = asprintf(&s, "%s: %s: %s", d->file, sv, d->message);
-        return r < 0 ? NULL : s;
-}
-
-static const struct file_info *file_find(const struct ctx *x, const char *origin) {
-        for (size_t i = 0; i < x->n_files; i++)
-                if (streq_ptr(x->files[i].origin, origin))
-                        return &x->files[i];
-        return NULL;
-}
-
-static size_t file_index(const struct ctx *x, const char *origin) {
-        for (size_t i = 0; i < x->n_files; i++)
-                if (streq_ptr(x->files[i].origin, origin))
-                        return i;
-        return SIZE_MAX;
-}
-
-/* Sort the diagnostics added since index `from` by file (load order), line,
- * column; positionless ones last in their file; insertion order breaks ties
- * (insertion sort: lists are short and this keeps it stable). */
-static bool diag_before(const struct ctx *x, const struct config_diag *a, const struct config_diag *b) {
-        size_t fa = file_index(x, a->file), fb = file_index(x, b->file);
-        if (fa != fb)
-                return fa < fb;
-        unsigned la = a->line ? a->line : UINT_MAX, lb = b->line ? b->line : UINT_MAX;
-        if (la != lb)
-                return la < lb;
-        return a->col < b->col;
-}
-
-static void diags_sort(struct ctx *x, size_t from) {
-        struct config_diag *it = x->diags->items;
-        for (size_t i = from + 1; i < x->diags->n; i++) {
-                struct config_diag t = it[i];
-                size_t j = i;
-                while (j > from && diag_before(x, &t, &it[j - 1])) {
-                        it[j] = it[j - 1];
-                        j--;
-                }
-                it[j] = t;
-        }
-}
-
-static bool was_blanked(const struct ctx *x, const char *leaf) {
-        for (size_t i = 0; i < x->n_blanked; i++)
-                if (streq(x->blanked[i], leaf))
-                        return true;
-        return false;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Text helpers for syntax errors and misplaced keys */
-
-/* Find line n (1-based) in text: returns its start and sets *len (without newline), or NULL. */
-static const char *text_line(const char *text, size_t tlen, unsigned n, size_t *len) {
-        const char *p = text, *end = text + tlen;
-        for (unsigned l = 1; l < n; l++) {
-                const char *nl = memchr(p, '\n', (size_t)(end - p));
-                if (!nl)
-                        return NULL;
-                p = nl + 1;
-        }
-        if (p > end)
-                return NULL;
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        *len = (size_t)((nl ? nl : end) - p);
-        if (*len > 0 && p[*len - 1] == '\r')
-                (*len)--;
-        return p;
-}
-
-static bool line_is_header(const char *l, size_t len) {
-        size_t i = 0;
-        while (i < len && (l[i] == ' ' || l[i] == '\t'))
-                i++;
-        return i < len && l[i] == '[';
-}
-
-/* Line number of the first [table] header at or after line 1 and before
- * `before` (0 = anywhere); 0 if none. When hdr is non-NULL, the text of the
- * LAST header before `before` is copied to it instead of the first. */
-static unsigned find_header(const char *text, size_t tlen, unsigned before, bool last, char *hdr, size_t hdr_size) {
-        unsigned found = 0;
-        const char *p = text, *end = text + tlen;
-        for (unsigned n = 1; p <= end && (before == 0 || n < before); n++) {
-                const char *nl = memchr(p, '\n', (size_t)(end - p));
-                size_t len = (size_t)((nl ? nl : end) - p);
-                if (line_is_header(p, len)) {
-                        found = n;
-                        if (hdr && hdr_size > 0) {
-                                size_t i = 0, k = 0;
-                                while (i < len && (p[i] == ' ' || p[i] == '\t'))
-                                        i++;
-                                /* up to the closing bracket(s), not a trailing comment */
-                                while (i < len && k + 1 < hdr_size && p[i] != '#') {
-                                        hdr[k++] = p[i];
-                                        if (p[i] == ']' && (i + 1 >= len || p[i + 1] != ']'))
-                                                break;
-                                        i++;
-                                }
-                                hdr[k] = 0;
-                        }
-                        if (!last)
-                                return found;
-                }
-                if (!nl)
-                        break;
-                p = nl + 1;
-        }
-        return found;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Schema */
 
 struct key_def;
-typedef void (*parse_fn)(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+typedef void (*parse_fn)(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                          void *base);
 
 enum key_kind {
@@ -473,7 +158,7 @@ static const char *type_phrase(enum toml_type t) {
         return "a value";
 }
 
-static void set_str(struct ctx *x, char **field, const char *s) {
+static void set_str(struct config_ctx *x, char **field, const char *s) {
         char *d = strdup(s);
         if (!d) {
                 x->oom = true;
@@ -485,7 +170,7 @@ static void set_str(struct ctx *x, char **field, const char *s) {
 
 /* Type check for a string value. Returns true and sets *out when v is a
  * string without NUL bytes and at most CONFIG_MAX_STRING_BYTES. */
-static bool want_string(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static bool want_string(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                         const char **out) {
         if (toml_type(v) != TOML_STRING) {
                 error_v(x, v, key, "%s must be a string in double quotes, not %s; for example: %s", key,
@@ -507,7 +192,7 @@ static bool want_string(struct ctx *x, const struct key_def *k, const struct tom
         return true;
 }
 
-static bool want_integer(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static bool want_integer(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                          int64_t *out) {
         if (toml_type(v) == TOML_STRING) {
                 const char *s = toml_string(v, NULL);
@@ -543,36 +228,22 @@ static bool want_integer(struct ctx *x, const struct key_def *k, const struct to
         return true;
 }
 
-/* Suggest the closest of names[] within CONFIG_MAX_SUGGEST_DISTANCE, or NULL. */
-static const char *closest(const char *s, const char *const *names, size_t n) {
-        const char *best = NULL;
-        unsigned bd = CONFIG_MAX_SUGGEST_DISTANCE + 1;
-        for (size_t i = 0; i < n; i++) {
-                unsigned d = edit_distance(s, names[i]);
-                if (d < bd) {
-                        bd = d;
-                        best = names[i];
-                }
-        }
-        return best;
-}
-
 /* --- value parsers ------------------------------------------------------ */
 
-static void p_uint(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
+static void p_uint(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
         int64_t n;
         if (want_integer(x, k, v, key, &n))
                 *(unsigned *)field_ptr(base, k->offset) = (unsigned)n;
 }
 
-static void p_auth_key_index(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_auth_key_index(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                              void *base) {
         int64_t n;
         if (want_integer(x, k, v, key, &n))
                 *(uint32_t *)field_ptr(base, k->offset) = (uint32_t)n;
 }
 
-static void p_hostname(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_hostname(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                        void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
@@ -590,7 +261,7 @@ static void p_hostname(struct ctx *x, const struct key_def *k, const struct toml
         set_str(x, field_ptr(base, k->offset), s);
 }
 
-static void p_path(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
+static void p_path(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
                 return;
@@ -611,14 +282,14 @@ static void p_path(struct ctx *x, const struct key_def *k, const struct toml_val
         }
 }
 
-static void p_any_string(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_any_string(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                          void *base) {
         const char *s;
         if (want_string(x, k, v, key, &s))
                 set_str(x, field_ptr(base, k->offset), s);
 }
 
-static void p_tcti(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
+static void p_tcti(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
                 return;
@@ -631,7 +302,7 @@ static void p_tcti(struct ctx *x, const struct key_def *k, const struct toml_val
         set_str(x, field_ptr(base, k->offset), s);
 }
 
-static void p_non_empty(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_non_empty(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                         void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
@@ -649,13 +320,16 @@ static void p_non_empty(struct ctx *x, const struct key_def *k, const struct tom
         set_str(x, field_ptr(base, k->offset), s);
 }
 
-static void p_mode(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
+static void p_mode(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
                 return;
-        int m = config_reprovisioning_mode_from_string(s);
-        if (m < 0) {
-                const char *near = closest(s, mode_names, ELEMENTSOF(mode_names));
+        enum prov_mode m;
+        if (prov_mode_from_string(s, &m) < 0) {
+                const char *modes[_PROV_MODE_MAX];
+                for (unsigned i = 0; i < _PROV_MODE_MAX; i++)
+                        modes[i] = prov_mode_to_string((enum prov_mode)i);
+                const char *near = config_closest(s, modes, ELEMENTSOF(modes));
                 if (near)
                         error_v(x, v, key,
                                 "%s \"%s\" is not a mode: write %s = \"%s\" (the modes are \"Dynamic\", "
@@ -668,24 +342,27 @@ static void p_mode(struct ctx *x, const struct key_def *k, const struct toml_val
                                 key, s, k->example);
                 return;
         }
-        *(enum config_reprovisioning_mode *)field_ptr(base, k->offset) = (enum config_reprovisioning_mode)m;
+        *(enum prov_mode *)field_ptr(base, k->offset) = m;
 }
 
-static void p_log_level(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_log_level(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                         void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
                 return;
-        int l = config_log_level_from_string(s);
-        if (l < 0) {
+        /* lib/log.h's canonical names only (what log_level_to_string() writes),
+         * spelled exactly: AZIOT_LOG's aliases ("trace", "7") stay the
+         * environment's. */
+        int l = log_level_from_string(s);
+        if (l < 0 || !streq(log_level_to_string(l), s)) {
                 error_v(x, v, key, "%s \"%s\" is not a level: use \"error\", \"warn\", \"info\" or \"debug\"; "
                         "for example: %s", key, s, k->example);
                 return;
         }
-        *(enum config_log_level *)field_ptr(base, k->offset) = (enum config_log_level)l;
+        *(int *)field_ptr(base, k->offset) = l;
 }
 
-static void p_source(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_source(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                      void *base) {
         const char *s;
         x->v_source = v;
@@ -710,7 +387,7 @@ static void p_source(struct ctx *x, const struct key_def *k, const struct toml_v
         }
 }
 
-static void p_method(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_method(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                      void *base) {
         const char *s;
         x->v_method = v;
@@ -724,7 +401,7 @@ static void p_method(struct ctx *x, const struct key_def *k, const struct toml_v
         x->c->provisioning.method = CONFIG_ATTESTATION_TPM;
 }
 
-static void p_https_url(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_https_url(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                         void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
@@ -765,7 +442,7 @@ static void p_https_url(struct ctx *x, const struct key_def *k, const struct tom
         *f = norm;
 }
 
-static void p_id_scope(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_id_scope(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                        void *base) {
         const char *s;
         if (k->name[0] == 's') { /* scope_id: identityd's own name for it */
@@ -795,7 +472,7 @@ static void p_id_scope(struct ctx *x, const struct key_def *k, const struct toml
         set_str(x, &x->c->provisioning.id_scope, s);
 }
 
-static void p_registration_id(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_registration_id(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                               void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
@@ -830,7 +507,7 @@ static int hexval(char c) {
         return -1;
 }
 
-static void p_payload(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_payload(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                       void *base) {
         if (toml_type(v) != TOML_TABLE) {
                 if (toml_type(v) == TOML_STRING)
@@ -929,7 +606,7 @@ static void p_payload(struct ctx *x, const struct key_def *k, const struct toml_
         pos->col = toml_col(uri);
 }
 
-static void p_unix_uri(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_unix_uri(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                        void *base) {
         const char *s;
         if (!want_string(x, k, v, key, &s))
@@ -953,7 +630,7 @@ static void p_unix_uri(struct ctx *x, const struct key_def *k, const struct toml
         set_str(x, field_ptr(base, k->offset), path);
 }
 
-static void p_max_requests(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_max_requests(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                            void *base) {
         int64_t n;
         if (!want_integer(x, k, v, key, &n))
@@ -967,26 +644,32 @@ static void p_max_requests(struct ctx *x, const struct key_def *k, const struct 
         }
 }
 
-static void p_limits_per_uid(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_limits_per_uid(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                              void *base) {
         x->v_limits_per_uid = v;
         p_uint(x, k, v, key, base);
 }
 
-static void p_local_gateway(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_local_gateway(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                             void *base) {
         /* checked against the source after the walk (nested DPS is unsupported) */
         x->v_local_gateway = v;
 }
 
-static void p_uid(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
+/* A key tpmidd once read and no longer uses: existing files still load. */
+static void p_obsolete(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+                       void *base) {
+        warn_v(x, v, key, "%s is ignored: no longer used (remove the line)", key);
+}
+
+static void p_uid(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
         int64_t n;
         if (want_integer(x, k, v, key, &n))
                 ((struct config_principal *)base)->uid = (uid_t)n;
 }
 
 /* An array of names from `names`, as bits. */
-static bool want_name_array(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static bool want_name_array(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                             const char *const *names, size_t n_names, const char *what, uint32_t *out) {
         if (toml_type(v) != TOML_ARRAY) {
                 error_v(x, v, key, "%s must be an array of strings, not %s; for example: %s", key,
@@ -1014,7 +697,7 @@ static bool want_name_array(struct ctx *x, const struct key_def *k, const struct
                                 if (streq(s, names[j]))
                                         bit = 1u << j;
                 if (!bit) {
-                        const char *near = closest(s, names, n_names);
+                        const char *near = config_closest(s, names, n_names);
                         if (near)
                                 error_v(x, e, key, "%s: \"%s\" is not %s; did you mean \"%s\"? For example: %s",
                                         key, s, what, near, k->example);
@@ -1033,7 +716,7 @@ static bool want_name_array(struct ctx *x, const struct key_def *k, const struct
         return ok;
 }
 
-static void p_idtype(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_idtype(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                      void *base) {
         uint32_t bits;
         if (want_name_array(x, k, v, key, idtype_names, ELEMENTSOF(idtype_names),
@@ -1041,7 +724,7 @@ static void p_idtype(struct ctx *x, const struct key_def *k, const struct toml_v
                 ((struct config_principal *)base)->idtype = bits;
 }
 
-static void p_allow(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
+static void p_allow(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                     void *base) {
         uint32_t bits;
         if (want_name_array(x, k, v, key, op_names, ELEMENTSOF(op_names),
@@ -1157,8 +840,7 @@ static const struct key_def schema[] = {
          "request_timeout_sec = 5"},
         {"limits", "max_queued_tpm_jobs", KEY_VALUE, p_uint, CFG(limits.max_queued_tpm_jobs), 1, 65536,
          "max_queued_tpm_jobs = 256"},
-        {"limits", "busy_poll_usec", KEY_VALUE, p_uint, CFG(limits.busy_poll_usec), 0, CONFIG_MAX_BUSY_POLL_USEC,
-         "busy_poll_usec = 50"},
+        {"limits", "busy_poll_usec", KEY_VALUE, p_obsolete, 0, 0, 0, ""},
         /* [[principal]] */
         {"principal", "uid", KEY_VALUE, p_uid, 0, 0, 0xFFFFFFFE, "uid = 1001"},
         {"principal", "name", KEY_VALUE, p_non_empty, PRI(name), 0, 0, "name = \"my-app\""},
@@ -1174,12 +856,33 @@ static const struct key_def *schema_find(const char *table, const char *name) {
         return NULL;
 }
 
+enum config_value_shape config_schema_shape(const char *name, const char **example) {
+        for (size_t i = 0; i < ELEMENTSOF(schema); i++) {
+                const struct key_def *k = &schema[i];
+                if (!streq(k->name, name) || k->kind != KEY_VALUE || !k->example[0])
+                        continue;
+                *example = k->example;
+                if (k->parse == p_uint || k->parse == p_auth_key_index || k->parse == p_uid ||
+                    k->parse == p_max_requests || k->parse == p_limits_per_uid)
+                        return CONFIG_SHAPE_INTEGER;
+                if (k->parse == p_idtype || k->parse == p_allow || k->parse == p_payload)
+                        return CONFIG_SHAPE_STRUCTURED;
+                return CONFIG_SHAPE_TEXT;
+        }
+        return CONFIG_SHAPE_UNKNOWN;
+}
+
+bool config_schema_is_top_value(const char *name) {
+        const struct key_def *k = schema_find("", name);
+        return k && k->kind == KEY_VALUE;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Walk */
 
-static void walk_table(struct ctx *x, const struct toml_value *t, const char *spath, const char *dpath, void *base);
+static void walk_table(struct config_ctx *x, const struct toml_value *t, const char *spath, const char *dpath, void *base);
 
-static void unknown_key(struct ctx *x, const char *spath, const char *key, const char *full,
+static void unknown_key(struct config_ctx *x, const char *spath, const char *key, const char *full,
                         const struct toml_value *v) {
         if (streq(key, SYNTAX_PLACEHOLDER_KEY) && streq(spath, ""))
                 return; /* a header line that had a syntax error, already reported */
@@ -1187,17 +890,16 @@ static void unknown_key(struct ctx *x, const char *spath, const char *key, const
         /* a top-level key inside a table: TOML put it there because it came after a [header] */
         const struct key_def *top = *spath ? schema_find("", key) : NULL;
         if (top && top->kind != KEY_TABLE && top->kind != KEY_TABLE_ARRAY) {
-                const struct file_info *f = file_find(x, toml_origin(v));
-                unsigned first = f ? find_header(f->text, f->len, 0, false, NULL, 0) : 0;
+                unsigned first = config_ctx_first_header(x, toml_origin(v));
                 enum config_severity sev = top->kind == KEY_IGNORED ? CONFIG_SEVERITY_WARNING : CONFIG_SEVERITY_ERROR;
                 const char *ex = top->example && *top->example ? top->example : key;
                 if (first)
-                        diag_v(x, sev, v, full,
+                        config_diag_v(x, sev, v, full,
                                "%s is inside [%s], so TOML reads it as %s and it has no effect there: move it "
                                "above the first [table] header (line %u), e.g. %s at the top of the file",
                                key, spath, full, first, ex);
                 else
-                        diag_v(x, sev, v, full,
+                        config_diag_v(x, sev, v, full,
                                "%s is inside [%s], so TOML reads it as %s and it has no effect there: move it "
                                "above the first [table] header, e.g. %s at the top of the file",
                                key, spath, full, ex);
@@ -1209,7 +911,7 @@ static void unknown_key(struct ctx *x, const char *spath, const char *key, const
         for (size_t i = 0; i < ELEMENTSOF(schema); i++)
                 if (streq(schema[i].table, spath))
                         names[n++] = schema[i].name;
-        const char *near = closest(key, names, n);
+        const char *near = config_closest(key, names, n);
         const char *what = toml_type(v) == TOML_TABLE ? "table" : "key";
         if (near)
                 warn_v(x, v, full, "unknown %s %s (tpmidd ignores it); did you mean %s%s%s?", what, full, spath,
@@ -1218,7 +920,7 @@ static void unknown_key(struct ctx *x, const char *spath, const char *key, const
                 warn_v(x, v, full, "unknown %s %s (tpmidd ignores it)", what, full);
 }
 
-static void walk_principals(struct ctx *x, const struct key_def *k, const struct toml_value *v, const char *full) {
+static void walk_principals(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *full) {
         if (toml_type(v) != TOML_ARRAY) {
                 error_v(x, v, full, "principal must be an array of tables: write [[principal]] (double "
                         "brackets) once per principal, with uid = 1001 and name = \"my-app\"");
@@ -1249,10 +951,10 @@ static void walk_principals(struct ctx *x, const struct key_def *k, const struct
                 struct config_principal *p = &arr[c->n_principals++];
                 *p = (struct config_principal){.uid = (uid_t)-1};
                 walk_table(x, e, "principal", dpath, p);
-                if (!toml_table_get(e, "uid") && !was_blanked(x, "uid"))
+                if (!toml_table_get(e, "uid") && !config_ctx_was_blanked(x, "uid"))
                         error_v(x, e, dpath, "%s has no uid: add uid = 1001 (the numeric user id of the caller)",
                                 dpath);
-                if (!toml_table_get(e, "name") && !was_blanked(x, "name"))
+                if (!toml_table_get(e, "name") && !config_ctx_was_blanked(x, "name"))
                         error_v(x, e, dpath, "%s has no name: add name = \"my-app\"", dpath);
                 if (!p->allow_explicit)
                         p->allow = config_role_default_allow(p->idtype);
@@ -1262,7 +964,7 @@ static void walk_principals(struct ctx *x, const struct key_def *k, const struct
 /* Inside a Microsoft table we otherwise skip: a top-level key appended at the
  * end of the file lands in the last table (often [moby_runtime]) and would be
  * ignored silently. Report those as misplaced. */
-static void scan_ignored_table(struct ctx *x, const struct toml_value *t, const char *dpath, unsigned depth) {
+static void scan_ignored_table(struct config_ctx *x, const struct toml_value *t, const char *dpath, unsigned depth) {
         static const char *const top_keys[] = {
                 "auto_reprovisioning_mode", "cloud_timeout_sec", "cloud_retries", "state_dir", "log_level", "cloud_ca_bundle",
         };
@@ -1286,7 +988,7 @@ static void scan_ignored_table(struct ctx *x, const struct toml_value *t, const 
         }
 }
 
-static void walk_table(struct ctx *x, const struct toml_value *t, const char *spath, const char *dpath, void *base) {
+static void walk_table(struct config_ctx *x, const struct toml_value *t, const char *spath, const char *dpath, void *base) {
         for (size_t i = 0; i < toml_table_size(t) && !x->oom; i++) {
                 const char *key = toml_table_key(t, i);
                 const struct toml_value *v = toml_table_value(t, i);
@@ -1330,10 +1032,10 @@ static void walk_table(struct ctx *x, const struct toml_value *t, const char *sp
 }
 
 /* Checks across keys, after the walk. */
-static void cross_checks(struct ctx *x) {
+static void cross_checks(struct config_ctx *x) {
         struct tpmid_config *c = x->c;
         if (!x->v_provisioning) {
-                if (!x->blanked_header && !was_blanked(x, "provisioning"))
+                if (!x->blanked_header && !config_ctx_was_blanked(x, "provisioning"))
                         /* as aziot-tpmd with an empty file: serve the TPM, provision nothing */
                         warn_v(x, NULL, "provisioning",
                                "[provisioning] is missing, so tpmidd serves the TPM API only and does not "
@@ -1341,11 +1043,11 @@ static void cross_checks(struct ctx *x) {
                                "id_scope = \"0ne00A1B2C3\" and [provisioning.attestation] method = \"tpm\" "
                                "(or write source = \"none\" to silence this)");
         } else if (!x->v_source) {
-                if (!was_blanked(x, "source"))
+                if (!config_ctx_was_blanked(x, "source"))
                         error_v(x, x->v_provisioning, "provisioning.source",
                                 "provisioning.source is missing; for example: source = \"dps\"");
         } else if (!x->source_unsupported && c->provisioning.source == CONFIG_SOURCE_DPS) {
-                if (!c->provisioning.id_scope && !x->v_id_scope && !x->v_scope_id && !was_blanked(x, "id_scope"))
+                if (!c->provisioning.id_scope && !x->v_id_scope && !x->v_scope_id && !config_ctx_was_blanked(x, "id_scope"))
                         error_v(x, x->v_provisioning, "provisioning.id_scope",
                                 "provisioning.id_scope is required with source = \"dps\"; for example: "
                                 "id_scope = \"0ne00A1B2C3\" (the ID scope on your DPS instance's Overview page)");
@@ -1354,7 +1056,7 @@ static void cross_checks(struct ctx *x) {
                                 error_v(x, x->v_provisioning, "provisioning.attestation",
                                         "[provisioning.attestation] is required with source = \"dps\"; for "
                                         "example: [provisioning.attestation] method = \"tpm\"");
-                } else if (!x->v_method && !was_blanked(x, "method"))
+                } else if (!x->v_method && !config_ctx_was_blanked(x, "method"))
                         error_v(x, x->v_attestation, "provisioning.attestation.method",
                                 "provisioning.attestation.method is missing; for example: method = \"tpm\"");
                 if (x->v_local_gateway)
@@ -1454,7 +1156,7 @@ static struct tpmid_config *config_new(const char *origin) {
                 return NULL;
         *c = (struct tpmid_config){
                 .origin = strdup(origin ? origin : "<string>"),
-                .auto_reprovisioning_mode = CONFIG_REPROVISION_DYNAMIC,
+                .auto_reprovisioning_mode = PROV_MODE_DYNAMIC,
                 .cloud_timeout_sec = CONFIG_DEFAULT_CLOUD_TIMEOUT_SEC,
                 .cloud_retries = CONFIG_DEFAULT_CLOUD_RETRIES,
                 .provisioning.source = CONFIG_SOURCE_NONE, /* until [provisioning] says otherwise */
@@ -1467,7 +1169,7 @@ static struct tpmid_config *config_new(const char *origin) {
                 .endpoints.tpmd_socket = strdup(CONFIG_DEFAULT_TPMD_SOCKET),
                 .endpoints.identityd_socket = strdup(CONFIG_DEFAULT_IDENTITYD_SOCKET),
                 .state_dir = strdup(CONFIG_DEFAULT_STATE_DIR),
-                .log_level = CONFIG_LOG_INFO,
+                .log_level = LOG_INFO,
                 .limits =
                         {
                                 .max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS,
@@ -1477,7 +1179,6 @@ static struct tpmid_config *config_new(const char *origin) {
                                 .idle_timeout_sec = CONFIG_DEFAULT_IDLE_TIMEOUT_SEC,
                                 .request_timeout_sec = CONFIG_DEFAULT_REQUEST_TIMEOUT_SEC,
                                 .max_queued_tpm_jobs = CONFIG_DEFAULT_MAX_QUEUED_TPM_JOBS,
-                                .busy_poll_usec = CONFIG_DEFAULT_BUSY_POLL_USEC,
                         },
         };
         if (!c->origin || !c->provisioning.global_endpoint || !c->tpm.tcti || !c->tpm.endorsement_auth ||
@@ -1486,224 +1187,13 @@ static struct tpmid_config *config_new(const char *origin) {
         return c;
 }
 
-static void ctx_done(struct ctx *x) {
-        for (size_t i = 0; i < x->n_files; i++) {
-                free(x->files[i].origin);
-                free(x->files[i].text);
-        }
-        free(x->files);
-        for (size_t i = 0; i < x->n_blanked; i++)
-                free(x->blanked[i]);
-        free(x->blanked);
-        config_free(x->c);
+int config_ctx_init(struct config_ctx *x, struct config_diags *diags, const char *origin) {
+        *x = (struct config_ctx){.diags = diags, .origin = origin};
+        x->c = config_new(origin);
+        return x->c ? 0 : -ENOMEM;
 }
 
-static int ctx_add_file(struct ctx *x, const char *origin, const char *text, size_t len) {
-        struct file_info *f = realloc(x->files, (x->n_files + 1) * sizeof(*f));
-        if (!f)
-                return -ENOMEM;
-        x->files = f;
-        f = &f[x->n_files];
-        f->origin = strdup(origin);
-        f->text = malloc(len + 1);
-        f->len = len;
-        if (!f->origin || !f->text) {
-                free(f->origin);
-                free(f->text);
-                return -ENOMEM;
-        }
-        memcpy(f->text, text, len);
-        f->text[len] = 0;
-        x->n_files++;
-        return 0;
-}
-
-static void ctx_add_blanked(struct ctx *x, const char *key, size_t len) {
-        char **b = realloc(x->blanked, (x->n_blanked + 1) * sizeof(char *));
-        if (!b) {
-                x->oom = true;
-                return;
-        }
-        x->blanked = b;
-        b[x->n_blanked] = strndup(key, len);
-        if (!b[x->n_blanked]) {
-                x->oom = true;
-                return;
-        }
-        x->n_blanked++;
-}
-
-/* Explain a syntax error at line `line` of `l` (len bytes); records one diagnostic. */
-static void syntax_diag(struct ctx *x, const struct file_info *f, const char *origin, const struct toml_error *err,
-                        const char *l, size_t len) {
-        /* `key = value`? */
-        size_t i = 0;
-        while (i < len && (l[i] == ' ' || l[i] == '\t'))
-                i++;
-        size_t ks = i;
-        while (i < len && (isalnum((unsigned char)l[i]) || l[i] == '_' || l[i] == '-' || l[i] == '.'))
-                i++;
-        size_t ke = i;
-        while (i < len && (l[i] == ' ' || l[i] == '\t'))
-                i++;
-        bool assign = ke > ks && i < len && l[i] == '=';
-        char key[128] = "", val[128] = "";
-        size_t vcol = 0;
-        if (assign) {
-                i++;
-                while (i < len && (l[i] == ' ' || l[i] == '\t'))
-                        i++;
-                size_t vs = i;
-                while (i < len && (isalnum((unsigned char)l[i]) || l[i] == '_' || l[i] == '-' || l[i] == '.' ||
-                                   l[i] == '/' || l[i] == ':'))
-                        i++;
-                size_t ve = i;
-                while (i < len && (l[i] == ' ' || l[i] == '\t'))
-                        i++;
-                bool bare = ve > vs && isalpha((unsigned char)l[vs]) && (i == len || l[i] == '#') &&
-                            ke - ks < sizeof key && ve - vs < sizeof val;
-                if (bare) {
-                        memcpy(key, l + ks, ke - ks);
-                        key[ke - ks] = 0;
-                        memcpy(val, l + vs, ve - vs);
-                        val[ve - vs] = 0;
-                        vcol = vs + 1;
-                        if (streq(val, "true") || streq(val, "false") || streq(val, "inf") || streq(val, "nan"))
-                                key[0] = 0;
-                }
-        }
-        if (!key[0]) {
-                diag_at(x, CONFIG_SEVERITY_ERROR, origin, err->line, err->col, NULL, "TOML syntax error: %s",
-                        err->msg);
-                return;
-        }
-
-        /* a bare word where the schema wants a number or a list: say so */
-        const struct key_def *any = NULL;
-        for (size_t j = 0; j < ELEMENTSOF(schema) && !any; j++)
-                if (streq(schema[j].name, key) && schema[j].kind == KEY_VALUE && schema[j].example[0])
-                        any = &schema[j];
-        if (any && (any->parse == p_uint || any->parse == p_auth_key_index || any->parse == p_uid ||
-                    any->parse == p_max_requests || any->parse == p_limits_per_uid)) {
-                diag_at(x, CONFIG_SEVERITY_ERROR, origin, err->line, (unsigned)vcol, key,
-                        "%s = %s: %s must be an integer (no quotes); for example: %s", key, val, key, any->example);
-                return;
-        }
-        if (any && (any->parse == p_idtype || any->parse == p_allow || any->parse == p_payload)) {
-                diag_at(x, CONFIG_SEVERITY_ERROR, origin, err->line, (unsigned)vcol, key,
-                        "%s = %s is not valid TOML; for example: %s", key, val, any->example);
-                return;
-        }
-
-        /* a bare word: TOML needs quotes around text */
-        const char *fixed = val;
-        const struct key_def *top = schema_find("", key);
-        if (streq(key, "auto_reprovisioning_mode")) {
-                for (size_t m = 0; m < ELEMENTSOF(mode_names); m++)
-                        if (strcasecmp(val, mode_names[m]) == 0)
-                                fixed = mode_names[m];
-                if (fixed == val) {
-                        const char *near = closest(val, mode_names, ELEMENTSOF(mode_names));
-                        fixed = near ? near : "Dynamic";
-                }
-        }
-        char hdr[128] = "";
-        unsigned first = 0;
-        if (top && top->kind == KEY_VALUE && f) {
-                first = find_header(f->text, f->len, err->line, false, NULL, 0);
-                if (first)
-                        (void)find_header(f->text, f->len, err->line, true, hdr, sizeof hdr);
-        }
-        if (first)
-                diag_at(x, CONFIG_SEVERITY_ERROR, origin, err->line, (unsigned)vcol, key,
-                        "%s = %s: text values need double quotes in TOML: write %s = \"%s\". Also move the "
-                        "line above the first [table] header (line %u); here it is under %s and would be read "
-                        "as part of that table",
-                        key, val, key, fixed, first, hdr);
-        else
-                diag_at(x, CONFIG_SEVERITY_ERROR, origin, err->line, (unsigned)vcol, key,
-                        "%s = %s: text values need double quotes in TOML: write %s = \"%s\"", key, val, key, fixed);
-}
-
-/* Parse one file's text, recovering from syntax errors (see top of file).
- * Returns 0 with *ret set (even after recovered syntax errors, which are in
- * the diagnostics), -EINVAL when no tree could be built, -ENOMEM. */
-static int parse_text(struct ctx *x, const char *text, size_t len, const char *origin, struct toml_value **ret) {
-        int r = ctx_add_file(x, origin, text, len);
-        if (r < 0)
-                return r;
-        const struct file_info *f = &x->files[x->n_files - 1];
-        _cleanup_free_ char *buf = malloc(len + 1);
-        if (!buf)
-                return -ENOMEM;
-        memcpy(buf, text, len);
-        buf[len] = 0;
-        size_t blen = len;
-        unsigned last_line = 0;
-        for (unsigned tries = 0; tries <= CONFIG_MAX_SYNTAX_ERRORS; tries++) {
-                struct toml_value *root = NULL;
-                struct toml_error err = {0};
-                r = toml_parse(buf, blen, origin, &root, &err);
-                if (r == 0) {
-                        *ret = root;
-                        return 0;
-                }
-                if (r == -ENOMEM)
-                        return r;
-                if (r == -E2BIG) {
-                        diag_at(x, CONFIG_SEVERITY_ERROR, origin, err.line, err.col, NULL,
-                                "%s (limit: %u bytes, nesting depth %u)", err.msg, (unsigned)TOML_MAX_INPUT_BYTES,
-                                (unsigned)TOML_MAX_DEPTH);
-                        return -EINVAL;
-                }
-                size_t ll = 0;
-                const char *l = err.line > 0 ? text_line(buf, blen, err.line, &ll) : NULL;
-                if (!l || err.line == last_line || tries == CONFIG_MAX_SYNTAX_ERRORS) {
-                        /* cannot recover further: report this one and stop */
-                        diag_at(x, CONFIG_SEVERITY_ERROR, origin, err.line, err.col, NULL, "TOML syntax error: %s%s",
-                                err.msg, tries > 0 ? " (further syntax errors in this file are not reported)" : "");
-                        return -EINVAL;
-                }
-                syntax_diag(x, f, origin, &err, l, ll);
-                last_line = err.line;
-
-                /* remember the key, so "missing key" checks do not repeat this error */
-                bool header = line_is_header(l, ll);
-                if (header)
-                        x->blanked_header = true;
-                else {
-                        size_t i = 0;
-                        while (i < ll && (l[i] == ' ' || l[i] == '\t'))
-                                i++;
-                        size_t s = i;
-                        while (i < ll && l[i] != '=' && l[i] != ' ' && l[i] != '\t')
-                                i++;
-                        const char *dot = memrchr(l + s, '.', i - s);
-                        if (dot)
-                                s = (size_t)(dot - l) + 1;
-                        if (i > s)
-                                ctx_add_blanked(x, l + s, i - s);
-                }
-
-                /* replace the line: headers by a throwaway array-of-tables entry,
-                 * so the keys below it do not land in the previous table */
-                const char *rep = header ? SYNTAX_PLACEHOLDER_HEADER : "";
-                size_t rl = strlen(rep), before = (size_t)(l - buf), after = blen - before - ll;
-                char *nb = malloc(before + rl + after + 1);
-                if (!nb)
-                        return -ENOMEM;
-                memcpy(nb, buf, before);
-                memcpy(nb + before, rep, rl);
-                memcpy(nb + before + rl, l + ll, after);
-                blen = before + rl + after;
-                nb[blen] = 0;
-                free(buf);
-                buf = nb;
-        }
-        return -EINVAL;
-}
-
-static int finish(struct ctx *x, const struct toml_value *root, size_t diag_from, size_t errors_before,
+int config_finish(struct config_ctx *x, const struct toml_value *root, size_t diag_from, size_t errors_before,
                   struct tpmid_config **ret) {
         if (root) {
                 if (toml_type(root) == TOML_TABLE)
@@ -1713,7 +1203,7 @@ static int finish(struct ctx *x, const struct toml_value *root, size_t diag_from
         }
         if (x->oom)
                 return -ENOMEM;
-        diags_sort(x, diag_from);
+        config_diags_sort(x, diag_from);
         if (x->diags->n_errors > errors_before || !root)
                 return -EINVAL;
         *ret = TAKE_PTR(x->c);
@@ -1722,13 +1212,14 @@ static int finish(struct ctx *x, const struct toml_value *root, size_t diag_from
 
 int config_from_toml(const struct toml_value *root, const char *origin, struct tpmid_config **ret,
                      struct config_diags *diags) {
-        struct ctx x = {.diags = diags, .origin = origin};
+        struct config_ctx x;
         size_t from = diags->n, errors = diags->n_errors;
-        x.c = config_new(origin);
-        if (!x.c)
+        if (config_ctx_init(&x, diags, origin) < 0) {
+                config_ctx_done(&x);
                 return -ENOMEM;
-        int r = finish(&x, root, from, errors, ret);
-        ctx_done(&x);
+        }
+        int r = config_finish(&x, root, from, errors, ret);
+        config_ctx_done(&x);
         return r;
 }
 
@@ -1736,439 +1227,22 @@ int config_parse_string(const char *text, size_t len, const char *origin, struct
                         struct config_diags *diags) {
         if (!origin)
                 origin = "<string>";
-        struct ctx x = {.diags = diags, .origin = origin};
+        struct config_ctx x;
         size_t from = diags->n, errors = diags->n_errors;
-        x.c = config_new(origin);
-        if (!x.c)
+        if (config_ctx_init(&x, diags, origin) < 0) {
+                config_ctx_done(&x);
                 return -ENOMEM;
+        }
         struct toml_value *root = NULL;
-        int r = parse_text(&x, text, len, origin, &root);
+        int r = config_parse_text(&x, text, len, origin, &root);
         if (r == -ENOMEM) {
-                ctx_done(&x);
+                config_ctx_done(&x);
                 return r;
         }
-        r = finish(&x, root, from, errors, ret);
+        r = config_finish(&x, root, from, errors, ret);
         toml_free(root);
-        ctx_done(&x);
+        config_ctx_done(&x);
         return r;
-}
-
-static int dropin_filter(const struct dirent *de) {
-        size_t n = strlen(de->d_name);
-        return de->d_name[0] != '.' && n > 5 && streq(de->d_name + n - 5, ".toml");
-}
-
-static int dropin_sort(const struct dirent **a, const struct dirent **b) {
-        return strcmp((*a)->d_name, (*b)->d_name);
-}
-
-/* Read one file into the context and parse it; a read failure is an error
- * diagnostic. Returns 0 (possibly *ret NULL), -errno of the read, -ENOMEM. */
-static int load_one(struct ctx *x, const char *path, struct toml_value **ret) {
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-        *ret = NULL;
-        int r = read_full_file(path, CONFIG_MAX_FILE_BYTES, &text, &len);
-        if (r == -ENOMEM)
-                return r;
-        if (r == -EFBIG) {
-                diag_at(x, CONFIG_SEVERITY_ERROR, path, 0, 0, NULL, "the file is larger than %u bytes",
-                        (unsigned)CONFIG_MAX_FILE_BYTES);
-                return r;
-        }
-        if (r < 0) {
-                diag_at(x, CONFIG_SEVERITY_ERROR, path, 0, 0, NULL, "cannot read the file: %s%s", strerror(-r),
-                        r == -EACCES ? " (run as root, or pass -c FILE)" : "");
-                return r;
-        }
-        r = parse_text(x, text, len, path, ret);
-        return r == -ENOMEM ? r : 0;
-}
-
-int config_load(const char *path, struct tpmid_config **ret, struct config_diags *diags) {
-        struct ctx x = {.diags = diags, .origin = path};
-        size_t from = diags->n, errors = diags->n_errors;
-        x.c = config_new(path);
-        if (!x.c)
-                return -ENOMEM;
-        struct toml_value *root = NULL;
-        int r = load_one(&x, path, &root);
-        if (r == -ENOMEM || (r < 0 && !root)) {
-                if (r != -ENOMEM)
-                        diags_sort(&x, from);
-                ctx_done(&x);
-                return r;
-        }
-
-        /* drop-ins: <dir>/config.d/<name>.toml in name order */
-        _cleanup_free_ char *pcopy = strdup(path);
-        _cleanup_free_ char *ddir = NULL;
-        if (!pcopy) {
-                toml_free(root);
-                ctx_done(&x);
-                return -ENOMEM;
-        }
-        char *slash = strrchr(pcopy, '/');
-        if (slash)
-                *slash = 0;
-        if (asprintf(&ddir, "%s/%s", slash ? (*pcopy ? pcopy : "/") : ".", CONFIG_DROPIN_DIR) < 0) {
-                toml_free(root);
-                ctx_done(&x);
-                return -ENOMEM;
-        }
-        struct dirent **names = NULL;
-        int n = scandir(ddir, &names, dropin_filter, dropin_sort);
-        if (n < 0 && errno != ENOENT && errno != ENOTDIR)
-                diag_at(&x, CONFIG_SEVERITY_ERROR, ddir, 0, 0, NULL, "cannot read the drop-in directory: %s",
-                        strerror(errno));
-        for (int i = 0; i < n; i++) {
-                if (i >= CONFIG_MAX_DROPINS) {
-                        if (i == CONFIG_MAX_DROPINS)
-                                diag_at(&x, CONFIG_SEVERITY_ERROR, ddir, 0, 0, NULL,
-                                        "more than %u drop-in files; the rest are not read",
-                                        (unsigned)CONFIG_MAX_DROPINS);
-                        free(names[i]);
-                        continue;
-                }
-                _cleanup_free_ char *dpath = NULL;
-                if (asprintf(&dpath, "%s/%s", ddir, names[i]->d_name) < 0)
-                        x.oom = true;
-                free(names[i]);
-                if (x.oom)
-                        continue;
-                struct toml_value *d = NULL;
-                if (load_one(&x, dpath, &d) == -ENOMEM)
-                        x.oom = true;
-                if (d && root) {
-                        if (toml_merge(root, d) < 0)
-                                x.oom = true;
-                } else
-                        toml_free(d);
-        }
-        free(names);
-        if (x.oom) {
-                toml_free(root);
-                ctx_done(&x);
-                return -ENOMEM;
-        }
-        r = finish(&x, root, from, errors, ret);
-        toml_free(root);
-        ctx_done(&x);
-        return r;
-}
-
-const char *config_path_from_env(const char *def) {
-        const char *e = getenv(CONFIG_ENV_PATH);
-        return e && *e ? e : def;
-}
-
-/* ------------------------------------------------------------------------ */
-/* File checks */
-
-int config_check_files(const struct tpmid_config *c, struct config_diags *diags) {
-        struct ctx x = {.diags = diags, .origin = c->origin};
-        size_t errors = diags->n_errors;
-        if (c->provisioning.source == CONFIG_SOURCE_DPS && c->provisioning.payload_path) {
-                const struct config_pos *pos = &c->payload_pos;
-                _cleanup_free_ char *text = NULL;
-                size_t len = 0;
-                int r = read_full_file(c->provisioning.payload_path, CONFIG_MAX_PAYLOAD_BYTES, &text, &len);
-                if (r == -ENOMEM)
-                        return r;
-                if (r == -EFBIG)
-                        diag_at(&x, CONFIG_SEVERITY_ERROR, pos->file, pos->line, pos->col, "provisioning.payload.uri",
-                                "the DPS payload file %s is larger than %u bytes", c->provisioning.payload_path,
-                                (unsigned)CONFIG_MAX_PAYLOAD_BYTES);
-                else if (r < 0)
-                        diag_at(&x, CONFIG_SEVERITY_ERROR, pos->file, pos->line, pos->col, "provisioning.payload.uri",
-                                "cannot read the DPS payload file %s: %s", c->provisioning.payload_path,
-                                strerror(-r));
-                else {
-                        json_error_t je;
-                        json_t *j = json_loadb(text, len, JSON_DECODE_ANY, &je);
-                        if (!j)
-                                diag_at(&x, CONFIG_SEVERITY_ERROR, pos->file, pos->line, pos->col,
-                                        "provisioning.payload.uri",
-                                        "the DPS payload file %s is not JSON: line %d column %d: %s; for "
-                                        "example: {\"modelId\": \"dtmi:com:example:Thermostat;1\"}",
-                                        c->provisioning.payload_path, je.line, je.column, je.text);
-                        json_decref(j);
-                }
-        }
-        if (c->cloud_ca_bundle && access(c->cloud_ca_bundle, R_OK) < 0) {
-                const struct config_pos *pos = &c->cloud_ca_bundle_pos;
-                diag_at(&x, CONFIG_SEVERITY_ERROR, pos->file, pos->line, pos->col, "cloud_ca_bundle",
-                        "cannot read cloud_ca_bundle %s: %s; remove the key to use the system trust store",
-                        c->cloud_ca_bundle, strerror(errno));
-        }
-        if (x.oom)
-                return -ENOMEM;
-        return diags->n_errors > errors ? -EINVAL : 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Serialisation */
-
-struct sbuf {
-        char *p;
-        size_t n, cap;
-        bool oom;
-};
-
-static void sb_add(struct sbuf *b, const char *s, size_t n) {
-        if (b->oom)
-                return;
-        if (b->n + n + 1 > b->cap) {
-                size_t cap = (b->cap ? b->cap * 2 : 1024);
-                while (cap < b->n + n + 1)
-                        cap *= 2;
-                char *p = realloc(b->p, cap);
-                if (!p) {
-                        b->oom = true;
-                        return;
-                }
-                b->p = p;
-                b->cap = cap;
-        }
-        memcpy(b->p + b->n, s, n);
-        b->n += n;
-        b->p[b->n] = 0;
-}
-
-_printf_(2, 3) static void sb_printf(struct sbuf *b, const char *fmt, ...) {
-        char tmp[512];
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-        va_end(ap);
-        if (k < 0 || (size_t)k >= sizeof tmp) {
-                b->oom = true; /* callers print only short fixed text and numbers */
-                return;
-        }
-        sb_add(b, tmp, (size_t)k);
-}
-
-/* A TOML basic string with escapes. */
-static void sb_str(struct sbuf *b, const char *s) {
-        sb_add(b, "\"", 1);
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-                char e[8];
-                if (*p == '"' || *p == '\\') {
-                        e[0] = '\\';
-                        e[1] = (char)*p;
-                        sb_add(b, e, 2);
-                } else if (*p < 0x20 || *p == 0x7f) {
-                        snprintf(e, sizeof e, "\\u%04X", *p);
-                        sb_add(b, e, 6);
-                } else
-                        sb_add(b, (const char *)p, 1);
-        }
-        sb_add(b, "\"", 1);
-}
-
-static void sb_kv_str(struct sbuf *b, const char *key, const char *val) {
-        sb_add(b, key, strlen(key));
-        sb_add(b, " = ", 3);
-        sb_str(b, val);
-        sb_add(b, "\n", 1);
-}
-
-static void sb_file_uri(struct sbuf *b, const char *path) {
-        sb_add(b, "file://", 7);
-        for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
-                if (isalnum(*p) || strchr("/-._~", *p))
-                        sb_add(b, (const char *)p, 1);
-                else
-                        sb_printf(b, "%%%02X", *p);
-        }
-}
-
-int config_format_toml(const struct tpmid_config *c, const char *header, char **ret) {
-        struct sbuf b = {0};
-        if (header) {
-                for (const char *p = header; *p;) {
-                        size_t n = strcspn(p, "\n");
-                        sb_add(&b, "# ", 2);
-                        sb_add(&b, p, n);
-                        sb_add(&b, "\n", 1);
-                        p += n;
-                        if (*p)
-                                p++;
-                }
-                sb_add(&b, "\n", 1);
-        }
-        if (c->hostname)
-                sb_kv_str(&b, "hostname", c->hostname);
-        sb_kv_str(&b, "auto_reprovisioning_mode", config_reprovisioning_mode_to_string(c->auto_reprovisioning_mode));
-        sb_printf(&b, "cloud_timeout_sec = %u\ncloud_retries = %u\n", c->cloud_timeout_sec, c->cloud_retries);
-        sb_kv_str(&b, "state_dir", c->state_dir);
-        sb_kv_str(&b, "log_level", config_log_level_to_string(c->log_level));
-        if (c->cloud_ca_bundle)
-                sb_kv_str(&b, "cloud_ca_bundle", c->cloud_ca_bundle);
-
-        sb_add(&b, "\n[provisioning]\n", 16);
-        sb_kv_str(&b, "source", config_provisioning_source_to_string(c->provisioning.source));
-        if (c->provisioning.source == CONFIG_SOURCE_DPS) {
-                sb_kv_str(&b, "global_endpoint", c->provisioning.global_endpoint);
-                if (c->provisioning.id_scope)
-                        sb_kv_str(&b, "id_scope", c->provisioning.id_scope);
-                if (c->provisioning.payload_path) {
-                        struct sbuf u = {0};
-                        sb_file_uri(&u, c->provisioning.payload_path);
-                        sb_add(&b, "payload = { uri = ", 18);
-                        if (u.oom || !u.p)
-                                b.oom = true;
-                        else
-                                sb_str(&b, u.p);
-                        sb_add(&b, " }\n", 3);
-                        free(u.p);
-                }
-                sb_add(&b, "\n[provisioning.attestation]\nmethod = \"tpm\"\n", 43);
-                if (c->provisioning.registration_id)
-                        sb_kv_str(&b, "registration_id", c->provisioning.registration_id);
-        }
-
-        sb_add(&b, "\n[tpm]\n", 7);
-        sb_kv_str(&b, "tcti", c->tpm.tcti);
-        sb_printf(&b, "auth_key_index = 0x%06" PRIX32 "\n", c->tpm.auth_key_index);
-        sb_add(&b, "\n[tpm.hierarchy_authorization]\n", 31);
-        sb_kv_str(&b, "endorsement", c->tpm.endorsement_auth);
-        sb_kv_str(&b, "owner", c->tpm.owner_auth);
-
-        sb_add(&b, "\n[endpoints]\n", 13);
-        sb_add(&b, "aziot_tpmd = ", 13);
-        {
-                _cleanup_free_ char *u1 = NULL, *u2 = NULL;
-                if (asprintf(&u1, "unix://%s", c->endpoints.tpmd_socket) < 0 ||
-                    asprintf(&u2, "unix://%s", c->endpoints.identityd_socket) < 0)
-                        b.oom = true;
-                else {
-                        sb_str(&b, u1);
-                        sb_add(&b, "\n", 1);
-                        sb_kv_str(&b, "aziot_identityd", u2);
-                }
-        }
-
-        const struct config_limits *l = &c->limits;
-        sb_printf(&b,
-                  "\n[limits]\nmax_connections = %u\nmax_connections_per_uid = %u\nmax_header_bytes = %u\n"
-                  "max_body_bytes = %u\nidle_timeout_sec = %u\nrequest_timeout_sec = %u\nmax_queued_tpm_jobs = %u\n"
-                  "busy_poll_usec = %u\n",
-                  l->max_connections, l->max_connections_per_uid, l->max_header_bytes, l->max_body_bytes,
-                  l->idle_timeout_sec, l->request_timeout_sec, l->max_queued_tpm_jobs, l->busy_poll_usec);
-
-        for (size_t i = 0; i < c->n_principals; i++) {
-                const struct config_principal *p = &c->principals[i];
-                sb_printf(&b, "\n[[principal]]\nuid = %u\n", (unsigned)p->uid);
-                sb_kv_str(&b, "name", p->name ? p->name : "");
-                if (p->idtype) {
-                        sb_add(&b, "idtype = [", 10);
-                        bool first = true;
-                        for (size_t j = 0; j < ELEMENTSOF(idtype_names); j++)
-                                if (p->idtype & (1u << j)) {
-                                        if (!first)
-                                                sb_add(&b, ", ", 2);
-                                        sb_str(&b, idtype_names[j]);
-                                        first = false;
-                                }
-                        sb_add(&b, "]\n", 2);
-                }
-                if (p->allow_explicit) {
-                        sb_add(&b, "allow = [", 9);
-                        bool first = true;
-                        for (size_t j = 0; j < ELEMENTSOF(op_names); j++)
-                                if (p->allow & (1u << j)) {
-                                        if (!first)
-                                                sb_add(&b, ", ", 2);
-                                        sb_str(&b, op_names[j]);
-                                        first = false;
-                                }
-                        sb_add(&b, "]\n", 2);
-                }
-        }
-        if (b.oom || !b.p) {
-                if (b.p)
-                        explicit_zero(b.p, b.cap);
-                free(b.p);
-                return -ENOMEM;
-        }
-        *ret = b.p;
-        return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Diff and principals */
-
-struct diff {
-        unsigned bits;
-        struct sbuf why;
-};
-
-static void changed(struct diff *d, unsigned bit, const char *name) {
-        d->bits |= bit;
-        if (d->why.n)
-                sb_add(&d->why, ", ", 2);
-        sb_add(&d->why, name, strlen(name));
-}
-
-unsigned config_diff(const struct tpmid_config *a, const struct tpmid_config *b, char **why) {
-        struct diff d = {0};
-        const unsigned R = CONFIG_CHANGED_RESTART, L = CONFIG_CHANGED_RELOADABLE;
-        if (!streq_ptr(a->hostname, b->hostname))
-                changed(&d, R, "hostname");
-        if (a->auto_reprovisioning_mode != b->auto_reprovisioning_mode)
-                changed(&d, R, "auto_reprovisioning_mode");
-        if (a->cloud_timeout_sec != b->cloud_timeout_sec)
-                changed(&d, R, "cloud_timeout_sec");
-        if (a->cloud_retries != b->cloud_retries)
-                changed(&d, R, "cloud_retries");
-        if (a->provisioning.source != b->provisioning.source)
-                changed(&d, R, "provisioning.source");
-        if (!streq_ptr(a->provisioning.global_endpoint, b->provisioning.global_endpoint))
-                changed(&d, R, "provisioning.global_endpoint");
-        if (!streq_ptr(a->provisioning.id_scope, b->provisioning.id_scope))
-                changed(&d, R, "provisioning.id_scope");
-        if (!streq_ptr(a->provisioning.payload_path, b->provisioning.payload_path))
-                changed(&d, R, "provisioning.payload");
-        if (a->provisioning.method != b->provisioning.method)
-                changed(&d, R, "provisioning.attestation.method");
-        if (!streq_ptr(a->provisioning.registration_id, b->provisioning.registration_id))
-                changed(&d, R, "provisioning.attestation.registration_id");
-        if (!streq_ptr(a->tpm.tcti, b->tpm.tcti))
-                changed(&d, R, "tpm.tcti");
-        if (a->tpm.auth_key_index != b->tpm.auth_key_index)
-                changed(&d, R, "tpm.auth_key_index");
-        if (!streq_ptr(a->tpm.endorsement_auth, b->tpm.endorsement_auth))
-                changed(&d, R, "tpm.hierarchy_authorization.endorsement");
-        if (!streq_ptr(a->tpm.owner_auth, b->tpm.owner_auth))
-                changed(&d, R, "tpm.hierarchy_authorization.owner");
-        if (!streq_ptr(a->endpoints.tpmd_socket, b->endpoints.tpmd_socket))
-                changed(&d, R, "endpoints.aziot_tpmd");
-        if (!streq_ptr(a->endpoints.identityd_socket, b->endpoints.identityd_socket))
-                changed(&d, R, "endpoints.aziot_identityd");
-        if (!streq_ptr(a->state_dir, b->state_dir))
-                changed(&d, R, "state_dir");
-        if (!streq_ptr(a->cloud_ca_bundle, b->cloud_ca_bundle))
-                changed(&d, R, "cloud_ca_bundle");
-        if (a->log_level != b->log_level)
-                changed(&d, L, "log_level");
-        if (memcmp(&a->limits, &b->limits, sizeof(a->limits)) != 0)
-                changed(&d, L, "limits");
-        bool pd = a->n_principals != b->n_principals;
-        for (size_t i = 0; !pd && i < a->n_principals; i++) {
-                const struct config_principal *p = &a->principals[i], *q = &b->principals[i];
-                pd = p->uid != q->uid || !streq_ptr(p->name, q->name) || p->idtype != q->idtype ||
-                     p->allow != q->allow;
-        }
-        if (pd)
-                changed(&d, L, "principal");
-        if (why)
-                *why = d.why.oom ? NULL : d.why.p;
-        else
-                free(d.why.p);
-        if (why && d.why.oom)
-                free(d.why.p);
-        return d.bits;
 }
 
 const struct config_principal *config_principal_for_uid(const struct tpmid_config *c, uid_t uid) {
@@ -2184,9 +1258,3 @@ uint32_t config_role_default_allow(unsigned idtype) {
         return CONFIG_OP_IDENTITY_GET | CONFIG_OP_IDENTITY_PROVISIONING | CONFIG_OP_IDENTITY_TOKEN;
 }
 
-bool config_allowed(const struct tpmid_config *c, uid_t uid, uint32_t op) {
-        const struct config_principal *p = config_principal_for_uid(c, uid);
-        if (p)
-                return (p->allow & op) == op;
-        return uid == 0;
-}

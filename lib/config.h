@@ -39,7 +39,14 @@
  * registration_id: when absent, the daemon derives it from the endorsement key
  * exactly as Microsoft's documented script does: the lowercase hex SHA-256 of
  * the EK's marshalled TPM2B_PUBLIC (what `tpm2_readpublic -o ek.pub` writes,
- * then `sha256sum ek.pub`). `tpmidctl tpm info` prints the same value. */
+ * then `sha256sum ek.pub`). `tpmidctl tpm info` prints the same value.
+ *
+ * One concern per file: config.c (this model, the key table and its value
+ * parsers, the walk and the checks across keys), config-diag.{c,h}
+ * (diagnostics, "did you mean", syntax-error recovery), config-load.c
+ * (config_load() with drop-ins, config_check_files(), config_path_from_env()),
+ * config-write.{c,h} (the TOML writer), config-diff.{c,h} (what changed);
+ * who may call what is lib/authz.{c,h}. config-internal.h is what they share. */
 #pragma once
 
 #include <stdbool.h>
@@ -47,6 +54,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "config-diag.h"
+#include "log.h"
+#include "provision.h"
 #include "toml.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/aziot/config.toml"
@@ -57,7 +67,6 @@
 #define CONFIG_MAX_FILE_BYTES (1u << 20)       /* bytes per config file, = TOML_MAX_INPUT_BYTES */
 #define CONFIG_MAX_PAYLOAD_BYTES (64u * 1024)  /* bytes of the DPS payload JSON file */
 #define CONFIG_MAX_PRINCIPALS 256              /* [[principal]] entries */
-#define CONFIG_MAX_DIAGS 1000                  /* diagnostics kept per load; more are counted, not stored */
 
 /* Defaults. */
 #define CONFIG_DEFAULT_GLOBAL_ENDPOINT "https://global.azure-devices-provisioning.net/"
@@ -78,15 +87,6 @@
 #define CONFIG_DEFAULT_IDLE_TIMEOUT_SEC 60         /* seconds a connection may sit idle */
 #define CONFIG_DEFAULT_REQUEST_TIMEOUT_SEC 5       /* seconds to receive a whole request (aziot: 5 s body read) */
 #define CONFIG_DEFAULT_MAX_QUEUED_TPM_JOBS 256     /* TPM commands waiting for the worker */
-#define CONFIG_DEFAULT_BUSY_POLL_USEC 50           /* microseconds the loop polls after activity before sleeping */
-#define CONFIG_MAX_BUSY_POLL_USEC 1000             /* microseconds: more is a busy loop, not a poll */
-
-enum config_reprovisioning_mode {
-        CONFIG_REPROVISION_DYNAMIC,           /* reprovision when the hub says the device moved (default) */
-        CONFIG_REPROVISION_ALWAYS_ON_STARTUP, /* reprovision at every daemon start */
-        CONFIG_REPROVISION_ON_ERROR_ONLY,     /* only as fallback when the hub cannot be reached */
-        _CONFIG_REPROVISION_MAX,
-};
 
 enum config_provisioning_source {
         CONFIG_SOURCE_DPS,
@@ -97,14 +97,6 @@ enum config_provisioning_source {
 enum config_attestation_method {
         CONFIG_ATTESTATION_TPM,
         _CONFIG_ATTESTATION_MAX,
-};
-
-enum config_log_level {
-        CONFIG_LOG_ERROR,
-        CONFIG_LOG_WARN,
-        CONFIG_LOG_INFO,
-        CONFIG_LOG_DEBUG,
-        _CONFIG_LOG_MAX,
 };
 
 /* [[principal]] idtype, a bit set; 0 = no idtype (aziot's "daemon" role). */
@@ -126,27 +118,6 @@ enum {
         CONFIG_OP_IDENTITY_MODULES = 1u << 6,      /* "identity.modules": module identity create/get/update/delete */
         CONFIG_OP_REPROVISION = 1u << 7,           /* "reprovision": POST /identities/device/reprovision */
         CONFIG_OP_ALL = (1u << 8) - 1,             /* "*" */
-};
-
-enum config_severity {
-        CONFIG_SEVERITY_ERROR,
-        CONFIG_SEVERITY_WARNING,
-        CONFIG_SEVERITY_INFO,
-};
-
-struct config_diag {
-        enum config_severity severity;
-        char *file;    /* origin of the value (main file or drop-in); never NULL */
-        unsigned line; /* 1-based; 0 when the problem has no position (e.g. a missing key) */
-        unsigned col;
-        char *key;     /* dotted key, e.g. "provisioning.id_scope"; NULL if none */
-        char *message; /* one or two sentences: what is wrong, an example of a right value */
-};
-
-struct config_diags {
-        struct config_diag *items; /* sorted by file, line, col after each load */
-        size_t n;
-        size_t n_errors, n_warnings, n_infos; /* counts, including any beyond CONFIG_MAX_DIAGS */
 };
 
 /* Where a value was written, for diagnostics raised after validation. */
@@ -171,14 +142,13 @@ struct config_limits {
         unsigned idle_timeout_sec;        /* 1..3600 */
         unsigned request_timeout_sec;     /* 1..300 */
         unsigned max_queued_tpm_jobs;     /* 1..65536 */
-        unsigned busy_poll_usec;          /* 0..CONFIG_MAX_BUSY_POLL_USEC; 0 = sleep at once */
 };
 
 struct tpmid_config {
         char *origin; /* the main file's path (or the origin given to config_parse_string) */
 
         char *hostname; /* NULL = use gethostname() */
-        enum config_reprovisioning_mode auto_reprovisioning_mode;
+        enum prov_mode auto_reprovisioning_mode; /* lib/provision.h's enum, parsed with prov_mode_from_string() */
         unsigned cloud_timeout_sec; /* 1..3600 */
         unsigned cloud_retries;     /* 0..100 */
 
@@ -204,7 +174,7 @@ struct tpmid_config {
         } endpoints;
 
         char *state_dir;       /* never NULL */
-        enum config_log_level log_level;
+        int log_level;         /* a syslog priority: LOG_ERR, LOG_WARNING, LOG_INFO or LOG_DEBUG (lib/log.h names) */
         char *cloud_ca_bundle; /* PEM file; NULL = the system trust store */
         struct config_limits limits;
 
@@ -249,45 +219,18 @@ const char *config_path_from_env(const char *def);
 /* Free a config (NULL is fine), wiping the hierarchy passwords. Returns NULL. */
 struct tpmid_config *config_free(struct tpmid_config *c);
 
-/* Free the items of *diags and zero it (the struct itself is the caller's). */
-void config_diags_free(struct config_diags *diags);
-
-/* "file:line:col: error: message" (line/col omitted when 0; "warning:",
- * "note:" for the other severities). Returns a heap string the caller frees,
- * or NULL on ENOMEM. */
-char *config_format_diag(const struct config_diag *d);
-
-/* Serialise c as normalised TOML (every key explicit, header comment naming
- * the generator) — what `config apply` installs as CONFIG_APPLIED_PATH.
- * Parsing the result gives an equal config. Returns 0 and a heap string in
- * *ret (caller frees; it holds the hierarchy passwords: wipe it), or -ENOMEM. */
-int config_format_toml(const struct tpmid_config *c, const char *header, char **ret);
-
-/* What differs between two configs, as a bit set of CONFIG_CHANGED_*. */
-enum {
-        CONFIG_CHANGED_RELOADABLE = 1u << 0, /* log_level, limits, principals: SIGHUP / reload is enough */
-        CONFIG_CHANGED_RESTART = 1u << 1,    /* provisioning, tpm, endpoints, state_dir, hostname, cloud_*, mode */
-};
-/* Returns the CONFIG_CHANGED_* bits. When why is non-NULL it receives a
- * heap string naming the changed keys (e.g. "provisioning.id_scope, log_level"),
- * or NULL if nothing changed or on ENOMEM; the caller frees it. */
-unsigned config_diff(const struct tpmid_config *a, const struct tpmid_config *b, char **why);
-
 /* Principals. Returns the entry for uid, or NULL. */
 const struct config_principal *config_principal_for_uid(const struct tpmid_config *c, uid_t uid);
 /* The operations aziot grants a role: no idtype (daemon) → everything;
  * with idtype → identity.get, identity.provisioning and identity.token. */
 uint32_t config_role_default_allow(unsigned idtype);
-/* Is uid allowed op (one CONFIG_OP_* bit)? A listed principal → its allow
- * set; unlisted uid 0 → everything (aziot's LocalRoot); anyone else → no. */
-bool config_allowed(const struct tpmid_config *c, uid_t uid, uint32_t op);
 
 /* Names ↔ enums/bits. *_to_string return static strings (NULL if out of range);
  * *_from_string return the value, or -EINVAL if unknown. */
-const char *config_reprovisioning_mode_to_string(enum config_reprovisioning_mode m);
-int config_reprovisioning_mode_from_string(const char *s);
 const char *config_provisioning_source_to_string(enum config_provisioning_source s);
-const char *config_log_level_to_string(enum config_log_level l);
-int config_log_level_from_string(const char *s);
-const char *config_op_to_string(uint32_t op); /* one bit */
-int config_op_from_string(const char *s);      /* bit, CONFIG_OP_ALL for "*", or -EINVAL */
+const char *config_op_to_string(uint32_t op);     /* one bit */
+int config_op_from_string(const char *s);          /* bit, CONFIG_OP_ALL for "*", or -EINVAL */
+const char *config_idtype_to_string(unsigned bit); /* one CONFIG_IDTYPE_* bit */
+/* auto_reprovisioning_mode names: prov_mode_to_string()/prov_mode_from_string()
+ * (lib/provision.h); log_level names: log_level_to_string()/log_level_from_string()
+ * (lib/log.h). One table each, shared with the daemon. */

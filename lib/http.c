@@ -330,7 +330,7 @@ static int on_headers_complete(http_parser *hp) {
                 return -1;
         p->state = HTTP_RP_BODY;
         /* Stop with the final LF of the head not yet consumed, so the head byte
-         * count ends exactly here (http_parser_feed adds that LF). */
+         * count ends exactly here (http_request_parser_feed adds that LF). */
         http_parser_pause(hp, 1);
         return 0;
 }
@@ -443,7 +443,7 @@ static void fail_from_parser(struct http_request_parser *p, enum http_errno e) {
         }
 }
 
-int http_parser_feed(struct http_request_parser *p, const uint8_t *data, size_t len, size_t *consumed) {
+int http_request_parser_feed(struct http_request_parser *p, const uint8_t *data, size_t len, size_t *consumed) {
         *consumed = 0;
         if (p->state == HTTP_RP_ERROR)
                 return -EBADMSG;
@@ -511,7 +511,7 @@ int http_parser_feed(struct http_request_parser *p, const uint8_t *data, size_t 
         return HTTP_FEED_NEED_MORE;
 }
 
-int http_parser_error(const struct http_request_parser *p, const char **message) {
+int http_request_parser_error(const struct http_request_parser *p, const char **message) {
         if (p->state != HTTP_RP_ERROR)
                 return 0;
         if (message)
@@ -528,7 +528,7 @@ int http_request_take(struct http_request_parser *p, struct http_request **ret) 
         return 0;
 }
 
-bool http_parser_in_request(const struct http_request_parser *p) {
+bool http_request_parser_in_request(const struct http_request_parser *p) {
         return p->state == HTTP_RP_HEAD || p->state == HTTP_RP_BODY;
 }
 

@@ -3,9 +3,13 @@
  * serialiser, the {"message": ...} error body, and query-string decoding.
  *
  * Pure code: no I/O, no event loop, no logging. The daemon reads bytes from a
- * connection, hands them to http_parser_feed(), and when a request is complete
+ * connection, hands them to http_request_parser_feed(), and when a request is complete
  * takes it with http_request_take(), answers it, and feeds the bytes that were
- * not consumed (pipelined requests) again. */
+ * not consumed (pipelined requests) again.
+ *
+ * Names: the request parser is http_request_parser_*, never http_parser_*,
+ * which is the namespace of the library underneath (http_parser_init(),
+ * http_parser_execute(), ...). */
 #pragma once
 
 #include <stdbool.h>
@@ -60,7 +64,7 @@ struct http_limits {
                                .max_url_bytes = HTTP_MAX_URL_BYTES,                           \
                                .max_headers = HTTP_MAX_HEADERS })
 
-/* Results of http_parser_feed() (negative values are errors). */
+/* Results of http_request_parser_feed() (negative values are errors). */
 enum {
         HTTP_FEED_NEED_MORE = 0,       /* all bytes consumed, request not complete yet */
         HTTP_FEED_REQUEST = 1,         /* a complete request is ready: http_request_take() */
@@ -104,15 +108,15 @@ void http_request_parser_done(struct http_request_parser *p);
  * rest (the next pipelined request) must be fed again after the current request
  * was taken. Returns HTTP_FEED_NEED_MORE, HTTP_FEED_REQUEST, HTTP_FEED_EXPECT_CONTINUE,
  * -EBUSY when a complete request has not been taken yet (nothing consumed), or
- * -EBADMSG when the request is refused: http_parser_error() then gives the status
+ * -EBADMSG when the request is refused: http_request_parser_error() then gives the status
  * to answer (400, 413, 414, 431, 501, 505) and a message; the connection must be
  * closed after that answer, because the byte stream can no longer be trusted. Every
  * later call returns -EBADMSG again. -ENOMEM on allocation failure. */
-int http_parser_feed(struct http_request_parser *p, const uint8_t *data, size_t len, size_t *consumed);
+int http_request_parser_feed(struct http_request_parser *p, const uint8_t *data, size_t len, size_t *consumed);
 
 /* After -EBADMSG: the HTTP status to answer, and (if message is non-NULL) a
  * static-lifetime-of-p text for the {"message"} body. Returns 0 when there is no error. */
-int http_parser_error(const struct http_request_parser *p, const char **message);
+int http_request_parser_error(const struct http_request_parser *p, const char **message);
 
 /* Hand the completed request to the caller (caller frees with http_request_free())
  * and get ready for the next one. Returns 0, or -EAGAIN when no request is complete. */
@@ -120,7 +124,7 @@ int http_request_take(struct http_request_parser *p, struct http_request **ret);
 
 /* True while a request has started but is not complete (for the daemon's
  * idle/read timeouts: a half-sent request is a slow client, not an idle one). */
-bool http_parser_in_request(const struct http_request_parser *p);
+bool http_request_parser_in_request(const struct http_request_parser *p);
 
 /* ---- Responses ---- */
 

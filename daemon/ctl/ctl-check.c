@@ -26,6 +26,7 @@
 
 #include "api.h"
 #include "config.h"
+#include "config-diff.h"
 #include "ctl-client.h"
 #include "ctl.h"
 #include "tpm.h"

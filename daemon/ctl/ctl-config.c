@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config-diff.h"
+#include "config-write.h"
 #include "ctl.h"
 #include "util.h"
 

@@ -369,7 +369,7 @@ static void handle_status(struct identity_api *api, struct server_request *req) 
                 .version = TPMID_VERSION,
                 .uptime_sec = (uv_now(api->loop) - api->started_ms) / 1000,
                 .mode = api->cfg->provisioning.source == CONFIG_SOURCE_DPS
-                                ? config_reprovisioning_mode_to_string(api->cfg->auto_reprovisioning_mode)
+                                ? prov_mode_to_string(api->cfg->auto_reprovisioning_mode)
                                 : "none",
         };
         if (api->prov)

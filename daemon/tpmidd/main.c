@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "config-diff.h"
 #include "identity-api.h"
 #include "log.h"
 #include "notify.h"
@@ -67,26 +68,10 @@ static void schedule_tpm_start(struct daemon *d, uint64_t delay_ms);
 
 /* ---- configuration ---- */
 
-static int level_from_config(enum config_log_level l) {
-        switch (l) {
-        case CONFIG_LOG_ERROR:
-                return LOG_ERR;
-        case CONFIG_LOG_WARN:
-                return LOG_WARNING;
-        case CONFIG_LOG_INFO:
-                return LOG_INFO;
-        case CONFIG_LOG_DEBUG:
-                return LOG_DEBUG;
-        case _CONFIG_LOG_MAX:
-                break;
-        }
-        return LOG_INFO;
-}
-
 static void apply_log_level(const struct tpmid_config *c) {
         /* AZIOT_LOG is what `aziotctl system set-log-level` sets; it wins, as in aziot. */
         int l = log_level_from_string(getenv("AZIOT_LOG"));
-        log_set_max_level(l >= 0 ? l : level_from_config(c->log_level));
+        log_set_max_level(l >= 0 ? l : c->log_level);
 }
 
 static void print_diags(const struct config_diags *diags) {

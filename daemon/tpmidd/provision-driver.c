@@ -790,21 +790,6 @@ static const struct prov_io real_io_ops = {
 
 /* ---- public API ---- */
 
-/* config.h's reprovisioning mode as the machine's (one enum once config.h
- * uses enum prov_mode; then this goes). */
-static enum prov_mode mode_of(const struct tpmid_config *cfg) {
-        switch (cfg->auto_reprovisioning_mode) {
-        case CONFIG_REPROVISION_ALWAYS_ON_STARTUP:
-                return PROV_MODE_ALWAYS_ON_STARTUP;
-        case CONFIG_REPROVISION_ON_ERROR_ONLY:
-                return PROV_MODE_ON_ERROR_ONLY;
-        case CONFIG_REPROVISION_DYNAMIC:
-        case _CONFIG_REPROVISION_MAX:
-                break;
-        }
-        return PROV_MODE_DYNAMIC;
-}
-
 int prov_driver_new_with_io(const struct tpmid_config *cfg, const struct prov_io *io, struct prov_driver **ret) {
         struct prov_driver *d = calloc(1, sizeof(*d));
         if (!d)
@@ -815,7 +800,7 @@ int prov_driver_new_with_io(const struct tpmid_config *cfg, const struct prov_io
                 free(d);
                 return -ENOMEM;
         }
-        prov_machine_init(&d->m, mode_of(cfg), NULL, NULL);
+        prov_machine_init(&d->m, cfg->auto_reprovisioning_mode, NULL, NULL);
         snprintf(d->status_text, sizeof(d->status_text), "waiting for the TPM");
         *ret = d;
         return 0;
@@ -930,7 +915,7 @@ void prov_driver_set_config(struct prov_driver *d, const struct tpmid_config *cf
                        !streq_ptr(old->provisioning.payload_path, cfg->provisioning.payload_path);
         d->cfg = cfg;
         struct prov_action a;
-        enum prov_mode mode = mode_of(cfg), was = d->m.mode;
+        enum prov_mode mode = cfg->auto_reprovisioning_mode, was = d->m.mode;
         if (prov_set_mode(&d->m, mode, &a) >= 0 && mode != was) {
                 log_info("provisioning: auto_reprovisioning_mode is now %s (was %s)", prov_mode_to_string(mode),
                          prov_mode_to_string(was));

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "authz.h"
 #include "log.h"
 #include "server.h"
 
@@ -298,7 +299,7 @@ static void timer_cb(uv_timer_t *t) {
 
 static void arm_timer(struct server_conn *c) {
         struct server *s = c->srv;
-        bool in_req = http_parser_in_request(&c->parser) || c->pending_len > 0;
+        bool in_req = http_request_parser_in_request(&c->parser) || c->pending_len > 0;
         if (in_req && c->in_request)
                 return; /* the request timer runs from the request's first byte */
         c->in_request = in_req;
@@ -319,7 +320,7 @@ static void dispatch(struct server_conn *c) {
 static bool conn_feed(struct server_conn *c, const uint8_t *data, size_t len) {
         while (c->state == CONN_READING) {
                 size_t used = 0;
-                int r = http_parser_feed(&c->parser, data, len, &used);
+                int r = http_request_parser_feed(&c->parser, data, len, &used);
                 data += used;
                 len -= used;
                 if (r == HTTP_FEED_EXPECT_CONTINUE) {
@@ -360,7 +361,7 @@ static bool conn_feed(struct server_conn *c, const uint8_t *data, size_t len) {
                 }
                 if (r == -EBADMSG) {
                         const char *msg = NULL;
-                        int status = http_parser_error(&c->parser, &msg);
+                        int status = http_request_parser_error(&c->parser, &msg);
                         log_struct(LOG_INFO, status == 431 || status == 413 ? LOG_MESSAGE_LIMIT_HIT : NULL,
                                    LOG_FIELDS(LOG_NUM("CLIENT_UID", c->req.uid), LOG_NUM("CLIENT_PID", c->req.pid),
                                               LOG_NUM("HTTP_STATUS", status)),
@@ -391,7 +392,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
                 return;
         }
         if (n < 0) {
-                if (c->state == CONN_READING && c->parser_live && http_parser_in_request(&c->parser) && n == UV_EOF)
+                if (c->state == CONN_READING && c->parser_live && http_request_parser_in_request(&c->parser) && n == UV_EOF)
                         log_debug("%s: uid %u closed in the middle of a request", s ? s->name : "?",
                                   (unsigned)c->req.uid);
                 conn_close(c);
@@ -527,12 +528,7 @@ bool server_request_in_socket_group(const struct server_request *req) {
 
 bool server_request_allowed(const struct server_request *req, uint32_t op) {
         const struct server *s = req->conn->srv;
-        if (s && s->config) {
-                const struct config_principal *p = config_principal_for_uid(s->config, req->uid);
-                if (p)
-                        return (p->allow & op) != 0;
-        }
-        return server_request_in_socket_group(req);
+        return authz_allowed_by_config(s ? s->config : NULL, req->uid, req->conn->in_group, op);
 }
 
 /* ---- accepting ---- */
@@ -834,7 +830,7 @@ void server_drain(struct server *s, void (*drained)(void *userdata), void *userd
          * request timeout) and close after the answer. */
         for (struct server_conn *c = s->conns, *next; c; c = next) {
                 next = c->next;
-                if (c->state == CONN_READING && (!c->parser_live || !http_parser_in_request(&c->parser)) &&
+                if (c->state == CONN_READING && (!c->parser_live || !http_request_parser_in_request(&c->parser)) &&
                     !c->pending && !input_waiting(c))
                         conn_close(c);
         }

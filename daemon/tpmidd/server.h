@@ -89,10 +89,10 @@ int server_reply(struct server_request *req, int status, const char *json_body,
 int server_reply_error(struct server_request *req, int status, const struct http_header *extra, size_t n_extra,
                        const char *fmt, ...) _printf_(5, 6);
 
-/* Authorisation of the caller of req for one CONFIG_OP_* bit: a [[principal]]
- * entry for the uid decides by its allow list; otherwise root and members of
- * the socket file's group (primary gid or supplementary groups of the uid's
- * user) are allowed; everyone else is not. */
+/* Authorisation of the caller of req for CONFIG_OP_* bits: the rule of
+ * lib/authz.h, with the caller's uid and whether it is in the socket file's
+ * group (primary gid or supplementary groups of the uid's user, looked up
+ * once per connection). */
 bool server_request_allowed(const struct server_request *req, uint32_t op);
 /* Whether the caller is root or in the socket file's group. */
 bool server_request_in_socket_group(const struct server_request *req);

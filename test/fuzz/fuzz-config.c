@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "config.h"
+#include "config-diff.h"
+#include "config-write.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (pending > n)
                         n = pending;
                 size_t c = 0;
-                int r = http_parser_feed(&p, data + off, n, &c);
+                int r = http_request_parser_feed(&p, data + off, n, &c);
                 if (c > n)
                         abort();
                 off += c;
@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         http_request_free(req);
                 } else if (r < 0) {
                         const char *msg = NULL;
-                        int status = http_parser_error(&p, &msg);
+                        int status = http_request_parser_error(&p, &msg);
                         if (r == -EBADMSG && (status < 400 || status > 599 || !msg))
                                 abort();
                         uint8_t *out = NULL;

@@ -265,7 +265,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         http_request_parser_init(&p, NULL);
         for (unsigned n = 0; n < MAX_REQUESTS && size > 0;) {
                 size_t used = 0;
-                int r = http_parser_feed(&p, data, size, &used);
+                int r = http_request_parser_feed(&p, data, size, &used);
                 if (used > size)
                         abort();
                 data += used;
@@ -283,7 +283,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 }
                 if (r == -EBADMSG) {
                         const char *msg = NULL;
-                        int status = http_parser_error(&p, &msg);
+                        int status = http_request_parser_error(&p, &msg);
                         if (status < 400 || status > 599 || !msg)
                                 abort();
                         reply_error(status, msg, false, NULL, 0);

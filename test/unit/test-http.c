@@ -27,7 +27,7 @@ static int feed_steps(struct http_request_parser *p, const char *text, size_t le
         while (off < len) {
                 size_t n = step == 0 || len - off < step ? len - off : step;
                 size_t c;
-                r = http_parser_feed(p, (const uint8_t *)text + off, n, &c);
+                r = http_request_parser_feed(p, (const uint8_t *)text + off, n, &c);
                 assert_true(c <= n);
                 off += c;
                 if (r == HTTP_FEED_EXPECT_CONTINUE) {
@@ -54,7 +54,7 @@ static struct http_request *parse_one(const char *text, size_t len, size_t step)
         assert_int_equal(used, len);
         struct http_request *req = NULL;
         assert_int_equal(http_request_take(&p, &req), 0);
-        assert_false(http_parser_in_request(&p));
+        assert_false(http_request_parser_in_request(&p));
         http_request_parser_done(&p);
         return req;
 }
@@ -67,12 +67,12 @@ static int parse_error(const char *text, size_t len, const struct http_limits *l
         int r = feed_steps(&p, text, len, step, &used, NULL);
         assert_int_equal(r, -EBADMSG);
         const char *msg = NULL;
-        int status = http_parser_error(&p, &msg);
+        int status = http_request_parser_error(&p, &msg);
         assert_non_null(msg);
         assert_true(strlen(msg) > 0);
         /* The error is sticky: the stream cannot be resynchronised. */
         size_t c = 99;
-        assert_int_equal(http_parser_feed(&p, (const uint8_t *)"GET / HTTP/1.1\r\n\r\n", 18, &c), -EBADMSG);
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)"GET / HTTP/1.1\r\n\r\n", 18, &c), -EBADMSG);
         assert_int_equal(c, 0);
         struct http_request *req = NULL;
         assert_int_equal(http_request_take(&p, &req), -EAGAIN);
@@ -173,10 +173,10 @@ static void test_split_every_byte(void **state) {
                         struct http_request_parser p;
                         http_request_parser_init(&p, NULL);
                         size_t c1, c2;
-                        assert_int_equal(http_parser_feed(&p, (const uint8_t *)reqs[i], cut, &c1), HTTP_FEED_NEED_MORE);
+                        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)reqs[i], cut, &c1), HTTP_FEED_NEED_MORE);
                         assert_int_equal(c1, cut);
-                        assert_true(http_parser_in_request(&p));
-                        assert_int_equal(http_parser_feed(&p, (const uint8_t *)reqs[i] + cut, len - cut, &c2),
+                        assert_true(http_request_parser_in_request(&p));
+                        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)reqs[i] + cut, len - cut, &c2),
                                          HTTP_FEED_REQUEST);
                         assert_int_equal(c2, len - cut);
                         _cleanup_http_request_ struct http_request *r = NULL;
@@ -224,12 +224,12 @@ static void test_pipelined(void **state) {
         struct http_request_parser p;
         http_request_parser_init(&p, NULL);
         for (size_t i = 0; i < 3; i++) {
-                assert_int_equal(http_parser_feed(&p, (const uint8_t *)t + off, len - off, &c), HTTP_FEED_REQUEST);
+                assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)t + off, len - off, &c), HTTP_FEED_REQUEST);
                 off += c;
                 /* Not taken yet: the parser refuses more bytes and uses none. */
                 size_t c2 = 7;
                 if (off < len) {
-                        assert_int_equal(http_parser_feed(&p, (const uint8_t *)t + off, len - off, &c2), -EBUSY);
+                        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)t + off, len - off, &c2), -EBUSY);
                         assert_int_equal(c2, 0);
                 }
                 _cleanup_http_request_ struct http_request *r = NULL;
@@ -252,13 +252,13 @@ static void test_upgrade_ignored(void **state) {
         struct http_request_parser p;
         http_request_parser_init(&p, NULL);
         size_t c, off = 0, len = strlen(t);
-        assert_int_equal(http_parser_feed(&p, (const uint8_t *)t, len, &c), HTTP_FEED_REQUEST);
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)t, len, &c), HTTP_FEED_REQUEST);
         off += c;
         _cleanup_http_request_ struct http_request *r = NULL;
         assert_int_equal(http_request_take(&p, &r), 0);
         assert_string_equal(r->path, "/u");
         assert_memory_equal(r->body, "ab", 3);
-        assert_int_equal(http_parser_feed(&p, (const uint8_t *)t + off, len - off, &c), HTTP_FEED_REQUEST);
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)t + off, len - off, &c), HTTP_FEED_REQUEST);
         assert_int_equal(off + c, len);
         _cleanup_http_request_ struct http_request *r2 = NULL;
         assert_int_equal(http_request_take(&p, &r2), 0);
@@ -291,10 +291,10 @@ static void test_expect_continue(void **state) {
         struct http_request_parser p;
         http_request_parser_init(&p, NULL);
         size_t c, off = 0, len = strlen(t);
-        assert_int_equal(http_parser_feed(&p, (const uint8_t *)t, len, &c), HTTP_FEED_EXPECT_CONTINUE);
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)t, len, &c), HTTP_FEED_EXPECT_CONTINUE);
         assert_int_equal(c, len - 4 - 1); /* the head's final LF is used with the body */
         off += c;
-        assert_int_equal(http_parser_feed(&p, (const uint8_t *)t + off, len - off, &c), HTTP_FEED_REQUEST);
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)t + off, len - off, &c), HTTP_FEED_REQUEST);
         off += c;
         assert_int_equal(off, len);
         _cleanup_http_request_ struct http_request *r = NULL;

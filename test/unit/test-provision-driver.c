@@ -157,7 +157,7 @@ struct world {
         struct prov_driver *d;
 };
 
-static void world_init(struct world *w, enum config_reprovisioning_mode mode) {
+static void world_init(struct world *w, enum prov_mode mode) {
         memset(w, 0, sizeof(*w));
         w->cfg.auto_reprovisioning_mode = mode;
         w->cfg.cloud_timeout_sec = 70;
@@ -358,7 +358,7 @@ static void test_whole_provisioning(void **unused) {
         struct api_status st = {0};
         const char *hub, *dev;
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         assert_int_equal(prov_driver_reprovision(w.d), -EAGAIN); /* not started */
         assert_false(prov_driver_identity(w.d, &hub, &dev));
         start(&w);
@@ -383,7 +383,7 @@ static void test_whole_provisioning(void **unused) {
         world_done(&w);
 
         /* an assignment without its own key: the challenge blob goes to the serving slot */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         challenge(&w);
         reply(&w, 200, assigned_body(HUB, false), NULL); /* 200 to the second PUT: no polls */
@@ -398,7 +398,7 @@ static void test_saved_identity(void **unused) {
         const char *hub, *dev;
 
         /* Dynamic: serve it once its key is found, then check it with the hub */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
         assert_string_equal(state(&w), "loading-state");
@@ -418,7 +418,7 @@ static void test_saved_identity(void **unused) {
         world_done(&w);
 
         /* the hub unreachable, or a 5xx: no evidence, keep serving */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
         complete_job(&w, 0, true);
@@ -429,7 +429,7 @@ static void test_saved_identity(void **unused) {
         world_done(&w);
 
         /* the key is gone: not served, provision */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
         complete_job(&w, 0, false);
@@ -438,7 +438,7 @@ static void test_saved_identity(void **unused) {
         world_done(&w);
 
         /* a corrupt file: provision */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         w.f.load_r = -EBADMSG;
         start(&w);
         assert_int_equal(w.f.jobs, 0);
@@ -446,7 +446,7 @@ static void test_saved_identity(void **unused) {
         world_done(&w);
 
         /* AlwaysOnStartup: DPS runs, the saved identity is served meanwhile */
-        world_init(&w, CONFIG_REPROVISION_ALWAYS_ON_STARTUP);
+        world_init(&w, PROV_MODE_ALWAYS_ON_STARTUP);
         save_identity(&w, HUB);
         start(&w);
         complete_job(&w, 0, true);
@@ -460,7 +460,7 @@ static void test_401_without_challenge(void **unused) {
         struct world w;
         struct api_status st = {0};
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         reply(&w, 401, "{\"errorCode\":401002,\"message\":\"Enrollment is disabled\"}", NULL);
         assert_string_equal(state(&w), "failed");
@@ -472,7 +472,7 @@ static void test_401_without_challenge(void **unused) {
         world_done(&w);
 
         /* without one: some proxy; retry */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         reply(&w, 401, "<html>no</html>", NULL);
         assert_string_equal(state(&w), "backing-off");
@@ -487,7 +487,7 @@ static void test_stale_challenge(void **unused) {
         struct world w;
         struct api_status st = {0};
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         for (unsigned i = 1; i < PROV_STALE_CHALLENGE_RUNS; i++) {
                 challenge(&w);
@@ -505,7 +505,7 @@ static void test_stale_challenge(void **unused) {
         world_done(&w);
 
         /* refused every time: DPS's verdict, no more requests */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         for (unsigned i = 1; i < PROV_STALE_CHALLENGE_RUNS; i++) {
                 challenge(&w);
@@ -528,7 +528,7 @@ static void test_429_retry_after(void **unused) {
         struct world w;
         struct api_status st = {0};
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         reply(&w, 429, "{\"errorCode\":429001,\"message\":\"Throttled\"}", "120");
         assert_string_equal(state(&w), "backing-off");
@@ -557,7 +557,7 @@ static void test_429_retry_after(void **unused) {
         world_done(&w);
 
         /* DPS unreachable */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         reply_error(&w, -ECONNREFUSED, "Connection refused");
         assert_string_equal(state(&w), "backing-off");
@@ -570,7 +570,7 @@ static void test_permanent_error(void **unused) {
         struct world w;
         struct api_status st = {0};
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         reply(&w, 404, "{\"errorCode\":404201,\"message\":\"Enrollment not found\"}", NULL);
         assert_string_equal(state(&w), "failed");
@@ -591,7 +591,7 @@ static void test_permanent_error(void **unused) {
         world_done(&w);
 
         /* a failed final import backs off; the TPM's message is kept */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         challenge(&w);
         reply(&w, 200, assigned_body(HUB, true), NULL);
@@ -607,7 +607,7 @@ static void test_reprovision_while_busy(void **unused) {
         struct world w;
 
         /* while a poll waits: coalesced, the run goes on */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         challenge(&w);
         reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", "1");
@@ -649,7 +649,7 @@ static void test_reprovision_while_busy(void **unused) {
         world_done(&w);
 
         /* during the hub check: remembered, runs after its answer */
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
         complete_job(&w, 0, true);
@@ -666,7 +666,7 @@ static void test_reports_and_modes(void **unused) {
         struct tpmid_config cfg2;
 
         /* OnErrorOnly: no hub check at start, reports ignored */
-        world_init(&w, CONFIG_REPROVISION_ON_ERROR_ONLY);
+        world_init(&w, PROV_MODE_ON_ERROR_ONLY);
         save_identity(&w, HUB);
         start(&w);
         complete_job(&w, 0, true);
@@ -681,7 +681,7 @@ static void test_reports_and_modes(void **unused) {
 
         /* reload to Dynamic: the mode applies at once and starts nothing */
         cfg2 = w.cfg;
-        cfg2.auto_reprovisioning_mode = CONFIG_REPROVISION_DYNAMIC;
+        cfg2.auto_reprovisioning_mode = PROV_MODE_DYNAMIC;
         unsigned calls = w.f.status_calls;
         prov_driver_set_config(w.d, &cfg2);
         assert_int_equal(prov_driver_mode(w.d), PROV_MODE_DYNAMIC);
@@ -720,7 +720,7 @@ static void test_close_with_job_in_flight(void **unused) {
         struct world w;
         struct tpm_job *job;
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
         job = w.f.job;
@@ -735,7 +735,7 @@ static void test_close_with_job_in_flight(void **unused) {
 static void test_tpm_queue_full(void **unused) {
         struct world w;
 
-        world_init(&w, CONFIG_REPROVISION_DYNAMIC);
+        world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         w.f.tpm_submit_r = -EAGAIN;
         reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
