@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""tpmidd's HTTPS runs in the short-lived helper tpmidd-https (daemon/cloud.c,
-daemon/https-helper.c). Checked here, with swtpm + the DPS simulator:
+"""tpmidd's HTTPS runs in the helper tpmidd-https (daemon/tpmidd/cloud.c,
+daemon/https/https-helper.c). Checked here, with swtpm + the DPS simulator.
 
+The helper as tpmidd's child (no TPMIDD_HTTPS_SOCKET: foreground, tests, demo):
 - the helper is killed while a DPS request is in flight: the daemon logs a
   clear error naming the signal, retries with its backoff on a new helper and
   ends up assigned;
@@ -10,12 +11,26 @@ daemon/https-helper.c). Checked here, with swtpm + the DPS simulator:
   new helper;
 - the daemon's SIGTERM leaves no helper behind;
 - a missing helper binary and a helper that talks garbage are reported and
-  retried, and the daemon keeps serving."""
+  retried, and the daemon keeps serving.
+
+The helper socket-activated (TPMIDD_HTTPS_SOCKET, as tpmidd.service sets it):
+an Activator here does what systemd does for units/tpmidd-https.socket, it
+holds the listening socket and starts the helper with it (LISTEN_FDS=1, fd 3)
+whenever a connection waits and no helper runs;
+- a provisioning works through it, the daemon starts no process, one helper
+  serves the daemon's successive connections, exits when it has had none for
+  its idle time and is started again by the next one;
+- the helper killed under a request in flight, and then no helper socket at
+  all: clear errors, retries, and assigned once the socket is back."""
 import glob
 import os
+import select
 import signal
+import socket
 import stat
+import subprocess
 import sys
+import threading
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -186,6 +201,191 @@ def garbage_helper():
             # the bad helper was killed, not left behind
             wait_for(lambda: len(children(d.proc.pid)) <= 1, 10, what="the fake helpers to be stopped")
             d.check_alive()
+
+
+# ---------------------------------------------------------------- socket activation
+
+class Activator:
+    """systemd's part for tpmidd-https.socket (Accept=no): a listening Unix
+    socket (mode 0600, like SocketMode=), and whenever it has a connection
+    waiting and no helper runs, a helper started with it as fd 3,
+    LISTEN_FDS=1 and LISTEN_PID=<the helper's pid> (sd_listen_fds(3))."""
+
+    def __init__(self, path, log, idle_sec=IDLE_SEC):
+        self.path = path
+        self.logpath = log
+        self.idle_sec = idle_sec
+        self.starts = 0
+        self.proc = None
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.sock = None
+        self.thread = None
+
+    def start(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        self.sock.listen(16)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def _spawn(self):
+        env = dict(os.environ)
+        for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "TPMIDD_HTTPS_SOCKET", "NOTIFY_SOCKET"):
+            env.pop(k, None)
+        env.update({"LISTEN_FDS": "1", "LISTEN_FDNAMES": "https", "AZIOT_LOG": "debug",
+                    "TPMIDD_HTTPS_IDLE_SEC": str(self.idle_sec)})
+        fd = self.sock.fileno()
+        # The shell puts the socket on fd 3 and names its own pid, which the
+        # helper keeps across exec, as LISTEN_PID.
+        script = 'exec 3<&%d; LISTEN_PID=$$; export LISTEN_PID; exec "$0"' % fd
+        with open(self.logpath, "ab") as logf:
+            self.proc = subprocess.Popen(["/bin/sh", "-c", script, harness.program("tpmidd-https")], env=env,
+                                         pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT)
+        self.starts += 1
+
+    def _loop(self):
+        while not self.stopping:
+            try:
+                r, _, _ = select.select([self.sock], [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            with self.lock:
+                if self.stopping:
+                    return
+                if self.proc is not None and self.proc.poll() is None:
+                    time.sleep(0.02)  # the running helper accepts; systemd does not poll meanwhile either
+                    continue
+                if r:
+                    self._spawn()
+
+    def running(self):
+        with self.lock:
+            return self.proc if self.proc is not None and self.proc.poll() is None else None
+
+    def log(self):
+        try:
+            with open(self.logpath, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        """Stop the socket and the helper, like `systemctl stop tpmidd-https.socket` (RemoveOnStop=yes)."""
+        with self.lock:
+            self.stopping = True
+            p = self.proc
+        if self.thread:
+            self.thread.join(5)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(10)
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def activated_daemon(tpm, sim):
+    """A daemon that reaches its helper through an Activator's socket (started here)."""
+    d = Daemon(tpm, sim)
+    act = Activator(os.path.join(d.dir, "https.sock"), os.path.join(d.dir, "helper.log")).start()
+    d.extra_env.update({"TPMIDD_HTTPS_SOCKET": act.path,
+                        # the daemon must not start a helper itself: this one would fail
+                        "TPMIDD_HTTPS_HELPER": "/nonexistent/tpmidd-https"})
+    return d, act
+
+
+@R.case
+def socket_activated_provisioning():
+    """Through the helper's socket: assigned, no child of the daemon, one helper for many connections, idle exit, restart."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        regid = enrolled(tpm, sim)
+        d, act = activated_daemon(tpm, sim)
+        try:
+            with d:
+                p = d.wait_provisioned(timeout=60)
+                assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
+                d.hub_token_ok()
+                assert children(d.proc.pid) == [], "the daemon started a process: %s" % children(d.proc.pid)
+                m = maps(d.proc.pid)
+                for lib in ("libcurl", "libssl", "libgnutls"):
+                    assert lib not in m, "%s mapped in tpmidd" % lib
+                log = d.log_since_start()
+                assert "connected to the HTTPS helper at %s" % act.path in log, log
+                assert "started the HTTPS helper" not in log, "the daemon spawned a helper"
+                # register, at least one poll, the operation and the hub: successive connections, one helper
+                hlog = act.log()
+                assert "socket-activated" in hlog, hlog
+                conns = hlog.count("connection from pid")
+                assert act.starts == 1, (act.starts, hlog)
+                assert conns >= 3, (conns, hlog)
+                assert log.count("closed the connection to the HTTPS helper (idle)") >= conns - 1, log
+                # the helper exits once it has had no connection for its idle time ...
+                first = act.proc
+                wait_for(lambda: first.poll() is not None, IDLE_SEC + 10, what="the idle helper to exit")
+                assert first.returncode == 0, (first.returncode, act.log())
+                # ... and the next request starts a new one
+                seq = sim.last_seq()
+                r = d.reprovision()
+                assert r.status in (200, 204), r
+                d.wait_provisioned(timeout=30)
+                assert sim.requests("register-challenge", since=seq), "no DPS request after the idle exit"
+                assert act.starts == 2, act.starts
+                assert "exited with" not in d.log_since_start() and "closed the connection (" not in d.log_since_start()
+                assert children(d.proc.pid) == []
+        finally:
+            act.stop()
+
+
+@R.case
+def socket_helper_gone():
+    """Helper killed in flight, then no socket: clear errors, retries with backoff, assigned when it is back."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        regid = enrolled(tpm, sim)
+        sim.client.fault("register-challenge", "stall", count=1, seconds=STALL_SEC)
+        d, act = activated_daemon(tpm, sim)
+        try:
+            with d:
+                wait_for(lambda: "with DPS (scope" in d.log_since_start(), 15, what="the first DPS request")
+                helper = wait_for(act.running, 10, what="the activated helper")
+                time.sleep(1.0)
+                assert sim.requests("register-challenge") == [], "the stalled request was answered early"
+                helper.kill()
+                t_kill = time.time()
+                p = d.wait_provisioned(timeout=60)
+                assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
+                log = d.log_since_start()
+                want = "DPS unreachable: the HTTPS helper tpmidd-https closed the connection (%s)" % act.path
+                if want not in log:
+                    d.fail("no clear error about the helper's death (%r)" % want)
+                regs = wait_for(lambda: sim.requests("register-challenge") if len(
+                    sim.requests("register-challenge")) >= 2 else None, STALL_SEC + 5, what="both DPS registrations")
+                retries = [e for e in regs if not e["fault"]]
+                assert retries and retries[0]["ts"] - t_kill >= 0.45, (regs, t_kill, "no backoff before the retry")
+                assert act.starts >= 2, act.starts
+
+                # no helper socket at all (tpmidd-https.socket stopped): a clear error, retried
+                act.stop()
+                seq = sim.last_seq()
+                r = d.reprovision()
+                assert r.status in (200, 204, 500, 503), r
+                want = "could not connect to the HTTPS helper at %s: No such file or directory" % act.path
+                wait_for(lambda: d.log_since_start().count(want) >= 2, 40, what="two failed attempts")
+                assert sim.requests(since=seq) == [], "a request reached DPS without a helper?"
+                d.check_alive()
+                # the socket is back: the next retry goes through
+                act.start()
+                d.wait_provisioned(timeout=60)
+                assert sim.requests("register-challenge", since=seq), "no registration after the socket came back"
+                assert children(d.proc.pid) == []
+        finally:
+            act.stop()
 
 
 if __name__ == "__main__":
