@@ -27,7 +27,13 @@
  *   and a message naming the exit status or signal, except after a clean
  *   exit (status 0): the helper only exits cleanly when nothing was in
  *   flight, so a request it never saw (sent while it was deciding to exit)
- *   is sent again, once, to a new helper. */
+ *   is sent again, once, to a new helper.
+ *
+ * Either way a request has a deadline, its own timeout (which the helper
+ * enforces) plus CLOUD_HELPER_GRACE_MS: a helper that has not answered by
+ * then is stopped or wedged, and we give up on it (kill it when it is our
+ * child, close the connection otherwise), which fails what it was running
+ * and lets the next request reach a new one. */
 #include "cloud.h"
 
 #include <errno.h>
@@ -56,6 +62,11 @@
 #define CLOUD_HELPER_FD 3                      /* where the helper finds its socket */
 #define CLOUD_ERRMSG_MAX 256                   /* bytes of an error message made here */
 #define CLOUD_READ_CHUNK 65536                 /* bytes offered to one socket read */
+/* ms a helper may take beyond a request's own timeout (which the helper
+ * enforces) before we stop waiting for it: its start, by us or by systemd,
+ * and the answer's way back. A helper that is stopped or wedged must not
+ * hold a request for ever. */
+#define CLOUD_HELPER_GRACE_MS 5000
 
 /* Equal on purpose: cloud.h and https-ipc.h state the same limits. */
 // NOLINTBEGIN(misc-redundant-expression)
@@ -77,6 +88,8 @@ struct cloud_xfer {
         size_t frame_len;
         enum xfer_state state;
         bool resent;
+        long timeout_ms;      /* the request's own timeout */
+        uint64_t deadline_ms; /* monotonic: when the helper must have answered (timeout + grace) */
         int error;
         char errmsg[CLOUD_ERRMSG_MAX];
         struct cloud_xfer *next;
@@ -106,7 +119,8 @@ struct write_req {
 
 struct cloud {
         uv_loop_t *loop;
-        uv_timer_t fail_timer; /* delivers XFER_FAILED completions from the loop */
+        uv_timer_t fail_timer;     /* delivers XFER_FAILED completions from the loop */
+        uv_timer_t deadline_timer; /* at the earliest deadline_ms of a request not yet failed */
         char *ca_bundle;
         char *connect_to;
         char *user_agent;
@@ -197,6 +211,23 @@ static void fail_timer_cb(uv_timer_t *t) {
         complete_failed(c, list);
         if (!c->closing)
                 helper_release_if_idle(c);
+}
+
+/* Arm the deadline timer for the earliest request still waiting for an
+ * answer, or stop it. Called when a request starts and after each expiry;
+ * requests that complete early leave it armed, and it then finds nothing. */
+static void deadline_cb(uv_timer_t *t);
+static void deadline_arm(struct cloud *c) {
+        uint64_t first = UINT64_MAX;
+        for (struct cloud_xfer *x = c->xfers; x; x = x->next)
+                if (x->state != XFER_FAILED && x->deadline_ms < first)
+                        first = x->deadline_ms;
+        if (first == UINT64_MAX) {
+                uv_timer_stop(&c->deadline_timer);
+                return;
+        }
+        uint64_t now = (uint64_t)now_monotonic_ms();
+        uv_timer_start(&c->deadline_timer, deadline_cb, first > now ? first - now : 0, 0);
 }
 
 /* ---- the helper process ---- */
@@ -407,6 +438,49 @@ static void exit_done(uv_process_t *p, int64_t exit_status, int term_signal) {
 }
 
 static int helper_start(struct cloud *c);
+
+/* A request outlived its deadline. Still queued: it fails. Sent: the helper
+ * is stopped or wedged; we give up on it (and kill it if it is our child),
+ * which fails everything it was running, and the next request gets a new
+ * connection. */
+static void deadline_cb(uv_timer_t *t) {
+        struct cloud *c = t->data;
+        uint64_t now = (uint64_t)now_monotonic_ms();
+        long late_timeout = -1; /* of the first late request the helper has */
+        bool failed = false;
+        for (struct cloud_xfer *x = c->xfers; x; x = x->next) {
+                if (x->state == XFER_FAILED || x->deadline_ms > now)
+                        continue;
+                if (x->state == XFER_SENT) {
+                        if (late_timeout < 0)
+                                late_timeout = x->timeout_ms;
+                        /* The helper's end completes it; look again after
+                         * another grace period rather than at once. */
+                        x->deadline_ms = now + CLOUD_HELPER_GRACE_MS;
+                        continue;
+                }
+                x->state = XFER_FAILED;
+                x->error = -ETIMEDOUT;
+                snprintf(x->errmsg, sizeof(x->errmsg), "no HTTPS helper took the request within %ld s",
+                         (x->timeout_ms + CLOUD_HELPER_GRACE_MS) / 1000);
+                failed = true;
+        }
+        if (failed)
+                uv_timer_start(&c->fail_timer, fail_timer_cb, 0, 0);
+        struct helper *h = c->h;
+        if (late_timeout >= 0 && h) {
+                char msg[CLOUD_ERRMSG_MAX];
+                snprintf(msg, sizeof(msg), "the HTTPS helper tpmidd-https did not answer within %ld s",
+                         (late_timeout + CLOUD_HELPER_GRACE_MS) / 1000);
+                if (!h->dying)
+                        helper_abandon(h, msg);
+                else if (h->child && !h->exited) /* it closed its socket but does not exit */
+                        (void)uv_process_kill(&h->proc, SIGKILL);
+                helper_finalize(h); /* at once over a socket; after the exit for a child */
+        }
+        if (!c->closing) /* a completion callback may have closed the client */
+                deadline_arm(c);
+}
 
 /* Once the connection is at end of file (and a helper we started has
  * exited): complete or requeue what it was running, and start a new one if
@@ -642,7 +716,9 @@ int cloud_new(uv_loop_t *loop, const struct cloud_options *opts, struct cloud **
         }
         uv_timer_init(loop, &c->fail_timer);
         c->fail_timer.data = c;
-        c->open_handles = 1;
+        uv_timer_init(loop, &c->deadline_timer);
+        c->deadline_timer.data = c;
+        c->open_handles = 2;
         *ret = c;
         return 0;
 oom:
@@ -684,6 +760,8 @@ int cloud_send(struct cloud *c, const struct cloud_request *req, cloud_cb cb, vo
         x->cb = cb;
         x->userdata = userdata;
         x->state = XFER_QUEUED;
+        x->timeout_ms = timeout;
+        x->deadline_ms = (uint64_t)now_monotonic_ms() + (uint64_t)timeout + CLOUD_HELPER_GRACE_MS;
         struct cloud_xfer **p = &c->xfers;
         while (*p)
                 p = &(*p)->next;
@@ -694,6 +772,7 @@ int cloud_send(struct cloud *c, const struct cloud_request *req, cloud_cb cb, vo
         else if (!c->h->dying)
                 flush_queue(c);
         /* else: the helper is on its way out; helper_finalize() starts a new one. */
+        deadline_arm(c);
         if (ret_id)
                 *ret_id = x->id;
         return 0;
@@ -745,4 +824,6 @@ void cloud_close(struct cloud *c) {
         }
         uv_timer_stop(&c->fail_timer);
         uv_close((uv_handle_t *)&c->fail_timer, timer_closed);
+        uv_timer_stop(&c->deadline_timer);
+        uv_close((uv_handle_t *)&c->deadline_timer, timer_closed);
 }

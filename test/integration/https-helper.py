@@ -11,7 +11,9 @@ The helper as tpmidd's child (no TPMIDD_HTTPS_SOCKET: foreground, tests, demo):
   new helper;
 - the daemon's SIGTERM leaves no helper behind;
 - a missing helper binary and a helper that talks garbage are reported and
-  retried, and the daemon keeps serving.
+  retried, and the daemon keeps serving;
+- a helper that never answers is given up on (killed) after the request's
+  timeout plus CLOUD_HELPER_GRACE_MS, and the request is retried.
 
 The helper socket-activated (TPMIDD_HTTPS_SOCKET, as tpmidd.service sets it):
 an Activator here does what systemd does for units/tpmidd-https.socket, it
@@ -21,7 +23,9 @@ whenever a connection waits and no helper runs;
   serves the daemon's successive connections, exits when it has had none for
   its idle time and is started again by the next one;
 - the helper killed under a request in flight, and then no helper socket at
-  all: clear errors, retries, and assigned once the socket is back."""
+  all: clear errors, retries, and assigned once the socket is back;
+- a helper socket where nobody answers: the daemon gives up on the
+  connection after the request's timeout plus the grace, and retries."""
 import glob
 import os
 import select
@@ -44,6 +48,7 @@ from daemon import HUB1, Daemon, Sim, tpm_info, wait_for  # noqa: E402
 R = harness.Runner("https-helper")
 IDLE_SEC = 2          # TPMIDD_HTTPS_IDLE_SEC for these tests
 STALL_SEC = 6         # how long the simulator holds the request we kill the helper under
+GRACE_SEC = 5         # CLOUD_HELPER_GRACE_MS in daemon/tpmidd/cloud.c
 
 
 def children(pid):
@@ -200,6 +205,25 @@ def garbage_helper():
                      what="two failed attempts")
             # the bad helper was killed, not left behind
             wait_for(lambda: len(children(d.proc.pid)) <= 1, 10, what="the fake helpers to be stopped")
+            d.check_alive()
+
+
+@R.case
+def silent_helper():
+    """A helper that takes the requests and never answers: given up on after timeout + grace, killed, retried."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        enrolled(tpm, sim)
+        fake = os.path.join(tpm.dir, "silent-https")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\nexec sleep 120\n")  # keeps fd 3 open, reads nothing, answers nothing
+        os.chmod(fake, stat.S_IRWXU)
+        with Daemon(tpm, sim, cloud_timeout=1, env={"TPMIDD_HTTPS_HELPER": fake}) as d:
+            want = "DPS unreachable: the HTTPS helper tpmidd-https did not answer within %d s" % (1 + GRACE_SEC)
+            t0 = time.time()
+            wait_for(lambda: want in d.log_since_start(), 1 + GRACE_SEC + 15, what="the first give-up")
+            assert time.time() - t0 >= GRACE_SEC, "gave up before the grace"
+            wait_for(lambda: d.log_since_start().count(want) >= 2, 2 * (1 + GRACE_SEC) + 20, what="a second one")
+            wait_for(lambda: len(helpers(d)) <= 1, 10, what="the silent helpers to be killed")
             d.check_alive()
 
 
@@ -386,6 +410,45 @@ def socket_helper_gone():
                 assert children(d.proc.pid) == []
         finally:
             act.stop()
+
+
+@R.case
+def socket_nobody_answers():
+    """The helper's socket accepts and nobody answers: the daemon drops the connection after timeout + grace and retries."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        enrolled(tpm, sim)
+        d = Daemon(tpm, sim, cloud_timeout=1)
+        path = os.path.join(d.dir, "https.sock")
+        d.extra_env.update({"TPMIDD_HTTPS_SOCKET": path, "TPMIDD_HTTPS_HELPER": "/nonexistent/tpmidd-https"})
+        mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        mute.bind(path)
+        mute.listen(16)
+        held = []
+        act = None
+        try:
+            with d:
+                want = "DPS unreachable: the HTTPS helper tpmidd-https did not answer within %d s" % (1 + GRACE_SEC)
+                c, _ = mute.accept()  # the daemon's connection: read nothing, answer nothing
+                held.append(c)
+                t0 = time.time()
+                wait_for(lambda: want in d.log_since_start(), 1 + GRACE_SEC + 15, what="the give-up")
+                assert time.time() - t0 >= GRACE_SEC - 0.5, "gave up before the grace"
+                # the daemon closed that connection
+                c.settimeout(5)
+                while c.recv(65536):
+                    pass
+                # a helper answers again: assigned
+                mute.close()
+                os.unlink(path)
+                act = Activator(path, os.path.join(d.dir, "helper.log")).start()
+                d.wait_provisioned(timeout=60)
+                assert children(d.proc.pid) == []
+        finally:
+            for c in held:
+                c.close()
+            mute.close()
+            if act:
+                act.stop()
 
 
 if __name__ == "__main__":
