@@ -544,9 +544,9 @@ static void helper_finalize(struct helper *h) {
 }
 
 /* Start a helper process with its end of a new socketpair on its fd 3 and
- * give back ours in *ret_fd. The process handle is initialised either way
- * (uv_spawn() does that even when it fails), and closed here on failure.
- * Returns 0, or -EIO with msg set. */
+ * give back ours in *ret_fd. Once uv_spawn() ran, the process handle is
+ * initialised and counted in open_handles, also when it failed (then it is
+ * closed here). Returns 0, or -EIO with msg set. */
 static int helper_spawn(struct cloud *c, struct helper *h, int *ret_fd, char msg[static CLOUD_ERRMSG_MAX]) {
         const char *path = helper_path();
         _cleanup_free_ char *arg0 = NULL;
