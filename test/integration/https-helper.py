@@ -315,10 +315,10 @@ class Activator:
             os.unlink(self.path)
 
 
-def activated_daemon(tpm, sim):
+def activated_daemon(tpm, sim, idle_sec=IDLE_SEC):
     """A daemon that reaches its helper through an Activator's socket (started here)."""
     d = Daemon(tpm, sim)
-    act = Activator(os.path.join(d.dir, "https.sock"), os.path.join(d.dir, "helper.log")).start()
+    act = Activator(os.path.join(d.dir, "https.sock"), os.path.join(d.dir, "helper.log"), idle_sec).start()
     d.extra_env.update({"TPMIDD_HTTPS_SOCKET": act.path,
                         # the daemon must not start a helper itself: this one would fail
                         "TPMIDD_HTTPS_HELPER": "/nonexistent/tpmidd-https"})
@@ -330,7 +330,10 @@ def socket_activated_provisioning():
     """Through the helper's socket: assigned, no child of the daemon, one helper for many connections, idle exit, restart."""
     with harness.Swtpm() as tpm, Sim() as sim:
         regid = enrolled(tpm, sim)
-        d, act = activated_daemon(tpm, sim)
+        # The idle time must outlast the simulator's 1 s retry-after between
+        # two connections of one DPS run, also on a loaded machine.
+        idle = 5
+        d, act = activated_daemon(tpm, sim, idle)
         try:
             with d:
                 p = d.wait_provisioned(timeout=60)
@@ -352,7 +355,7 @@ def socket_activated_provisioning():
                 assert log.count("closed the connection to the HTTPS helper (idle)") >= conns - 1, log
                 # the helper exits once it has had no connection for its idle time ...
                 first = act.proc
-                wait_for(lambda: first.poll() is not None, IDLE_SEC + 10, what="the idle helper to exit")
+                wait_for(lambda: first.poll() is not None, idle + 10, what="the idle helper to exit")
                 assert first.returncode == 0, (first.returncode, act.log())
                 # ... and the next request starts a new one
                 seq = sim.last_seq()
