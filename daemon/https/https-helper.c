@@ -1,21 +1,38 @@
-/* tpmidd-https: the short-lived process that does tpmidd's HTTPS.
+/* tpmidd-https: the process that does tpmidd's HTTPS.
  *
  * tpmidd owns the TPM and runs for months; libcurl with its TLS stack is
- * only needed for the seconds of a (re)provisioning run. So the daemon
- * (daemon/cloud.c) starts this helper on its first request and talks to it
- * over a SOCK_STREAM socketpair on fd 3 (HTTPS_HELPER_FD) in the frames of
+ * only needed for the seconds of a (re)provisioning run, and TLS parsing
+ * has no business in the process that holds the TPM. So the daemon
+ * (daemon/tpmidd/cloud.c) sends its requests here, in the frames of
  * lib/https-ipc.h: one HELLO with the client options, then REQUEST and
  * CANCEL frames; we answer every request we did not see cancelled with one
  * RESPONSE. Up to HTTPS_IPC_MAX_INFLIGHT transfers run at once on a libcurl
- * multi handle; curl_multi_poll() also watches the socket.
+ * multi handle; curl_multi_poll() also watches our socket.
  *
- * We exit 0 on end-of-file on the socket (the daemon closed its end or
- * died) and after HTTPS_HELPER_IDLE_SEC seconds without a transfer in flight
- * (TPMIDD_HTTPS_IDLE_SEC overrides it, for tests), so the daemon's memory
- * stays free of the TLS stack between runs; it starts a new helper when it
- * needs one. A malformed frame exits 1. Errors go to stderr, which is the
- * daemon's (the journal), through lib/log.c. Never logged: the
- * Authorization header, request and response bodies. */
+ * Two ways to be started, one protocol:
+ *
+ * - By tpmidd, as its child (foreground runs, tests, the demo): the
+ *   connection is a SOCK_STREAM socketpair on fd 3 (HTTPS_HELPER_FD). End of
+ *   file on it (the daemon closed its end or died) makes us exit 0, and so
+ *   does HTTPS_HELPER_IDLE_SEC seconds without a transfer in flight; the
+ *   daemon starts a new helper when it needs one.
+ *
+ * - By systemd, socket-activated (units/tpmidd-https.socket, sd_listen_fds):
+ *   fd 3 is a listening Unix stream socket that only tpmidd's user can
+ *   connect to. We serve one connection at a time (tpmidd makes one; a
+ *   second waits in the backlog until the first ends). tpmidd closes its
+ *   connection once nothing is in flight, so end of file there is normal:
+ *   we drop that connection's state and wait for the next one. We exit 0
+ *   after HTTPS_HELPER_IDLE_SEC seconds without a connection; the next
+ *   connect() makes systemd start us again, and one that arrives while we
+ *   exit stays in the backlog for that new instance. Our own TLS
+ *   connections (the multi handle's cache) outlive tpmidd's connections, so
+ *   DPS polls a second apart reuse them.
+ *
+ * TPMIDD_HTTPS_IDLE_SEC overrides the idle time, for tests. A malformed
+ * frame ends the connection (exit 1 when it was the only one). Errors go to
+ * stderr, the daemon's or the service's (the journal), through lib/log.c.
+ * Never logged: the Authorization header, request and response bodies. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,7 +50,7 @@
 #include "tpmid-config.h"
 #include "util.h"
 
-#define HTTPS_HELPER_FD 3                  /* the daemon's socketpair end */
+#define HTTPS_HELPER_FD 3                  /* the daemon's socketpair end, or the activated listening socket */
 #define HTTPS_HELPER_IDLE_SEC 30           /* seconds without a transfer before we exit */
 #define HTTPS_HELPER_IDLE_SEC_MAX 86400    /* largest TPMIDD_HTTPS_IDLE_SEC accepted (seconds) */
 #define HTTPS_HELPER_CONNECT_TIMEOUT_MS 30000L /* TCP + TLS handshake, per transfer */
@@ -56,7 +74,8 @@ struct xfer {
 };
 
 struct helper {
-        int fd;
+        int listen_fd; /* socket-activated: the listening socket; -1 when tpmidd started us */
+        int fd;        /* the connection to tpmidd; -1 between connections (socket-activated only) */
         CURLM *multi;
         struct curl_slist *connect_to;
         char *ca_bundle;
@@ -68,7 +87,7 @@ struct helper {
         size_t in_len, in_cap;
         uint8_t *out; /* encoded responses not yet written */
         size_t out_len, out_cap;
-        uint64_t idle_since_ms;
+        uint64_t idle_since_ms; /* when we last became idle (see helper_idle()) */
         uint64_t idle_ms;
 };
 
@@ -494,22 +513,110 @@ static uint64_t idle_ms_from_env(void) {
         return (uint64_t)v * 1000u;
 }
 
-static void helper_done(struct helper *h) {
+/* Forget one connection: its transfers (nobody wants their answers), its
+ * client options, its buffers. The multi handle and its connection cache
+ * stay for the next one. */
+static void conn_end(struct helper *h) {
         while (h->xfers) {
                 struct xfer *x = h->xfers;
                 h->xfers = x->next;
                 xfer_free(h, x);
         }
-        curl_multi_cleanup(h->multi);
+        h->n_xfers = 0;
         curl_slist_free_all(h->connect_to);
+        h->connect_to = NULL;
         free(h->ca_bundle);
+        h->ca_bundle = NULL;
         free(h->user_agent);
+        h->user_agent = NULL;
+        h->have_hello = false;
         if (h->in) {
                 explicit_zero(h->in, h->in_cap);
                 free(h->in);
         }
+        h->in = NULL;
+        h->in_len = h->in_cap = 0;
         free(h->out);
+        h->out = NULL;
+        h->out_len = h->out_cap = 0;
+        if (h->fd >= 0)
+                close(h->fd);
+        h->fd = -1;
+        h->idle_since_ms = (uint64_t)now_monotonic_ms();
+}
+
+/* Take the next connection from the activated listening socket. A failure
+ * to accept one is not ours to die of: log it and keep listening. */
+static void conn_accept(struct helper *h) {
+        int fd = accept4(h->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+                        log_warn("accept on the activated socket: %s, ignoring", strerror(errno));
+                return;
+        }
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+                log_debug("connection from pid %d uid %u", (int)cred.pid, (unsigned)cred.uid);
+        h->fd = fd;
+        h->idle_since_ms = (uint64_t)now_monotonic_ms();
+}
+
+/* Whether the idle clock runs: started by tpmidd, while no transfer is in
+ * flight and nothing waits to be written; socket-activated, while no
+ * connection is open (tpmidd closes its connection when it has nothing in
+ * flight, and a connection must never be cut under a request it sent). */
+static bool helper_idle(const struct helper *h) {
+        if (h->listen_fd >= 0)
+                return h->fd < 0;
+        return h->n_xfers == 0 && h->out_len == 0;
+}
+
+static void helper_done(struct helper *h) {
+        conn_end(h);
+        if (h->listen_fd >= 0)
+                close(h->listen_fd);
+        curl_multi_cleanup(h->multi);
         curl_global_cleanup();
+}
+
+/* Find our socket on HTTPS_HELPER_FD: the listening socket systemd passed
+ * (LISTEN_FDS=1 for our pid), or the connected end tpmidd gave us. Returns
+ * 0, or -EBADF / -EINVAL (logged). */
+static int find_socket(struct helper *h) {
+        int n = sd_listen_fds(1); /* 1: nothing we run should see LISTEN_* */
+        if (n < 0)
+                return log_error_errno(n, "LISTEN_FDS: %s", strerror(-n));
+        if (n > 1) {
+                log_error("socket activation passed %d sockets; tpmidd-https.socket listens on one", n);
+                return -EINVAL;
+        }
+        if (n == 1) {
+                if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0) {
+                        log_error("the activated fd %d is not a listening Unix stream socket", SD_LISTEN_FDS_START);
+                        return -EINVAL;
+                }
+                /* The file description is shared with systemd, which only polls it. */
+                int fl = fcntl(SD_LISTEN_FDS_START, F_GETFL);
+                if (fl < 0 || fcntl(SD_LISTEN_FDS_START, F_SETFL, fl | O_NONBLOCK) < 0)
+                        return log_error_errno(-errno, "could not make the activated socket non-blocking: %s",
+                                               strerror(errno));
+                h->listen_fd = SD_LISTEN_FDS_START;
+                log_debug("socket-activated: waiting for tpmidd's connections");
+                return 0;
+        }
+        if (fcntl(HTTPS_HELPER_FD, F_GETFL) < 0) {
+                log_error("fd %d is not open: tpmidd starts this helper with a socket there, "
+                          "systemd through tpmidd-https.socket",
+                          HTTPS_HELPER_FD);
+                return -EBADF;
+        }
+        if (sd_is_socket_unix(HTTPS_HELPER_FD, SOCK_STREAM, 0, NULL, 0) <= 0) {
+                log_error("fd %d is not a connected Unix stream socket", HTTPS_HELPER_FD);
+                return -EINVAL;
+        }
+        h->fd = HTTPS_HELPER_FD;
+        return 0;
 }
 
 int main(int argc, char **argv) {
@@ -521,13 +628,10 @@ int main(int argc, char **argv) {
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
-        struct helper h = {.fd = HTTPS_HELPER_FD};
-        int fl = fcntl(h.fd, F_GETFL);
-        if (fl < 0) {
-                log_error("fd %d is not open: tpmidd starts this helper with a socket there", HTTPS_HELPER_FD);
+        struct helper h = {.listen_fd = -1, .fd = -1};
+        if (find_socket(&h) < 0)
                 return 2;
-        }
-        (void)fcntl(h.fd, F_SETFD, FD_CLOEXEC);
+        (void)fcntl(HTTPS_HELPER_FD, F_SETFD, FD_CLOEXEC);
         /* Whatever else tpmidd let through (a TPM device or TCTI socket opened
          * without O_CLOEXEC by a library) is not ours to hold. */
         (void)close_range(HTTPS_HELPER_FD + 1, ~0u, 0);
@@ -545,9 +649,13 @@ int main(int argc, char **argv) {
         h.idle_since_ms = (uint64_t)now_monotonic_ms();
         int rc = 0;
         for (;;) {
-                struct curl_waitfd wfd = {.fd = h.fd, .events = CURL_WAIT_POLLIN | (h.out_len ? CURL_WAIT_POLLOUT : 0)};
+                bool listening = h.fd < 0;
+                struct curl_waitfd wfd = {
+                        .fd = listening ? h.listen_fd : h.fd,
+                        .events = CURL_WAIT_POLLIN | (h.out_len ? CURL_WAIT_POLLOUT : 0),
+                };
                 int timeout = HTTPS_HELPER_POLL_MS;
-                if (h.n_xfers == 0 && h.out_len == 0) {
+                if (helper_idle(&h)) {
                         uint64_t now = (uint64_t)now_monotonic_ms(), deadline = h.idle_since_ms + h.idle_ms;
                         if (now >= deadline) {
                                 log_debug("no request for %llu s, exiting", (unsigned long long)(h.idle_ms / 1000u));
@@ -562,32 +670,41 @@ int main(int argc, char **argv) {
                         rc = 1;
                         break;
                 }
-                if (wfd.revents & CURL_WAIT_POLLIN) { /* also set at end of file */
-                        int r = read_frames(&h);
-                        if (r > 0)
-                                break; /* the daemon closed its end: nobody wants our answers */
-                        if (r < 0) {
+                if (listening) {
+                        if (wfd.revents & CURL_WAIT_POLLIN)
+                                conn_accept(&h);
+                        continue;
+                }
+                /* Set when this connection is over: 1 at end of file, -errno
+                 * after an error (logged). */
+                int end = 0;
+                if (wfd.revents & CURL_WAIT_POLLIN) /* also set at end of file */
+                        end = read_frames(&h);
+                if (end == 0) {
+                        int running;
+                        mc = curl_multi_perform(h.multi, &running);
+                        if (mc != CURLM_OK) {
+                                log_error("curl_multi_perform: %s", curl_multi_strerror(mc));
                                 rc = 1;
                                 break;
                         }
+                        end = check_done(&h);
                 }
-                int running;
-                mc = curl_multi_perform(h.multi, &running);
-                if (mc != CURLM_OK) {
-                        log_error("curl_multi_perform: %s", curl_multi_strerror(mc));
-                        rc = 1;
+                if (end == 0) {
+                        int r = out_flush(&h);
+                        if (r < 0) {
+                                if (r != -EPIPE && r != -ECONNRESET)
+                                        log_error_errno(r, "writing to tpmidd: %s", strerror(-r));
+                                end = 1; /* the daemon is gone */
+                        }
+                }
+                if (end == 0)
+                        continue;
+                if (h.listen_fd < 0) { /* our only connection: nobody wants our answers */
+                        rc = end < 0 ? 1 : 0;
                         break;
                 }
-                if (check_done(&h) < 0) {
-                        rc = 1;
-                        break;
-                }
-                int r = out_flush(&h);
-                if (r < 0) {
-                        if (r != -EPIPE && r != -ECONNRESET)
-                                log_error_errno(r, "writing to tpmidd: %s", strerror(-r));
-                        break; /* the daemon is gone */
-                }
+                conn_end(&h);
         }
         helper_done(&h);
         return rc;

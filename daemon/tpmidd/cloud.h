@@ -1,10 +1,15 @@
-/* Asynchronous HTTPS client for DPS and IoT Hub: libcurl's multi interface
- * driven by the libuv loop (uv_poll_t per socket, one uv_timer_t), so the
- * loop never blocks on the network.
+/* Asynchronous HTTPS client for DPS and IoT Hub, for the libuv loop. The
+ * transfers do not run in this process: cloud.c hands them to the helper
+ * tpmidd-https (libcurl multi) over a Unix stream socket, either the
+ * helper's own socket-activated unit (TPMIDD_HTTPS_SOCKET, set by
+ * tpmidd.service) or a helper it starts as its child; tpmidd itself links
+ * no libcurl and, under systemd, has no IP sockets at all. The loop never
+ * blocks on the network either way.
  *
  * Contract (libuv's): if cloud_send() fails, the callback is never called;
  * otherwise it is called exactly once, from the loop, unless the request is
- * cancelled with cloud_cancel() first. */
+ * cancelled with cloud_cancel() first. A helper that cannot be reached or
+ * goes away completes its requests with -EIO and a message that says so. */
 #pragma once
 
 #include <stddef.h>
@@ -45,7 +50,8 @@ struct cloud_response {
 
 typedef void (*cloud_cb)(const struct cloud_response *resp, void *userdata);
 
-/* Create a client on loop. Returns 0 and *ret, or -ENOMEM / -EIO. */
+/* Create a client on loop. TPMIDD_HTTPS_SOCKET, read here, chooses how
+ * helpers are reached (see cloud.c). Returns 0 and *ret, or -ENOMEM / -EIO. */
 int cloud_new(uv_loop_t *loop, const struct cloud_options *opts, struct cloud **ret);
 
 /* Start a request. Returns 0 and an id (for cloud_cancel) or -errno

@@ -3,14 +3,19 @@
 messages (READY/STATUS/RELOADING/STOPPING/WATCHDOG) read from a test
 NOTIFY_SOCKET, socket activation through systemd-socket-activate, SIGHUP
 reload, SIGTERM draining under load, waiting for a TPM that is not there yet,
-stale socket files, and the configuration exit code."""
+stale socket files, and the configuration exit code. Also tpmidd-https as
+tpmidd-https.service runs it: started by systemd-socket-activate on its
+listening socket, serving successive connections in lib/https-ipc.h frames,
+surviving a bad one, exiting when it has had none for its idle time."""
 import base64
+import errno
 import hashlib
 import hmac
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -323,6 +328,135 @@ def config_errors_exit_78():
     assert p.returncode == EX_CONFIG
     p = subprocess.run([tpmidd_path(), "--version"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("tpmidd "), p.stdout
+
+
+# ---------------------------------------------------------------- tpmidd-https, socket-activated
+
+ABSENT = 0xFFFFFFFF
+
+
+def _ipc_str(v):
+    if v is None:
+        return struct.pack(">I", ABSENT)
+    b = v.encode() if isinstance(v, str) else v
+    return struct.pack(">I", len(b)) + b
+
+
+def _ipc_frame(payload):
+    return struct.pack(">I", len(payload)) + payload
+
+
+def ipc_hello(user_agent="broker-systemd-test"):
+    """lib/https-ipc.h HELLO: u8 1 | u32 version | ca_bundle? | connect_to? | user_agent."""
+    return _ipc_frame(b"\x01" + struct.pack(">I", 1) + _ipc_str(None) + _ipc_str(None) + _ipc_str(user_agent))
+
+
+def ipc_request(rid, url, timeout_ms=5000):
+    """REQUEST: u8 2 | u64 id | method | url | authorization? | body? | u32 timeout_ms."""
+    return _ipc_frame(b"\x02" + struct.pack(">Q", rid) + _ipc_str("GET") + _ipc_str(url) + _ipc_str(None) +
+                      _ipc_str(None) + struct.pack(">I", timeout_ms))
+
+
+def ipc_read_response(s, timeout=20):
+    """One RESPONSE frame: (id, error, error_msg, status)."""
+    s.settimeout(timeout)
+
+    def exact(n):
+        b = b""
+        while len(b) < n:
+            c = s.recv(n - len(b))
+            if not c:
+                raise ConnectionError("end of file after %d of %d bytes" % (len(b), n))
+            b += c
+        return b
+    n = struct.unpack(">I", exact(4))[0]
+    p = exact(n)
+    assert p[0] == 3, "not a response frame: %r" % p[:16]
+    rid, err = struct.unpack(">Qi", p[1:13])
+    mlen = struct.unpack(">I", p[13:17])[0]
+    msg = p[17:17 + mlen].decode()
+    status = struct.unpack(">I", p[17 + mlen:21 + mlen])[0]
+    return rid, err, msg, status
+
+
+def _refused_url():
+    """An https URL on 127.0.0.1 where nobody listens: the helper answers with a transport error."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return "https://127.0.0.1:%d/" % port
+
+
+def _connect(path, timeout=10):
+    deadline = time.time() + timeout
+    while True:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            c.connect(path)
+            return c
+        except OSError:
+            c.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@R.case
+def https_helper_socket_activated():
+    d = harness.tmpdir("tpmidd-https-")
+    path = os.path.join(d, "https.sock")
+    log = open(os.path.join(d, "helper.log"), "wb")
+    idle = 2
+    p = subprocess.Popen(["systemd-socket-activate", "-l", path, "--fdname=https",
+                          "-E", "AZIOT_LOG=debug", "-E", "TPMIDD_HTTPS_IDLE_SEC=%d" % idle,
+                          harness.program("tpmidd-https")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = _refused_url()
+        # two connections one after the other, both served by the one process
+        for rid in (7, 8):
+            c = _connect(path)
+            c.sendall(ipc_hello() + ipc_request(rid, url))
+            got = ipc_read_response(c)
+            assert got[0] == rid and got[1] == -errno.ECONNREFUSED and got[3] == 0, got
+            c.close()
+            assert p.poll() is None, "the helper exited after a connection ended"
+        # a malformed frame ends that connection only
+        c = _connect(path)
+        c.sendall(b"\xff\xff\xff\xffgarbage")
+        c.settimeout(10)
+        assert c.recv(16) == b"", "the helper kept a connection that sent garbage"
+        c.close()
+        c = _connect(path)
+        c.sendall(ipc_hello() + ipc_request(9, url))
+        assert ipc_read_response(c)[0] == 9
+        # an open connection keeps it, whatever the idle time
+        time.sleep(idle + 1)
+        assert p.poll() is None, "the helper exited under an open connection"
+        c.close()
+        t0 = time.time()
+        rc = p.wait(idle + 10)
+        assert rc == 0, (rc, open(log.name, errors="replace").read())
+        assert time.time() - t0 >= idle - 0.5, "exited before its idle time"
+        text = open(log.name, errors="replace").read()
+        assert "socket-activated" in text and text.count("connection from pid") == 4, text
+        assert "a frame with an invalid length" in text, text
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+    # tpmidd-https.socket passes one socket; two are refused with a reason (exit 2)
+    p = subprocess.Popen(["systemd-socket-activate", "-l", path + "2", "-l", path + "3",
+                          harness.program("tpmidd-https")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _connect(path + "2").close()  # starts it
+        out = p.communicate(timeout=10)[0].decode(errors="replace")
+        assert p.returncode == 2 and "passed 2 sockets" in out, (p.returncode, out)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 if __name__ == "__main__":
