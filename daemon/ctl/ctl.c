@@ -1,18 +1,10 @@
 /* tpmidctl entry point: dispatches "tpmidctl GROUP VERB ..." to the group's
- * file. Groups that are not built into this binary are reported as such. */
+ * file (ctl.h lists which file serves which group). */
 #include <stdio.h>
 #include <string.h>
 
 #include "ctl.h"
 #include "tpmid-config.h"
-
-/* Weak so that the CLI links while verb groups land one by one; a missing
- * group is an error at run time, never a silent success. */
-#pragma weak ctl_tpm_main
-#pragma weak ctl_config_main
-#pragma weak ctl_system_main
-#pragma weak ctl_check_main
-#pragma weak ctl_identity_main
 
 static void usage(FILE *f) {
         fputs("Usage: tpmidctl COMMAND ...\n"
@@ -53,7 +45,7 @@ int main(int argc, char **argv) {
                 printf("tpmidctl %s\n", TPMID_VERSION);
                 return CTL_EXIT_OK;
         }
-        int (*fn)(int, char **) = NULL;
+        int (*fn)(int, char **);
         if (strcmp(g, "tpm") == 0)
                 fn = ctl_tpm_main;
         else if (strcmp(g, "config") == 0)
@@ -67,10 +59,6 @@ int main(int argc, char **argv) {
         else {
                 fprintf(stderr, "tpmidctl: unknown command '%s'. Try 'tpmidctl --help'.\n", g);
                 return CTL_EXIT_USAGE;
-        }
-        if (!fn) {
-                fprintf(stderr, "tpmidctl: command '%s' is not available in this build.\n", g);
-                return CTL_EXIT_FAILURE;
         }
         return fn(argc - 1, argv + 1);
 }
