@@ -127,6 +127,10 @@ bool ctl_status_explain(json_t *last, const char *endpoint, char *buf, size_t le
                 w = "the enrollment's endorsement key is not this TPM's";
                 f = "enrol this TPM: 'sudo tpmidctl tpm info' prints the registration id and endorsement key for "
                     "the individual enrollment; then 'sudo tpmidctl system reprovision'";
+        } else if (contains_ci(msg, "enrollment not found") || (code == 404201 && contains_ci(msg, "enrollment"))) {
+                w = "DPS has no enrollment for this registration id (or the ID scope is another DPS's)";
+                f = "create an individual enrollment with the values of 'sudo tpmidctl tpm info', and check "
+                    "[provisioning] id_scope and registration_id; then 'sudo tpmidctl system reprovision'";
         } else if (code == 404201 && (contains_ci(msg, "scope") || contains_ci(msg, "service"))) {
                 w = "DPS does not know this ID scope";
                 f = "set [provisioning] id_scope to the ID scope on the DPS overview page, then 'sudo tpmidctl config "

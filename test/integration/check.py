@@ -41,7 +41,7 @@ class Checked:
         for k in ("TPMIDD_CONFIG", "TPMIDD_CLOUD_CONNECT_TO", "NOTIFY_SOCKET"):
             e.pop(k, None)
         e.update(env or {})
-        argv = list(prefix) + [tpmidctl_path(), "check"]
+        argv = list(prefix) + (["tpmidctl"] if prefix else [tpmidctl_path()]) + ["check"]
         self.text = subprocess.run(argv + args, env=e, capture_output=True, text=True, timeout=120)
         # -o json and --json are the same
         self.js = subprocess.run(argv + (["--json"] if len(args) % 2 else ["-o", "json"]) + args, env=e,
@@ -479,6 +479,12 @@ def socket_permission_denied():
     """A caller who may not use the sockets gets errors that say so and how to fix it (group
     aziottpm or sudo), and exit 1 - not "ok" or "skipped"."""
     with Scratch() as s:
+        # a copy nobody may run (the build tree need not be reachable for other users)
+        bindir = os.path.join(s.dir, "bin")
+        os.makedirs(bindir)
+        shutil.copy(tpmidctl_path(), bindir)
+        nobody = ["env", "PATH=%s:/usr/bin:/bin" % bindir, "setpriv", "--reuid=nobody", "--regid=nogroup",
+                  "--clear-groups"]
         os.makedirs(s.run_dir)
         os.chmod(s.config, 0o644)
         listeners = []
@@ -490,7 +496,7 @@ def socket_permission_denied():
                 os.chmod(path, 0o600)  # root only: nobody's connect() gets EACCES
                 ls.listen(4)
                 listeners.append(ls)
-            c = Checked([], s.env, prefix=["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            c = Checked([], s.env, prefix=nobody)
             for cid in ("daemon-tpm-socket", "daemon-identity-socket"):
                 r = c.expect(cid, "error", "may not use")
                 assert "aziottpm" in r["fix"] and "sudo" in r["fix"], r
@@ -500,7 +506,7 @@ def socket_permission_denied():
                 ls.close()
         # the configuration unreadable for the caller: an error too
         os.chmod(s.config, 0o600)
-        c = Checked([], s.env, prefix=["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        c = Checked([], s.env, prefix=nobody)
         r = c.expect("config-valid", "error", "not readable")
         assert "aziottpm" in r["fix"], r
 
