@@ -16,16 +16,20 @@ static void usage(FILE *f) {
               "\n"
               "Configuration:\n"
               "  config check [-c FILE]                      validate /etc/aziot/config.toml\n"
-              "  config apply [-c FILE]                      validate, install for tpmidd, reload or restart it\n"
+              "  config apply [-c FILE]                      validate, install for tpmidd, then start (first time),\n"
+              "                                              reload or restart it\n"
               "\n"
               "Service:\n"
-              "  system status                               units and provisioning state\n"
+              "  system status [--json]                      units and provisioning state (exit 4: TPM unusable,\n"
+              "                                              8: provisioning failed)\n"
               "  system logs [-- JOURNALCTL-ARGS]            the daemon's journal\n"
-              "  system reprovision                          run DPS registration again, report the outcome\n"
+              "  system reprovision                          run DPS registration again, show its states and outcome\n"
               "  system restart | system stop                the units\n"
               "  identity show                               the device identity (hub, device id)\n"
               "  identity token [--lifetime SEC]             a hub SAS token signed in the TPM\n"
-              "  check [--json]                              TPM-aware health checks, each with its fix\n"
+              "  check [-o json] [--warnings-as-errors]      TPM-aware health checks, each with its fix\n"
+              "  check --list                                every check's id and what it checks\n"
+              "  support-bundle [-o FILE]                    a tar.gz for a bug report (secrets redacted)\n"
               "\n"
               "  --version, --help; COMMAND --help for its options (man tpmidctl)\n",
               f);
@@ -56,6 +60,8 @@ int main(int argc, char **argv) {
                 fn = ctl_check_main;
         else if (strcmp(g, "identity") == 0)
                 fn = ctl_identity_main;
+        else if (strcmp(g, "support-bundle") == 0)
+                fn = ctl_bundle_main;
         else {
                 fprintf(stderr, "tpmidctl: unknown command '%s'. Try 'tpmidctl --help'.\n", g);
                 return CTL_EXIT_USAGE;
