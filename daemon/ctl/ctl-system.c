@@ -521,6 +521,52 @@ static void watch_print(json_t *st, char **prev) {
         *prev = strdup(line);
 }
 
+/* After the daemon answered 503 (it retries on its own): poll GET /status,
+ * printing its states, until this run settles. Returns 0 provisioned (a DPS
+ * assignment at or after started), 1 failed for good, -ETIMEDOUT. */
+static int watch_until_settled(const char *sock, int64_t started, char **prev) {
+        int64_t deadline = now_monotonic_ms() + SYSTEM_REPROVISION_TIMEOUT_MS;
+        while (now_monotonic_ms() < deadline) {
+                struct pollfd none = { .fd = -1 };
+                (void)poll(&none, 0, SYSTEM_WATCH_INTERVAL_MS);
+                json_t *st = NULL;
+                char err[512];
+                if (ctl_status_fetch(sock, &st, err, sizeof err) < 0)
+                        continue;
+                watch_print(st, prev);
+                json_t *last = json_object_get(json_object_get(st, "provisioning"), "lastResult");
+                json_t *at = json_object_get(last, "at");
+                const char *ls = jstr(last, "status");
+                const char *ps = ctl_status_str(st, "provisioning", "state");
+                bool fresh = json_is_integer(at) && json_integer_value(at) >= started;
+                int v = ps && streq(ps, "provisioned") && fresh && ls && streq(ls, "assigned") ? 0
+                        : ctl_status_provisioning_failed(st)                                    ? 1
+                                                                                                : -1;
+                json_decref(st);
+                if (v >= 0)
+                        return v;
+        }
+        return -ETIMEDOUT;
+}
+
+static int print_reprovisioned(const char *sock) {
+        struct ctl_response id = {0};
+        char hub[256] = "?", dev[256] = "?";
+        if (ctl_client_request(sock, "POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
+                               "{\"type\":\"aziot\"}", 0, &id) == 0) {
+                json_t *j = json_loadb(id.body, id.body_len, 0, NULL);
+                json_t *spec = json_object_get(j, "spec");
+                if (jstr(spec, "hubName"))
+                        snprintf(hub, sizeof hub, "%s", jstr(spec, "hubName"));
+                if (jstr(spec, "deviceId"))
+                        snprintf(dev, sizeof dev, "%s", jstr(spec, "deviceId"));
+                json_decref(j);
+                ctl_response_done(&id);
+        }
+        printf("Reprovisioned: DPS assigned device %s on IoT Hub %s.\n", dev, hub);
+        return CTL_EXIT_OK;
+}
+
 static int system_reprovision(int argc, char **argv) {
         if (argc > 1) {
                 fprintf(stderr, "tpmidctl system reprovision: unexpected argument '%s'\n", argv[1]);
@@ -538,6 +584,7 @@ static int system_reprovision(int argc, char **argv) {
          * retrying), 429 too many waiting requests. Meanwhile its states are
          * shown; Ctrl-C stops watching, not the daemon's run. */
         struct reprovision_call call = { .sock = sock };
+        int64_t started = (int64_t)time(NULL);
         if (pipe2(call.done_fd, O_CLOEXEC) < 0) {
                 fprintf(stderr, "tpmidctl: %s\n", strerror(errno));
                 return CTL_EXIT_FAILURE;
@@ -573,6 +620,17 @@ static int system_reprovision(int argc, char **argv) {
         close(call.done_fd[1]);
         int r = call.r;
         struct ctl_response resp = call.resp;
+        bool watch = false;
+        if (r == 0 && resp.status == 503) {
+                json_t *st = NULL;
+                char err[256];
+                if (ctl_status_fetch(sock, &st, err, sizeof err) == 0) {
+                        const char *ps = ctl_status_str(st, "provisioning", "state");
+                        watch = ps && !streq(ps, "provisioned") && !ctl_status_provisioning_failed(st) &&
+                                !ctl_status_tpm_unavailable(st);
+                        json_decref(st);
+                }
+        }
         if (r < 0) {
                 if (r == -ETIMEDOUT)
                         fprintf(stderr, "Reprovisioning has no outcome after %d s; tpmidd carries on in the background: "
@@ -581,25 +639,35 @@ static int system_reprovision(int argc, char **argv) {
                         fprintf(stderr, "Failed to reprovision: %s: %s.\n", sock, client_strerror(r));
                 return r == -ETIMEDOUT ? CTL_EXIT_UNAVAILABLE : ctl_exit_from_errno(r);
         }
+        _cleanup_free_ char *m = NULL;
+        if (resp.status == 503 && watch) {
+                /* DPS is unreachable or throttles: tpmidd answered at once and
+                 * retries on its own; keep showing its states until it settles. */
+                m = response_message(&resp);
+                printf("    %s\n", m ? m : "DPS is not reachable now");
+                fflush(stdout);
+                int w = watch_until_settled(sock, started, &prev);
+                if (w == 0) {
+                        ctl_response_done(&resp);
+                        return print_reprovisioned(sock);
+                }
+                if (w == 1) {
+                        ctl_response_done(&resp);
+                        resp.status = 502; /* the same verdict as a refusal answered at once */
+                } else {
+                        fprintf(stderr, "Reprovisioning has no outcome after %d s; tpmidd carries on in the "
+                                "background: follow it with 'tpmidctl system status'.\n",
+                                SYSTEM_REPROVISION_TIMEOUT_MS / 1000);
+                        ctl_response_done(&resp);
+                        return CTL_EXIT_UNAVAILABLE;
+                }
+        }
         if (resp.status == 204 || resp.status == 200) {
                 ctl_response_done(&resp);
-                struct ctl_response id = {0};
-                char hub[256] = "?", dev[256] = "?";
-                if (ctl_client_request(sock, "POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
-                                       "{\"type\":\"aziot\"}", 0, &id) == 0) {
-                        json_t *j = json_loadb(id.body, id.body_len, 0, NULL);
-                        json_t *spec = json_object_get(j, "spec");
-                        if (jstr(spec, "hubName"))
-                                snprintf(hub, sizeof hub, "%s", jstr(spec, "hubName"));
-                        if (jstr(spec, "deviceId"))
-                                snprintf(dev, sizeof dev, "%s", jstr(spec, "deviceId"));
-                        json_decref(j);
-                        ctl_response_done(&id);
-                }
-                printf("Reprovisioned: DPS assigned device %s on IoT Hub %s.\n", dev, hub);
-                return CTL_EXIT_OK;
+                return print_reprovisioned(sock);
         }
-        _cleanup_free_ char *m = response_message(&resp);
+        if (!m)
+                m = response_message(&resp);
         switch (resp.status) {
         case 502: {
                 /* The daemon's last result says why; its message alone may
@@ -610,8 +678,10 @@ static int system_reprovision(int argc, char **argv) {
                 bool explained = ctl_status_fetch(sock, &st, err, sizeof err) == 0 &&
                                  ctl_status_explain(json_object_get(json_object_get(st, "provisioning"), "lastResult"),
                                                     NULL, fixbuf, sizeof fixbuf, &what, &fix);
+                const char *dm = jstr(json_object_get(json_object_get(st, "provisioning"), "lastResult"), "message");
                 if (explained)
-                        fprintf(stderr, "Failed to reprovision: %s (DPS: %s).\nTo fix: %s.\n", what, m ? m : "", fix);
+                        fprintf(stderr, "Failed to reprovision: %s (%s).\nTo fix: %s.\n", what,
+                                dm ? dm : m ? m : "", fix);
                 else
                         fprintf(stderr, "Failed to reprovision: DPS refused the registration: %s\n"
                                 "Fix the enrollment (or [provisioning] in the configuration), then run "
