@@ -385,7 +385,7 @@ static int verb_apply(int argc, char **argv) {
                 if (!writable) {
                         fprintf(stderr, "tpmidctl config apply: this command must be run as root (it writes %s); "
                                 "try: sudo tpmidctl config apply\n", out);
-                        return CTL_EXIT_FAILURE;
+                        return CTL_EXIT_PERMISSION;
                 }
         }
 
