@@ -12,7 +12,7 @@ _tpmidctl() {
 
         # Options that take a file or a directory.
         case $prev in
-        -c | --config | -o | --output | --owner-auth-file | --endorsement-auth-file)
+        -c | --config | --owner-auth-file | --endorsement-auth-file)
                 COMPREPLY=($(compgen -f -- "$cur"))
                 return
                 ;;
@@ -24,13 +24,22 @@ _tpmidctl() {
                 COMPREPLY=($(compgen -W "hex base32" -- "$cur"))
                 return
                 ;;
+        -o | --output)
+                # check -o takes a format; config apply and support-bundle a file
+                if [ "$group" = check ]; then
+                        COMPREPLY=($(compgen -W "text json" -- "$cur"))
+                else
+                        COMPREPLY=($(compgen -f -- "$cur"))
+                fi
+                return
+                ;;
         --tcti | --lifetime | --auth-key-index)
                 return
                 ;;
         esac
 
         if [ "$cword" -eq 1 ]; then
-                COMPREPLY=($(compgen -W "tpm config system identity check --help --version" -- "$cur"))
+                COMPREPLY=($(compgen -W "tpm config system identity check support-bundle --help --version" -- "$cur"))
                 return
         fi
         local verbs="" opts="--help"
@@ -48,13 +57,19 @@ _tpmidctl() {
                 ;;
         system)
                 verbs="status logs reprovision restart stop"
+                case $verb in
+                status) opts="--help --json" ;;
+                esac
                 ;;
         identity)
                 verbs="show token"
                 opts="--help --json --lifetime"
                 ;;
         check)
-                opts="--help --json --root"
+                opts="--help --json --output --list --warnings-as-errors --root"
+                ;;
+        support-bundle)
+                opts="--help --output"
                 ;;
         esac
         if [ "$cword" -eq 2 ] && [ -n "$verbs" ] && [[ $cur != -* ]]; then
