@@ -29,6 +29,7 @@
 #define BUNDLE_MAX_CONFIG_BYTES CONFIG_MAX_FILE_BYTES /* bytes of a configuration file we redact and include */
 #define BUNDLE_REDACTED "\"<redacted>\""
 #define BUNDLE_MAX_DROPINS 64 /* config.d drop-ins included */
+#define BUNDLE_LINE_MAX 4096  /* bytes of a redacted line; a longer one is dropped whole (never half a secret) */
 
 /* Run argv with stdout (and stderr, when err_too) into the file path (mode
  * 0600). Returns the exit status, 127 when it could not run, or -errno. */
@@ -103,7 +104,7 @@ static char *redact_toml(const char *text, size_t len) {
                 const char *eol = memchr(line, '\n', (size_t)(text + len - line));
                 size_t l = eol ? (size_t)(eol - line) : (size_t)(text + len - line);
                 const char *next = eol ? eol + 1 : text + len;
-                char buf[BUNDLE_MAX_CONFIG_BYTES < 4096 ? BUNDLE_MAX_CONFIG_BYTES : 4096];
+                char buf[BUNDLE_LINE_MAX];
                 const char *emit = line;
                 size_t emit_len = l;
                 if (skip_until || depth > 0) {
