@@ -294,7 +294,7 @@ int ctl_bundle_main(int argc, char **argv) {
         int code = CTL_EXIT_OK;
         _cleanup_free_ char *sock = NULL, *outv = strdup(out);
         _cleanup_free_ char *p_check = NULL, *p_tpm = NULL, *p_ver = NULL, *p_units = NULL, *p_journal = NULL,
-                            *p_os = NULL, *versions = NULL;
+                            *p_os = NULL, *versions = NULL, *p_cap = NULL;
         _cleanup_free_ char *dir = NULL, *self = self_exe();
         if (asprintf(&dir, "%s/" BUNDLE_DIR_NAME, tmpl) < 0 || !self || !outv || mkdir(dir, 0700) < 0) {
                 fprintf(stderr, "tpmidctl support-bundle: cannot prepare the bundle: %s\n", strerror(errno));
@@ -349,7 +349,6 @@ int ctl_bundle_main(int argc, char **argv) {
                            "tpm2_getcap -T device:/dev/tpmrm0 properties-fixed; else "
                            "echo 'not collected: no /dev/tpmrm0 or no tpm2_getcap (tpm2-tools)'; fi",
                            NULL };
-        _cleanup_free_ char *p_cap = NULL;
         if (asprintf(&p_cap, "%s/tpm-properties.txt", dir) >= 0)
                 (void)run_to_file(getcap, p_cap, true);
 

@@ -398,7 +398,7 @@ static int verb_apply(int argc, char **argv) {
                 config_diags_free(&d);
                 return CTL_EXIT_FAILURE;
         }
-        if (r < 0) {
+        if (r < 0 || !c) {
                 fprintf(stderr, "%s: the configuration is invalid (%zu error%s); nothing was written, %s is "
                         "unchanged\n", in, d.n_errors, d.n_errors == 1 ? "" : "s", out);
                 config_diags_free(&d);

@@ -478,53 +478,55 @@ static void on_interrupt(int sig) {
         _exit(130);
 }
 
+/* What `system reprovision` printed last, so each state is printed once. */
+struct watch_seen {
+        char line[768];  /* the last line printed ("" before the first) */
+        int64_t next_at; /* its retry time, 0 when none */
+};
+
 /* Print the daemon's provisioning state when it differs from what was
- * printed last (prev: heap string, replaced). */
-static void watch_print(json_t *st, char **prev) {
+ * printed last: a new state, or a new retry time (the countdown alone is not
+ * news). */
+static void watch_print(json_t *st, struct watch_seen *seen) {
         const char *ps = ctl_status_str(st, "provisioning", "state");
         if (!ps)
                 return;
+        if (!seen->line[0] && streq(ps, "provisioned"))
+                return; /* still the identity from before this run */
         json_t *prov = json_object_get(st, "provisioning");
         json_t *next = json_object_get(prov, "nextRetryAt");
         json_t *last = json_object_get(prov, "lastResult");
-        char line[768];
+        char line[sizeof seen->line];
+        int64_t next_at = 0;
         if (streq(ps, "backing-off") && json_is_integer(next)) {
-                int64_t n = json_integer_value(next), now = (int64_t)time(NULL);
+                int64_t now = (int64_t)time(NULL);
+                next_at = json_integer_value(next);
                 char fixbuf[256];
                 const char *what = NULL, *fix = NULL;
                 bool throttled = ctl_status_explain(last, NULL, fixbuf, sizeof fixbuf, &what, &fix) &&
                                  strstr(what, "throttles");
                 const char *m = jstr(last, "message");
+                if (seen->next_at == next_at && startswith(seen->line, throttled ? "throttled" : "waiting"))
+                        return;
                 snprintf(line, sizeof line, "%s: next try in %" PRId64 " s%s%s%s",
-                         throttled ? "throttled by DPS" : "waiting to retry", n > now ? n - now : 0,
+                         throttled ? "throttled by DPS" : "waiting to retry", next_at > now ? next_at - now : 0,
                          !throttled && m ? " (" : "", !throttled && m ? m : "", !throttled && m ? ")" : "");
         } else if (streq(ps, "provisioned"))
                 snprintf(line, sizeof line, "assigned");
         else
                 snprintf(line, sizeof line, "%s", ps);
-        if (*prev && streq(*prev, line))
+        if (streq(seen->line, line))
                 return;
-        if (!*prev && streq(ps, "provisioned"))
-                return; /* still the identity from before this run */
-        /* the countdown alone is not news: only print it when the retry time moved */
-        if (*prev && strncmp(*prev, line, strcspn(line, ":")) == 0 && strstr(line, "next try in") &&
-            strstr(*prev, "next try in")) {
-                int64_t a = 0, b = 0;
-                (void)sscanf(strstr(line, "next try in") + 12, "%" SCNd64, &a);
-                (void)sscanf(strstr(*prev, "next try in") + 12, "%" SCNd64, &b);
-                if (a < b)
-                        return;
-        }
         printf("    %s\n", line);
         fflush(stdout);
-        free(*prev);
-        *prev = strdup(line);
+        snprintf(seen->line, sizeof seen->line, "%s", line);
+        seen->next_at = next_at;
 }
 
 /* After the daemon answered 503 (it retries on its own): poll GET /status,
  * printing its states, until this run settles. Returns 0 provisioned (a DPS
  * assignment at or after started), 1 failed for good, -ETIMEDOUT. */
-static int watch_until_settled(const char *sock, int64_t started, char **prev) {
+static int watch_until_settled(const char *sock, int64_t started, struct watch_seen *prev) {
         int64_t deadline = now_monotonic_ms() + SYSTEM_REPROVISION_TIMEOUT_MS;
         while (now_monotonic_ms() < deadline) {
                 struct pollfd none = { .fd = -1 };
@@ -600,7 +602,7 @@ static int system_reprovision(int argc, char **argv) {
                 fprintf(stderr, "tpmidctl: cannot start a thread: %s\n", strerror(e));
                 return CTL_EXIT_FAILURE;
         }
-        _cleanup_free_ char *prev = NULL;
+        struct watch_seen seen = { .line = "" };
         for (;;) {
                 struct pollfd p = { .fd = call.done_fd[0], .events = POLLIN };
                 int k = poll(&p, 1, SYSTEM_WATCH_INTERVAL_MS);
@@ -611,7 +613,7 @@ static int system_reprovision(int argc, char **argv) {
                 json_t *st = NULL;
                 char err[512];
                 if (ctl_status_fetch(sock, &st, err, sizeof err) == 0) {
-                        watch_print(st, &prev);
+                        watch_print(st, &seen);
                         json_decref(st);
                 }
         }
@@ -646,7 +648,7 @@ static int system_reprovision(int argc, char **argv) {
                 m = response_message(&resp);
                 printf("    %s\n", m ? m : "DPS is not reachable now");
                 fflush(stdout);
-                int w = watch_until_settled(sock, started, &prev);
+                int w = watch_until_settled(sock, started, &seen);
                 if (w == 0) {
                         ctl_response_done(&resp);
                         return print_reprovisioned(sock);
