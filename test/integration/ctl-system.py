@@ -277,5 +277,33 @@ def reprovision_throttled():
             assert p.stdout.index("throttled") < p.stdout.index("Reprovisioned"), p.stdout
 
 
+@R.case
+def reprovision_ctrl_c_leaves_the_run():
+    """Ctrl-C during reprovision stops watching (exit 130, says so); the daemon's run goes on
+    and ends assigned."""
+    import signal
+    import time
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        regid = info["registration_id"]
+        sim.client.enroll(regid, info["ek"], hubs=[HUB1])
+        with Daemon(tpm, sim) as d:
+            d.wait_provisioned()
+            sim.client.update(regid, iotHubs=[HUB2])
+            sim.client.fault("register-challenge", "stall", count=1, seconds=4)
+            e = dict(os.environ, TPMIDD_CONFIG=d.config, TSS2_LOG="all+none")
+            p = subprocess.Popen([tpmidctl_path(), "system", "reprovision"], env=e, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            time.sleep(2)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 130, (p.returncode, out, err)
+            assert "Stopped watching" in err and "carries on" in err, err
+            deadline = time.time() + 60
+            while time.time() < deadline and d.prov().get("hubName") != HUB2:
+                time.sleep(0.5)
+            assert d.prov().get("hubName") == HUB2, d.prov()
+
+
 if __name__ == "__main__":
     R.main()
