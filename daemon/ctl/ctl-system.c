@@ -198,6 +198,7 @@ struct unit_state {
         char load[128], active[128];
         const char *label;
         bool healthy, failed;
+        bool down; /* label is systemd's own word for a stopped unit: print "Down - " before it */
 };
 
 static void unit_state(char *unit, struct unit_state *u) {
@@ -225,6 +226,7 @@ static void unit_state(char *unit, struct unit_state *u) {
         } else {
                 u->label = u->active[0] ? u->active : "unknown state";
                 u->failed = streq(u->active, "failed");
+                u->down = true;
         }
 }
 
@@ -305,8 +307,7 @@ static int system_status(int argc, char **argv) {
                                                       "state", u.label, "healthy", u.healthy));
                         continue;
                 }
-                printf("    %-26s %s%s\n", units[i], !u.healthy && !streq(u.label, "not installed") &&
-                       !startswith(u.label, "Down") && !startswith(u.label, "unknown") ? "Down - " : "", u.label);
+                printf("    %-26s %s%s\n", units[i], u.down ? "Down - " : "", u.label);
                 if (u.failed) {
                         char *jc[] = { "journalctl", "-u", units[i], "--no-pager", "-e", "-n",
                                        SYSTEM_FAILED_LOG_LINES, NULL };
