@@ -239,6 +239,51 @@ def enrollment_missing_then_disabled():
             expect(ctl("system", "status", env=env), EXIT_OK)
 
 
+FAKE_SYSTEMCTL = """#!/bin/sh
+# show --property=LoadState --value UNIT | is-active UNIT, answered from $FAKE_UNITS/UNIT
+for last; do :; done
+case "$1" in
+show) echo loaded ;;
+is-active) cat "$FAKE_UNITS/$last"; [ "$(cat "$FAKE_UNITS/$last")" = active ] ;;
+esac
+"""
+
+
+@R.case
+def status_units_with_systemd():
+    """Under systemd (a stand-in systemctl): every unit active and a provisioned daemon exit 0;
+    a failed service is 'Down - failed' with its journal and exit 1; --json says the same."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])
+        with Daemon(tpm, sim) as d:
+            d.wait_provisioned()
+            units = os.path.join(d.dir, "units")
+            bindir = os.path.join(d.dir, "bin")
+            os.makedirs(units)
+            os.makedirs(bindir)
+            for name, text in (("systemctl", FAKE_SYSTEMCTL),
+                               ("journalctl", "#!/bin/sh\necho \"journal of $*\"\n")):
+                with open(os.path.join(bindir, name), "w") as f:
+                    f.write(text)
+                os.chmod(os.path.join(bindir, name), 0o755)
+            for u in ("tpmidd.service", "tpmidd-tpmd.socket", "tpmidd-identityd.socket"):
+                with open(os.path.join(units, u), "w") as f:
+                    f.write("active\n")
+            env = dict(denv(d), PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"),
+                       TPMIDCTL_ASSUME_SYSTEMD="1", FAKE_UNITS=units)
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_OK, "tpmidd.service", "Running", "Listening", "provisioned")
+            with open(os.path.join(units, "tpmidd.service"), "w") as f:
+                f.write("failed\n")
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_FAILURE, "Down - failed", "journal of -u tpmidd.service")
+            j = json.loads(ctl("system", "status", "--json", env=env).stdout)
+            assert j["systemd"] is True and j["exitCode"] == EXIT_FAILURE, j
+            assert j["units"]["tpmidd.service"]["healthy"] is False, j
+            assert j["units"]["tpmidd-tpmd.socket"]["state"] == "Listening", j
+
+
 @R.case
 def tpm_unavailable_exit_codes():
     """The TPM gone under a running daemon: system status exits 4 (TPM unavailable); the
