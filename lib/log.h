@@ -19,7 +19,10 @@
 #include "util.h"
 
 /* MESSAGE_IDs (128-bit, journalctl MESSAGE_ID=...). One per event class an
- * operator may want to find or alert on; documented in man/tpmidd(8). */
+ * operator may want to find or alert on, each made with `systemd-id128 new`;
+ * documented in man/tpmidd(8) and in the journal catalog man/tpmidd.catalog
+ * (journalctl -x). test/integration/journal-catalog.py checks that the code,
+ * the catalog and the man page name the same IDs and fields. */
 #define LOG_MESSAGE_STARTED       "b9e2e114c76c4583ba62a9a97122233e" /* daemon ready: sockets serve, TPM answered */
 #define LOG_MESSAGE_STOPPED       "c1f2f33b10bc4305883011051be998ec" /* daemon stopped cleanly */
 #define LOG_MESSAGE_TPM_UNAVAILABLE "89717c92fae846a79dbe20fb76dcea14" /* TPM unreachable; retrying with backoff */
@@ -28,6 +31,8 @@
 #define LOG_MESSAGE_LIMIT_HIT     "eedea8403e12404f93de19176a12c8ff" /* a connection/queue limit answered 4xx/503 */
 #define LOG_MESSAGE_RELOADED      "5e00ccabb31d483fb5bd73d96181bc4d" /* configuration reloaded on SIGHUP */
 #define LOG_MESSAGE_AUTH_KEY_IMPORTED "4c4c601038d149d3b9146d94501e7f2f" /* import_auth_key persisted a new key */
+#define LOG_MESSAGE_PROVISIONED   "839a1f553cff4ffbb79828c0b1340543" /* DPS assigned the device to a hub (IOTHUB=, DEVICE_ID=) */
+#define LOG_MESSAGE_DPS_FAILED    "4efde3dcc7da45b78dae588892c95406" /* a DPS run failed (HTTP_STATUS=, DPS_ERROR_CODE=) */
 
 /* One extra journal field. Build with LOG_STR/LOG_NUM/LOG_HEX. */
 struct log_field {

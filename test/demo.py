@@ -23,9 +23,17 @@ from daemon import HUB1, ID_SCOPE, Daemon, Sim, hub_get, tamper, tpmidctl_path  
 
 T0 = time.time()
 
+# Colour only for a terminal, and never with NO_COLOR set (https://no-color.org):
+# a pipe or a log file gets plain text.
+COLOUR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def sgr(code, text):
+    return "\033[%sm%s\033[0m" % (code, text) if COLOUR else text
+
 
 def step(n, text):
-    print("\n\033[1m[%d] %s\033[0m" % (n, text), flush=True)
+    print("\n" + sgr("1", "[%d] %s" % (n, text)), flush=True)
 
 
 def show(text, indent="    "):
@@ -35,7 +43,7 @@ def show(text, indent="    "):
 
 
 def fail(msg):
-    print("\n\033[31mDEMO FAILED: %s\033[0m" % msg, flush=True)
+    print("\n" + sgr("31", "DEMO FAILED: %s" % msg), flush=True)
     raise SystemExit(1)
 
 
@@ -60,7 +68,7 @@ class LogFollower(threading.Thread):
                 end = chunk.rfind(b"\n") + 1
                 pos += end
                 for line in chunk[:end].decode(errors="replace").splitlines():
-                    print("    \033[2mtpmidd | %s\033[0m" % line, flush=True)
+                    print("    " + sgr("2", "tpmidd | %s" % line), flush=True)
             time.sleep(0.1)
 
     def stop(self):
@@ -177,8 +185,8 @@ def main():
             tpm.stop()
         shutil.rmtree(work, ignore_errors=True)
     print("    simulator and swtpm stopped, %s removed" % work)
-    print("\n\033[32mDemo complete in %.1f s: the TPM-backed device is provisioned and talks to its hub.\033[0m"
-          % (time.time() - T0))
+    print("\n" + sgr("32", "Demo complete in %.1f s: the TPM-backed device is provisioned and talks to its hub."
+                      % (time.time() - T0)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
         echo "demo.sh: run as root (sudo test/demo.sh): it installs packages and runs swtpm as nobody" >&2
         exit 1
 fi
-echo "==> Installing the Debian packages the build needs (test/deps.sh)"
+echo "==> Installing the Debian packages the build and the demo need (test/deps.sh)"
 bash test/deps.sh
 echo "==> Building tpmidd (meson + ninja in build-demo/)"
 if [ ! -f build-demo/build.ninja ]; then

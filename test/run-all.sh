@@ -13,7 +13,7 @@ stage() { echo; echo "== $* (t+$(( $(date +%s) - t0 ))s)"; }
 finish() { echo; echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
 
 stage "dependencies"
-bash test/deps.sh || { failed=$((failed + 1)); finish; }
+bash test/deps.sh --ci || { failed=$((failed + 1)); finish; }
 
 # build DIR [meson setup args...]: configure once, then build.
 build() {

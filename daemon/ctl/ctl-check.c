@@ -28,6 +28,7 @@
 #include "config.h"
 #include "config-diff.h"
 #include "ctl-client.h"
+#include "ctl-status.h"
 #include "ctl.h"
 #include "tpm.h"
 #include "util.h"
@@ -41,6 +42,13 @@
 #define CHECK_TEXT_MAX 1024                 /* bytes of a message or fix */
 #define CHECK_CONNECT_TO_ENV "TPMIDD_CLOUD_CONNECT_TO" /* the daemon's cloud redirection (curl --connect-to) */
 #define CHECK_WHY_MAX 600                   /* bytes of why direct TPM access is unavailable (a tpm_error msg + prefix) */
+#define CHECK_JSON_SCHEMA_VERSION 1         /* of `check --json`; bumped when a member changes meaning */
+#define CHECK_GROUP "aziottpm"              /* the sockets' group (SocketGroup= of the .socket units) */
+
+/* What a caller who may not use the sockets or read the configuration does. */
+#define CHECK_PERMISSION_FIX                                                                                    \
+        "run 'sudo tpmidctl check', or add your user to group " CHECK_GROUP " ('sudo usermod -aG " CHECK_GROUP \
+        " $USER', then log in again)"
 
 enum check_result {
         CHECK_OK,
@@ -170,8 +178,8 @@ static void check_config_valid(struct check_ctx *c) {
                        "'sudo tpmidctl config apply'",
                        "%s does not exist", c->user_path);
         } else if (r == -EACCES) {
-                report(c, "config-valid", CHECK_SKIPPED, "run 'sudo tpmidctl check'",
-                       "skipped: %s is not readable by this user", c->user_path);
+                report(c, "config-valid", CHECK_ERROR, CHECK_PERMISSION_FIX,
+                       "%s is not readable by this user, so nothing can be checked against it", c->user_path);
         } else if (!c->user) {
                 report(c, "config-valid", CHECK_ERROR, "run 'tpmidctl config check' for every problem and fix them",
                        "%zu error%s; first: %s", ne, ne == 1 ? "" : "s", first);
@@ -194,8 +202,8 @@ static void check_config_applied(struct check_ctx *c) {
         if (stat(c->applied_path, &sa) < 0) {
                 int e = errno;
                 if (e == EACCES)
-                        report(c, "config-applied", CHECK_SKIPPED, "run 'sudo tpmidctl check'",
-                               "skipped: %s is not accessible to this user", c->applied_path);
+                        report(c, "config-applied", CHECK_ERROR, CHECK_PERMISSION_FIX,
+                               "%s is not accessible to this user", c->applied_path);
                 else
                         report(c, "config-applied", CHECK_ERROR, "run 'sudo tpmidctl config apply'",
                                "%s does not exist: the configuration was never applied (%s)", c->applied_path,
@@ -208,8 +216,8 @@ static void check_config_applied(struct check_ctx *c) {
         c->applied = load_quiet(c->applied_path, &r, first, sizeof first, NULL, NULL);
         c->cfg = c->applied ? c->applied : c->user;
         if (r == -EACCES) {
-                report(c, "config-applied", CHECK_SKIPPED, "run 'sudo tpmidctl check'",
-                       "skipped: %s is not readable by this user", c->applied_path);
+                report(c, "config-applied", CHECK_ERROR, CHECK_PERMISSION_FIX,
+                       "%s is not readable by this user", c->applied_path);
                 return;
         }
         if (!c->applied) {
@@ -325,7 +333,8 @@ static void check_daemon(struct check_ctx *c) {
                        "%s", err);
         } else if (r == -EACCES) {
                 c->daemon_up = true;
-                report(c, "daemon-tpm-socket", CHECK_SKIPPED, "run 'sudo tpmidctl check'", "skipped: %s", err);
+                report(c, "daemon-tpm-socket", CHECK_ERROR, CHECK_PERMISSION_FIX,
+                       "this user may not use the TPM socket: %s", err);
         } else {
                 c->daemon_up = r != -ETIMEDOUT && r != -EBADMSG;
                 report(c, "daemon-tpm-socket", CHECK_ERROR, "see 'tpmidctl system logs'", "%s", err);
@@ -334,9 +343,12 @@ static void check_daemon(struct check_ctx *c) {
         struct ctl_response resp = {0};
         r = ctl_client_request(c->identity_sock, "GET", "/status?api-version=" API_VERSION_2020_09_01, NULL, 0, &resp);
         if (r < 0) {
-                report(c, "daemon-identity-socket", r == -EACCES ? CHECK_SKIPPED : CHECK_ERROR,
-                       r == -EACCES ? "run 'sudo tpmidctl check'" : "see 'tpmidctl system status'",
-                       "%s%s: %s", r == -EACCES ? "skipped: " : "", c->identity_sock, strerror(-r));
+                if (r == -EACCES)
+                        report(c, "daemon-identity-socket", CHECK_ERROR, CHECK_PERMISSION_FIX,
+                               "this user may not use the identity socket %s: %s", c->identity_sock, strerror(-r));
+                else
+                        report(c, "daemon-identity-socket", CHECK_ERROR, "see 'tpmidctl system status'", "%s: %s",
+                               c->identity_sock, strerror(-r));
                 return;
         }
         json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
@@ -345,10 +357,10 @@ static void check_daemon(struct check_ctx *c) {
                 report(c, "daemon-identity-socket", CHECK_OK, NULL, "%s answers", c->identity_sock);
         } else {
                 const char *m = json_string_value(json_object_get(j, "message"));
-                report(c, "daemon-identity-socket", resp.status == 403 ? CHECK_SKIPPED : CHECK_ERROR,
-                       resp.status == 403 ? "run 'sudo tpmidctl check'" : "see 'tpmidctl system logs'",
-                       "%s%s answered %d: %s", resp.status == 403 ? "skipped: " : "", c->identity_sock, resp.status,
-                       m ? m : resp.body);
+                bool denied = resp.status == 401 || resp.status == 403;
+                report(c, "daemon-identity-socket", CHECK_ERROR,
+                       denied ? CHECK_PERMISSION_FIX : "see 'tpmidctl system logs'", "%s answered %d: %s",
+                       c->identity_sock, resp.status, m ? m : resp.body);
                 json_decref(j);
         }
         ctl_response_done(&resp);
@@ -493,8 +505,8 @@ static void check_auth_key(struct check_ctx *c) {
                         snprintf(detail, sizeof detail, "the sign probe failed: %s", strerror(-r));
                 if (r == 0 && resp.status == 403) {
                         ctl_response_done(&resp);
-                        report(c, "tpm-auth-key", CHECK_SKIPPED, "run 'sudo tpmidctl check'",
-                               "skipped: this user may not call sign_with_auth_key");
+                        report(c, "tpm-auth-key", CHECK_ERROR, CHECK_PERMISSION_FIX,
+                               "this user may not call sign_with_auth_key, so the key cannot be probed");
                         return;
                 }
                 ctl_response_done(&resp);
@@ -598,13 +610,89 @@ static void check_registration_id(struct check_ctx *c) {
         else if (streq(conf, derived))
                 report(c, "registration-id", CHECK_OK, NULL, "%s matches the EK", conf);
         else if (is_hex64(conf))
-                report(c, "registration-id", CHECK_ERROR,
-                       "the enrollment was made for another TPM (or the TPM was cleared): enrol this EK ('tpmidctl "
-                       "tpm info') or remove registration_id to use the derived one",
+                report(c, "registration-id", CHECK_WARNING,
+                       "if the enrollment was made for another TPM (or this one was cleared), enrol this EK "
+                       "('tpmidctl tpm info') or remove registration_id to use the derived one",
                        "registration_id %s looks derived from an EK, but this TPM's EK gives %s", conf, derived);
         else
-                report(c, "registration-id", CHECK_OK, NULL,
-                       "%s (a custom id; the EK-derived one would be %s)", conf, derived);
+                report(c, "registration-id", CHECK_WARNING,
+                       "fine if the DPS enrollment uses this id; otherwise remove registration_id to use the "
+                       "EK-derived one",
+                       "registration_id %s (a custom id) is not the EK-derived one, %s", conf, derived);
+}
+
+/* ---- provisioning ---- */
+
+static void format_utc(int64_t t, char *buf, size_t len) {
+        time_t tt = (time_t)t;
+        struct tm tm;
+        if (!gmtime_r(&tt, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+                snprintf(buf, len, "%" PRId64, t);
+}
+
+/* The daemon's provisioning state, its last DPS result with the fix, and
+ * the next retry, from GET /status. */
+static void check_provisioning(struct check_ctx *c) {
+        if (c->cfg && c->cfg->provisioning.source != CONFIG_SOURCE_DPS) {
+                report(c, "provisioning", CHECK_SKIPPED, NULL, "skipped: provisioning source is not DPS");
+                return;
+        }
+        if (!c->status) {
+                report(c, "provisioning", CHECK_SKIPPED, NULL,
+                       "skipped: the daemon's status is not available (see daemon-identity-socket)");
+                return;
+        }
+        json_t *prov = json_object_get(c->status, "provisioning");
+        const char *state = json_string_value(json_object_get(prov, "state"));
+        if (!state) {
+                report(c, "provisioning", CHECK_SKIPPED, NULL,
+                       "skipped: the daemon's status has no provisioning.state (an older tpmidd?)");
+                return;
+        }
+        json_t *last = json_object_get(prov, "lastResult");
+        json_t *next = json_object_get(prov, "nextRetryAt");
+        const char *endpoint = c->cfg ? c->cfg->provisioning.global_endpoint : NULL;
+        char fixbuf[CHECK_TEXT_MAX], when[128] = "", lastmsg[CHECK_TEXT_MAX] = "";
+        const char *what = NULL, *fix = NULL;
+        bool bad = ctl_status_explain(last, endpoint, fixbuf, sizeof fixbuf, &what, &fix);
+        if (json_is_object(last)) {
+                json_t *code = json_object_get(last, "errorCode");
+                const char *st = json_string_value(json_object_get(last, "status"));
+                const char *m = json_string_value(json_object_get(last, "message"));
+                char codebuf[32] = "";
+                if (json_is_integer(code))
+                        snprintf(codebuf, sizeof codebuf, " %" JSON_INTEGER_FORMAT, json_integer_value(code));
+                snprintf(lastmsg, sizeof lastmsg, "last DPS result: %s%s%s%s", st ? st : "?", codebuf, m ? ": " : "",
+                         m ? m : "");
+        }
+        if (json_is_integer(next)) {
+                int64_t n = json_integer_value(next), now = (int64_t)time(NULL);
+                char t[40];
+                format_utc(n, t, sizeof t);
+                snprintf(when, sizeof when, "next attempt %s (in %" PRId64 " s)", t, n > now ? n - now : 0);
+        }
+        const char *hub = ctl_status_str(c->status, "provisioning", "hubName");
+        const char *dev = ctl_status_str(c->status, "provisioning", "deviceId");
+        if (streq(state, "provisioned"))
+                report(c, "provisioning", CHECK_OK, NULL, "provisioned: device %s on %s%s%s", dev ? dev : "?",
+                       hub ? hub : "?", lastmsg[0] ? "; " : "", lastmsg);
+        else if (ctl_status_provisioning_failed(c->status))
+                report(c, "provisioning", CHECK_ERROR,
+                       fix ? fix : "fix the enrollment or [provisioning], then run 'sudo tpmidctl system reprovision'",
+                       "provisioning failed: %s; %s", what ? what : "DPS refused the device",
+                       lastmsg[0] ? lastmsg : "no DPS result recorded");
+        else if (streq(state, "backing-off"))
+                /* Without an identity nothing on the device works: an error. */
+                report(c, "provisioning", hub ? CHECK_WARNING : CHECK_ERROR,
+                       fix ? fix : "see 'tpmidctl system logs'", "%s: %s%s%s%s%s",
+                       hub ? "serving the previous identity, but DPS registration is retrying"
+                           : "not provisioned, DPS registration is retrying",
+                       what ? what : "the last attempt failed", lastmsg[0] ? "; " : "", lastmsg, when[0] ? "; " : "",
+                       when);
+        else
+                report(c, "provisioning", CHECK_WARNING, "wait, and follow it with 'tpmidctl system status'",
+                       "not provisioned yet: %s%s%s%s%s", state, bad ? "; " : "", bad ? what : "",
+                       when[0] ? "; " : "", when);
 }
 
 /* ---- network ---- */
@@ -679,13 +767,14 @@ static void check_dps(struct check_ctx *c) {
                        c->cfg ? "provisioning source is not DPS" : "no configuration loads");
                 return;
         }
-        char err[CHECK_TEXT_MAX];
+        char err[CHECK_TEXT_MAX], hp[256], fix[CHECK_TEXT_MAX];
         const char *url = c->cfg->provisioning.global_endpoint;
+        ctl_url_host_port(url, hp, sizeof hp);
+        snprintf(fix, sizeof fix,
+                 "allow outbound HTTPS to %s (TCP port %s); check DNS, proxy and firewall, and cloud_ca_bundle if set",
+                 hp, strrchr(hp, ':') ? strrchr(hp, ':') + 1 : "443");
         if (tls_probe(url, c->cfg->cloud_ca_bundle, &c->server_time, err, sizeof err) < 0)
-                report(c, "dps-endpoint", CHECK_ERROR,
-                       "allow outbound HTTPS (TCP 443) to the DPS endpoint; check DNS, proxy and firewall, and "
-                       "cloud_ca_bundle if set",
-                       "%s: %s", url, err);
+                report(c, "dps-endpoint", CHECK_ERROR, fix, "%s: %s", url, err);
         else
                 report(c, "dps-endpoint", CHECK_OK, NULL, "%s: TLS connection established", url);
 }
@@ -702,7 +791,8 @@ static void check_hub(struct check_ctx *c) {
         int64_t date = 0;
         if (tls_probe(url, c->cfg ? c->cfg->cloud_ca_bundle : NULL, &date, err, sizeof err) < 0)
                 report(c, "iothub-endpoint", CHECK_ERROR,
-                       "allow outbound HTTPS (TCP 443) to the hub; check DNS, proxy and firewall", "%s: %s", hub, err);
+                       "allow outbound HTTPS to the hub (TCP port 443); check DNS, proxy and firewall", "%s: %s", hub,
+                       err);
         else
                 report(c, "iothub-endpoint", CHECK_OK, NULL, "%s: TLS connection established", hub);
         if (!c->server_time)
@@ -736,36 +826,105 @@ static void check_clock(struct check_ctx *c) {
 
 /* ---- entry ---- */
 
+/* Every check, in the order they run (later ones use what earlier ones
+ * found: the configuration, the daemon's keys and status, DPS's Date). */
+static const struct check_def {
+        const char *id;
+        const char *what;
+        void (*fn)(struct check_ctx *c);
+} checks[] = {
+        { "config-valid", "the configuration file loads and validates", check_config_valid },
+        { "config-applied", "the daemon's copy exists and matches the configuration", check_config_applied },
+        { "tpm-device", "the TPM device node exists and the daemon's user may open it", check_tpm_device },
+        { "daemon-tpm-socket", "tpmidd answers on the TPM socket (get_tpm_keys)", check_daemon },
+        { "daemon-identity-socket", "tpmidd answers on the identity socket (GET /status)", NULL },
+        { "tpm-reachable", "the TPM answers (through tpmidd when it runs)", check_tpm_reachable },
+        { "tpm-ek-srk", "EK and SRK are the standard RSA-2048 storage keys", check_primary_keys },
+        { "tpm-auth-key", "the DPS authentication key is imported", check_auth_key },
+        { "tpm-da-lockout", "the TPM is not in (or near) dictionary-attack lockout", check_da },
+        { "registration-id", "the registration id is the one derived from the EK", check_registration_id },
+        { "provisioning", "DPS provisioning state, last DPS result and next retry", check_provisioning },
+        { "dps-endpoint", "the DPS endpoint is reachable over TLS", check_dps },
+        { "iothub-endpoint", "the assigned IoT Hub is reachable over TLS", check_hub },
+        { "clock", "the system clock agrees with DPS's (or the hub's) Date", check_clock },
+};
+
 static void check_usage(FILE *f) {
-        fputs("Usage: tpmidctl check [--json] [--root DIR]\n"
+        fputs("Usage: tpmidctl check [-o text|json] [--json] [--warnings-as-errors] [--root DIR]\n"
+              "       tpmidctl check --list [-o text|json]\n"
               "\n"
-              "Health checks: configuration valid and applied, TPM device and permissions, TPM\n"
-              "reachable, daemon sockets, EK/SRK, authentication key, dictionary-attack lockout,\n"
-              "registration id, DPS and IoT Hub reachable over TLS, clock. Each prints ok,\n"
-              "warning, error or skipped (with why) and the fix. Exit 0 when no check reported an\n"
-              "error, 1 otherwise.\n"
+              "Health checks of a tpmidd device, each ok, warning, error or skipped (with why), and\n"
+              "for a warning or an error the fix. Exit 0 when no check reported an error, 1\n"
+              "otherwise (see tpmidctl(1), EXIT STATUS).\n"
               "\n"
-              "  --json       a JSON array of {\"id\",\"result\",\"message\",\"fix\"}\n"
-              "  --root DIR   read the configuration files under DIR (an image, a test)\n",
+              "  --list                  every check's id and what it checks\n"
+              "  -o, --output FORMAT     text (default) or json: {\"schemaVersion\",\"checks\":[{\"id\",\n"
+              "                          \"result\",\"message\",\"fix\"}],\"summary\"}\n"
+              "      --json              the same as -o json\n"
+              "      --warnings-as-errors  exit 1 on a warning too\n"
+              "      --root DIR          read the configuration files under DIR (an image, a test)\n",
               f);
 }
 
+static int check_list(bool json) {
+        json_t *arr = json ? json_array() : NULL;
+        for (size_t i = 0; i < ELEMENTSOF(checks); i++) {
+                if (json)
+                        json_array_append_new(arr, json_pack("{s:s, s:s}", "id", checks[i].id, "description",
+                                                             checks[i].what));
+                else
+                        printf("%-24s %s\n", checks[i].id, checks[i].what);
+        }
+        if (!json)
+                return CTL_EXIT_OK;
+        json_t *o = json_pack("{s:i, s:o}", "schemaVersion", CHECK_JSON_SCHEMA_VERSION, "checks", arr);
+        char *txt = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(o);
+        if (!txt) {
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        printf("%s\n", txt);
+        free(txt);
+        return CTL_EXIT_OK;
+}
+
 int ctl_check_main(int argc, char **argv) {
-        enum { OPT_JSON = 0x100, OPT_ROOT };
+        enum { OPT_JSON = 0x100, OPT_ROOT, OPT_LIST, OPT_WAE };
         static const struct option opts[] = {
                 { "json", no_argument, NULL, OPT_JSON },
+                { "output", required_argument, NULL, 'o' },
+                { "list", no_argument, NULL, OPT_LIST },
+                { "warnings-as-errors", no_argument, NULL, OPT_WAE },
                 { "root", required_argument, NULL, OPT_ROOT },
                 { "help", no_argument, NULL, 'h' },
                 { NULL, 0, NULL, 0 },
         };
         struct check_ctx c = {0};
         const char *root = NULL;
+        bool list = false, warnings_as_errors = false;
         int o;
         optind = 1;
-        while ((o = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
+        while ((o = getopt_long(argc, argv, "ho:", opts, NULL)) >= 0)
                 switch (o) {
                 case OPT_JSON:
                         c.json = true;
+                        break;
+                case 'o':
+                        if (streq(optarg, "json"))
+                                c.json = true;
+                        else if (streq(optarg, "text"))
+                                c.json = false;
+                        else {
+                                fprintf(stderr, "tpmidctl check: -o takes text or json, not '%s'\n", optarg);
+                                return CTL_EXIT_USAGE;
+                        }
+                        break;
+                case OPT_LIST:
+                        list = true;
+                        break;
+                case OPT_WAE:
+                        warnings_as_errors = true;
                         break;
                 case OPT_ROOT:
                         if (optarg[0] != '/') {
@@ -786,6 +945,8 @@ int ctl_check_main(int argc, char **argv) {
                 fprintf(stderr, "tpmidctl check: unexpected argument '%s'\n", argv[optind]);
                 return CTL_EXIT_USAGE;
         }
+        if (list)
+                return check_list(c.json);
         if (c.json && !(c.results = json_array())) {
                 fprintf(stderr, "tpmidctl: out of memory\n");
                 return CTL_EXIT_FAILURE;
@@ -806,37 +967,39 @@ int ctl_check_main(int argc, char **argv) {
                 goto out;
         }
         c.user_path = c.user_path_buf;
-        check_config_valid(&c);
-        check_config_applied(&c);
-
-        /* The sockets of the configuration the daemon uses (as checked above). */
-        c.tpmd_sock = c.cfg ? strdup(c.cfg->endpoints.tpmd_socket) : ctl_client_tpmd_socket();
-        c.identity_sock = strdup(c.cfg ? c.cfg->endpoints.identityd_socket : CONFIG_DEFAULT_IDENTITYD_SOCKET);
-        if (!c.tpmd_sock || !c.identity_sock) {
-                fprintf(stderr, "tpmidctl: out of memory\n");
-                code = CTL_EXIT_FAILURE;
-                goto out;
+        for (size_t i = 0; i < ELEMENTSOF(checks); i++) {
+                if (streq(checks[i].id, "tpm-device")) {
+                        /* The sockets of the configuration the daemon uses (as checked above). */
+                        c.tpmd_sock = c.cfg ? strdup(c.cfg->endpoints.tpmd_socket) : ctl_client_tpmd_socket();
+                        c.identity_sock = strdup(c.cfg ? c.cfg->endpoints.identityd_socket
+                                                       : CONFIG_DEFAULT_IDENTITYD_SOCKET);
+                        if (!c.tpmd_sock || !c.identity_sock) {
+                                fprintf(stderr, "tpmidctl: out of memory\n");
+                                code = CTL_EXIT_FAILURE;
+                                goto out;
+                        }
+                }
+                if (checks[i].fn) /* NULL: reported by the check before it (one probe, two results) */
+                        checks[i].fn(&c);
         }
-        check_tpm_device(&c);
-        check_daemon(&c);
-        check_tpm_reachable(&c);
-        check_primary_keys(&c);
-        check_auth_key(&c);
-        check_da(&c);
-        check_registration_id(&c);
-        check_dps(&c);
-        check_hub(&c);
-        check_clock(&c);
 
         if (c.json) {
-                char *s = json_dumps(c.results, JSON_INDENT(2));
-                if (s)
-                        printf("%s\n", s);
-                free(s);
+                json_t *doc = json_pack("{s:i, s:O, s:{s:i, s:i, s:i, s:i}}", "schemaVersion",
+                                        CHECK_JSON_SCHEMA_VERSION, "checks", c.results, "summary", "ok", c.n_ok,
+                                        "warnings", c.n_warn, "errors", c.n_err, "skipped", c.n_skip);
+                char *txt = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+                json_decref(doc);
+                if (!txt) {
+                        fprintf(stderr, "tpmidctl: out of memory\n");
+                        code = CTL_EXIT_FAILURE;
+                        goto out;
+                }
+                printf("%s\n", txt);
+                free(txt);
         } else
                 printf("\n%u ok, %u warning%s, %u error%s, %u skipped.\n", c.n_ok, c.n_warn, c.n_warn == 1 ? "" : "s",
                        c.n_err, c.n_err == 1 ? "" : "s", c.n_skip);
-        code = c.n_err ? CTL_EXIT_FAILURE : CTL_EXIT_OK;
+        code = c.n_err || (warnings_as_errors && c.n_warn) ? CTL_EXIT_FAILURE : CTL_EXIT_OK;
 out:
         tpm_close(c.tpm);
         json_decref(c.status);

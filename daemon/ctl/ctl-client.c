@@ -16,6 +16,7 @@
 #include "b64.h"
 #include "config.h"
 #include "ctl-client.h"
+#include "ctl.h"
 #include "util.h"
 
 #define CTL_CLIENT_READ_CHUNK 4096 /* bytes per read() */
@@ -228,7 +229,10 @@ int ctl_client_get_tpm_keys(const char *socket_path, struct tpm_public *ek, stru
         if (resp.status != 200) {
                 const char *m = o ? json_string_value(json_object_get(o, "message")) : NULL;
                 snprintf(errbuf, errlen, "tpmidd answered %d: %s", resp.status, m ? m : resp.body);
-                r = resp.status == 403 ? -EACCES : resp.status == 503 ? -EAGAIN : -EIO;
+                r = resp.status == 401 || resp.status == 403 ? -EACCES
+                    : resp.status == 503                     ? -EAGAIN
+                    : resp.status == 502                     ? -EPROTO
+                                                             : -EIO;
                 goto out;
         }
         struct tpm_public e, s;
@@ -244,4 +248,41 @@ out:
         json_decref(o);
         ctl_response_done(&resp);
         return r;
+}
+
+int ctl_exit_from_http(int status) {
+        if (status >= 200 && status < 300)
+                return CTL_EXIT_OK;
+        switch (status) {
+        case 401:
+        case 403:
+                return CTL_EXIT_PERMISSION;
+        case 502:
+                return CTL_EXIT_PROVISIONING;
+        case 503:
+                return CTL_EXIT_UNAVAILABLE;
+        }
+        return CTL_EXIT_FAILURE;
+}
+
+int ctl_exit_from_errno(int r) {
+        switch (r) {
+        case 0:
+                return CTL_EXIT_OK;
+        case -EACCES:
+        case -EPERM:
+                return CTL_EXIT_PERMISSION;
+        case -EAGAIN:
+                return CTL_EXIT_UNAVAILABLE;
+        case -EPROTO:
+                return CTL_EXIT_PROVISIONING;
+        case -ENOENT:
+        case -ECONNREFUSED:
+        case -ETIMEDOUT:
+        case -EBADMSG:
+        case -ENAMETOOLONG:
+        case -ENOTSOCK:
+                return CTL_EXIT_DAEMON;
+        }
+        return CTL_EXIT_FAILURE;
 }

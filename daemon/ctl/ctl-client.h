@@ -38,6 +38,8 @@ char *ctl_client_tpmd_socket(void);
 /* GET /get_tpm_keys from the daemon and decode the marshalled EK and SRK
  * publics. On failure returns -errno and writes one sentence for the user
  * into errbuf (e.g. the daemon's {"message"}). -ECONNREFUSED/-ENOENT mean the
- * daemon is not running: tpmidctl then says to use --tcti. */
+ * daemon is not running: tpmidctl then says to use --tcti. An HTTP error
+ * answer gives -EACCES (401/403), -EAGAIN (503), -EPROTO (502) or -EIO, which
+ * ctl_exit_from_errno() turns into the exit code. */
 int ctl_client_get_tpm_keys(const char *socket_path, struct tpm_public *ek, struct tpm_public *srk, char *errbuf,
                             size_t errlen);

@@ -15,8 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,8 @@
 #define TPMIDD_GROUP "aziottpm"
 #define APPLIED_MODE 0640 /* root:aziottpm: the daemon reads it, others must not (hierarchy passwords) */
 #define APPLIED_DIR_MODE 0750
+#define CMDLINE_MAX_BYTES 4096           /* bytes of /proc/PID/cmdline read to recognise tpmidd and its -c */
+#define ASSUME_SYSTEMD_ENV "TPMIDCTL_ASSUME_SYSTEMD" /* "1": act as if systemd were PID 1 (tests, chroots) */
 
 static void config_usage(FILE *f) {
         fputs("Usage: tpmidctl config check [-c FILE]\n"
@@ -181,6 +186,148 @@ static int run_quiet(char *const argv[], bool show_output) {
         return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* systemd manages services here (or the caller says to act as if it did). */
+/* Run argv, its stdout into out (NUL-terminated, trailing newline removed;
+ * stderr discarded). Returns the exit status, 127 when it could not run, or
+ * -errno. */
+static int run_capture(char *const argv[], char *out, size_t outlen) {
+        int p[2];
+        if (outlen == 0 || pipe2(p, O_CLOEXEC) < 0)
+                return -EINVAL;
+        pid_t pid = fork();
+        if (pid < 0) {
+                int r = -errno;
+                close(p[0]);
+                close(p[1]);
+                return r;
+        }
+        if (pid == 0) {
+                int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+                (void)dup2(p[1], STDOUT_FILENO);
+                if (null >= 0)
+                        (void)dup2(null, STDERR_FILENO);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        close(p[1]);
+        size_t n = 0;
+        for (;;) {
+                char buf[256];
+                ssize_t k = read(p[0], buf, sizeof buf);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        break;
+                size_t take = (size_t)k < outlen - 1 - n ? (size_t)k : outlen - 1 - n;
+                memcpy(out + n, buf, take);
+                n += take;
+        }
+        close(p[0]);
+        out[n] = '\0';
+        while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
+                out[--n] = '\0';
+        int st;
+        while (waitpid(pid, &st, 0) < 0)
+                if (errno != EINTR)
+                        return -errno;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static bool have_systemd(void) {
+        const char *e = getenv(ASSUME_SYSTEMD_ENV);
+        if (e && streq(e, "1"))
+                return true;
+        return access("/run/systemd/system", F_OK) == 0;
+}
+
+/* The pid of the process that listens on the Unix socket path (SO_PEERCRED
+ * of a connection gives the listener's credentials), or -errno. With socket
+ * activation that is systemd (pid 1). */
+static pid_t socket_listener_pid(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof sa.sun_path)
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+                return -errno;
+        struct ucred cr;
+        socklen_t l = sizeof cr;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+                return -errno;
+        return cr.pid;
+}
+
+/* Is pid a tpmidd (an argv word whose basename is "tpmidd", so a wrapper
+ * such as valgrind counts)? On true, *config gets its -c/--config argument
+ * (heap, NULL when none). */
+static bool pid_is_tpmidd(pid_t pid, char **config) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        if (read_full_file(path, CMDLINE_MAX_BYTES, &buf, &len) < 0 || len == 0)
+                return false;
+        bool found = false;
+        *config = NULL;
+        for (size_t i = 0; i < len; i += strlen(buf + i) + 1) {
+                const char *w = buf + i, *base = strrchr(w, '/');
+                base = base ? base + 1 : w;
+                if (streq(base, "tpmidd"))
+                        found = true;
+                if (found && (streq(w, "-c") || streq(w, "--config")) && i + strlen(w) + 1 < len) {
+                        free(*config);
+                        *config = strdup(w + strlen(w) + 1);
+                } else if (found && startswith(w, "--config=")) {
+                        free(*config);
+                        *config = strdup(w + strlen("--config="));
+                }
+        }
+        if (!found) {
+                free(*config);
+                *config = NULL;
+        }
+        return found;
+}
+
+/* The same file (by device and inode). */
+static bool same_file(const char *a, const char *b) {
+        struct stat sa, sb;
+        return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* A tpmidd running outside systemd that listens on sock: reload it with
+ * SIGHUP when it reads out. Returns true when one was found (and the outcome
+ * printed; *exit_code set when the signal could not be sent), false when
+ * none listens or systemd does. */
+static bool reload_foreground(const char *sock, const char *out, bool restart, int *exit_code) {
+        pid_t pid = socket_listener_pid(sock);
+        if (pid <= 1)
+                return false; /* nobody listens, or systemd does (socket activation) */
+        _cleanup_free_ char *cfg = NULL;
+        if (!pid_is_tpmidd(pid, &cfg))
+                return false;
+        const char *reads = cfg ? cfg : CONFIG_APPLIED_PATH;
+        if (!same_file(reads, out)) {
+                printf("tpmidd (pid %d) listens on %s but reads %s, not %s: not reloading it.\n", (int)pid, sock,
+                       reads, out);
+                return true;
+        }
+        if (kill(pid, SIGHUP) < 0) {
+                fprintf(stderr, "tpmidctl config apply: cannot send SIGHUP to tpmidd (pid %d): %s; the new "
+                        "configuration is installed\n", (int)pid, strerror(errno));
+                *exit_code = errno == EPERM ? CTL_EXIT_PERMISSION : CTL_EXIT_FAILURE;
+                return true;
+        }
+        printf("Reloaded tpmidd (pid %d, running outside systemd) with SIGHUP.\n", (int)pid);
+        if (restart)
+                printf("Some changes need a restart, which SIGHUP does not do: stop tpmidd (SIGTERM) and start it "
+                       "again the way it was started.\n");
+        return true;
+}
+
 static int verb_apply(int argc, char **argv) {
         enum { OPT_NO_RELOAD = 0x100, OPT_ROOT };
         static const struct option opts[] = {
@@ -240,7 +387,7 @@ static int verb_apply(int argc, char **argv) {
                 if (!writable) {
                         fprintf(stderr, "tpmidctl config apply: this command must be run as root (it writes %s); "
                                 "try: sudo tpmidctl config apply\n", out);
-                        return CTL_EXIT_FAILURE;
+                        return CTL_EXIT_PERMISSION;
                 }
         }
 
@@ -253,7 +400,7 @@ static int verb_apply(int argc, char **argv) {
                 config_diags_free(&d);
                 return CTL_EXIT_FAILURE;
         }
-        if (r < 0) {
+        if (r < 0 || !c) {
                 fprintf(stderr, "%s: the configuration is invalid (%zu error%s); nothing was written, %s is "
                         "unchanged\n", in, d.n_errors, d.n_errors == 1 ? "" : "s", out);
                 config_diags_free(&d);
@@ -353,20 +500,43 @@ static int verb_apply(int argc, char **argv) {
         } else if (no_reload) {
                 printf("--no-reload given: run `systemctl %s %s` to use the new configuration.\n",
                        restart ? "restart" : "reload", TPMIDD_UNIT);
-        } else if (access("/run/systemd/system", F_OK) < 0) {
-                printf("systemd is not running here: the configuration will take effect when tpmidd starts.\n");
+        } else if (reload_foreground(c->endpoints.tpmd_socket, out, restart, &exit_code)) {
+                if (exit_code != CTL_EXIT_OK)
+                        goto done;
+        } else if (!have_systemd()) {
+                printf("systemd is not running here and no tpmidd listens on %s: the configuration will take "
+                       "effect when tpmidd starts.\n", c->endpoints.tpmd_socket);
         } else {
-                char *active[] = {"systemctl", "is-active", "--quiet", TPMIDD_UNIT, NULL};
-                int s = run_quiet(active, false);
-                if (s == 127 || s < 0)
+                char enabled[64] = "";
+                char *is_enabled[] = {"systemctl", "is-enabled", TPMIDD_UNIT, NULL};
+                int s = run_capture(is_enabled, enabled, sizeof enabled);
+                if (s == 127 || s < 0) {
                         printf("systemctl is not available: the configuration will take effect when tpmidd "
                                "starts.\n");
-                else if (s != 0)
-                        printf("%s is not running: the configuration will take effect when tpmidd starts.\n",
-                               TPMIDD_UNIT);
-                else {
-                        char *cmd[] = {"systemctl", restart ? "restart" : "reload", TPMIDD_UNIT, NULL};
+                } else if (!streq(enabled, "enabled") && !streq(enabled, "static") && !streq(enabled, "alias") &&
+                           !streq(enabled, "indirect")) {
+                        /* The first apply: the package leaves the service off until
+                         * there is a configuration (as aziotctl/iotedge config apply). */
+                        char *cmd[] = {"systemctl", "enable", "--now", TPMIDD_UNIT, NULL};
+                        printf("Running: systemctl enable --now %s (%s was %s)\n", TPMIDD_UNIT, TPMIDD_UNIT,
+                               enabled[0] ? enabled : "not enabled");
+                        fflush(stdout);
+                        s = run_quiet(cmd, true);
+                        if (s != 0) {
+                                fprintf(stderr, "tpmidctl config apply: `systemctl enable --now %s` failed (exit "
+                                        "%d); the new configuration is installed; see `tpmidctl system logs`\n",
+                                        TPMIDD_UNIT, s);
+                                exit_code = CTL_EXIT_FAILURE;
+                                goto done;
+                        }
+                        printf("Enabled and started %s.\n", TPMIDD_UNIT);
+                } else {
+                        char *active[] = {"systemctl", "is-active", "--quiet", TPMIDD_UNIT, NULL};
+                        s = run_quiet(active, false);
+                        char *cmd[] = {"systemctl", s == 0 ? (restart ? "restart" : "reload") : "start",
+                                       TPMIDD_UNIT, NULL};
                         printf("Running: systemctl %s %s\n", cmd[1], TPMIDD_UNIT);
+                        fflush(stdout);
                         s = run_quiet(cmd, true);
                         if (s != 0) {
                                 fprintf(stderr, "tpmidctl config apply: `systemctl %s %s` failed (exit %d); the "

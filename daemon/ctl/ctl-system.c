@@ -8,6 +8,9 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,7 @@
 #include "api.h"
 #include "config.h"
 #include "ctl-client.h"
+#include "ctl-status.h"
 #include "ctl.h"
 #include "util.h"
 
@@ -34,7 +38,12 @@ static char *const units[] = { SYSTEM_SERVICE, SYSTEM_SOCKET_TPMD, SYSTEM_SOCKET
 
 /* ---- helpers ---- */
 
+/* systemd is PID 1 here; TPMIDCTL_ASSUME_SYSTEMD=1 says to act as if it were
+ * (tests with a stand-in systemctl, chroots), as config apply does. */
 static bool systemd_running(void) {
+        const char *e = getenv("TPMIDCTL_ASSUME_SYSTEMD");
+        if (e && streq(e, "1"))
+                return true;
         return access("/run/systemd/system", F_OK) == 0;
 }
 
@@ -104,28 +113,8 @@ static int run_shown(char *const argv[]) {
         return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-/* The identity socket: [endpoints] aziot_identityd of the daemon's
- * configuration (as the daemon resolves it), else the default. Heap string,
- * NULL on OOM. */
 static char *identity_socket(void) {
-        const char *candidates[] = { config_path_from_env(CONFIG_APPLIED_PATH), CONFIG_DEFAULT_PATH };
-        for (size_t i = 0; i < ELEMENTSOF(candidates); i++) {
-                struct tpmid_config *c = NULL;
-                struct config_diags d = {0};
-                int r = config_load(candidates[i], &c, &d);
-                config_diags_free(&d);
-                if (r == 0) {
-                        char *s = strdup(c->endpoints.identityd_socket);
-                        config_free(c);
-                        return s;
-                }
-                if (r == -ENOMEM)
-                        return NULL;
-                const char *explicit_path = getenv(CONFIG_ENV_PATH);
-                if (explicit_path && *explicit_path)
-                        break; /* an explicit file that does not load: no guessing */
-        }
-        return strdup(CONFIG_DEFAULT_IDENTITYD_SOCKET);
+        return ctl_status_identity_socket();
 }
 
 static const char *client_strerror(int r) {
@@ -167,7 +156,7 @@ static int identity_call(const char *method, const char *target, const char *bod
         int r = ctl_client_request(sock, method, target, body, timeout_ms, &resp);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: %s: %s: %s.\n", what, sock, client_strerror(r));
-                return r == -ENOMEM ? CTL_EXIT_FAILURE : CTL_EXIT_DAEMON;
+                return ctl_exit_from_errno(r);
         }
         if (resp.status != want_status) {
                 _cleanup_free_ char *m = response_message(&resp);
@@ -175,8 +164,9 @@ static int identity_call(const char *method, const char *target, const char *bod
                 if (resp.status == 404)
                         fprintf(stderr, "(the daemon on %s does not know this request: is it aziot-identityd "
                                 "rather than tpmidd?)\n", sock);
+                int code = ctl_exit_from_http(resp.status);
                 ctl_response_done(&resp);
-                return CTL_EXIT_FAILURE;
+                return code == CTL_EXIT_OK ? CTL_EXIT_FAILURE : code;
         }
         *ret = resp;
         return CTL_EXIT_OK;
@@ -206,42 +196,46 @@ static const char *jstr(json_t *o, const char *key) {
 
 /* ---- system status ---- */
 
-/* Print one unit's state in words; returns true when it is healthy. */
-static bool print_unit(char *unit) {
-        char load[128] = "", active[128] = "";
+#define SYSTEM_STATUS_SCHEMA_VERSION 1 /* of `system status --json`; bumped when a member changes meaning */
+
+/* One unit's state in words (label) and whether it is healthy. */
+struct unit_state {
+        char load[128], active[128];
+        const char *label;
+        bool healthy, failed;
+        bool down; /* label is systemd's own word for a stopped unit: print "Down - " before it */
+};
+
+static void unit_state(char *unit, struct unit_state *u) {
+        *u = (struct unit_state){ 0 };
         char *show[] = { "systemctl", "show", "--property=LoadState", "--value", unit, NULL };
-        int r = run_capture(show, load, sizeof load);
+        int r = run_capture(show, u->load, sizeof u->load);
         if (r == 127 || r < 0) {
-                printf("    %-26s unknown (systemctl could not be run)\n", unit);
-                return false;
+                u->label = "unknown (systemctl could not be run)";
+                return;
         }
-        if (streq(load, "not-found")) {
-                printf("    %-26s not installed\n", unit);
-                return false;
+        if (streq(u->load, "not-found")) {
+                u->label = "not installed";
+                return;
         }
         char *isact[] = { "systemctl", "is-active", unit, NULL };
-        (void)run_capture(isact, active, sizeof active);
+        (void)run_capture(isact, u->active, sizeof u->active);
         bool socket = !streq(unit, SYSTEM_SERVICE);
-        if (streq(active, "active")) {
-                printf("    %-26s %s\n", unit, socket ? "Listening" : "Running");
-                return true;
-        }
-        if (streq(active, "inactive")) {
+        if (streq(u->active, "active")) {
+                u->label = socket ? "Listening" : "Running";
+                u->healthy = true;
+        } else if (streq(u->active, "inactive")) {
                 /* A stopped service behind active sockets starts on the first request. */
-                printf("    %-26s %s\n", unit, socket ? "Down - socket not listening" : "Ready (starts on demand)");
-                return !socket;
+                u->label = socket ? "Down - socket not listening" : "Ready (starts on demand)";
+                u->healthy = !socket;
+        } else {
+                u->label = u->active[0] ? u->active : "unknown state";
+                u->failed = streq(u->active, "failed");
+                u->down = true;
         }
-        printf("    %-26s Down - %s\n", unit, active[0] ? active : "unknown state");
-        if (streq(active, "failed")) {
-                char *jc[] = { "journalctl", "-u", unit, "--no-pager", "-e", "-n", SYSTEM_FAILED_LOG_LINES,
-                               NULL };
-                fflush(stdout);
-                (void)run_shown(jc);
-        }
-        return false;
 }
 
-static void print_status_json(json_t *st) {
+static void print_status_text(json_t *st) {
         json_t *prov = json_object_get(st, "provisioning"), *tpm = json_object_get(st, "tpm"),
                *dmn = json_object_get(st, "daemon");
         char buf[64];
@@ -282,45 +276,96 @@ static void print_status_json(json_t *st) {
                 format_time(n, buf, sizeof buf);
                 printf("    Next DPS attempt: %s (in %" PRId64 " s)\n", buf, n > now ? n - now : 0);
         }
-        if (ps && streq(ps, "failed"))
+        char fixbuf[512];
+        const char *what, *fix;
+        if (ctl_status_provisioning_failed(st) && ctl_status_explain(last, NULL, fixbuf, sizeof fixbuf, &what, &fix))
+                printf("    DPS refused the device: %s.\n    To fix: %s.\n", what, fix);
+        else if (ctl_status_provisioning_failed(st))
                 printf("    DPS refused the device; fix the enrollment or configuration, then run "
-                       "'tpmidctl system reprovision'.\n");
+                       "'sudo tpmidctl system reprovision'.\n");
 }
 
 static int system_status(int argc, char **argv) {
-        if (argc > 1) {
-                fprintf(stderr, "tpmidctl system status: unexpected argument '%s'\n", argv[1]);
-                return CTL_EXIT_USAGE;
+        bool json = false;
+        for (int i = 1; i < argc; i++) {
+                if (streq(argv[i], "--json"))
+                        json = true;
+                else {
+                        fprintf(stderr, "tpmidctl system status: unexpected argument '%s'\n", argv[i]);
+                        return CTL_EXIT_USAGE;
+                }
         }
-        bool units_ok = true;
-        printf("System services:\n");
-        if (!systemd_running()) {
-                printf("    systemd is not running on this system (not PID 1): unit states are unknown.\n");
-        } else {
-                for (size_t i = 0; i < ELEMENTSOF(units); i++)
-                        units_ok &= print_unit(units[i]);
+        bool units_ok = true, have_systemd = systemd_running();
+        json_t *junits = json ? json_object() : NULL;
+        if (!json) {
+                printf("System services:\n");
+                if (!have_systemd)
+                        printf("    systemd is not running on this system (not PID 1): unit states are unknown.\n");
         }
-        printf("\n");
-        fflush(stdout);
+        for (size_t i = 0; have_systemd && i < ELEMENTSOF(units); i++) {
+                struct unit_state u;
+                unit_state(units[i], &u);
+                units_ok &= u.healthy;
+                if (json) {
+                        json_object_set_new(junits, units[i],
+                                            json_pack("{s:s, s:s, s:s, s:b}", "load", u.load, "active", u.active,
+                                                      "state", u.label, "healthy", u.healthy));
+                        continue;
+                }
+                printf("    %-26s %s%s\n", units[i], u.down ? "Down - " : "", u.label);
+                if (u.failed) {
+                        char *jc[] = { "journalctl", "-u", units[i], "--no-pager", "-e", "-n",
+                                       SYSTEM_FAILED_LOG_LINES, NULL };
+                        fflush(stdout);
+                        (void)run_shown(jc);
+                }
+        }
+        if (!json) {
+                printf("\n");
+                fflush(stdout);
+        }
 
-        struct ctl_response resp = {0};
-        int code = identity_call("GET", "/status?api-version=" API_VERSION_2020_09_01, NULL, 0, 200, "daemon status",
-                                 &resp);
-        if (code == CTL_EXIT_OK) {
-                json_error_t je;
-                json_t *st = json_loadb(resp.body, resp.body_len, 0, &je);
-                if (!json_is_object(st)) {
-                        fprintf(stderr, "tpmidctl: the daemon's status is not a JSON object: %s\n", je.text);
+        _cleanup_free_ char *sock = identity_socket();
+        if (!sock) {
+                json_decref(junits);
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        json_t *st = NULL;
+        char err[1024] = "";
+        int r = ctl_status_fetch(sock, &st, err, sizeof err);
+        /* The exit code, most fundamental first: the daemon cannot be asked,
+         * the TPM is unusable, DPS refused the device, a unit is down. */
+        int code = r < 0 ? ctl_exit_from_errno(r)
+                   : ctl_status_tpm_unavailable(st)     ? CTL_EXIT_NOTPM
+                   : ctl_status_provisioning_failed(st) ? CTL_EXIT_PROVISIONING
+                   : !units_ok                          ? CTL_EXIT_FAILURE
+                                                        : CTL_EXIT_OK;
+        if (json) {
+                json_t *o = json_pack("{s:i, s:b, s:o, s:O?, s:s?, s:i}", "schemaVersion",
+                                      SYSTEM_STATUS_SCHEMA_VERSION, "systemd", have_systemd, "units",
+                                      have_systemd ? junits : json_null(), "daemon", st, "error", r < 0 ? err : NULL,
+                                      "exitCode", code);
+                if (!have_systemd)
+                        json_decref(junits);
+                char *txt = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+                if (!txt) {
+                        fprintf(stderr, "tpmidctl: out of memory\n");
                         code = CTL_EXIT_FAILURE;
                 } else
-                        print_status_json(st);
+                        printf("%s\n", txt);
+                free(txt);
+                json_decref(o);
                 json_decref(st);
-                ctl_response_done(&resp);
+                return code;
         }
+        if (r < 0)
+                fprintf(stderr, "tpmidctl: daemon status: %s.\n", err);
+        else
+                print_status_text(st);
+        json_decref(st);
         printf("\nUse 'tpmidctl system logs' to check for non-fatal errors.\n"
                "Use 'tpmidctl check' to diagnose connectivity and configuration issues.\n");
-        if (code == CTL_EXIT_OK && !units_ok)
-                code = CTL_EXIT_FAILURE;
         return code;
 }
 
@@ -367,11 +412,19 @@ static int system_logs(int argc, char **argv) {
                         "started.\n");
                 return CTL_EXIT_FAILURE;
         }
+        if (!systemd_running()) {
+                /* journalctl would read whatever journal files lie around and
+                 * print "-- No entries --", which reads as "tpmidd logged
+                 * nothing". */
+                fprintf(stderr, "tpmidctl system logs: systemd is not running on this system (not PID 1), so there "
+                        "is no journal of tpmidd to show. Without systemd tpmidd logs to standard error: look "
+                        "wherever it was started (its terminal, or the file its output goes to).\n");
+                return CTL_EXIT_FAILURE;
+        }
         if (!journal_present()) {
-                fprintf(stderr, "tpmidctl system logs: this system has no systemd journal (%s and %s do not exist%s). "
-                        "tpmidd logs to standard error when it is not run by systemd: look wherever it was "
-                        "started.\n", SYSTEM_JOURNAL_RUN, SYSTEM_JOURNAL_VAR,
-                        systemd_running() ? "" : "; systemd is not running");
+                fprintf(stderr, "tpmidctl system logs: this system has no systemd journal (%s and %s do not "
+                        "exist), so the journal is not available. Check that systemd-journald runs "
+                        "('systemctl status systemd-journald').\n", SYSTEM_JOURNAL_RUN, SYSTEM_JOURNAL_VAR);
                 return CTL_EXIT_FAILURE;
         }
         size_t n_extra = (size_t)(argc - first);
@@ -400,6 +453,128 @@ static int system_logs(int argc, char **argv) {
 
 /* ---- system reprovision ---- */
 
+#define SYSTEM_WATCH_INTERVAL_MS 1000 /* ms between GET /status polls while a reprovision runs */
+
+/* The POST runs on its own thread (it blocks until the daemon's run
+ * settled); the main thread polls GET /status meanwhile and prints each state
+ * it sees. done_fd[1] is written once the POST returned. */
+struct reprovision_call {
+        const char *sock;
+        int r;
+        struct ctl_response resp;
+        int done_fd[2];
+};
+
+static void *reprovision_thread(void *userdata) {
+        struct reprovision_call *call = userdata;
+        call->r = ctl_client_request(call->sock, "POST",
+                                     "/identities/device/reprovision?api-version=" API_VERSION_2020_09_01,
+                                     "{\"type\":\"aziot\"}", SYSTEM_REPROVISION_TIMEOUT_MS, &call->resp);
+        char c = 1;
+        while (write(call->done_fd[1], &c, 1) < 0 && errno == EINTR)
+                ;
+        return NULL;
+}
+
+static void on_interrupt(int sig) {
+        static const char msg[] = "\nStopped watching. tpmidd carries on with the registration: follow it with "
+                                  "'tpmidctl system status'.\n";
+        (void)sig;
+        (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
+        _exit(130);
+}
+
+/* What `system reprovision` printed last, so each state is printed once. */
+struct watch_seen {
+        char line[768];  /* the last line printed ("" before the first) */
+        int64_t next_at; /* its retry time, 0 when none */
+};
+
+/* Print the daemon's provisioning state when it differs from what was
+ * printed last: a new state, or a new retry time (the countdown alone is not
+ * news). */
+static void watch_print(json_t *st, struct watch_seen *seen) {
+        const char *ps = ctl_status_str(st, "provisioning", "state");
+        if (!ps)
+                return;
+        if (!seen->line[0] && streq(ps, "provisioned"))
+                return; /* still the identity from before this run */
+        json_t *prov = json_object_get(st, "provisioning");
+        json_t *next = json_object_get(prov, "nextRetryAt");
+        json_t *last = json_object_get(prov, "lastResult");
+        char line[sizeof seen->line];
+        int64_t next_at = 0;
+        if (streq(ps, "backing-off") && json_is_integer(next)) {
+                int64_t now = (int64_t)time(NULL);
+                next_at = json_integer_value(next);
+                char fixbuf[256];
+                const char *what = NULL, *fix = NULL;
+                bool throttled = ctl_status_explain(last, NULL, fixbuf, sizeof fixbuf, &what, &fix) &&
+                                 strstr(what, "throttles");
+                const char *m = jstr(last, "message");
+                if (seen->next_at == next_at && startswith(seen->line, throttled ? "throttled" : "waiting"))
+                        return;
+                snprintf(line, sizeof line, "%s: next try in %" PRId64 " s%s%s%s",
+                         throttled ? "throttled by DPS" : "waiting to retry", next_at > now ? next_at - now : 0,
+                         !throttled && m ? " (" : "", !throttled && m ? m : "", !throttled && m ? ")" : "");
+        } else if (streq(ps, "provisioned"))
+                snprintf(line, sizeof line, "assigned");
+        else
+                snprintf(line, sizeof line, "%s", ps);
+        if (streq(seen->line, line))
+                return;
+        printf("    %s\n", line);
+        fflush(stdout);
+        snprintf(seen->line, sizeof seen->line, "%s", line);
+        seen->next_at = next_at;
+}
+
+/* After the daemon answered 503 (it retries on its own): poll GET /status,
+ * printing its states, until this run settles. Returns 0 provisioned (a DPS
+ * assignment at or after started), 1 failed for good, -ETIMEDOUT. */
+static int watch_until_settled(const char *sock, int64_t started, struct watch_seen *prev) {
+        int64_t deadline = now_monotonic_ms() + SYSTEM_REPROVISION_TIMEOUT_MS;
+        while (now_monotonic_ms() < deadline) {
+                struct pollfd none = { .fd = -1 };
+                (void)poll(&none, 0, SYSTEM_WATCH_INTERVAL_MS);
+                json_t *st = NULL;
+                char err[512];
+                if (ctl_status_fetch(sock, &st, err, sizeof err) < 0)
+                        continue;
+                watch_print(st, prev);
+                json_t *last = json_object_get(json_object_get(st, "provisioning"), "lastResult");
+                json_t *at = json_object_get(last, "at");
+                const char *ls = jstr(last, "status");
+                const char *ps = ctl_status_str(st, "provisioning", "state");
+                bool fresh = json_is_integer(at) && json_integer_value(at) >= started;
+                int v = ps && streq(ps, "provisioned") && fresh && ls && streq(ls, "assigned") ? 0
+                        : ctl_status_provisioning_failed(st)                                    ? 1
+                                                                                                : -1;
+                json_decref(st);
+                if (v >= 0)
+                        return v;
+        }
+        return -ETIMEDOUT;
+}
+
+static int print_reprovisioned(const char *sock) {
+        struct ctl_response id = {0};
+        char hub[256] = "?", dev[256] = "?";
+        if (ctl_client_request(sock, "POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
+                               "{\"type\":\"aziot\"}", 0, &id) == 0) {
+                json_t *j = json_loadb(id.body, id.body_len, 0, NULL);
+                json_t *spec = json_object_get(j, "spec");
+                if (jstr(spec, "hubName"))
+                        snprintf(hub, sizeof hub, "%s", jstr(spec, "hubName"));
+                if (jstr(spec, "deviceId"))
+                        snprintf(dev, sizeof dev, "%s", jstr(spec, "deviceId"));
+                json_decref(j);
+                ctl_response_done(&id);
+        }
+        printf("Reprovisioned: DPS assigned device %s on IoT Hub %s.\n", dev, hub);
+        return CTL_EXIT_OK;
+}
+
 static int system_reprovision(int argc, char **argv) {
         if (argc > 1) {
                 fprintf(stderr, "tpmidctl system reprovision: unexpected argument '%s'\n", argv[1]);
@@ -414,57 +589,130 @@ static int system_reprovision(int argc, char **argv) {
         fflush(stdout);
         /* The daemon answers once the run it started settled: 204 provisioned,
          * 502 DPS refused (permanent), 503 not reachable / not ready (it keeps
-         * retrying), 429 too many waiting requests. */
-        struct ctl_response resp = {0};
-        int r = ctl_client_request(sock, "POST", "/identities/device/reprovision?api-version=" API_VERSION_2020_09_01,
-                                   "{\"type\":\"aziot\"}", SYSTEM_REPROVISION_TIMEOUT_MS, &resp);
+         * retrying), 429 too many waiting requests. Meanwhile its states are
+         * shown; Ctrl-C stops watching, not the daemon's run. */
+        struct reprovision_call call = { .sock = sock };
+        int64_t started = (int64_t)time(NULL);
+        if (pipe2(call.done_fd, O_CLOEXEC) < 0) {
+                fprintf(stderr, "tpmidctl: %s\n", strerror(errno));
+                return CTL_EXIT_FAILURE;
+        }
+        struct sigaction sa = { .sa_handler = on_interrupt };
+        sigemptyset(&sa.sa_mask);
+        (void)sigaction(SIGINT, &sa, NULL);
+        pthread_t th;
+        int e = pthread_create(&th, NULL, reprovision_thread, &call);
+        if (e != 0) {
+                close(call.done_fd[0]);
+                close(call.done_fd[1]);
+                fprintf(stderr, "tpmidctl: cannot start a thread: %s\n", strerror(e));
+                return CTL_EXIT_FAILURE;
+        }
+        struct watch_seen seen = { .line = "" };
+        for (;;) {
+                struct pollfd p = { .fd = call.done_fd[0], .events = POLLIN };
+                int k = poll(&p, 1, SYSTEM_WATCH_INTERVAL_MS);
+                if (k > 0)
+                        break;
+                if (k < 0 && errno != EINTR)
+                        break;
+                json_t *st = NULL;
+                char err[512];
+                if (ctl_status_fetch(sock, &st, err, sizeof err) == 0) {
+                        watch_print(st, &seen);
+                        json_decref(st);
+                }
+        }
+        (void)pthread_join(th, NULL);
+        close(call.done_fd[0]);
+        close(call.done_fd[1]);
+        int r = call.r;
+        struct ctl_response resp = call.resp;
+        bool watch = false;
+        if (r == 0 && resp.status == 503) {
+                json_t *st = NULL;
+                char err[256];
+                if (ctl_status_fetch(sock, &st, err, sizeof err) == 0) {
+                        const char *ps = ctl_status_str(st, "provisioning", "state");
+                        watch = ps && !streq(ps, "provisioned") && !ctl_status_provisioning_failed(st) &&
+                                !ctl_status_tpm_unavailable(st);
+                        json_decref(st);
+                }
+        }
         if (r < 0) {
                 if (r == -ETIMEDOUT)
                         fprintf(stderr, "Reprovisioning has no outcome after %d s; tpmidd carries on in the background: "
                                 "follow it with 'tpmidctl system status'.\n", SYSTEM_REPROVISION_TIMEOUT_MS / 1000);
                 else
                         fprintf(stderr, "Failed to reprovision: %s: %s.\n", sock, client_strerror(r));
-                return r == -ENOMEM || r == -ETIMEDOUT ? CTL_EXIT_FAILURE : CTL_EXIT_DAEMON;
+                return r == -ETIMEDOUT ? CTL_EXIT_UNAVAILABLE : ctl_exit_from_errno(r);
+        }
+        _cleanup_free_ char *m = NULL;
+        if (resp.status == 503 && watch) {
+                /* DPS is unreachable or throttles: tpmidd answered at once and
+                 * retries on its own; keep showing its states until it settles. */
+                m = response_message(&resp);
+                printf("    %s\n", m ? m : "DPS is not reachable now");
+                fflush(stdout);
+                int w = watch_until_settled(sock, started, &seen);
+                if (w == 0) {
+                        ctl_response_done(&resp);
+                        return print_reprovisioned(sock);
+                }
+                if (w == 1) {
+                        ctl_response_done(&resp);
+                        resp.status = 502; /* the same verdict as a refusal answered at once */
+                } else {
+                        fprintf(stderr, "Reprovisioning has no outcome after %d s; tpmidd carries on in the "
+                                "background: follow it with 'tpmidctl system status'.\n",
+                                SYSTEM_REPROVISION_TIMEOUT_MS / 1000);
+                        ctl_response_done(&resp);
+                        return CTL_EXIT_UNAVAILABLE;
+                }
         }
         if (resp.status == 204 || resp.status == 200) {
                 ctl_response_done(&resp);
-                struct ctl_response id = {0};
-                char hub[256] = "?", dev[256] = "?";
-                if (ctl_client_request(sock, "POST", "/identities/device?api-version=" API_VERSION_2020_09_01,
-                                       "{\"type\":\"aziot\"}", 0, &id) == 0) {
-                        json_t *j = json_loadb(id.body, id.body_len, 0, NULL);
-                        json_t *spec = json_object_get(j, "spec");
-                        if (jstr(spec, "hubName"))
-                                snprintf(hub, sizeof hub, "%s", jstr(spec, "hubName"));
-                        if (jstr(spec, "deviceId"))
-                                snprintf(dev, sizeof dev, "%s", jstr(spec, "deviceId"));
-                        json_decref(j);
-                        ctl_response_done(&id);
-                }
-                printf("Reprovisioned: DPS assigned device %s on IoT Hub %s.\n", dev, hub);
-                return CTL_EXIT_OK;
+                return print_reprovisioned(sock);
         }
-        _cleanup_free_ char *m = response_message(&resp);
+        if (!m)
+                m = response_message(&resp);
         switch (resp.status) {
-        case 502:
-                fprintf(stderr, "Failed to reprovision: DPS refused the registration: %s\n"
-                        "Fix the enrollment (or [provisioning] in the configuration), then run "
-                        "'tpmidctl system reprovision' again.\n", m ? m : "");
+        case 502: {
+                /* The daemon's last result says why; its message alone may
+                 * word a disabled enrollment as a refused attestation. */
+                json_t *st = NULL;
+                char err[512], fixbuf[512];
+                const char *what = NULL, *fix = NULL;
+                bool explained = ctl_status_fetch(sock, &st, err, sizeof err) == 0 &&
+                                 ctl_status_explain(json_object_get(json_object_get(st, "provisioning"), "lastResult"),
+                                                    NULL, fixbuf, sizeof fixbuf, &what, &fix);
+                const char *dm = jstr(json_object_get(json_object_get(st, "provisioning"), "lastResult"), "message");
+                if (explained)
+                        fprintf(stderr, "Failed to reprovision: %s (%s).\nTo fix: %s.\n", what,
+                                dm ? dm : m ? m : "", fix);
+                else
+                        fprintf(stderr, "Failed to reprovision: DPS refused the registration: %s\n"
+                                "Fix the enrollment (or [provisioning] in the configuration), then run "
+                                "'tpmidctl system reprovision' again.\n", m ? m : "");
+                json_decref(st);
                 break;
+        }
         case 503:
                 fprintf(stderr, "Failed to reprovision: %s\n"
                         "tpmidd keeps retrying in the background; follow it with 'tpmidctl system status'.\n",
                         m ? m : "");
                 break;
+        case 401:
         case 403:
-                fprintf(stderr, "Failed to reprovision: %s\nRun it as root.\n", m ? m : "");
+                fprintf(stderr, "Failed to reprovision: %s\nRun it as root (sudo).\n", m ? m : "");
                 break;
         default:
                 fprintf(stderr, "Failed to reprovision: tpmidd answered %d: %s\n", resp.status, m ? m : "");
                 break;
         }
+        int code = ctl_exit_from_http(resp.status);
         ctl_response_done(&resp);
-        return CTL_EXIT_FAILURE;
+        return code == CTL_EXIT_OK ? CTL_EXIT_FAILURE : code;
 }
 
 /* ---- system restart|stop ---- */

@@ -395,7 +395,7 @@ static int verb_info(int argc, char **argv) {
                 return r > 0 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
         r = a.tcti ? -ENOENT : tpm_info_via_daemon(&ek, &srk);
         if (r < 0 && r != -ENOENT && r != -ECONNREFUSED)
-                return CTL_EXIT_DAEMON;
+                return ctl_exit_from_errno(r);
         if (r < 0) {
                 /* No daemon (or --tcti): the TPM is ours; create EK/SRK like the script. */
                 ret = tpm_target_resolve(&a, &tg);

@@ -1,18 +1,10 @@
 /* tpmidctl entry point: dispatches "tpmidctl GROUP VERB ..." to the group's
- * file. Groups that are not built into this binary are reported as such. */
+ * file (ctl.h lists which file serves which group). */
 #include <stdio.h>
 #include <string.h>
 
 #include "ctl.h"
 #include "tpmid-config.h"
-
-/* Weak so that the CLI links while verb groups land one by one; a missing
- * group is an error at run time, never a silent success. */
-#pragma weak ctl_tpm_main
-#pragma weak ctl_config_main
-#pragma weak ctl_system_main
-#pragma weak ctl_check_main
-#pragma weak ctl_identity_main
 
 static void usage(FILE *f) {
         fputs("Usage: tpmidctl COMMAND ...\n"
@@ -24,16 +16,20 @@ static void usage(FILE *f) {
               "\n"
               "Configuration:\n"
               "  config check [-c FILE]                      validate /etc/aziot/config.toml\n"
-              "  config apply [-c FILE]                      validate, install for tpmidd, reload or restart it\n"
+              "  config apply [-c FILE]                      validate, install for tpmidd, then start (first time),\n"
+              "                                              reload or restart it\n"
               "\n"
               "Service:\n"
-              "  system status                               units and provisioning state\n"
+              "  system status [--json]                      units and provisioning state (exit 4: TPM unusable,\n"
+              "                                              8: provisioning failed)\n"
               "  system logs [-- JOURNALCTL-ARGS]            the daemon's journal\n"
-              "  system reprovision                          run DPS registration again, report the outcome\n"
+              "  system reprovision                          run DPS registration again, show its states and outcome\n"
               "  system restart | system stop                the units\n"
               "  identity show                               the device identity (hub, device id)\n"
               "  identity token [--lifetime SEC]             a hub SAS token signed in the TPM\n"
-              "  check [--json]                              TPM-aware health checks, each with its fix\n"
+              "  check [-o json] [--warnings-as-errors]      TPM-aware health checks, each with its fix\n"
+              "  check --list                                every check's id and what it checks\n"
+              "  support-bundle [-o FILE]                    a tar.gz for a bug report (secrets redacted)\n"
               "\n"
               "  --version, --help; COMMAND --help for its options (man tpmidctl)\n",
               f);
@@ -53,7 +49,7 @@ int main(int argc, char **argv) {
                 printf("tpmidctl %s\n", TPMID_VERSION);
                 return CTL_EXIT_OK;
         }
-        int (*fn)(int, char **) = NULL;
+        int (*fn)(int, char **);
         if (strcmp(g, "tpm") == 0)
                 fn = ctl_tpm_main;
         else if (strcmp(g, "config") == 0)
@@ -64,13 +60,11 @@ int main(int argc, char **argv) {
                 fn = ctl_check_main;
         else if (strcmp(g, "identity") == 0)
                 fn = ctl_identity_main;
+        else if (strcmp(g, "support-bundle") == 0)
+                fn = ctl_bundle_main;
         else {
                 fprintf(stderr, "tpmidctl: unknown command '%s'. Try 'tpmidctl --help'.\n", g);
                 return CTL_EXIT_USAGE;
-        }
-        if (!fn) {
-                fprintf(stderr, "tpmidctl: command '%s' is not available in this build.\n", g);
-                return CTL_EXIT_FAILURE;
         }
         return fn(argc - 1, argv + 1);
 }

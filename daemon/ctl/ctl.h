@@ -3,17 +3,32 @@
  * and returns the process exit code (see CTL_EXIT_*). */
 #pragma once
 
+/* The exit codes of every verb: one table, documented in tpmidctl(1) under
+ * EXIT STATUS. A verb that talks to tpmidd maps the daemon's answer through
+ * ctl_exit_from_http() / ctl_exit_from_errno(), so the same answer gives the
+ * same code whichever verb asked. */
 enum {
         CTL_EXIT_OK = 0,
-        CTL_EXIT_FAILURE = 1, /* the operation failed (message printed) */
-        CTL_EXIT_USAGE = 2,   /* bad command line */
-        CTL_EXIT_CONFIG = 3,  /* configuration invalid */
-        CTL_EXIT_NOTPM = 4,   /* TPM unreachable or refused */
-        CTL_EXIT_DAEMON = 5,  /* daemon unreachable */
+        CTL_EXIT_FAILURE = 1,      /* the operation failed (message printed); check: an error was found */
+        CTL_EXIT_USAGE = 2,        /* bad command line */
+        CTL_EXIT_CONFIG = 3,       /* configuration invalid */
+        CTL_EXIT_NOTPM = 4,        /* TPM unavailable: cannot be opened, refused, or tpmidd reports it unusable */
+        CTL_EXIT_DAEMON = 5,       /* tpmidd unreachable: no socket, nothing listening, no answer, not HTTP */
+        CTL_EXIT_PERMISSION = 6,   /* permission denied: socket not accessible, tpmidd answered 401/403, not root */
+        CTL_EXIT_UNAVAILABLE = 7,  /* tpmidd answered 503: not ready for this yet (TPM, identity, DPS); retry */
+        CTL_EXIT_PROVISIONING = 8, /* provisioning failed: DPS refused the device (tpmidd's 502, state failed) */
 };
+
+/* The exit code for an HTTP status tpmidd answered (2xx gives CTL_EXIT_OK). */
+int ctl_exit_from_http(int status);
+
+/* The exit code for a -errno of ctl_client_request() or
+ * ctl_client_get_tpm_keys() (0 gives CTL_EXIT_OK). */
+int ctl_exit_from_errno(int r);
 
 int ctl_tpm_main(int argc, char **argv);     /* ctl-tpm.c: tpm info|import|sign */
 int ctl_config_main(int argc, char **argv);  /* ctl-config.c: config check|apply */
 int ctl_system_main(int argc, char **argv);  /* ctl-system.c: system status|logs|reprovision */
 int ctl_check_main(int argc, char **argv);   /* ctl-check.c: check */
 int ctl_identity_main(int argc, char **argv);/* ctl-system.c: identity show|token */
+int ctl_bundle_main(int argc, char **argv);  /* ctl-bundle.c: support-bundle */

@@ -22,9 +22,7 @@
 #include "tpm.h"
 #include "util.h"
 
-#define LOG_MESSAGE_PROVISIONED "0d3c6f8e5b7a4f21a9e4c2d18b6f7a30" /* DPS assigned the device to a hub */
-#define LOG_MESSAGE_DPS_FAILED "7f1b2c3d4e5f40718293a4b5c6d7e8f9"  /* a DPS run failed (DPS_ERROR_CODE= set) */
-#define PROV_STATUS_TEXT_MAX 1024                                   /* bytes of the STATUS= line */
+#define PROV_STATUS_TEXT_MAX 1024 /* bytes of the STATUS= line */
 
 /* Which asynchronous part of the current action is in flight. */
 enum step {

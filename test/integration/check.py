@@ -29,27 +29,35 @@ from daemon import HUB1, ID_SCOPE, Daemon, Sim, tpm_info, tpmidctl_path  # noqa:
 R = harness.Runner("check")
 
 ALL_IDS = ["config-valid", "config-applied", "tpm-device", "daemon-tpm-socket", "daemon-identity-socket",
-           "tpm-reachable", "tpm-ek-srk", "tpm-auth-key", "tpm-da-lockout", "registration-id", "dps-endpoint",
-           "iothub-endpoint", "clock"]
+           "tpm-reachable", "tpm-ek-srk", "tpm-auth-key", "tpm-da-lockout", "registration-id", "provisioning",
+           "dps-endpoint", "iothub-endpoint", "clock"]
 
 
 class Checked:
     """One `tpmidctl check` run in text and in --json form."""
 
-    def __init__(self, args, env):
+    def __init__(self, args, env, prefix=()):
         e = dict(os.environ)
         for k in ("TPMIDD_CONFIG", "TPMIDD_CLOUD_CONNECT_TO", "NOTIFY_SOCKET"):
             e.pop(k, None)
         e.update(env or {})
-        self.text = subprocess.run([tpmidctl_path(), "check"] + args, env=e, capture_output=True, text=True,
-                                   timeout=120)
-        self.js = subprocess.run([tpmidctl_path(), "check", "--json"] + args, env=e, capture_output=True, text=True,
-                                 timeout=120)
+        argv = list(prefix) + (["tpmidctl"] if prefix else [tpmidctl_path()]) + ["check"]
+        self.text = subprocess.run(argv + args, env=e, capture_output=True, text=True, timeout=120)
+        # -o json and --json are the same
+        self.js = subprocess.run(argv + (["--json"] if len(args) % 2 else ["-o", "json"]) + args, env=e,
+                                 capture_output=True, text=True, timeout=120)
         try:
-            self.results = {r["id"]: r for r in json.loads(self.js.stdout)}
+            doc = json.loads(self.js.stdout)
         except ValueError:
             raise AssertionError("check --json printed no JSON:\n%s\n%s" % (self.js.stdout, self.js.stderr))
+        assert doc["schemaVersion"] == 1, doc
+        self.results = {r["id"]: r for r in doc["checks"]}
         assert list(self.results) == ALL_IDS, list(self.results)
+        n = {k: sum(r["result"] == k for r in doc["checks"]) for k in ("ok", "warning", "error", "skipped")}
+        assert doc["summary"] == {"ok": n["ok"], "warnings": n["warning"], "errors": n["error"],
+                                  "skipped": n["skipped"]}, doc["summary"]
+        failing = n["error"] or ("--warnings-as-errors" in args and n["warning"])
+        assert self.js.returncode == (1 if failing else 0), (self.js.returncode, n)
         for r in self.results.values():
             assert r["result"] in ("ok", "warning", "error", "skipped"), r
             assert r["message"], r
@@ -155,6 +163,7 @@ def all_green():
                         "clock"):
                 c.expect(cid, "ok")
             c.expect("registration-id", "ok", info["registration_id"])
+            c.expect("provisioning", "ok", "provisioned", HUB1, "assigned")
             c.expect("iothub-endpoint", "ok", HUB1, "TLS")
             c.expect("config-applied", "skipped", "TPMIDD_CONFIG")
             c.expect("tpm-device", "skipped", "swtpm")  # a socket TCTI has no device node
@@ -172,6 +181,7 @@ def all_green():
             # daemon stopped: EK/SRK, auth key and DA lockout straight from the TPM
             c = Checked([], dict(ct, TPMIDD_CONFIG=d.config))
             c.expect("daemon-tpm-socket", "error", "is tpmidd running")
+            c.expect("provisioning", "skipped", "status is not available")
             c.expect("tpm-reachable", "ok", "tpmidd is not running")
             c.expect("tpm-ek-srk", "ok")
             c.expect("tpm-auth-key", "ok", "0x81000100")
@@ -357,26 +367,30 @@ def da_lockout():
 
 @R.case
 def registration_id_mismatch():
-    """A registration_id that looks EK-derived but is not this EK's: error; a custom id: ok."""
+    """A registration_id that is not the EK-derived one is a warning (naming both), whether it
+    looks EK-derived or is a custom id; the EK's own id is ok."""
     with harness.Swtpm() as tpm:
         info = tpm_info(tpm)
         other = "ab" * 32
         with Scratch(tcti=tpm.tcti, regid=other) as s:
-            r = s.check().expect("registration-id", "error", other, info["registration_id"])
+            r = s.check().expect("registration-id", "warning", other, info["registration_id"])
             assert "enrol" in r["fix"], r
             s.write(tpm.tcti, "https://127.0.0.1:1/", regid=info["registration_id"])
             s.check().expect("registration-id", "ok", "matches the EK")
             s.write(tpm.tcti, "https://127.0.0.1:1/", regid="my-device-7")
-            s.check().expect("registration-id", "ok", "custom")
+            c = s.check()
+            r = c.expect("registration-id", "warning", "custom", "my-device-7", info["registration_id"])
+            assert "enrollment" in r["fix"], r
 
 
 @R.case
 def dps_and_hub_endpoints():
     """DPS on a closed port, DPS with a CA that does not match (TLS verification), DPS fine;
     the assigned hub redirected to a closed port vs reachable."""
-    with Sim() as sim, Scratch(endpoint="https://127.0.0.1:%d/" % closed_port(), ca=None) as s:
+    port = closed_port()
+    with Sim() as sim, Scratch(endpoint="https://127.0.0.1:%d/" % port, ca=None) as s:
         r = s.check().expect("dps-endpoint", "error", "127.0.0.1")
-        assert "443" in r["fix"], r
+        assert "127.0.0.1:%d" % port in r["fix"] and "port %d" % port in r["fix"] and "443" not in r["fix"], r
         s.write("swtpm:path=/nonexistent", sim.endpoint)  # system trust store: the simulator's CA is unknown
         s.check().expect("dps-endpoint", "error")
         s.write("swtpm:path=/nonexistent", sim.endpoint, ca=sim.ca_path)
@@ -393,6 +407,108 @@ def dps_and_hub_endpoints():
             bad = dict(good, TPMIDD_CLOUD_CONNECT_TO="%s:443:127.0.0.1:%d" % (HUB1, closed_port()))
             r = Checked([], bad).expect("iothub-endpoint", "error", HUB1)
             assert "443" in r["fix"], r
+
+
+@R.case
+def provisioning_failed():
+    """A missing enrollment: the daemon's provisioning failed, so check says
+    so as an error with DPS's result and the fix, and exits 1 - never "0 errors"."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        tpm_info(tpm)
+        with Daemon(tpm, sim) as d:  # no enrollment
+            d.wait_state("failed")
+            c = Checked([], {"TPMIDD_CONFIG": d.config, "TPMIDD_CLOUD_CONNECT_TO": sim.connect_to()})
+            r = c.expect("provisioning", "error", "provisioning failed", "404201")
+            assert "enrollment" in r["fix"] and "reprovision" in r["fix"], r
+            assert c.text.returncode == 1 and "0 errors" not in c.text.stdout, c.dump()
+            c.expect("clock", "ok")  # DPS's Date from the reachability probe
+
+
+@R.case
+def provisioning_disabled_enrollment():
+    """A disabled enrollment is called disabled, with how to enable it."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1], enabled=False)
+        with Daemon(tpm, sim) as d:
+            d.wait_state("failed")
+            c = Checked([], {"TPMIDD_CONFIG": d.config, "TPMIDD_CLOUD_CONNECT_TO": sim.connect_to()})
+            r = c.expect("provisioning", "error", "disabled")
+            assert "enable" in r["fix"].lower(), r
+            assert "refused the TPM attestation" not in r["message"].split(";")[0], r
+
+
+@R.case
+def list_and_warnings_as_errors():
+    """--list names every check once (text and -o json); --warnings-as-errors turns a warning
+    into exit 1; -o with another format is a usage error."""
+    p = subprocess.run([tpmidctl_path(), "check", "--list"], capture_output=True, text=True)
+    assert p.returncode == 0, p
+    ids = [l.split()[0] for l in p.stdout.splitlines()]
+    assert ids == ALL_IDS, ids
+    assert all(len(l.split(None, 1)) == 2 for l in p.stdout.splitlines()), p.stdout
+    p = subprocess.run([tpmidctl_path(), "check", "--list", "-o", "json"], capture_output=True, text=True)
+    doc = json.loads(p.stdout)
+    assert doc["schemaVersion"] == 1 and [x["id"] for x in doc["checks"]] == ALL_IDS, doc
+    assert all(x["description"] for x in doc["checks"]), doc
+    p = subprocess.run([tpmidctl_path(), "check", "-o", "yaml"], capture_output=True, text=True)
+    assert p.returncode == 2 and "text or json" in p.stderr, p
+    with harness.Swtpm() as tpm:
+        info = tpm_info(tpm)
+        # a provisioned device with a custom registration id: its one warning decides the exit code
+        with Sim() as sim:
+            sim.client.enroll("my-device-7", info["ek"], hubs=[HUB1])
+            d = Daemon(tpm, sim, registration_id="my-device-7")
+            try:
+                d.start()
+                d.wait_provisioned()
+                env = {"TPMIDD_CONFIG": d.config, "TPMIDD_CLOUD_CONNECT_TO": sim.connect_to()}
+                c = Checked([], env)
+                c.expect("registration-id", "warning", "my-device-7")
+                bad = [k for k, v in c.results.items() if v["result"] == "error"]
+                assert not bad, (bad, c.dump())
+                assert c.text.returncode == 0, c.dump()
+                c2 = Checked(["--warnings-as-errors"], env)
+                assert c2.text.returncode == 1 and c2.js.returncode == 1, c2.dump()
+            finally:
+                d.cleanup()
+
+
+@R.case
+def socket_permission_denied():
+    """A caller who may not use the sockets gets errors that say so and how to fix it (group
+    aziottpm or sudo), and exit 1 - not "ok" or "skipped"."""
+    with Scratch() as s:
+        # a copy nobody may run (the build tree need not be reachable for other users)
+        bindir = os.path.join(s.dir, "bin")
+        os.makedirs(bindir)
+        shutil.copy(tpmidctl_path(), bindir)
+        nobody = ["env", "PATH=%s:/usr/bin:/bin" % bindir, "setpriv", "--reuid=nobody", "--regid=nogroup",
+                  "--clear-groups"]
+        os.makedirs(s.run_dir)
+        os.chmod(s.config, 0o644)
+        listeners = []
+        try:
+            for name in ("tpmd.sock", "identityd.sock"):
+                ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                path = os.path.join(s.run_dir, name)
+                ls.bind(path)
+                os.chmod(path, 0o600)  # root only: nobody's connect() gets EACCES
+                ls.listen(4)
+                listeners.append(ls)
+            c = Checked([], s.env, prefix=nobody)
+            for cid in ("daemon-tpm-socket", "daemon-identity-socket"):
+                r = c.expect(cid, "error", "may not use")
+                assert "aziottpm" in r["fix"] and "sudo" in r["fix"], r
+            assert c.text.returncode == 1, c.dump()
+        finally:
+            for ls in listeners:
+                ls.close()
+        # the configuration unreadable for the caller: an error too
+        os.chmod(s.config, 0o600)
+        c = Checked([], s.env, prefix=nobody)
+        r = c.expect("config-valid", "error", "not readable")
+        assert "aziottpm" in r["fix"], r
 
 
 class _SkewedHandler(http.server.BaseHTTPRequestHandler):

@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import harness  # noqa: E402
@@ -18,6 +19,18 @@ import harness  # noqa: E402
 CTL = harness.program("tpmidctl")
 DATA = os.path.join(harness.SRC, "test", "unit", "data", "config")
 EXIT_CONFIG = 3
+
+# A systemctl that records its arguments and answers is-enabled / is-active
+# from files, for config apply under TPMIDCTL_ASSUME_SYSTEMD=1 (systemd is not
+# PID 1 in the tests).
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$FAKE_SYSTEMCTL_LOG"
+case "$1" in
+is-enabled) cat "$FAKE_SYSTEMCTL_DIR/enabled"; [ "$(cat "$FAKE_SYSTEMCTL_DIR/enabled")" = enabled ] ;;
+is-active) [ "$(cat "$FAKE_SYSTEMCTL_DIR/active")" = active ] ;;
+enable) echo enabled > "$FAKE_SYSTEMCTL_DIR/enabled"; echo active > "$FAKE_SYSTEMCTL_DIR/active" ;;
+esac
+"""
 
 R = harness.Runner("config-check")
 
@@ -218,6 +231,106 @@ def apply_reload_vs_restart_and_backup():
 
 
 @R.case
+def apply_enables_and_starts_the_first_time():
+    """With systemd (a fake systemctl): the first apply runs `systemctl enable --now
+    tpmidd.service` and says so; a later reloadable change reloads the running service; a
+    restart-level change restarts it; --root and --no-reload run no systemctl."""
+    d = harness.tmpdir()
+    try:
+        bindir = os.path.join(d, "bin")
+        write(os.path.join(bindir, "systemctl"), FAKE_SYSTEMCTL, mode=0o755)
+        log = os.path.join(d, "systemctl.log")
+        write(os.path.join(d, "enabled"), "disabled\n")
+        write(os.path.join(d, "active"), "inactive\n")
+        env = {"PATH": bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"), "TPMIDCTL_ASSUME_SYSTEMD": "1",
+               "FAKE_SYSTEMCTL_LOG": log, "FAKE_SYSTEMCTL_DIR": d}
+        # sockets where nothing listens: no foreground tpmidd to find
+        endpoints = '[endpoints]\naziot_tpmd = "unix://%s/tpmd.sock"\naziot_identityd = "unix://%s/id.sock"\n' % (d, d)
+        cfg, out = os.path.join(d, "config.toml"), os.path.join(d, "applied", "config.toml")
+        write(cfg, GOOD + endpoints)
+        p = ctl("apply", "-c", cfg, "-o", out, env=env)
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+        assert "Running: systemctl enable --now tpmidd.service" in p.stdout, p.stdout
+        assert "Enabled and started tpmidd.service." in p.stdout, p.stdout
+        calls = open(log).read().splitlines()
+        assert "enable --now tpmidd.service" in calls, calls
+
+        open(log, "w").close()
+        write(cfg, 'log_level = "debug"\n' + GOOD + endpoints)
+        p = ctl("apply", "-c", cfg, "-o", out, env=env)
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+        assert "Running: systemctl reload tpmidd.service" in p.stdout, p.stdout
+        assert "reload tpmidd.service" in open(log).read().splitlines(), open(log).read()
+
+        open(log, "w").close()
+        write(cfg, 'log_level = "debug"\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF") + endpoints)
+        p = ctl("apply", "-c", cfg, "-o", out, env=env)
+        assert p.returncode == 0 and "systemctl restart tpmidd.service" in p.stdout, p.stdout
+        assert "restart tpmidd.service" in open(log).read().splitlines()
+
+        # a failing systemctl is an error, with the configuration installed
+        write(os.path.join(bindir, "systemctl"), FAKE_SYSTEMCTL.replace("esac", "esac\n[ \"$1\" = reload ] && exit 1\ntrue"),
+              mode=0o755)
+        write(cfg, 'log_level = "info"\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF") + endpoints)
+        p = ctl("apply", "-c", cfg, "-o", out, env=env)
+        assert p.returncode == 1 and "failed" in p.stderr and "installed" in p.stderr, (p.stdout, p.stderr)
+
+        open(log, "w").close()
+        root = os.path.join(d, "root")
+        write(os.path.join(root, "etc", "aziot", "config.toml"), GOOD)
+        assert ctl("apply", "--root", root, env=env).returncode == 0
+        write(cfg, 'log_level = "warn"\n' + GOOD + endpoints)
+        p = ctl("apply", "-c", cfg, "-o", out, "--no-reload", env=env)
+        assert p.returncode == 0 and "--no-reload given" in p.stdout, p.stdout
+        assert open(log).read() == "", open(log).read()
+    finally:
+        shutil.rmtree(d)
+
+
+@R.case
+def apply_reloads_a_foreground_daemon():
+    """tpmidd running outside systemd (found by the pid behind its socket): apply sends it
+    SIGHUP and the daemon reloads; without systemd and without a daemon apply says so."""
+    harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "setpriv")
+    from daemon import Daemon, Sim  # noqa: E402
+    with harness.Swtpm() as tpm, Sim() as sim:
+        with Daemon(tpm, sim) as dm:
+            src = os.path.join(dm.dir, "user-config.toml")
+            text = open(dm.config).read()
+            assert 'log_level = "debug"' in text, text
+            write(src, text.replace('log_level = "debug"', 'log_level = "info"'))
+            mark = os.path.getsize(dm.log)
+            p = ctl("apply", "-c", src, "-o", dm.config)
+            assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+            assert "Reloaded tpmidd (pid %d, running outside systemd) with SIGHUP." % dm.proc.pid in p.stdout \
+                or "Reloaded tpmidd (pid" in p.stdout, p.stdout
+            assert "will take effect when tpmidd starts" not in p.stdout, p.stdout
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                with open(dm.log, "rb") as f:
+                    f.seek(mark)
+                    if b"reloaded" in f.read():
+                        break
+                time.sleep(0.2)
+            else:
+                raise AssertionError("tpmidd did not reload: " + open(dm.log).read()[-2000:])
+            # another file than the daemon reads: not signalled
+            other = os.path.join(dm.dir, "other.toml")
+            write(src, text)
+            p = ctl("apply", "-c", src, "-o", other)
+            assert p.returncode == 0 and "not reloading it" in p.stdout, p.stdout
+    if not os.path.exists("/run/systemd/system"):
+        d = harness.tmpdir()
+        try:
+            cfg = os.path.join(d, "config.toml")
+            write(cfg, GOOD + '[endpoints]\naziot_tpmd = "unix://%s/t.sock"\n' % d)
+            p = ctl("apply", "-c", cfg, "-o", os.path.join(d, "out.toml"))
+            assert p.returncode == 0 and "systemd is not running here and no tpmidd listens" in p.stdout, p.stdout
+        finally:
+            shutil.rmtree(d)
+
+
+@R.case
 def apply_rejects_broken_config_without_touching_applied():
     root = harness.tmpdir()
     try:
@@ -250,7 +363,7 @@ def apply_refuses_unprivileged():
         cfg = os.path.join(d, "config.toml")
         write(cfg, GOOD)
         p = ctl("apply", "-c", cfg, prefix=prefix)
-        assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+        assert p.returncode == 6, (p.returncode, p.stdout, p.stderr)  # CTL_EXIT_PERMISSION
         assert "must be run as root" in p.stderr, p.stderr
         # an -o it can write is allowed (tests, images)
         out_dir = os.path.join(d, "out")

@@ -21,7 +21,9 @@ from daemon import HUB1, HUB2, Daemon, Sim, hub_get, tamper, tpm_info, tpmidctl_
 
 R = harness.Runner("ctl-system")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 5
+# tpmidctl(1), EXIT STATUS: one table for every verb
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_NOTPM, EXIT_DAEMON = 0, 1, 2, 3, 4, 5
+EXIT_PERMISSION, EXIT_UNAVAILABLE, EXIT_PROVISIONING = 6, 7, 8
 
 
 def ctl(*args, env=None, timeout=200):
@@ -63,14 +65,15 @@ def help_and_usage():
     helps = [["--help"], ["system", "--help"], ["system", "status", "--help"], ["system", "logs", "--help"],
              ["system", "reprovision", "--help"], ["system", "restart", "--help"], ["system", "stop", "--help"],
              ["identity", "--help"], ["identity", "show", "--help"], ["identity", "token", "--help"],
-             ["check", "--help"], ["tpm", "info", "--help"]]
+             ["check", "--help"], ["tpm", "info", "--help"], ["support-bundle", "--help"]]
     for a in helps:
         p = ctl(*a)
         assert p.returncode == 0 and "Usage: tpmidctl" in p.stdout, (a, p.returncode, p.stdout, p.stderr)
     bad = [["bogus"], ["system", "bogus"], ["system"], ["identity", "bogus"], ["identity"],
            ["system", "status", "extra"], ["system", "reprovision", "extra"], ["system", "logs", "-f"],
            ["identity", "token", "--lifetime", "5"], ["identity", "token", "--lifetime", "x"],
-           ["identity", "show", "--lifetime", "600"], ["check", "--bogus"], ["check", "extra"], []]
+           ["identity", "show", "--lifetime", "600"], ["check", "--bogus"], ["check", "extra"], [],
+           ["system", "status", "--bogus"], ["support-bundle", "extra"], ["check", "-o", "xml"]]
     for a in bad:
         p = ctl(*a)
         assert p.returncode == EXIT_USAGE, (a, p.returncode, p.stdout, p.stderr)
@@ -93,6 +96,9 @@ def no_daemon():
         p = ctl("system", "status", env=env)
         expect(p, EXIT_DAEMON, "systemd is not running")
         expect(p, EXIT_DAEMON, sock, "tpmidd is not running", stream="stderr")
+        j = json.loads(ctl("system", "status", "--json", env=env).stdout)
+        assert j["schemaVersion"] == 1 and j["daemon"] is None and "not running" in j["error"], j
+        assert j["exitCode"] == EXIT_DAEMON, j
         for a in (["identity", "show"], ["identity", "token"]):
             expect(ctl(*a, env=env), EXIT_DAEMON, sock, "tpmidd is not running", stream="stderr")
         expect(ctl("system", "reprovision", env=env), EXIT_DAEMON, "Failed to reprovision", "tpmidd is not running",
@@ -118,9 +124,14 @@ def logs_without_journal():
     finally:
         os.rmdir(empty)
     p = ctl("system", "logs")
-    if not (os.path.exists("/run/log/journal") or os.path.exists("/var/log/journal")):
+    if not os.path.exists("/run/systemd/system"):
+        # journal files may lie around (/var/log/journal), but no journald writes them here
+        expect(p, EXIT_FAILURE, "systemd is not running", "no journal of tpmidd", "standard error",
+               stream="stderr")
+        assert "No entries" not in p.stdout + p.stderr, p
+        expect(ctl("system", "logs", "--", "-n", "5"), EXIT_FAILURE, "systemd is not running", stream="stderr")
+    elif not (os.path.exists("/run/log/journal") or os.path.exists("/var/log/journal")):
         expect(p, EXIT_FAILURE, "no systemd journal", "/run/log/journal", stream="stderr")
-        expect(ctl("system", "logs", "--", "-n", "5"), EXIT_FAILURE, "no systemd journal", stream="stderr")
     else:  # a journal exists: journalctl runs (the unit may have no entries)
         assert p.returncode == 0, (p.returncode, p.stderr)
 
@@ -144,6 +155,12 @@ def provisioned_device():
             assert f.get("TPM") == "ready", f
             assert f.get("Last DPS result", "").startswith("assigned"), f
             assert "Next DPS attempt" not in f, f
+            p = ctl("system", "status", "--json", env=env)
+            expect(p, EXIT_OK)
+            j = json.loads(p.stdout)
+            assert j["schemaVersion"] == 1 and j["exitCode"] == 0 and j["error"] is None, j
+            assert j["daemon"]["provisioning"]["state"] == "provisioned", j
+            assert j["systemd"] == os.path.exists("/run/systemd/system"), j
 
             p = ctl("identity", "show", env=env)
             expect(p, EXIT_OK, "IoT Hub:       " + HUB1, "Device ID:     ctl-dev-1", "Auth:          tpm")
@@ -168,11 +185,14 @@ def provisioned_device():
             p = ctl("tpm", "info", env=env)
             expect(p, EXIT_OK, regid, json.loads(info["text"])["endorsement_key"])
 
-            # reprovision: waits for the outcome; a new registration reaches DPS
+            # reprovision: shows the states it sees while DPS is slow, then the outcome;
+            # a new registration reaches DPS
             sim.client.update(regid, iotHubs=[HUB2])
             seq = sim.last_seq()
+            sim.client.fault("register-challenge", "stall", count=1, seconds=3)
             p = ctl("system", "reprovision", env=env)
-            expect(p, EXIT_OK, "Reprovisioned", "ctl-dev-1", HUB2)
+            expect(p, EXIT_OK, "Reprovisioned", "ctl-dev-1", HUB2, "\n    registering\n")
+            assert p.stdout.index("registering") < p.stdout.index("Reprovisioned"), p.stdout
             routes = [e["route"] for e in sim.requests(since=seq)]
             assert "register-challenge" in routes or "register-auth" in routes, routes
             assert d.prov()["hubName"] == HUB2
@@ -191,26 +211,143 @@ def enrollment_missing_then_disabled():
             d.wait_state("failed")
             env = denv(d)
             p = ctl("system", "status", env=env)
-            expect(p, EXIT_OK, "Enrollment not found", "404201", "tpmidctl system reprovision",
-                   "fix the enrollment")
+            # provisioning failed: exit 8, DPS's result and what to do
+            expect(p, EXIT_PROVISIONING, "Enrollment not found", "404201", "tpmidctl system reprovision",
+                   "no enrollment for this registration id")
             f = status_fields(p.stdout)
             assert f.get("Provisioning") == "failed" and f.get("IoT Hub") == "(none yet)", f
             assert f.get("Device ID") == "(none yet)" and f.get("Registration ID") == regid, f
+            j = json.loads(ctl("system", "status", "--json", env=env).stdout)
+            assert j["exitCode"] == EXIT_PROVISIONING and j["daemon"]["provisioning"]["state"] == "failed", j
+            # the daemon's 503 (no identity yet) is 7 in every verb
             p = ctl("identity", "show", env=env)
-            expect(p, EXIT_FAILURE, "503", "Enrollment not found", stream="stderr")
+            expect(p, EXIT_UNAVAILABLE, "503", "Enrollment not found", stream="stderr")
+            expect(ctl("identity", "token", env=env), EXIT_UNAVAILABLE, "503", stream="stderr")
 
             sim.client.enroll(regid, info["ek"], hubs=[HUB1], enabled=False)
             seq = sim.last_seq()
             p = ctl("system", "reprovision", env=env)
-            expect(p, EXIT_FAILURE, "Failed to reprovision", "DPS refused", "Enrollment is disabled",
-                   "Fix the enrollment", stream="stderr")
+            expect(p, EXIT_PROVISIONING, "Failed to reprovision", "the enrollment is disabled",
+                   "Enrollment is disabled", "enable the enrollment", stream="stderr")
             assert [e["route"] for e in sim.requests(since=seq)] == ["register-challenge"]
             p = ctl("system", "status", env=env)
-            expect(p, EXIT_OK, "Enrollment is disabled", "401002")
+            expect(p, EXIT_PROVISIONING, "Enrollment is disabled", "401002", "the enrollment is disabled")
 
             sim.client.enable(regid)
             p = ctl("system", "reprovision", env=env)
             expect(p, EXIT_OK, "Reprovisioned", HUB1)
+            expect(ctl("system", "status", env=env), EXIT_OK)
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# show --property=LoadState --value UNIT | is-active UNIT, answered from $FAKE_UNITS/UNIT
+for last; do :; done
+case "$1" in
+show) echo loaded ;;
+is-active) cat "$FAKE_UNITS/$last"; [ "$(cat "$FAKE_UNITS/$last")" = active ] ;;
+esac
+"""
+
+
+@R.case
+def status_units_with_systemd():
+    """Under systemd (a stand-in systemctl): every unit active and a provisioned daemon exit 0;
+    a failed service is 'Down - failed' with its journal and exit 1; --json says the same."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])
+        with Daemon(tpm, sim) as d:
+            d.wait_provisioned()
+            units = os.path.join(d.dir, "units")
+            bindir = os.path.join(d.dir, "bin")
+            os.makedirs(units)
+            os.makedirs(bindir)
+            for name, text in (("systemctl", FAKE_SYSTEMCTL),
+                               ("journalctl", "#!/bin/sh\necho \"journal of $*\"\n")):
+                with open(os.path.join(bindir, name), "w") as f:
+                    f.write(text)
+                os.chmod(os.path.join(bindir, name), 0o755)
+            for u in ("tpmidd.service", "tpmidd-tpmd.socket", "tpmidd-identityd.socket"):
+                with open(os.path.join(units, u), "w") as f:
+                    f.write("active\n")
+            env = dict(denv(d), PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"),
+                       TPMIDCTL_ASSUME_SYSTEMD="1", FAKE_UNITS=units)
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_OK, "tpmidd.service", "Running", "Listening", "provisioned")
+            with open(os.path.join(units, "tpmidd.service"), "w") as f:
+                f.write("failed\n")
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_FAILURE, "Down - failed", "journal of -u tpmidd.service")
+            j = json.loads(ctl("system", "status", "--json", env=env).stdout)
+            assert j["systemd"] is True and j["exitCode"] == EXIT_FAILURE, j
+            assert j["units"]["tpmidd.service"]["healthy"] is False, j
+            assert j["units"]["tpmidd-tpmd.socket"]["state"] == "Listening", j
+
+
+@R.case
+def tpm_unavailable_exit_codes():
+    """The TPM gone under a running daemon: system status exits 4 (TPM unavailable); the
+    daemon's 503 maps to 7 in tpm info and identity show alike."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        tpm_info(tpm)
+        tpm.stop()
+        with Daemon(tpm, sim) as d:
+            env = denv(d)
+            p = ctl("system", "status", env=env)
+            expect(p, EXIT_NOTPM)
+            f = status_fields(p.stdout)
+            assert f.get("TPM", "").startswith("unavailable"), (f, p.stdout)
+            assert json.loads(ctl("system", "status", "--json", env=env).stdout)["exitCode"] == EXIT_NOTPM
+            codes = {}
+            for a in (["tpm", "info"], ["identity", "show"]):
+                p = ctl(*a, env=env)
+                codes[a[0]] = p.returncode
+                assert "503" in p.stderr, (a, p.returncode, p.stderr)
+            assert codes == {"tpm": EXIT_UNAVAILABLE, "identity": EXIT_UNAVAILABLE}, codes
+
+
+@R.case
+def reprovision_throttled():
+    """DPS throttles the registration: reprovision says so with the wait, then the outcome."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        regid = info["registration_id"]
+        sim.client.enroll(regid, info["ek"], hubs=[HUB1])
+        with Daemon(tpm, sim) as d:
+            d.wait_provisioned()
+            sim.client.fault("register-challenge", "throttle", count=1, retryAfter=4)
+            p = ctl("system", "reprovision", env=denv(d))
+            # tpmidd answers 503 at once and retries on its own; tpmidctl keeps watching
+            expect(p, EXIT_OK, "throttled by DPS: next try in", "Reprovisioned", HUB1)
+            assert p.stdout.index("throttled") < p.stdout.index("Reprovisioned"), p.stdout
+
+
+@R.case
+def reprovision_ctrl_c_leaves_the_run():
+    """Ctrl-C during reprovision stops watching (exit 130, says so); the daemon's run goes on
+    and ends assigned."""
+    import signal
+    import time
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        regid = info["registration_id"]
+        sim.client.enroll(regid, info["ek"], hubs=[HUB1])
+        with Daemon(tpm, sim) as d:
+            d.wait_provisioned()
+            sim.client.update(regid, iotHubs=[HUB2])
+            sim.client.fault("register-challenge", "stall", count=1, seconds=4)
+            e = dict(os.environ, TPMIDD_CONFIG=d.config, TSS2_LOG="all+none")
+            p = subprocess.Popen([tpmidctl_path(), "system", "reprovision"], env=e, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            time.sleep(2)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 130, (p.returncode, out, err)
+            assert "Stopped watching" in err and "carries on" in err, err
+            deadline = time.time() + 60
+            while time.time() < deadline and d.prov().get("hubName") != HUB2:
+                time.sleep(0.5)
+            assert d.prov().get("hubName") == HUB2, d.prov()
 
 
 if __name__ == "__main__":

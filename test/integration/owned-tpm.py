@@ -494,7 +494,7 @@ def dictionary_attack_lockout():
         e = dict(env)
         e["TPMIDD_CONFIG"] = cfg
         p = subprocess.run([CTL, "check", "--json"], capture_output=True, text=True, timeout=120, env=e)
-        res = {r["id"]: r for r in json.loads(p.stdout)}
+        res = {r["id"]: r for r in json.loads(p.stdout)["checks"]}  # check --json: {"schemaVersion", "checks", ...}
         r = res["tpm-da-lockout"]
         assert r["result"] == "error" and "lockout" in r["message"], r
         print("   check: %s / fix: %s" % (r["message"], r["fix"]))
