@@ -15,7 +15,7 @@ need("mandoc", "man")
 
 R = Runner("man-lint")
 PAGES = sorted(glob.glob(os.path.join(SRC, "man", "*.[1-8]")))
-EXPECTED = {"tpmidd.8", "tpmidctl.1", "tpmidd.toml.5", "tpmidd-api.7"}
+EXPECTED = {"tpmidd.8", "tpmidd-https.8", "tpmidctl.1", "tpmidd.toml.5", "tpmidd-api.7"}
 
 
 @R.case

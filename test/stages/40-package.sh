@@ -56,7 +56,8 @@ fi
 expect_file() { [ -e "$1" ] || fail "missing after install: $1"; }
 for f in /usr/sbin/tpmidd /usr/bin/tpmidctl /usr/libexec/tpmidd-https \
         /lib/systemd/system/tpmidd.service /lib/systemd/system/tpmidd-tpmd.socket \
-        /lib/systemd/system/tpmidd-identityd.socket /usr/lib/sysusers.d/tpmidd.conf \
+        /lib/systemd/system/tpmidd-identityd.socket /lib/systemd/system/tpmidd-https.socket \
+        /lib/systemd/system/tpmidd-https.service /usr/share/man/man8/tpmidd-https.8.gz /usr/lib/sysusers.d/tpmidd.conf \
         /usr/lib/tmpfiles.d/tpmidd.conf /lib/udev/rules.d/70-tpmidd.rules \
         /usr/lib/systemd/catalog/tpmidd.catalog /usr/share/bash-completion/completions/tpmidctl \
         /etc/aziot/config.toml.template /usr/share/man/man8/tpmidd.8.gz /usr/share/man/man1/tpmidctl.1.gz \
@@ -84,7 +85,8 @@ done
         { cat "$work/check.log"; fail "tpmidctl config check of the installed template"; }
 # The installed units pass systemd's own checks (no PID 1 needed).
 if ! systemd-analyze verify /lib/systemd/system/tpmidd.service /lib/systemd/system/tpmidd-tpmd.socket \
-        /lib/systemd/system/tpmidd-identityd.socket >"$work/verify.log" 2>&1; then
+        /lib/systemd/system/tpmidd-identityd.socket /lib/systemd/system/tpmidd-https.socket \
+        /lib/systemd/system/tpmidd-https.service >"$work/verify.log" 2>&1; then
         cat "$work/verify.log"
         fail "systemd-analyze verify of the installed units"
 fi
