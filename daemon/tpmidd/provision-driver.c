@@ -930,6 +930,7 @@ void prov_driver_set_config(struct prov_driver *d, const struct tpmid_config *cf
                        !streq_ptr(old->provisioning.registration_id, cfg->provisioning.registration_id) ||
                        !streq_ptr(old->provisioning.payload_path, cfg->provisioning.payload_path);
         d->cfg = cfg;
+        d->m.mode = mode_of(cfg->auto_reprovisioning_mode); /* stand-in until the policy branch's setter merges */
         if (!changed || !d->started)
                 return;
         if (load_provisioning_inputs(d) < 0)
