@@ -438,83 +438,100 @@ void manager_watchdog_ping(struct manager *m) {
 
 /* ---- reload ---- */
 
-static void swap_str(char **a, char **b) {
-        char *t = *a;
-        *a = *b;
-        *b = t;
+/* The refused keys: file (the next running configuration) gets the running
+ * value, noted as kept; the running configuration stays as it is, so that
+ * config_diff() afterwards names exactly what the reload applies. The names
+ * are config_diff()'s. */
+static void note_kept(struct manager *m, const char *key, const char *shown) {
+        log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_STR("CONFIG_KEY", key)), "reload: %s needs a restart, kept %s",
+                   key, shown);
+        if (m->n_restart_needed < MANAGER_MAX_RESTART_NEEDED)
+                m->restart_needed[m->n_restart_needed++] = key;
 }
 
-/* The refused keys: put the running value into file (the next running
- * configuration) and the file's value into run (freed afterwards); note
- * the key. The names are config_diff()'s. */
-struct keep {
-        struct manager *m;
-        struct tpmid_config *run, *file;
-};
-
-static void note_kept(struct keep *k, const char *key, const char *shown) {
-        log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_STR("CONFIG_KEY", key)),
-                   "reload: %s needs a restart, kept %s", key, shown);
-        if (k->m->n_restart_needed < MANAGER_MAX_RESTART_NEEDED)
-                k->m->restart_needed[k->m->n_restart_needed++] = key;
+/* *file = a copy of run. Returns 0 or -ENOMEM (file untouched). */
+static int copy_str(const char *run, char **file, bool secret) {
+        char *c = NULL;
+        if (run && !(c = strdup(run)))
+                return -ENOMEM;
+        if (secret && *file)
+                explicit_zero(*file, strlen(*file));
+        free(*file);
+        *file = c;
+        return 0;
 }
 
-static void keep_str(struct keep *k, char **run, char **file, const char *key, bool secret) {
-        if (streq_ptr(*run, *file))
-                return;
+static int keep_str(struct manager *m, const char *run, char **file, const char *key, bool secret) {
+        if (streq_ptr(run, *file))
+                return 0;
+        int r = copy_str(run, file, secret);
+        if (r < 0)
+                return r;
         char shown[300];
         if (secret)
                 snprintf(shown, sizeof shown, "the running value");
         else
-                snprintf(shown, sizeof shown, "\"%s\"", *run ? *run : "");
-        note_kept(k, key, shown);
-        swap_str(run, file);
+                snprintf(shown, sizeof shown, "\"%s\"", run ? run : "");
+        note_kept(m, key, shown);
+        return 0;
 }
 
-static void keep_uint(struct keep *k, unsigned *run, unsigned *file, const char *key) {
-        if (*run == *file)
+static void keep_uint(struct manager *m, unsigned run, unsigned *file, const char *key) {
+        if (run == *file)
                 return;
         char shown[32];
-        snprintf(shown, sizeof shown, "%u", *run);
-        note_kept(k, key, shown);
-        *file = *run;
+        snprintf(shown, sizeof shown, "%u", run);
+        note_kept(m, key, shown);
+        *file = run;
 }
 
-static void keep_running_values(struct manager *m, struct tpmid_config *file) {
-        struct tpmid_config *run = m->config;
-        struct keep k = { m, run, file };
+/* Returns 0, or -ENOMEM (file is then half patched: the caller drops it). */
+static int keep_running_values(struct manager *m, struct tpmid_config *file) {
+        const struct tpmid_config *run = m->config;
+        int r = 0;
         m->n_restart_needed = 0;
         if (run->provisioning.source != file->provisioning.source) {
                 char shown[32];
                 snprintf(shown, sizeof shown, "\"%s\"", config_provisioning_source_to_string(run->provisioning.source));
-                note_kept(&k, "provisioning.source", shown);
                 /* The other [provisioning] keys belong to their source ("none"
                  * has no id_scope): the running source keeps its settings. */
-                swap_str(&run->provisioning.global_endpoint, &file->provisioning.global_endpoint);
-                swap_str(&run->provisioning.id_scope, &file->provisioning.id_scope);
-                swap_str(&run->provisioning.payload_path, &file->provisioning.payload_path);
-                swap_str(&run->provisioning.registration_id, &file->provisioning.registration_id);
+                if (copy_str(run->provisioning.global_endpoint, &file->provisioning.global_endpoint, false) < 0 ||
+                    copy_str(run->provisioning.id_scope, &file->provisioning.id_scope, false) < 0 ||
+                    copy_str(run->provisioning.payload_path, &file->provisioning.payload_path, false) < 0 ||
+                    copy_str(run->provisioning.registration_id, &file->provisioning.registration_id, false) < 0)
+                        return -ENOMEM;
                 file->provisioning.source = run->provisioning.source;
                 file->provisioning.method = run->provisioning.method;
+                note_kept(m, "provisioning.source", shown);
         }
-        keep_str(&k, &run->hostname, &file->hostname, "hostname", false);
-        keep_uint(&k, &run->cloud_timeout_sec, &file->cloud_timeout_sec, "cloud_timeout_sec");
-        keep_uint(&k, &run->cloud_retries, &file->cloud_retries, "cloud_retries");
-        keep_str(&k, &run->tpm.tcti, &file->tpm.tcti, "tpm.tcti", false);
+        if (r >= 0)
+                r = keep_str(m, run->hostname, &file->hostname, "hostname", false);
+        keep_uint(m, run->cloud_timeout_sec, &file->cloud_timeout_sec, "cloud_timeout_sec");
+        keep_uint(m, run->cloud_retries, &file->cloud_retries, "cloud_retries");
+        if (r >= 0)
+                r = keep_str(m, run->tpm.tcti, &file->tpm.tcti, "tpm.tcti", false);
         if (run->tpm.auth_key_index != file->tpm.auth_key_index) {
                 char shown[32];
                 snprintf(shown, sizeof shown, "0x%06x", (unsigned)run->tpm.auth_key_index);
-                note_kept(&k, "tpm.auth_key_index", shown);
+                note_kept(m, "tpm.auth_key_index", shown);
                 file->tpm.auth_key_index = run->tpm.auth_key_index;
         }
-        keep_str(&k, &run->tpm.endorsement_auth, &file->tpm.endorsement_auth,
-                 "tpm.hierarchy_authorization.endorsement", true);
-        keep_str(&k, &run->tpm.owner_auth, &file->tpm.owner_auth, "tpm.hierarchy_authorization.owner", true);
-        keep_str(&k, &run->endpoints.tpmd_socket, &file->endpoints.tpmd_socket, "endpoints.aziot_tpmd", false);
-        keep_str(&k, &run->endpoints.identityd_socket, &file->endpoints.identityd_socket, "endpoints.aziot_identityd",
-                 false);
-        keep_str(&k, &run->state_dir, &file->state_dir, "state_dir", false);
-        keep_str(&k, &run->cloud_ca_bundle, &file->cloud_ca_bundle, "cloud_ca_bundle", false);
+        if (r >= 0)
+                r = keep_str(m, run->tpm.endorsement_auth, &file->tpm.endorsement_auth,
+                             "tpm.hierarchy_authorization.endorsement", true);
+        if (r >= 0)
+                r = keep_str(m, run->tpm.owner_auth, &file->tpm.owner_auth, "tpm.hierarchy_authorization.owner", true);
+        if (r >= 0)
+                r = keep_str(m, run->endpoints.tpmd_socket, &file->endpoints.tpmd_socket, "endpoints.aziot_tpmd",
+                             false);
+        if (r >= 0)
+                r = keep_str(m, run->endpoints.identityd_socket, &file->endpoints.identityd_socket,
+                             "endpoints.aziot_identityd", false);
+        if (r >= 0)
+                r = keep_str(m, run->state_dir, &file->state_dir, "state_dir", false);
+        if (r >= 0)
+                r = keep_str(m, run->cloud_ca_bundle, &file->cloud_ca_bundle, "cloud_ca_bundle", false);
+        return r;
 }
 
 void manager_reload(struct manager *m, struct tpmid_config *file) {
@@ -522,7 +539,18 @@ void manager_reload(struct manager *m, struct tpmid_config *file) {
                 config_free(file);
                 return;
         }
-        keep_running_values(m, file);
+        /* The kept keys' list describes the running configuration: rebuilt
+         * from this file, or left as it was when the reload fails. */
+        const char *kept_before[MANAGER_MAX_RESTART_NEEDED];
+        size_t n_kept_before = m->n_restart_needed;
+        memcpy(kept_before, m->restart_needed, sizeof kept_before);
+        if (keep_running_values(m, file) < 0) {
+                memcpy(m->restart_needed, kept_before, sizeof kept_before);
+                m->n_restart_needed = n_kept_before;
+                config_free(file);
+                log_error("reload: out of memory, keeping the running configuration");
+                return;
+        }
         /* What is left to differ is what the rule applies. */
         _cleanup_free_ char *why = NULL;
         unsigned diff = config_diff(m->config, file, &why);
