@@ -22,7 +22,7 @@ struct identity_api {
 /* A request waiting for the manager: a reprovisioning outcome, or the end
  * of the saved-state check (then it is handled again, without waiting). */
 struct pending {
-        struct manager_waiter w;
+        struct manager_waiter w; /* first: the done callbacks cast it back */
         struct identity_api *api;
         struct server_request *req;
         enum api_op op;
@@ -190,6 +190,8 @@ static void handle_reprovision(struct identity_api *api, struct server_request *
         free(p);
         if (r == -ENOENT)
                 (void)server_reply_error(req, 400, NULL, 0, "cannot reprovision: [provisioning] source is \"none\"");
+        else if (r == -ESHUTDOWN)
+                (void)server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "tpmidd is stopping");
         else if (r == -EAGAIN)
                 (void)server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "cannot reprovision yet: %s",
                                          manager_tpm_error(api->manager));

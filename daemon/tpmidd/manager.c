@@ -301,6 +301,8 @@ static void prov_changed(void *userdata) {
 int manager_reprovision(struct manager *m, struct manager_waiter *w) {
         if (!m->prov)
                 return -ENOENT;
+        if (m->stopping)
+                return -ESHUTDOWN; /* no run would answer it */
         if (m->tpm_state != MANAGER_TPM_READY)
                 return -EAGAIN;
         if (m->reprovision.n >= MANAGER_MAX_REPROVISION_WAITERS)
@@ -488,11 +490,8 @@ static void keep_uint(struct manager *m, unsigned run, unsigned *file, const cha
 /* Returns 0, or -ENOMEM (file is then half patched: the caller drops it). */
 static int keep_running_values(struct manager *m, struct tpmid_config *file) {
         const struct tpmid_config *run = m->config;
-        int r = 0;
         m->n_restart_needed = 0;
         if (run->provisioning.source != file->provisioning.source) {
-                char shown[32];
-                snprintf(shown, sizeof shown, "\"%s\"", config_provisioning_source_to_string(run->provisioning.source));
                 /* The other [provisioning] keys belong to their source ("none"
                  * has no id_scope): the running source keeps its settings. */
                 if (copy_str(run->provisioning.global_endpoint, &file->provisioning.global_endpoint, false) < 0 ||
@@ -502,36 +501,41 @@ static int keep_running_values(struct manager *m, struct tpmid_config *file) {
                         return -ENOMEM;
                 file->provisioning.source = run->provisioning.source;
                 file->provisioning.method = run->provisioning.method;
+                char shown[32];
+                snprintf(shown, sizeof shown, "\"%s\"", config_provisioning_source_to_string(run->provisioning.source));
                 note_kept(m, "provisioning.source", shown);
         }
-        if (r >= 0)
-                r = keep_str(m, run->hostname, &file->hostname, "hostname", false);
         keep_uint(m, run->cloud_timeout_sec, &file->cloud_timeout_sec, "cloud_timeout_sec");
         keep_uint(m, run->cloud_retries, &file->cloud_retries, "cloud_retries");
-        if (r >= 0)
-                r = keep_str(m, run->tpm.tcti, &file->tpm.tcti, "tpm.tcti", false);
         if (run->tpm.auth_key_index != file->tpm.auth_key_index) {
                 char shown[32];
                 snprintf(shown, sizeof shown, "0x%06x", (unsigned)run->tpm.auth_key_index);
-                note_kept(m, "tpm.auth_key_index", shown);
                 file->tpm.auth_key_index = run->tpm.auth_key_index;
+                note_kept(m, "tpm.auth_key_index", shown);
         }
-        if (r >= 0)
-                r = keep_str(m, run->tpm.endorsement_auth, &file->tpm.endorsement_auth,
-                             "tpm.hierarchy_authorization.endorsement", true);
-        if (r >= 0)
-                r = keep_str(m, run->tpm.owner_auth, &file->tpm.owner_auth, "tpm.hierarchy_authorization.owner", true);
-        if (r >= 0)
-                r = keep_str(m, run->endpoints.tpmd_socket, &file->endpoints.tpmd_socket, "endpoints.aziot_tpmd",
-                             false);
-        if (r >= 0)
-                r = keep_str(m, run->endpoints.identityd_socket, &file->endpoints.identityd_socket,
-                             "endpoints.aziot_identityd", false);
-        if (r >= 0)
-                r = keep_str(m, run->state_dir, &file->state_dir, "state_dir", false);
-        if (r >= 0)
-                r = keep_str(m, run->cloud_ca_bundle, &file->cloud_ca_bundle, "cloud_ca_bundle", false);
-        return r;
+        const struct {
+                const char *run;
+                char **file;
+                const char *key;
+                bool secret;
+        } strs[] = {
+                { run->hostname, &file->hostname, "hostname", false },
+                { run->tpm.tcti, &file->tpm.tcti, "tpm.tcti", false },
+                { run->tpm.endorsement_auth, &file->tpm.endorsement_auth, "tpm.hierarchy_authorization.endorsement",
+                  true },
+                { run->tpm.owner_auth, &file->tpm.owner_auth, "tpm.hierarchy_authorization.owner", true },
+                { run->endpoints.tpmd_socket, &file->endpoints.tpmd_socket, "endpoints.aziot_tpmd", false },
+                { run->endpoints.identityd_socket, &file->endpoints.identityd_socket, "endpoints.aziot_identityd",
+                  false },
+                { run->state_dir, &file->state_dir, "state_dir", false },
+                { run->cloud_ca_bundle, &file->cloud_ca_bundle, "cloud_ca_bundle", false },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(strs); i++) {
+                int r = keep_str(m, strs[i].run, strs[i].file, strs[i].key, strs[i].secret);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 void manager_reload(struct manager *m, struct tpmid_config *file) {

@@ -151,7 +151,8 @@ int manager_submit(struct manager *m, struct tpm_job *job);
  * settled (PROVISIONED, REFUSED, RETRYING), or with NOT_STARTED or STOPPING;
  * it may run before this returns. Returns 0; -ENOENT when source is "none";
  * -EAGAIN when the TPM is not ready (manager_tpm_error() says why); -EBUSY
- * when MANAGER_MAX_REPROVISION_WAITERS wait already. On error done is never
+ * when MANAGER_MAX_REPROVISION_WAITERS wait already; -ESHUTDOWN after
+ * manager_begin_stop(). On error done is never
  * called. */
 int manager_reprovision(struct manager *m, struct manager_waiter *w);
 
