@@ -120,6 +120,8 @@ def applied_log_level_limits_principals_mode():
                      what="429 for a second connection")
         finally:
             held.close()
+        # the daemon notices the close on its own time (later under valgrind)
+        wait_for(lambda: s.d.device().status == 200, 10, what="a connection once the held one closed")
         # log_level: no debug lines after the reload
         n = len(s.d.log_since_start())
         s.d.identity()
