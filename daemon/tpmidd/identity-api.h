@@ -6,10 +6,10 @@
  * state are read from it on every request; reprovisioning, reports and
  * signatures are asked of it. Nothing here keeps a copy of its state.
  *
- * An identity request that finds no identity while the saved identity is
- * still being checked (the milliseconds after READY=1) waits for the check's
- * end, at most MANAGER_IDENTITY_WAIT_MAX_MS (manager_wait_identity()), and is
- * answered from what the check found.
+ * An identity request that finds no identity before the saved identity was
+ * checked (the TPM's first start, then the milliseconds after READY=1) waits
+ * for the check's end, at most MANAGER_IDENTITY_WAIT_MAX_MS
+ * (manager_wait_identity()), and is answered from what the check found.
  *
  * Authorization (aziot §2.7): a [[principal]] entry decides by its allow
  * list; an unlisted root is allowed everything; anyone else is refused with

@@ -111,8 +111,13 @@ static void update_status_line(struct manager *m) {
                  c->endpoints.tpmd_socket, regid ? regid : "?", manager_provisioning_text(m));
 }
 
+static void answer_identity_waiters(struct manager *m, enum manager_outcome o);
+static bool identity_pending(const struct manager *m);
+
 /* Every change of what views show ends here: one hook, one direction. */
 static void changed(struct manager *m) {
+        if (m->identity.head && !identity_pending(m))
+                answer_identity_waiters(m, m->stopping ? MANAGER_OUTCOME_STOPPING : MANAGER_OUTCOME_SETTLED);
         update_status_line(m);
         if (m->changed && !m->closed)
                 m->changed(m->userdata);
@@ -243,10 +248,22 @@ static void identity_timer_cb(uv_timer_t *t) {
                 uv_timer_start(&m->identity_timer, identity_timer_cb, m->identity.head->deadline_ms - now, 0);
 }
 
-/* The saved-state check: the answer to "which identity?" is not known yet. */
+/* The answer to "which identity?" is not known yet: the TPM is being opened
+ * for the first time (the saved identity is checked right after), or the
+ * saved-state check runs. */
 static bool identity_pending(const struct manager *m) {
-        return m->prov && !m->stopping && m->tpm_state == MANAGER_TPM_READY &&
-               prov_driver_state(m->prov) == PROV_LOADING_STATE;
+        if (!m->prov || m->stopping)
+                return false;
+        switch (m->tpm_state) {
+        case MANAGER_TPM_STARTING:
+                return true;
+        case MANAGER_TPM_READY:
+                return prov_driver_state(m->prov) == PROV_LOADING_STATE;
+        case MANAGER_TPM_UNAVAILABLE:
+        case _MANAGER_TPM_STATE_MAX:
+                break;
+        }
+        return false;
 }
 
 int manager_wait_identity(struct manager *m, struct manager_waiter *w) {
@@ -271,8 +288,6 @@ static void answer_identity_waiters(struct manager *m, enum manager_outcome o) {
 
 static void prov_changed(void *userdata) {
         struct manager *m = userdata;
-        if (m->identity.head && !identity_pending(m))
-                answer_identity_waiters(m, MANAGER_OUTCOME_SETTLED);
         if (m->reprovision.head) {
                 /* Reprovision requests are answered once the run they asked
                  * for settled. Compare states, not their status strings. */

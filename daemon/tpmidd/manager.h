@@ -44,7 +44,7 @@
 #define MANAGER_TPM_ERROR_MAX 600             /* bytes of the TPM's last error text, NUL included */
 #define MANAGER_MAX_REPROVISION_WAITERS 64    /* reprovision requests waiting for the run's outcome */
 #define MANAGER_MAX_IDENTITY_WAITERS 64       /* identity requests waiting for the saved-state check */
-#define MANAGER_IDENTITY_WAIT_MAX_MS 5000     /* ms an identity request waits for the saved-state check */
+#define MANAGER_IDENTITY_WAIT_MAX_MS 5000     /* ms an identity request waits for the TPM start and saved-state check */
 #define MANAGER_MAX_RESTART_NEEDED 16         /* refused keys listed in the status (there are 12) */
 
 enum manager_tpm_state {
@@ -156,10 +156,11 @@ int manager_submit(struct manager *m, struct tpm_job *job);
  * called. */
 int manager_reprovision(struct manager *m, struct manager_waiter *w);
 
-/* An identity request found no identity: while the saved-state check runs
- * (the milliseconds after READY=1 in which a saved identity is read and its
- * key looked up in the TPM) the answer is not known yet. Returns 0 and calls
- * w->done later (SETTLED, TIMED_OUT after MANAGER_IDENTITY_WAIT_MAX_MS, or
+/* An identity request found no identity: while the TPM is opened for the
+ * first time and then while the saved-state check runs (a saved identity is
+ * read and its key looked up in the TPM, the milliseconds after READY=1) the
+ * answer is not known yet. Returns 0 and calls w->done later (SETTLED, also
+ * when the TPM start failed; TIMED_OUT after MANAGER_IDENTITY_WAIT_MAX_MS;
  * STOPPING): the caller then answers from the state it finds. Returns
  * -EALREADY when there is nothing to wait for (answer now), -EBUSY when
  * MANAGER_MAX_IDENTITY_WAITERS wait already. */
