@@ -30,6 +30,7 @@ R = harness.Runner("reload")
 
 CC_READ_PUBLIC = 0x173
 AUTH_KEY_HANDLE = 0x81000100  # TPM_AUTH_KEY_BASE + the default auth_key_index
+EK_HANDLE = 0x81010001
 SECRET = "reload-test-endorsement-password"
 
 
@@ -196,12 +197,14 @@ def refused_keys_keep_running_values():
 
 class DelayProxy:
     """Forwards TPM commands to swtpm; while armed, delays the answer to
-    TPM2_ReadPublic of the auth key (the saved-state check's key lookup) by
-    delay seconds, so the check outlasts READY=1 long enough to be seen."""
+    TPM2_ReadPublic of handle (the auth key: the saved-state check's key
+    lookup; the EK: the TPM start) by delay seconds, so that phase lasts long
+    enough to be seen."""
 
     def __init__(self, upstream, path):
         self.upstream, self.path = upstream, path
         self.delay = 0.0
+        self.handle = AUTH_KEY_HANDLE
         self.delayed = 0
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(path)
@@ -246,7 +249,7 @@ class DelayProxy:
                 if rbody is None:
                     return
                 if (self.delay and cc == CC_READ_PUBLIC and len(body) >= 4
-                        and struct.unpack(">I", body[:4])[0] == AUTH_KEY_HANDLE):
+                        and struct.unpack(">I", body[:4])[0] == self.handle):
                     self.delayed += 1
                     time.sleep(self.delay)
                 c.sendall(rh + rbody)
@@ -307,6 +310,35 @@ def identity_waits_for_saved_state_check():
             assert results[1].json["hubName"] == HUB1, results[1]
             assert 0.5 <= waited < 5, waited  # held for the check, answered when it ended
             n.close()
+        finally:
+            proxy.delay = 0.0
+            proxy.close()
+
+
+@R.case
+def identity_waits_for_first_tpm_start():
+    """Before READY=1: the TPM is opened (slowly), the saved identity checked
+    after; a request in between waits for both instead of 503 "waiting for the TPM"."""
+    box = {}
+
+    def view(tpm):
+        box["proxy"] = DelayProxy(tpm.sock, os.path.join(tpm.dir, "proxy.sock"))
+        return ProxiedTpm(tpm, box["proxy"])
+
+    with Setup(mode="OnErrorOnly", tpm_view=view) as s:
+        proxy = box["proxy"]
+        try:
+            s.provision()
+            s.d.stop()
+            proxy.handle, proxy.delay = EK_HANDLE, 1.0
+            s.d.start(wait=False)
+            wait_for(lambda: os.path.exists(s.d.identity_sock), 10, what="the identity socket")
+            t0 = time.time()
+            r = s.d.device()
+            assert proxy.delayed >= 1, "the TPM start was not delayed: the test saw nothing"
+            assert r.status == 200 and r.json["spec"]["hubName"] == HUB1, (r, s.d.log_for_humans())
+            assert time.time() - t0 < 5
+            assert s.d.status()["tpm"]["state"] == "ready"
         finally:
             proxy.delay = 0.0
             proxy.close()
