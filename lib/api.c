@@ -407,8 +407,14 @@ static json_t *int_or_null(int64_t v) {
 }
 
 int api_encode_status(const struct api_status *s, char **ret) {
-        if (!s)
+        if (!s || (s->n_restart_needed > 0 && !s->restart_needed))
                 return -EINVAL;
+        json_auto_t *restart = json_array();
+        if (!restart)
+                return -ENOMEM;
+        for (size_t i = 0; i < s->n_restart_needed; i++)
+                if (!s->restart_needed[i] || json_array_append_new(restart, json_string(s->restart_needed[i])) < 0)
+                        return -EINVAL;
         json_t *last = NULL;
         if (s->has_last_result) {
                 last = json_pack("{s:s, s:o, s:s?, s:I}", "status", s->last_status, "errorCode",
@@ -418,13 +424,15 @@ int api_encode_status(const struct api_status *s, char **ret) {
                         return -EINVAL;
         } else
                 last = json_null();
-        return dump(json_pack("{s:{s:s, s:s?, s:s?, s:s?, s:o, s:o}, s:{s:s, s:s?}, s:{s:s, s:I, s:s}}",
+        return dump(json_pack("{s:{s:s, s:s?, s:s?, s:s?, s:o, s:o, s:s?, s:s?}, s:{s:s, s:s?, s:s?},"
+                              " s:{s:s, s:I, s:s, s:O}}",
                               "provisioning", "state", s->provisioning_state, "hubName", s->hub_name, "deviceId",
                               s->device_id, "registrationId", s->registration_id, "lastResult", last,
-                              "nextRetryAt", int_or_null(s->next_retry_at),
-                              "tpm", "state", s->tpm_state, "lastError", s->tpm_last_error,
+                              "nextRetryAt", int_or_null(s->next_retry_at), "idScope", s->id_scope,
+                              "globalEndpoint", s->global_endpoint,
+                              "tpm", "state", s->tpm_state, "lastError", s->tpm_last_error, "tcti", s->tcti,
                               "daemon", "version", s->version, "uptimeSec", (json_int_t)s->uptime_sec, "mode",
-                              s->mode),
+                              s->mode, "restartNeeded", restart),
                     ret);
 }
 

@@ -183,18 +183,25 @@ struct api_status {
         const char *last_message;       /* NULL -> null */
         int64_t last_at;                /* Unix seconds */
         int64_t next_retry_at;          /* Unix seconds; 0 -> null (no retry scheduled) */
+        const char *id_scope;           /* the running value; NULL -> null */
+        const char *global_endpoint;    /* the running value; NULL -> null */
         /* tpm */
         const char *tpm_state;          /* required, e.g. "ready", "unavailable" */
         const char *tpm_last_error;     /* NULL -> null */
+        const char *tcti;               /* the running TCTI; NULL -> null */
         /* daemon */
         const char *version;            /* required */
         uint64_t uptime_sec;
-        const char *mode;               /* required, e.g. "aziot" or "standalone" */
+        const char *mode;               /* required: the running auto_reprovisioning_mode, or "none" */
+        const char *const *restart_needed; /* n_restart_needed config keys whose file value differs from */
+        size_t n_restart_needed;           /* the running one (a restart applies them); [] when 0 */
 };
 /* {"provisioning":{"state","hubName","deviceId","registrationId",
- *                  "lastResult":{"status","errorCode","message","at"}|null,"nextRetryAt"},
- *  "tpm":{"state","lastError"},
- *  "daemon":{"version","uptimeSec","mode"}} */
+ *                  "lastResult":{"status","errorCode","message","at"}|null,"nextRetryAt",
+ *                  "idScope","globalEndpoint"},
+ *  "tpm":{"state","lastError","tcti"},
+ *  "daemon":{"version","uptimeSec","mode","restartNeeded":[key,...]}}
+ * -EINVAL when a required string or a restart_needed entry is NULL. */
 int api_encode_status(const struct api_status *s, char **ret);
 
 /* What the daemon does about a report (the "action" of the 202 answer). */

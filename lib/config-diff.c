@@ -27,7 +27,7 @@ unsigned config_diff(const struct tpmid_config *a, const struct tpmid_config *b,
         if (!streq_ptr(a->hostname, b->hostname))
                 changed(&d, R, "hostname");
         if (a->auto_reprovisioning_mode != b->auto_reprovisioning_mode)
-                changed(&d, R, "auto_reprovisioning_mode");
+                changed(&d, L, "auto_reprovisioning_mode");
         if (a->cloud_timeout_sec != b->cloud_timeout_sec)
                 changed(&d, R, "cloud_timeout_sec");
         if (a->cloud_retries != b->cloud_retries)
@@ -35,15 +35,15 @@ unsigned config_diff(const struct tpmid_config *a, const struct tpmid_config *b,
         if (a->provisioning.source != b->provisioning.source)
                 changed(&d, R, "provisioning.source");
         if (!streq_ptr(a->provisioning.global_endpoint, b->provisioning.global_endpoint))
-                changed(&d, R, "provisioning.global_endpoint");
+                changed(&d, L, "provisioning.global_endpoint");
         if (!streq_ptr(a->provisioning.id_scope, b->provisioning.id_scope))
-                changed(&d, R, "provisioning.id_scope");
+                changed(&d, L, "provisioning.id_scope");
         if (!streq_ptr(a->provisioning.payload_path, b->provisioning.payload_path))
-                changed(&d, R, "provisioning.payload");
+                changed(&d, L, "provisioning.payload");
         if (a->provisioning.method != b->provisioning.method)
-                changed(&d, R, "provisioning.attestation.method");
+                changed(&d, L, "provisioning.attestation.method");
         if (!streq_ptr(a->provisioning.registration_id, b->provisioning.registration_id))
-                changed(&d, R, "provisioning.attestation.registration_id");
+                changed(&d, L, "provisioning.attestation.registration_id");
         if (!streq_ptr(a->tpm.tcti, b->tpm.tcti))
                 changed(&d, R, "tpm.tcti");
         if (a->tpm.auth_key_index != b->tpm.auth_key_index)

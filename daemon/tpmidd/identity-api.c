@@ -10,32 +10,22 @@
 
 #include "api.h"
 #include "log.h"
-#include "provision-driver.h"
-#include "provision.h"
+#include "dps.h"
 #include "sas.h"
 #include "tpmid-config.h"
 #include "util.h"
 
-struct waiter {
-        struct server_request *req;
-        struct waiter *next;
+struct identity_api {
+        struct manager *manager;
 };
 
-struct identity_api {
-        uv_loop_t *loop;
-        const struct tpmid_config *cfg;
-        struct tpm_worker *worker;
-        struct prov_driver *prov; /* NULL when provisioning source is "none" */
-        bool tpm_ready;
-        char tpm_error[512];
-        uint64_t started_ms;
-        struct waiter *waiters;
-        unsigned n_waiters;
-        bool waiters_saw_busy; /* a DPS run started since the waiters came */
-        unsigned tokens_in_flight;
-        bool freeing;
-        void (*status_cb)(const char *text, void *userdata);
-        void *status_userdata;
+/* A request waiting for the manager: a reprovisioning outcome, or the end
+ * of the saved-state check (then it is handled again, without waiting). */
+struct pending {
+        struct manager_waiter w; /* first: the done callbacks cast it back */
+        struct identity_api *api;
+        struct server_request *req;
+        enum api_op op;
 };
 
 /* A hub SAS token request waiting for its TPM signature. */
@@ -50,104 +40,15 @@ struct token_req {
         char device_id[DPS_DEVICE_ID_MAX + 1];
 };
 
-static void answer_waiters(struct identity_api *api, int status, const char *msg) {
-        while (api->waiters) {
-                struct waiter *w = api->waiters;
-                api->waiters = w->next;
-                if (status == 204)
-                        server_reply(w->req, 204, NULL, NULL, 0);
-                else
-                        server_reply_error(w->req, status,
-                                           status == 503 ? (const struct http_header[]){{"Retry-After",
-                                                                                         IDENTITY_API_RETRY_AFTER_SEC}}
-                                                         : NULL,
-                                           status == 503 ? 1 : 0, "%s", msg);
-                free(w);
-        }
-        api->n_waiters = 0;
-}
+static const struct http_header retry_later[] = { { "Retry-After", IDENTITY_API_RETRY_AFTER_SEC } };
 
-static void prov_status_changed(void *userdata) {
-        struct identity_api *api = userdata;
-        if (!api->prov)
-                return;
-        struct api_status st = {0};
-        prov_driver_fill_status(api->prov, &st);
-        const char *text = prov_driver_status_text(api->prov);
-        if (api->status_cb)
-                api->status_cb(text, api->status_userdata);
-        if (!api->waiters)
-                return;
-        /* Reprovision requests are answered once the run they asked for settled.
-         * Compare states, not their status strings (the failed state's name is
-         * "failed", and a string typo here would leave requests hanging). */
-        enum prov_state state = prov_driver_state(api->prov);
-        bool settled = state == PROV_PROVISIONED || state == PROV_FAILED_PERMANENT || state == PROV_BACKING_OFF;
-        if (!settled) {
-                api->waiters_saw_busy = true;
-                return;
-        }
-        if (!api->waiters_saw_busy)
-                return;
-        if (state == PROV_PROVISIONED)
-                answer_waiters(api, 204, NULL);
-        else if (state == PROV_FAILED_PERMANENT)
-                answer_waiters(api, 502, st.last_message ? st.last_message : "DPS refused the registration");
-        else
-                answer_waiters(api, 503,
-                               st.last_message ? st.last_message
-                                               : "DPS could not be reached; retrying in the background");
-}
-
-int identity_api_new(uv_loop_t *loop, const struct tpmid_config *config, struct tpm_worker *worker,
-                     struct identity_api **ret) {
+int identity_api_new(struct manager *m, struct identity_api **ret) {
         struct identity_api *api = calloc(1, sizeof(*api));
         if (!api)
                 return -ENOMEM;
-        api->loop = loop;
-        api->cfg = config;
-        api->worker = worker;
-        api->started_ms = uv_now(loop);
-        snprintf(api->tpm_error, sizeof(api->tpm_error), "the TPM has not answered yet");
-        if (config->provisioning.source == CONFIG_SOURCE_DPS) {
-                int r = prov_driver_new(loop, config, worker, &api->prov);
-                if (r < 0) {
-                        free(api);
-                        return r;
-                }
-                prov_driver_set_status_cb(api->prov, prov_status_changed, api);
-        }
+        api->manager = m;
         *ret = api;
         return 0;
-}
-
-void identity_api_set_status_cb(struct identity_api *api, void (*cb)(const char *text, void *userdata),
-                                void *userdata) {
-        api->status_cb = cb;
-        api->status_userdata = userdata;
-}
-
-const char *identity_api_status_text(struct identity_api *api) {
-        if (!api->prov)
-                return "TPM broker only (provisioning source \"none\")";
-        return prov_driver_status_text(api->prov);
-}
-
-void identity_api_tpm_ready(struct identity_api *api, const struct tpm_keys *keys) {
-        identity_api_set_tpm_state(api, true, NULL);
-        if (api->prov && prov_driver_start(api->prov, keys) < 0)
-                log_error("provisioning is not started: fix the configuration and reload (tpmidctl config apply)");
-}
-
-void identity_api_set_tpm_state(struct identity_api *api, bool ready, const char *reason) {
-        api->tpm_ready = ready;
-        snprintf(api->tpm_error, sizeof(api->tpm_error), "%s", reason ? reason : "");
-}
-
-void identity_api_set_config(struct identity_api *api, const struct tpmid_config *config) {
-        api->cfg = config;
-        if (api->prov)
-                prov_driver_set_config(api->prov, config);
 }
 
 static bool authorized(struct identity_api *api, struct server_request *req, enum api_op op, uint32_t bit) {
@@ -174,20 +75,52 @@ static void reply_json(struct server_request *req, int r, char *json) {
 
 /* No identity to hand out: say why, in words the operator can act on. */
 static void reply_no_identity(struct identity_api *api, struct server_request *req) {
-        if (!api->prov) {
+        if (!manager_provisioning(api->manager)) {
                 server_reply_error(req, 400, NULL, 0,
                                    "no device identity: [provisioning] source is \"none\" in the configuration");
                 return;
         }
-        static const struct http_header ra[] = {{"Retry-After", IDENTITY_API_RETRY_AFTER_SEC}};
-        server_reply_error(req, 503, ra, 1, "the device is not provisioned yet: %s",
-                           prov_driver_status_text(api->prov));
+        server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "the device is not provisioned yet: %s",
+                           manager_provisioning_text(api->manager));
 }
 
-static void handle_device(struct identity_api *api, struct server_request *req) {
+static void dispatch(struct identity_api *api, struct server_request *req, enum api_op op, bool may_wait);
+
+static void pending_identity_done(struct manager_waiter *w, enum manager_outcome outcome, const char *message) {
+        struct pending *p = (struct pending *)w;
+        struct identity_api *api = p->api;
+        struct server_request *req = p->req;
+        enum api_op op = p->op;
+        free(p);
+        if (outcome == MANAGER_OUTCOME_STOPPING) {
+                server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "tpmidd is stopping");
+                return;
+        }
+        dispatch(api, req, op, false); /* answered from what the check found (or still loading: 503) */
+}
+
+/* No identity (yet): wait for the saved-state check if it runs. Returns
+ * true when req waits (it is answered later), false to answer it now. */
+static bool wait_for_identity(struct identity_api *api, struct server_request *req, enum api_op op,
+                              bool may_wait) {
+        if (!may_wait)
+                return false;
+        struct pending *p = calloc(1, sizeof(*p));
+        if (!p)
+                return false;
+        *p = (struct pending){ .w.done = pending_identity_done, .api = api, .req = req, .op = op };
+        if (manager_wait_identity(api->manager, &p->w) < 0) {
+                free(p);
+                return false; /* nothing to wait for, or too many wait already: answer now */
+        }
+        return true;
+}
+
+static void handle_device(struct identity_api *api, struct server_request *req, enum api_op op, bool may_wait) {
         const char *hub, *dev;
-        if (!api->prov || !prov_driver_identity(api->prov, &hub, &dev)) {
-                reply_no_identity(api, req);
+        if (!manager_identity(api->manager, &hub, &dev)) {
+                if (!wait_for_identity(api, req, op, may_wait))
+                        reply_no_identity(api, req);
                 return;
         }
         char *json = NULL;
@@ -199,62 +132,78 @@ static void handle_device(struct identity_api *api, struct server_request *req) 
 static void handle_provisioning(struct identity_api *api, struct server_request *req) {
         char *json = NULL;
         int r;
-        if (!api->prov) {
+        if (!manager_provisioning(api->manager)) {
                 json_auto_t *o = json_pack("{s:s}", "source", "none");
                 json = o ? json_dumps(o, JSON_COMPACT) : NULL;
                 r = json ? 0 : -ENOMEM;
         } else {
-                const char *regid = prov_driver_registration_id(api->prov);
+                const struct tpmid_config *cfg = manager_config(api->manager);
+                const char *regid = manager_registration_id(api->manager);
                 struct api_provisioning p = {
-                        .endpoint = api->cfg->provisioning.global_endpoint,
-                        .scope_id = api->cfg->provisioning.id_scope,
+                        .endpoint = cfg->provisioning.global_endpoint,
+                        .scope_id = cfg->provisioning.id_scope,
                         .registration_id =
                                 regid ? regid
-                                      : (api->cfg->provisioning.registration_id ? api->cfg->provisioning.registration_id
-                                                                                : ""),
-                        .payload_json = prov_driver_payload_json(api->prov),
+                                      : (cfg->provisioning.registration_id ? cfg->provisioning.registration_id : ""),
+                        .payload_json = manager_payload_json(api->manager),
                 };
                 r = api_encode_provisioning(&p, &json);
         }
         reply_json(req, r, json);
 }
 
+static void reprovision_done(struct manager_waiter *w, enum manager_outcome outcome, const char *message) {
+        struct pending *p = (struct pending *)w;
+        struct server_request *req = p->req;
+        free(p);
+        switch (outcome) {
+        case MANAGER_OUTCOME_PROVISIONED:
+                (void)server_reply(req, 204, NULL, NULL, 0);
+                return;
+        case MANAGER_OUTCOME_REFUSED:
+                (void)server_reply_error(req, 502, NULL, 0, "%s", message ? message : "DPS refused the registration");
+                return;
+        case MANAGER_OUTCOME_RETRYING:
+        case MANAGER_OUTCOME_NOT_STARTED:
+        case MANAGER_OUTCOME_STOPPING:
+        case MANAGER_OUTCOME_SETTLED:
+        case MANAGER_OUTCOME_TIMED_OUT:
+        case _MANAGER_OUTCOME_MAX:
+                break;
+        }
+        (void)server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "%s",
+                                 message ? message : "the reprovisioning did not finish");
+}
+
 static void handle_reprovision(struct identity_api *api, struct server_request *req) {
-        if (!api->prov) {
-                (void)server_reply_error(req, 400, NULL, 0, "cannot reprovision: [provisioning] source is \"none\"");
-                return;
-        }
-        if (!api->tpm_ready) {
-                static const struct http_header ra[] = {{"Retry-After", IDENTITY_API_RETRY_AFTER_SEC}};
-                (void)server_reply_error(req, 503, ra, 1, "cannot reprovision yet: %s", api->tpm_error);
-                return;
-        }
-        if (api->n_waiters >= IDENTITY_API_MAX_WAITERS) {
-                static const struct http_header ra[] = {{"Retry-After", IDENTITY_API_RETRY_AFTER_SEC}};
-                (void)server_reply_error(req, 429, ra, 1, "too many reprovision requests waiting");
-                return;
-        }
-        struct waiter *w = calloc(1, sizeof(*w));
-        if (!w) {
+        struct pending *p = calloc(1, sizeof(*p));
+        if (!p) {
                 (void)server_reply_error(req, 500, NULL, 0, "out of memory");
                 return;
         }
-        w->req = req;
-        w->next = api->waiters;
-        if (!api->waiters)
-                api->waiters_saw_busy = false;
-        api->waiters = w;
-        api->n_waiters++;
+        *p = (struct pending){ .w.done = reprovision_done, .api = api, .req = req, .op = API_OP_IDENTITY_REPROVISION };
         log_struct(LOG_INFO, NULL, LOG_FIELDS(LOG_NUM("CLIENT_UID", req->uid)),
                    "identity API: uid %u asked to reprovision", (unsigned)req->uid);
-        if (prov_driver_reprovision(api->prov) < 0)
-                answer_waiters(api, 503, "provisioning has not started yet");
+        int r = manager_reprovision(api->manager, &p->w);
+        if (r >= 0)
+                return; /* reprovision_done() answers */
+        free(p);
+        if (r == -ENOENT)
+                (void)server_reply_error(req, 400, NULL, 0, "cannot reprovision: [provisioning] source is \"none\"");
+        else if (r == -ESHUTDOWN)
+                (void)server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "tpmidd is stopping");
+        else if (r == -EAGAIN)
+                (void)server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later), "cannot reprovision yet: %s",
+                                         manager_tpm_error(api->manager));
+        else
+                (void)server_reply_error(req, 429, retry_later, ELEMENTSOF(retry_later),
+                                         "too many reprovision requests waiting");
 }
 
 /* POST /identities/device/report: a client says the hub rejected the
  * credentials. The answer says what the daemon does about it; the client's
  * word alone never starts DPS (see prov_driver_report_bad_credentials()). */
-static void handle_report(struct identity_api *api, struct server_request *req) {
+static void handle_report(struct identity_api *api, struct server_request *req, bool may_wait) {
         struct api_report rep;
         struct api_error err = {0};
         if (api_decode_report(req->http->body, req->http->body_len, &rep, &err) < 0) {
@@ -262,11 +211,12 @@ static void handle_report(struct identity_api *api, struct server_request *req) 
                 return;
         }
         const char *hub, *dev;
-        if (!api->prov || !prov_driver_identity(api->prov, &hub, &dev)) {
-                reply_no_identity(api, req);
+        if (!manager_identity(api->manager, &hub, &dev)) {
+                if (!wait_for_identity(api, req, API_OP_IDENTITY_REPORT, may_wait))
+                        reply_no_identity(api, req);
                 return;
         }
-        enum api_report_action action = prov_driver_report_bad_credentials(api->prov, rep.hub_status);
+        enum api_report_action action = manager_report_bad_credentials(api->manager, rep.hub_status);
         log_struct(action == API_REPORT_CHECKING_HUB ? LOG_NOTICE : LOG_INFO, NULL,
                    LOG_FIELDS(LOG_NUM("CLIENT_UID", req->uid), LOG_NUM("CLIENT_PID", req->pid),
                               LOG_STR("API_OP", api_op_to_string(API_OP_IDENTITY_REPORT)),
@@ -294,8 +244,6 @@ static void token_free(struct token_req *t) {
 
 static void token_signed(struct tpm_job *job, void *userdata) {
         struct token_req *t = userdata;
-        struct identity_api *api = t->api;
-        api->tokens_in_flight--;
         if (job->r < 0) {
                 log_struct(LOG_ERR, LOG_MESSAGE_TPM_FAILURE, LOG_FIELDS(LOG_HEX("TPM_RC", job->err.rc)),
                            "identity API: signing a hub token failed: %s", job->err.msg);
@@ -312,11 +260,9 @@ static void token_signed(struct tpm_job *job, void *userdata) {
                 reply_json(t->req, r, json);
         }
         token_free(t);
-        if (api->freeing && api->tokens_in_flight == 0)
-                identity_api_free(api);
 }
 
-static void handle_token(struct identity_api *api, struct server_request *req) {
+static void handle_token(struct identity_api *api, struct server_request *req, bool may_wait) {
         uint32_t lifetime = 0;
         struct api_error err = {0};
         if (api_decode_token(req->http->body, req->http->body_len, &lifetime, &err) < 0) {
@@ -324,8 +270,9 @@ static void handle_token(struct identity_api *api, struct server_request *req) {
                 return;
         }
         const char *hub, *dev;
-        if (!api->prov || !prov_driver_identity(api->prov, &hub, &dev)) {
-                reply_no_identity(api, req);
+        if (!manager_identity(api->manager, &hub, &dev)) {
+                if (!wait_for_identity(api, req, API_OP_IDENTITY_TOKEN, may_wait))
+                        reply_no_identity(api, req);
                 return;
         }
         struct token_req *t = calloc(1, sizeof(*t));
@@ -351,32 +298,52 @@ static void handle_token(struct identity_api *api, struct server_request *req) {
         t->job.in_len = t->sts_len;
         t->job.done = token_signed;
         t->job.userdata = t;
-        r = tpm_worker_submit(api->worker, &t->job);
+        r = manager_submit(api->manager, &t->job);
         if (r < 0) {
                 token_free(t);
                 static const struct http_header ra[] = {{"Retry-After", "1"}};
                 (void)server_reply_error(req, 503, ra, 1, "TPM queue full, retry");
-                return;
         }
-        api->tokens_in_flight++;
 }
 
 static void handle_status(struct identity_api *api, struct server_request *req) {
-        struct api_status st = {
-                .provisioning_state = "disabled",
-                .tpm_state = api->tpm_ready ? "ready" : "unavailable",
-                .tpm_last_error = api->tpm_error[0] ? api->tpm_error : NULL,
-                .version = TPMID_VERSION,
-                .uptime_sec = (uv_now(api->loop) - api->started_ms) / 1000,
-                .mode = api->cfg->provisioning.source == CONFIG_SOURCE_DPS
-                                ? prov_mode_to_string(api->cfg->auto_reprovisioning_mode)
-                                : "none",
-        };
-        if (api->prov)
-                prov_driver_fill_status(api->prov, &st);
+        struct api_status st;
+        manager_fill_status(api->manager, &st);
         char *json = NULL;
         int r = api_encode_status(&st, &json);
         reply_json(req, r, json);
+}
+
+/* Routed and authorized requests. may_wait: the request has not waited for
+ * the saved-state check yet. */
+static void dispatch(struct identity_api *api, struct server_request *req, enum api_op op, bool may_wait) {
+        switch (op) {
+        case API_OP_IDENTITY_GET:
+        case API_OP_IDENTITY_DEVICE:
+                handle_device(api, req, op, may_wait);
+                return;
+        case API_OP_IDENTITY_TOKEN:
+                handle_token(api, req, may_wait);
+                return;
+        case API_OP_IDENTITY_REPORT:
+                handle_report(api, req, may_wait);
+                return;
+        case API_OP_IDENTITY_PROVISIONING:
+                handle_provisioning(api, req);
+                return;
+        case API_OP_IDENTITY_REPROVISION:
+                handle_reprovision(api, req);
+                return;
+        case API_OP_STATUS:
+                handle_status(api, req);
+                return;
+        case API_OP_TPM_GET_KEYS:
+        case API_OP_TPM_IMPORT:
+        case API_OP_TPM_SIGN:
+        case _API_OP_MAX:
+                break;
+        }
+        server_reply_error(req, 404, NULL, 0, "not found");
 }
 
 void identity_api_handle(struct server_request *req, void *userdata) {
@@ -391,9 +358,9 @@ void identity_api_handle(struct server_request *req, void *userdata) {
         }
         switch (op) {
         case API_OP_IDENTITY_GET:
-                if (authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
-                        handle_device(api, req);
-                return;
+                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
+                        return;
+                break;
         case API_OP_IDENTITY_DEVICE:
                 if (!authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
                         return;
@@ -401,51 +368,40 @@ void identity_api_handle(struct server_request *req, void *userdata) {
                         (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
                         return;
                 }
-                handle_device(api, req);
-                return;
+                break;
         case API_OP_IDENTITY_PROVISIONING:
-                if (authorized(api, req, op, CONFIG_OP_IDENTITY_PROVISIONING))
-                        handle_provisioning(api, req);
-                return;
+                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_PROVISIONING))
+                        return;
+                break;
         case API_OP_IDENTITY_REPROVISION:
-                if (authorized(api, req, op, CONFIG_OP_REPROVISION))
-                        handle_reprovision(api, req);
-                return;
+                if (!authorized(api, req, op, CONFIG_OP_REPROVISION))
+                        return;
+                break;
         case API_OP_IDENTITY_TOKEN:
-                if (authorized(api, req, op, CONFIG_OP_IDENTITY_TOKEN))
-                        handle_token(api, req);
-                return;
+                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_TOKEN))
+                        return;
+                break;
         case API_OP_IDENTITY_REPORT:
                 /* Any client that uses the identity may say the hub refused it. */
-                if (authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
-                        handle_report(api, req);
-                return;
+                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
+                        return;
+                break;
         case API_OP_STATUS:
-                if (server_request_in_socket_group(req) || server_request_allowed(req, CONFIG_OP_IDENTITY_GET))
-                        handle_status(api, req);
-                else
+                if (!server_request_in_socket_group(req) && !server_request_allowed(req, CONFIG_OP_IDENTITY_GET)) {
                         authorized(api, req, op, CONFIG_OP_IDENTITY_GET);
-                return;
+                        return;
+                }
+                break;
         case API_OP_TPM_GET_KEYS:
         case API_OP_TPM_IMPORT:
         case API_OP_TPM_SIGN:
         case _API_OP_MAX:
                 break;
         }
-        server_reply_error(req, 404, NULL, 0, "not found");
+        dispatch(api, req, op, true);
 }
 
 struct identity_api *identity_api_free(struct identity_api *api) {
-        if (!api)
-                return NULL;
-        if (!api->freeing) {
-                api->freeing = true;
-                answer_waiters(api, 503, "tpmidd is stopping");
-                prov_driver_close(api->prov);
-                api->prov = NULL;
-        }
-        /* Token requests hold pointers to api until the worker hands them back. */
-        if (api->tokens_in_flight == 0)
-                free(api);
+        free(api);
         return NULL;
 }

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "notify.h"
+#include "util.h"
 
 #define NOTIFY_STATUS_MAX 256 /* bytes of the STATUS= text, NUL included */
 
@@ -16,6 +17,8 @@ struct notify {
         uv_timer_t timer;
         uint64_t watchdog_usec;
         bool timer_started;
+        bool sent_ready, sent_stopping;
+        uint64_t pings_seen, failures_seen;
         void (*tick)(void *userdata);
         void *userdata;
         char status[NOTIFY_STATUS_MAX];
@@ -74,9 +77,36 @@ uint64_t notify_watchdog_usec(const struct notify *n) {
         return n->watchdog_usec;
 }
 
-void notify_watchdog_alive(struct notify *n) {
-        if (n->watchdog_usec > 0)
+void notify_sync(struct notify *n, const struct manager *m) {
+        const char *line = manager_status_line(m);
+        if (!streq(line, n->status))
+                notify_status(n, "%s", line);
+        if (manager_stopping(m)) {
+                if (!n->sent_stopping)
+                        notify_stopping(n);
+                n->sent_stopping = true;
+                return;
+        }
+        if (manager_ever_ready(m) && !n->sent_ready) {
+                n->sent_ready = true;
+                notify_ready(n);
+                int r = notify_watchdog_start(n);
+                if (r < 0)
+                        log_warn("could not start the watchdog timer: %s, ignoring", uv_strerror(r));
+        }
+        /* Not ready before the TPM answered (READY=1 means "the TPM API
+         * works"), but not a failed start either: keep the start job alive
+         * while the manager retries, so systemd does not kill and restart us
+         * in a loop (aziot's "Down - activating" restart loop, iotedge#6658).
+         * The sockets answer 503 with the reason meanwhile. */
+        uint64_t failures = manager_tpm_failures(m);
+        if (failures != n->failures_seen && !manager_ever_ready(m))
+                notify_extend_timeout(n, (manager_tpm_retry_ms(m) + NOTIFY_EXTEND_MARGIN_MS) * 1000);
+        n->failures_seen = failures;
+        uint64_t pings = manager_pings(m);
+        if (pings != n->pings_seen && n->watchdog_usec > 0)
                 send_text("WATCHDOG=1");
+        n->pings_seen = pings;
 }
 
 void notify_ready(struct notify *n) {

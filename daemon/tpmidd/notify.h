@@ -1,10 +1,15 @@
-/* systemd notification (sd_notify) and the watchdog timer for tpmidd.
+/* systemd notification (sd_notify) and the watchdog timer for tpmidd: a
+ * view of the manager. notify_sync() reads the manager's state and sends
+ * what changed (STATUS=, READY=1 once the TPM first answered,
+ * EXTEND_TIMEOUT_USEC= while it was never ready and the TPM start failed,
+ * WATCHDOG=1 for a ping that came back, STOPPING=1); the daemon calls it from
+ * the manager's changed hook.
  *
  * All functions are no-ops when NOTIFY_SOCKET is unset, so the daemon runs
  * the same outside systemd. The watchdog is gated: the timer fires at half of
  * WATCHDOG_USEC and asks the daemon (tick callback) to prove progress; the
- * daemon calls notify_watchdog_alive() when it did (a TPM ping job came back),
- * and only that sends WATCHDOG=1. A wedged TPM thread therefore turns into a
+ * manager to ping the TPM worker; a ping that came back (manager_pings())
+ * is the only thing that sends WATCHDOG=1. A wedged TPM thread therefore turns into a
  * watchdog restart instead of a daemon that looks healthy. */
 #pragma once
 
@@ -12,7 +17,10 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "manager.h"
 #include "util.h"
+
+#define NOTIFY_EXTEND_MARGIN_MS 30000 /* ms added to each start-timeout extension while waiting for the TPM */
 
 struct notify;
 
@@ -26,10 +34,11 @@ int notify_watchdog_start(struct notify *n);
 bool notify_watchdog_enabled(const struct notify *n);
 uint64_t notify_watchdog_usec(const struct notify *n); /* 0 when disabled */
 
-/* Send WATCHDOG=1 now (the daemon made progress since the last tick). */
-void notify_watchdog_alive(struct notify *n);
+/* The manager changed: send what differs from what systemd was told. Starts
+ * the watchdog timer with the first READY=1. */
+void notify_sync(struct notify *n, const struct manager *m);
 
-/* READY=1 (with the current STATUS=). */
+/* READY=1 (with the current STATUS=); after a reload. */
 void notify_ready(struct notify *n);
 /* RELOADING=1 + MONOTONIC_USEC=now (systemd >= 253 understands it; older ones ignore it). */
 void notify_reloading(struct notify *n);

@@ -7,14 +7,8 @@
 #include "log.h"
 #include "tpmd-api.h"
 
-#define TPMD_API_REASON_MAX 256 /* bytes of the "not available" reason, NUL included */
-
 struct tpmd_api {
-        struct tpm_worker *worker;
-        bool ready;
-        char reason[TPMD_API_REASON_MAX];
-        struct tpm_keys keys;
-        char *keys_json; /* the get_tpm_keys answer, encoded once per ready transition */
+        struct manager *manager;
         unsigned in_flight;
 };
 
@@ -30,43 +24,18 @@ struct api_job {
 
 static const struct http_header retry_after[] = { { "Retry-After", TPMD_API_RETRY_AFTER_SEC } };
 
-int tpmd_api_new(struct tpm_worker *w, struct tpmd_api **ret) {
+int tpmd_api_new(struct manager *m, struct tpmd_api **ret) {
         struct tpmd_api *a = calloc(1, sizeof *a);
         if (!a)
                 return -ENOMEM;
-        a->worker = w;
-        snprintf(a->reason, sizeof a->reason, "the TPM has not answered yet");
+        a->manager = m;
         *ret = a;
         return 0;
 }
 
 struct tpmd_api *tpmd_api_free(struct tpmd_api *a) {
-        if (!a)
-                return NULL;
-        free(a->keys_json);
         free(a);
         return NULL;
-}
-
-void tpmd_api_set_ready(struct tpmd_api *a, const struct tpm_keys *keys) {
-        char *json = NULL;
-        a->keys = *keys;
-        free(a->keys_json);
-        a->keys_json = NULL;
-        /* On -ENOMEM get_tpm_keys encodes per request instead. */
-        if (api_encode_keys(keys->ek.buf, keys->ek.len, keys->srk.buf, keys->srk.len, &json) >= 0)
-                a->keys_json = json;
-        a->ready = true;
-        a->reason[0] = '\0';
-}
-
-void tpmd_api_set_unavailable(struct tpmd_api *a, const char *reason) {
-        a->ready = false;
-        snprintf(a->reason, sizeof a->reason, "%s", reason && *reason ? reason : "unknown reason");
-}
-
-bool tpmd_api_ready(const struct tpmd_api *a) {
-        return a->ready;
 }
 
 unsigned tpmd_api_jobs_in_flight(const struct tpmd_api *a) {
@@ -112,8 +81,9 @@ static void log_failure(const struct server_request *req, enum api_op op, int st
 }
 
 static void reply_unavailable(struct tpmd_api *a, struct server_request *req, enum api_op op) {
-        log_failure(req, op, 503, NULL, a->reason);
-        server_reply_error(req, 503, retry_after, ELEMENTSOF(retry_after), "TPM not available: %s", a->reason);
+        const char *reason = manager_tpm_error(a->manager);
+        log_failure(req, op, 503, NULL, reason);
+        server_reply_error(req, 503, retry_after, ELEMENTSOF(retry_after), "TPM not available: %s", reason);
 }
 
 /* Map a TPM verb's failure to an answer. Errors in what the caller sent are
@@ -199,7 +169,7 @@ static void submit(struct tpmd_api *a, struct server_request *req, enum api_op o
                          .in = input, .in_len = len, .done = job_done, .userdata = j },
                 .api = a, .req = req, .op = op, .input = input, .input_len = len,
         };
-        int r = tpm_worker_submit(a->worker, &j->job);
+        int r = manager_submit(a->manager, &j->job);
         if (r < 0) {
                 free(j->input);
                 free(j);
@@ -246,16 +216,15 @@ void tpmd_api_handle(struct server_request *req, void *userdata) {
 
         switch (op) {
         case API_OP_TPM_GET_KEYS: {
-                if (!a->ready) {
+                /* Encoded per request from the manager's keys: a few hundred
+                 * bytes of base64, and no second copy to keep in step. */
+                const struct tpm_keys *keys = manager_tpm_keys(a->manager);
+                if (!keys) {
                         reply_unavailable(a, req, op);
                         return;
                 }
-                if (a->keys_json) {
-                        server_reply(req, 200, a->keys_json, NULL, 0);
-                        return;
-                }
                 _cleanup_free_ char *json = NULL;
-                if (api_encode_keys(a->keys.ek.buf, a->keys.ek.len, a->keys.srk.buf, a->keys.srk.len, &json) < 0)
+                if (api_encode_keys(keys->ek.buf, keys->ek.len, keys->srk.buf, keys->srk.len, &json) < 0)
                         server_reply_error(req, 500, NULL, 0, "out of memory");
                 else
                         server_reply(req, 200, json, NULL, 0);
@@ -272,7 +241,7 @@ void tpmd_api_handle(struct server_request *req, void *userdata) {
                         server_reply_error(req, err.status, NULL, 0, "%s", err.message);
                         return;
                 }
-                if (!a->ready) {
+                if (manager_tpm_state(a->manager) != MANAGER_TPM_READY) {
                         free(input);
                         reply_unavailable(a, req, op);
                         return;

@@ -92,7 +92,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                  .registration_id = payload, .has_last_result = size & 1, .last_status = path,
                                  .last_error_code = (int64_t)size, .last_message = version, .last_at = 1,
                                  .next_retry_at = (int64_t)size, .tpm_state = "ready", .tpm_last_error = payload,
-                                 .version = "0", .uptime_sec = size, .mode = version };
+                                 .version = "0", .uptime_sec = size, .mode = version, .id_scope = method,
+                                 .global_endpoint = payload, .tcti = path };
+        const char *restart[] = { method, path, version };
+        st.restart_needed = restart;
+        st.n_restart_needed = size % 4; /* 0..3 entries, any of them maybe NULL (-EINVAL) */
         if (api_encode_status(&st, &j) == 0)
                 free(j);
         if (api_encode_error(payload, &j) == 0)

@@ -498,8 +498,23 @@ static void test_encode_status(void **state) {
         expect_json(api_encode_status(&st, &s), &s,
                     "{\"provisioning\":{\"state\":\"provisioned\",\"hubName\":\"h.azure-devices.net\",\"deviceId\":"
                     "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
-                    "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null},\"tpm\":{\"state\":\"ready\","
-                    "\"lastError\":null},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":42,\"mode\":\"aziot\"}}");
+                    "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null},"
+                    "\"tpm\":{\"state\":\"ready\",\"lastError\":null,\"tcti\":null},\"daemon\":{\"version\":"
+                    "\"0.1.0\",\"uptimeSec\":42,\"mode\":\"aziot\",\"restartNeeded\":[]}}");
+        /* the running values and the refused reload changes */
+        static const char *const kept[] = { "tpm.tcti", "endpoints.aziot_tpmd" };
+        st.id_scope = "0ne00000001";
+        st.global_endpoint = "https://dps.example/";
+        st.tcti = "swtpm:path=/x";
+        st.restart_needed = kept;
+        st.n_restart_needed = ELEMENTSOF(kept);
+        expect_json(api_encode_status(&st, &s), &s,
+                    "{\"provisioning\":{\"state\":\"provisioned\",\"hubName\":\"h.azure-devices.net\",\"deviceId\":"
+                    "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
+                    "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":\"0ne00000001\","
+                    "\"globalEndpoint\":\"https://dps.example/\"},\"tpm\":{\"state\":\"ready\",\"lastError\":null,"
+                    "\"tcti\":\"swtpm:path=/x\"},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":42,\"mode\":"
+                    "\"aziot\",\"restartNeeded\":[\"tpm.tcti\",\"endpoints.aziot_tpmd\"]}}");
         struct api_status st2 = {
                 .provisioning_state = "backoff",
                 .has_last_result = true,
@@ -516,14 +531,16 @@ static void test_encode_status(void **state) {
         expect_json(api_encode_status(&st2, &s), &s,
                     "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
                     "null,\"lastResult\":{\"status\":\"failed\",\"errorCode\":401002,\"message\":\"unauthorized\","
-                    "\"at\":5},\"nextRetryAt\":65},\"tpm\":{\"state\":\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\"},"
-                    "\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\"}}");
+                    "\"at\":5},\"nextRetryAt\":65,\"idScope\":null,\"globalEndpoint\":null},\"tpm\":{\"state\":"
+                    "\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{\"version\":"
+                    "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[]}}");
         st2.has_last_result = false;
         st2.next_retry_at = 0;
         expect_json(api_encode_status(&st2, &s), &s,
                     "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
-                    "null,\"lastResult\":null,\"nextRetryAt\":null},\"tpm\":{\"state\":\"unavailable\",\"lastError\":"
-                    "\"TPM_RC_LOCKOUT\"},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\"}}");
+                    "null,\"lastResult\":null,\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null},\"tpm\":{"
+                    "\"state\":\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{"
+                    "\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[]}}");
 }
 
 static void test_encoder_errors(void **state) {
@@ -550,6 +567,15 @@ static void test_encoder_errors(void **state) {
         st.mode = NULL; /* the inner lastResult object must not leak */
         assert_int_equal(api_encode_status(&st, &s), -EINVAL);
         st.has_last_result = false;
+        assert_int_equal(api_encode_status(&st, &s), -EINVAL);
+        /* a restart_needed list with a NULL entry, or none at all */
+        static const char *const bad[] = { "tpm.tcti", NULL };
+        st.mode = "m";
+        st.restart_needed = bad;
+        st.n_restart_needed = 2;
+        assert_int_equal(api_encode_status(&st, &s), -EINVAL);
+        st.restart_needed = NULL;
+        st.n_restart_needed = 1;
         assert_int_equal(api_encode_status(&st, &s), -EINVAL);
         assert_int_equal(api_encode_status(NULL, &s), -EINVAL);
         assert_null(s);

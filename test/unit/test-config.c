@@ -834,8 +834,15 @@ static void test_diff(void **state) {
         config_free(b);
         b = expect_ok("[provisioning]\nsource = \"dps\"\nid_scope = \"0ne2\"\n[provisioning.attestation]\nmethod = \"tpm\"\n"
                       "[tpm]\ntcti = \"swtpm\"\n");
-        assert_int_equal(config_diff(a, b, &why), CONFIG_CHANGED_RESTART);
+        assert_int_equal(config_diff(a, b, &why), CONFIG_CHANGED_RESTART | CONFIG_CHANGED_RELOADABLE);
         assert_string_equal(why, "provisioning.id_scope, tpm.tcti");
+        free(why);
+        config_free(b);
+        /* the provisioning settings and the mode are reloadable (tpmidd(8), RELOAD) */
+        b = expect_ok("auto_reprovisioning_mode = \"OnErrorOnly\"\n"
+                      "[provisioning]\nsource = \"dps\"\nid_scope = \"0ne2\"\n[provisioning.attestation]\nmethod = \"tpm\"\n");
+        assert_int_equal(config_diff(a, b, &why), CONFIG_CHANGED_RELOADABLE);
+        assert_string_equal(why, "auto_reprovisioning_mode, provisioning.id_scope");
         free(why);
         config_free(b);
         b = expect_ok("log_level = \"error\"\n" PROV "[endpoints]\naziot_tpmd = \"unix:///x.sock\"\n");
