@@ -486,7 +486,7 @@ static int verb_apply(int argc, char **argv) {
         else if (!ch)
                 printf("No setting changed (only formatting): no reload needed.\n");
         else if (restart)
-                printf("Changed: %s. Provisioning, TPM, endpoint or cloud settings changed, so tpmidd needs a "
+                printf("Changed: %s. TPM, endpoint, state or cloud settings changed, so tpmidd needs a "
                        "restart.\n", why ? why : "(several keys)");
         else
                 printf("Changed: %s. These settings are reloadable, so a reload is enough.\n",

@@ -220,10 +220,16 @@ def apply_reload_vs_restart_and_backup():
         assert open(applied(root) + ".bak").read() == first
         assert stat.S_IMODE(os.stat(applied(root) + ".bak").st_mode) == 0o640
 
+        # the provisioning settings are reloadable (tpmidd(8), SIGHUP): a DPS run, no restart
         write(src, 'log_level = "debug"\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF"))
         p = ctl("apply", "--root", root)
         assert p.returncode == 0, p.stderr
-        assert "Changed: provisioning.id_scope." in p.stdout and "needs a restart" in p.stdout, p.stdout
+        assert "Changed: provisioning.id_scope." in p.stdout and "reload is enough" in p.stdout, p.stdout
+
+        write(src, 'log_level = "debug"\ncloud_timeout_sec = 30\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF"))
+        p = ctl("apply", "--root", root)
+        assert p.returncode == 0, p.stderr
+        assert "Changed: cloud_timeout_sec." in p.stdout and "needs a restart" in p.stdout, p.stdout
         assert "--root given: not touching the running service" in p.stdout, p.stdout
         no_temp_files(root)
     finally:
@@ -263,7 +269,7 @@ def apply_enables_and_starts_the_first_time():
         assert "reload tpmidd.service" in open(log).read().splitlines(), open(log).read()
 
         open(log, "w").close()
-        write(cfg, 'log_level = "debug"\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF") + endpoints)
+        write(cfg, 'log_level = "debug"\ncloud_timeout_sec = 30\n' + GOOD + endpoints)
         p = ctl("apply", "-c", cfg, "-o", out, env=env)
         assert p.returncode == 0 and "systemctl restart tpmidd.service" in p.stdout, p.stdout
         assert "restart tpmidd.service" in open(log).read().splitlines()
@@ -271,7 +277,7 @@ def apply_enables_and_starts_the_first_time():
         # a failing systemctl is an error, with the configuration installed
         write(os.path.join(bindir, "systemctl"), FAKE_SYSTEMCTL.replace("esac", "esac\n[ \"$1\" = reload ] && exit 1\ntrue"),
               mode=0o755)
-        write(cfg, 'log_level = "info"\n' + GOOD.replace("0ne00A1B2C3", "0ne00FFFFFF") + endpoints)
+        write(cfg, 'log_level = "info"\ncloud_timeout_sec = 30\n' + GOOD + endpoints)
         p = ctl("apply", "-c", cfg, "-o", out, env=env)
         assert p.returncode == 1 and "failed" in p.stderr and "installed" in p.stderr, (p.stdout, p.stderr)
 
