@@ -1,6 +1,7 @@
 """Helpers for the tpmidd TPM-socket tests (broker-api, broker-limits, broker-systemd).
 
-- Daemon: writes a real config.toml, starts build/daemon/tpmidd against a Swtpm,
+- Daemon: writes a real config.toml, starts build/daemon/tpmidd against a Swtpm
+  (through harness's TpmDevice under TPMID_TEST_TCTI=device),
   waits until get_tpm_keys answers, stops it with SIGTERM and checks exit code 0.
 - Client: a keep-alive HTTP/1.1 client over a Unix socket (raw bytes, so tests
   can send malformed requests and see exactly what comes back).
@@ -52,12 +53,14 @@ class Daemon:
         self.config = os.path.join(self.dir, "config.toml")
         self.log = os.path.join(self.dir, "tpmidd.log")
         self.swtpm = swtpm
-        self.tcti = tcti or swtpm.tcti
+        # swtpm.tcti is the device stand-in under TPMID_TEST_TCTI=device;
+        # our_tcti() puts one in front of a socket a test chose (a proxy).
+        self.tcti = harness.our_tcti(tcti) if tcti else swtpm.tcti
         self.write_config(limits, principals)
         self.env = dict(os.environ)
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.pop("LISTEN_FDS", None)
-        self.env["TSS2_LOG"] = "all+none"
+        self.env["TSS2_LOG"] = os.environ.get("TPMID_TEST_TSS2_LOG", "all+none")
         self.env["TPMIDD_HTTPS_HELPER"] = harness.program("tpmidd-https")  # the build tree's helper
         if env:
             self.env.update(env)
