@@ -314,7 +314,8 @@ class Daemon:
             e.pop(k, None)
         e["TSS2_LOG"] = "all+none"
         e["TPMIDD_CLOUD_CONNECT_TO"] = self.sim.connect_to()
-        e["TPMIDD_HTTPS_HELPER"] = harness.program("tpmidd-https")  # the build tree's helper
+        e["TPMIDD_HTTPS_HELPER"] = harness.program_for_user("tpmidd-https") if self.argv_prefix \
+            else harness.program("tpmidd-https")  # the build tree's helper
         e.update(self.extra_env)
         return e
 
@@ -323,7 +324,8 @@ class Daemon:
         assert self.proc is None, "already running"
         self.logf = open(self.log, "ab")
         self.log_offset = self.logf.tell()
-        argv = self.argv_prefix + [harness.program("tpmidd"), "-c", self.config] if self.argv_prefix \
+        # setpriv's user may not enter the checkout: it runs copies.
+        argv = self.argv_prefix + [harness.program_for_user("tpmidd"), "-c", self.config] if self.argv_prefix \
             else harness.daemon_argv("-c", self.config)
         self.proc = subprocess.Popen(argv, env=self.environ(),
                                      stdout=self.logf, stderr=subprocess.STDOUT)

@@ -111,6 +111,42 @@ def tmpdir(prefix="tpmid-test-"):
     return d
 
 
+_copy_dirs = []
+
+
+def readable_copy(*paths):
+    """Copies of files (scripts, our binaries) in a fresh temp dir that every
+    user can read and run, kept until exit: a client run as another uid
+    (setpriv to nobody) may not be able to enter the checkout, e.g. a clone
+    under a 0700 home. Returns the new paths in order."""
+    d = tmpdir("tpmid-copy-")
+    _copy_dirs.append(d)
+    out = []
+    for p in paths:
+        dst = os.path.join(d, os.path.basename(p))
+        shutil.copy(p, dst)
+        os.chmod(dst, 0o755 if os.access(p, os.X_OK) else 0o644)
+        out.append(dst)
+    return out
+
+
+_program_copies = {}
+
+
+def program_for_user(name):
+    """program(name) copied where a user other than us can run it (see
+    readable_copy()), once per test process."""
+    if name not in _program_copies:
+        _program_copies[name] = readable_copy(program(name))[0]
+    return _program_copies[name]
+
+
+@atexit.register
+def _remove_copies():
+    for d in _copy_dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # The stand-in's file as udev/70-tpmidd.rules sets /dev/tpmrm0.
 UDEV_RULES = os.path.join(SRC, "udev", "70-tpmidd.rules")
 
