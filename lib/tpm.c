@@ -88,6 +88,7 @@ struct tpm {
         bool can_async;        /* the TCTI has poll handles and honours receive timeouts */
         uint32_t async_handle; /* the key of the HMAC in flight (tpm_sign_async_start), else 0 */
         unsigned async_submits;
+        bool tcti_stuck; /* a TCTI failure: open it again before the next command (reopen_tcti()) */
 };
 
 
@@ -321,16 +322,50 @@ static bool rc_retryable(TSS2_RC rc) {
         return base == TPM2_RC_RETRY || base == TPM2_RC_YIELDED || base == TPM2_RC_TESTING;
 }
 
+/* A TCTI failure other than "not there yet". */
+static bool rc_tcti_failed(TSS2_RC rc) {
+        return (rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER && (rc & ~TSS2_RC_LAYER_MASK) != TSS2_BASE_RC_TRY_AGAIN;
+}
+
+/* A TCTI failure after the command went out (libtss2-tcti-device: read()
+ * on /dev/tpmrm0 failed, which is how the kernel reports a TPM timeout)
+ * leaves SAPI and the device TCTI both waiting for a response that will
+ * not come, and every later command fails with BAD_SEQUENCE (0x80007).
+ * So before the next command the TCTI is opened again and SAPI started
+ * afresh on it; the old one is kept if that fails, and the command after
+ * tries again. */
+static void reopen_tcti(struct tpm *t) {
+        TSS2_TCTI_CONTEXT *fresh = NULL;
+        TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
+        bool ours = startswith(t->tcti_conf, "swtpm:") || streq(t->tcti_conf, "swtpm");
+
+        if (ours ? tcti_swtpm_new(t->tcti_conf[5] == ':' ? t->tcti_conf + 6 : "", &fresh) < 0
+                 : Tss2_TctiLdr_Initialize(t->tcti_conf, &fresh) != TSS2_RC_SUCCESS)
+                return;
+        Tss2_Sys_Finalize(t->sys);
+        if (tcti_swtpm_is(t->tcti))
+                t->tcti = tcti_swtpm_free(t->tcti);
+        else
+                Tss2_TctiLdr_Finalize(&t->tcti);
+        t->tcti = fresh;
+        if (Tss2_Sys_Initialize(t->sys, Tss2_Sys_GetContextSize(0), t->tcti, &abi) == TSS2_RC_SUCCESS)
+                t->tcti_stuck = false;
+}
+
 /* Run a SAPI one-call function, sending it again while the TPM asks for
  * that (SAPI restores the command after a TPM error; ESAPI used to do this
- * for us). */
+ * for us). Needs t in scope. */
 #define SYS_CALL(expr)                                                  \
         __extension__({                                                 \
                 TSS2_RC rc_;                                            \
                 unsigned n_ = 0;                                        \
+                if (t->tcti_stuck)                                      \
+                        reopen_tcti(t);                                 \
                 do                                                      \
                         rc_ = (expr);                                   \
                 while (rc_retryable(rc_) && ++n_ < TPM_SUBMIT_MAX);     \
+                if (rc_tcti_failed(rc_))                                \
+                        t->tcti_stuck = true;                           \
                 rc_;                                                    \
         })
 
@@ -1068,6 +1103,8 @@ int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *da
         if (!*key_known(t, handle))
                 return -EWOULDBLOCK; /* the lookup is a TPM round trip of its own */
 
+        if (t->tcti_stuck)
+                reopen_tcti(t);
         TPM2B_MAX_BUFFER buf;
         buf.size = (UINT16)len;
         if (len)
@@ -1078,8 +1115,11 @@ int tpm_sign_async_start(struct tpm *t, const uint32_t *index, const uint8_t *da
                 rc = Tss2_Sys_SetCmdAuths(t->sys, &empty_password);
         if (rc == TSS2_RC_SUCCESS)
                 rc = Tss2_Sys_ExecuteAsync(t->sys);
-        if (rc != TSS2_RC_SUCCESS)
+        if (rc != TSS2_RC_SUCCESS) {
+                if (rc_tcti_failed(rc))
+                        t->tcti_stuck = true;
                 return tpm_error_from_rc(rc, "TPM2_HMAC", err);
+        }
         r = poll_fd(t, ret_fd, "TPM2_HMAC", err);
         if (r < 0) {
                 /* Collect the response the blocking way so SAPI is ready for the next command. */
@@ -1119,6 +1159,8 @@ int tpm_sign_async_finish(struct tpm *t, uint8_t out[32], int *ret_fd, struct tp
                         return r;
                 }
         }
+        if (rc_tcti_failed(rc))
+                t->tcti_stuck = true;
         if (rc == TSS2_RC_SUCCESS)
                 rc = Tss2_Sys_HMAC_Complete(t->sys, &d);
         uint32_t handle = t->async_handle;

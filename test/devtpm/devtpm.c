@@ -36,6 +36,9 @@
  *   with its own errno, when the chip is gone), so a test sees an error
  *   instead of a hang.
  *
+ * Fault injection: after SIGUSR1 the next command fails as if swtpm could
+ * not be reached (POLLIN, read() EIO), for tests of how a client recovers.
+ *
  * Every command connects to swtpm and disconnects after the response, as
  * libtss2-tcti-swtpm does: swtpm serves one connection at a time, and
  * tpm2-tools in the tests talk to it directly meanwhile. */
@@ -101,6 +104,13 @@ static struct {
         .done = PTHREAD_COND_INITIALIZER,
         .mode = 0660,
 };
+
+static volatile sig_atomic_t fail_next; /* SIGUSR1: fail the next command */
+
+static void on_sigusr1(int sig) {
+        (void)sig;
+        fail_next = 1;
+}
 
 static uint32_t be32(const uint8_t *p) {
         return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -226,7 +236,13 @@ static void *worker(void *arg) {
                 memcpy(cmd, f->buf, len);
                 pthread_mutex_unlock(&g.lock);
 
-                ssize_t n = forward(cmd, len, rsp);
+                ssize_t n;
+                if (fail_next) {
+                        fail_next = 0;
+                        n = -ECONNREFUSED;
+                } else {
+                        n = forward(cmd, len, rsp);
+                }
 
                 pthread_mutex_lock(&g.lock);
                 f->enqueued = false;
@@ -516,6 +532,10 @@ int main(int argc, char **argv) {
 
         /* A test that dies must not leave the mount behind: SIGTERM, which
          * fuse's handler turns into an unmount, when the parent goes. */
+        struct sigaction sa = { .sa_handler = on_sigusr1 };
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGUSR1, &sa, NULL) < 0)
+                return 1;
         pid_t parent = getppid();
         if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
                 return 1;

@@ -229,6 +229,32 @@ def start_import_sign_as_service_user():
 
 
 @R.case
+def device_error_recovers():
+    """read() on the node fails once (how the kernel reports a TPM timeout):
+    that request fails, and the next one works, on the loop's asynchronous
+    path, on the worker thread and in an import (no BAD_SEQUENCE after)."""
+    with harness.Swtpm() as tpm, TpmDevice(tpm) as dev:
+        d = broker.Daemon(tpm, tcti=dev.tcti)
+        with d, broker.Client(d.sock) as c:
+            ek, srk = c.keys()
+            blob, key = authblob.make_auth_blob(ek, srk)
+            assert c.import_key(blob)[0] == 200
+            for data in (b"short", b"y" * 2000):  # loop (one HMAC), thread (a sequence)
+                assert c.sign(data) == (200, broker.hmac_sha256(key, data))
+                dev.fail_next()
+                st, body = c.sign(data)
+                assert st in (500, 503) and b"lost the connection to the TPM" in body, (st, body)
+                assert c.sign(data) == (200, broker.hmac_sha256(key, data)), "no recovery after one device error"
+            dev.fail_next()
+            assert c.import_key(authblob.make_auth_blob(ek, srk)[0])[0] in (500, 503)
+            blob2, key2 = authblob.make_auth_blob(ek, srk)
+            assert c.import_key(blob2)[0] == 200
+            assert c.sign(b"z") == (200, broker.hmac_sha256(key2, b"z"))
+            assert "0x80007" not in d.read_log(), "a command after the error found SAPI mid-command"
+        assert tpm.transient_handles() == [] and tpm.loaded_sessions() == []
+
+
+@R.case
 def provisioning_as_service_user():
     """A whole DPS registration (TPM attestation: ActivateCredential, import
     of the hub key, SAS tokens signed by the TPM) through the device node."""

@@ -312,7 +312,7 @@ class Daemon:
         e = dict(os.environ)
         for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "TPMIDD_CONFIG"):
             e.pop(k, None)
-        e["TSS2_LOG"] = "all+none"
+        e["TSS2_LOG"] = os.environ.get("TPMID_TEST_TSS2_LOG", "all+none")  # e.g. "tcti+debug" to see the TCTI
         e["TPMIDD_CLOUD_CONNECT_TO"] = self.sim.connect_to()
         e["TPMIDD_HTTPS_HELPER"] = harness.program_for_user("tpmidd-https") if self.argv_prefix \
             else harness.program("tpmidd-https")  # the build tree's helper

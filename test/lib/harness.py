@@ -242,6 +242,13 @@ class TpmDevice:
         except OSError:
             return ""
 
+    def fail_next(self):
+        """The next command fails as if swtpm could not be reached: poll()
+        says POLLIN and read() fails with EIO, as the kernel reports a TPM
+        timeout (devtpm's SIGUSR1)."""
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        time.sleep(0.05)  # the signal is in before the test's next command
+
     def stop(self):
         if self.proc is None:
             return
