@@ -47,10 +47,14 @@ def skip(reason):
     sys.exit(SKIP)
 
 
-def skip_under_device_tcti(reason):
-    """For a test that cannot run its daemon through the device stand-in."""
+class SkipCase(Exception):
+    """Raised by a case that does not apply here; Runner reports it as skipped."""
+
+
+def skip_case_under_device_tcti(reason):
+    """For a case that cannot apply with TPMID_TEST_TCTI=device (call it first)."""
     if device_tcti():
-        skip("not applicable with TPMID_TEST_TCTI=device: " + reason)
+        raise SkipCase("not applicable with TPMID_TEST_TCTI=device: " + reason)
 
 
 def need(*tools):
@@ -450,7 +454,7 @@ class Runner:
 
     def main(self):
         only = sys.argv[1:]
-        passed = failed = 0
+        passed = failed = skipped = 0
         for fn in self.cases:
             if only and fn.__name__ not in only:
                 continue
@@ -459,12 +463,15 @@ class Runner:
                 fn()
                 passed += 1
                 print("ok   %s/%s (%.2fs)" % (self.name, fn.__name__, time.time() - t0), flush=True)
+            except SkipCase as e:
+                skipped += 1
+                print("skip %s/%s: %s" % (self.name, fn.__name__, e), flush=True)
             except Exception:
                 failed += 1
                 print("FAIL %s/%s (%.2fs)" % (self.name, fn.__name__, time.time() - t0), flush=True)
                 traceback.print_exc()
                 sys.stdout.flush()
-        print("%s: %d passed, %d failed" % (self.name, passed, failed))
+        print("%s: %d passed, %d failed%s" % (self.name, passed, failed, ", %d skipped" % skipped if skipped else ""))
         sys.exit(1 if failed else 0)
 
 
