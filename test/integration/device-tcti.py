@@ -11,6 +11,7 @@ tpmrm device for what libtss2-tcti-device does (O_NONBLOCK open, one write per
 command, poll, partial reads) and for sizes, a write before the response was
 read, a read before the response is there and a second open while a command
 is in flight."""
+import base64
 import errno
 import grp
 import json
@@ -20,7 +21,6 @@ import select
 import socket
 import stat
 import struct
-import subprocess
 import sys
 import time
 
@@ -265,7 +265,6 @@ def provisioning_as_service_user():
     with harness.Swtpm() as tpm, TpmDevice(tpm) as dev, Sim(polls=1, retry_after=1) as sim:
         p = harness.run([harness.program("tpmidctl"), "tpm", "info", "--json", "--tcti", dev.tcti])
         info = json.loads(p.stdout)
-        import base64
         sim.client.enroll(info["registration_id"], base64.b64decode(info["endorsement_key"]), hubs=[HUB1, HUB2])
         d = DpsDaemon(tpm, sim, tcti=dev.tcti, argv_prefix=setpriv(uid, gid, groups))
         chown_tree(d.dir, uid, gid)
