@@ -86,6 +86,7 @@ struct tpm {
         uint16_t nv_buffer_max;
         unsigned leftovers_flushed;
         const struct tpm_tcti_source *source; /* where tcti came from, if not from tcti_conf */
+        bool tcti_stuck; /* a TCTI failure: open it again before the next command (reopen_tcti()) */
 };
 
 
@@ -319,16 +320,59 @@ static bool rc_retryable(TSS2_RC rc) {
         return base == TPM2_RC_RETRY || base == TPM2_RC_YIELDED || base == TPM2_RC_TESTING;
 }
 
+/* A TCTI failure other than "not there yet". */
+static bool rc_tcti_failed(TSS2_RC rc) {
+        return (rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER && (rc & ~TSS2_RC_LAYER_MASK) != TSS2_BASE_RC_TRY_AGAIN;
+}
+
+/* A TCTI failure after the command went out (libtss2-tcti-device: read()
+ * on /dev/tpmrm0 failed, which is how the kernel reports a TPM timeout)
+ * leaves SAPI and the device TCTI both waiting for a response that will
+ * not come, and every later command fails with BAD_SEQUENCE (0x80007).
+ * So before the next command the TCTI is opened again and SAPI started
+ * afresh on it; the old one is kept if that fails, and the command after
+ * tries again. */
+/* Give t->tcti back to where it came from. */
+static void close_tcti(struct tpm *t) {
+        if (t->source && t->tcti)
+                t->source->close(t->source->userdata, t->tcti);
+        else if (tcti_swtpm_is(t->tcti))
+                t->tcti = tcti_swtpm_free(t->tcti);
+        else if (t->tcti)
+                Tss2_TctiLdr_Finalize(&t->tcti);
+        t->tcti = NULL;
+}
+
+static void reopen_tcti(struct tpm *t) {
+        TSS2_TCTI_CONTEXT *fresh = NULL;
+        TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
+        bool ours = startswith(t->tcti_conf, "swtpm:") || streq(t->tcti_conf, "swtpm");
+
+        if (t->source ? t->source->open(t->source->userdata, &fresh) < 0
+            : ours    ? tcti_swtpm_new(t->tcti_conf[5] == ':' ? t->tcti_conf + 6 : "", &fresh) < 0
+                      : Tss2_TctiLdr_Initialize(t->tcti_conf, &fresh) != TSS2_RC_SUCCESS)
+                return; /* keep the old one; the next command tries again */
+        Tss2_Sys_Finalize(t->sys);
+        close_tcti(t);
+        t->tcti = fresh;
+        if (Tss2_Sys_Initialize(t->sys, Tss2_Sys_GetContextSize(0), t->tcti, &abi) == TSS2_RC_SUCCESS)
+                t->tcti_stuck = false;
+}
+
 /* Run a SAPI one-call function, sending it again while the TPM asks for
  * that (SAPI restores the command after a TPM error; ESAPI used to do this
- * for us). */
+ * for us). Needs t in scope. */
 #define SYS_CALL(expr)                                                  \
         __extension__({                                                 \
                 TSS2_RC rc_;                                            \
                 unsigned n_ = 0;                                        \
+                if (t->tcti_stuck)                                      \
+                        reopen_tcti(t);                                 \
                 do                                                      \
                         rc_ = (expr);                                   \
                 while (rc_retryable(rc_) && ++n_ < TPM_SUBMIT_MAX);     \
+                if (rc_tcti_failed(rc_))                                \
+                        t->tcti_stuck = true;                           \
                 rc_;                                                    \
         })
 
@@ -480,12 +524,7 @@ struct tpm *tpm_close(struct tpm *t) {
                 Tss2_Sys_Finalize(t->sys);
                 free(t->sys);
         }
-        if (t->source && t->tcti)
-                t->source->close(t->source->userdata, t->tcti);
-        else if (tcti_swtpm_is(t->tcti))
-                t->tcti = tcti_swtpm_free(t->tcti);
-        else if (t->tcti)
-                Tss2_TctiLdr_Finalize(&t->tcti);
+        close_tcti(t);
         explicit_zero(&t->endorsement_auth, sizeof(t->endorsement_auth));
         explicit_zero(&t->owner_auth, sizeof(t->owner_auth));
         free(t);

@@ -20,7 +20,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
-from broker import API, Client, Daemon, hmac_sha256, message  # noqa: E402
+from broker import API, Client, Daemon, hmac_sha256, message, request_as  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "tpm2_readpublic", "tpm2_getcap", "curl", "setpriv")
 import authblob  # noqa: E402
@@ -135,14 +135,7 @@ def error_statuses():
 
 def run_as_nobody_client(sock, target, method="GET", body=None):
     """One request as nobody:nogroup; returns (status, message-or-body)."""
-    code = ("import sys, json; sys.path.insert(0, %r); from broker import Client\n"
-            "c = Client(%r)\nst, b, h = c.request(%r, %r, %r)\nprint(st); print(b.decode())\n") % (
-        os.path.dirname(os.path.abspath(authblob.__file__)), sock, method, target, body)
-    p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                        "/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=30)
-    assert p.returncode == 0, p.stderr
-    st, b = p.stdout.split("\n", 1)
-    return int(st), b.strip()
+    return request_as("nobody", "nogroup", sock, method, target, body)
 
 
 @R.case

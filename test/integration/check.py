@@ -148,6 +148,8 @@ def closed_port():
 def all_green():
     """Provisioned device: no warning or error, through $TPMIDD_CONFIG and through --root with an
     applied copy; with the daemon stopped the TPM checks run directly and stay green."""
+    harness.skip_case_under_device_tcti("check's tpm-device wants a character device, and the stand-in "
+                                        "for /dev/tpmrm0 is a regular file on FUSE")
     with harness.Swtpm() as tpm, Sim() as sim:
         info = tpm_info(tpm)
         sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])

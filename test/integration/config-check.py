@@ -50,7 +50,9 @@ def ctl(*args, env=None, prefix=()):
     e.pop("TPMIDD_CONFIG", None)
     if env:
         e.update(env)
-    return harness.run(list(prefix) + [CTL, "config"] + list(args), check=False, env=e)
+    # Another user (prefix: setpriv) runs a copy: it may not enter the checkout.
+    ctl_path = harness.program_for_user("tpmidctl") if prefix else CTL
+    return harness.run(list(prefix) + [ctl_path, "config"] + list(args), check=False, env=e)
 
 
 def write(path, text, mode=0o644):

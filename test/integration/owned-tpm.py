@@ -55,8 +55,10 @@ def env_no_daemon(d, extra=None):
 
 
 def ctl(*args, env=None, input=None, prefix=()):
-    return subprocess.run(list(prefix) + [CTL, "tpm"] + list(args), input=input, capture_output=True, timeout=60,
-                          env=env)
+    # Another user (prefix: setpriv) runs a copy: it may not enter the checkout.
+    ctl_path = harness.program_for_user("tpmidctl") if prefix else CTL
+    return subprocess.run(list(prefix) + [ctl_path, "tpm"] + list(args), input=input, capture_output=True,
+                          timeout=60, env=env)
 
 
 def ok(p):

@@ -1,6 +1,7 @@
 """Helpers for the tpmidd TPM-socket tests (broker-api, broker-limits, broker-systemd).
 
-- Daemon: writes a real config.toml, starts build/daemon/tpmidd against a Swtpm,
+- Daemon: writes a real config.toml, starts build/daemon/tpmidd against a Swtpm
+  (through harness's TpmDevice under TPMID_TEST_TCTI=device),
   waits until get_tpm_keys answers, stops it with SIGTERM and checks exit code 0.
 - Client: a keep-alive HTTP/1.1 client over a Unix socket (raw bytes, so tests
   can send malformed requests and see exactly what comes back).
@@ -52,12 +53,14 @@ class Daemon:
         self.config = os.path.join(self.dir, "config.toml")
         self.log = os.path.join(self.dir, "tpmidd.log")
         self.swtpm = swtpm
-        self.tcti = tcti or swtpm.tcti
+        # swtpm.tcti is the device stand-in under TPMID_TEST_TCTI=device;
+        # our_tcti() puts one in front of a socket a test chose (a proxy).
+        self.tcti = harness.our_tcti(tcti) if tcti else swtpm.tcti
         self.write_config(limits, principals)
         self.env = dict(os.environ)
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.pop("LISTEN_FDS", None)
-        self.env["TSS2_LOG"] = "all+none"
+        self.env["TSS2_LOG"] = os.environ.get("TPMID_TEST_TSS2_LOG", "all+none")
         self.env["TPMIDD_HTTPS_HELPER"] = harness.program("tpmidd-https")  # the build tree's helper
         if env:
             self.env.update(env)
@@ -72,7 +75,10 @@ class Daemon:
     def start(self):
         self.logf = open(self.log, "ab")
         # harness.daemon_argv() applies $TPMID_DAEMON_WRAPPER (the valgrind gate)
-        argv = [tpmidd_path(), "-c", self.config] if self.argv_prefix else harness.daemon_argv("-c", self.config)
+        # With a prefix (setpriv, systemd-socket-activate) a copy any user can
+        # run: setpriv's user may not enter the checkout.
+        argv = [harness.program_for_user("tpmidd"), "-c", self.config] if self.argv_prefix \
+            else harness.daemon_argv("-c", self.config)
         self.proc = subprocess.Popen(self.argv_prefix + argv, env=self.env,
                                      stdout=self.logf, stderr=subprocess.STDOUT)
         if self.wait_ready:
@@ -233,6 +239,23 @@ class Client:
         if st != 200:
             return st, body
         return st, base64.b64decode(json.loads(body)["digest"])
+
+
+def request_as(user, group, sock, method, target, body=None):
+    """One request with Client as another user (setpriv; we are root), from
+    copies of this file and harness.py that the user can read: it may not be
+    able to enter the checkout. Returns (status, body text)."""
+    mod, _ = harness.readable_copy(os.path.abspath(__file__), os.path.join(os.path.dirname(
+        os.path.abspath(__file__)), "harness.py"))
+    code = ("import sys; sys.path.insert(0, %r); from broker import Client\n"
+            "c = Client(%r)\nst, b, h = c.request(%r, %r, %r)\nprint(st); print(b.decode())\n") % (
+        os.path.dirname(mod), sock, method, target, body)
+    p = subprocess.run(["setpriv", "--reuid=" + user, "--regid=" + group, "--clear-groups",
+                        "/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=os.path.dirname(mod))
+    assert p.returncode == 0, p.stderr
+    st, b = p.stdout.split("\n", 1)
+    return int(st), b.strip()
 
 
 def hmac_sha256(key, data):

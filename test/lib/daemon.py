@@ -1,7 +1,8 @@
 """Helpers for the provisioning tests (provision, reprovision, crash-recovery, demo).
 
 - Sim: the DPS + IoT Hub simulator (test/dps-sim) in a private state dir.
-- Daemon: writes a DPS config for tpmidd, starts build/daemon/tpmidd (through
+- Daemon: writes a DPS config for tpmidd ([tpm] tcti = the Swtpm's tcti: the
+  device stand-in under TPMID_TEST_TCTI=device), starts build/daemon/tpmidd (through
   harness.daemon_argv(), so TPMID_DAEMON_WRAPPER applies), waits until the
   identity socket answers, talks HTTP over both Unix sockets, stops it with
   SIGTERM (exit code must be 0) or kills it, and keeps its log for failures.
@@ -249,7 +250,7 @@ def read_state_file(path):
 # ---------------------------------------------------------------- the daemon
 
 def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=None, payload=None,
-               endpoint=None, ca=None, log_level="debug", cloud_timeout=None, extra_toml=None):
+               endpoint=None, ca=None, log_level="debug", cloud_timeout=None, extra_toml=None, tcti=None):
     lines = ['auto_reprovisioning_mode = "%s"' % mode,
              'state_dir = "%s"' % state_dir,
              'cloud_ca_bundle = "%s"' % (ca or sim.ca_path),
@@ -264,7 +265,7 @@ def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=Non
     lines += ["", "[provisioning.attestation]", 'method = "tpm"']
     if registration_id:
         lines.append('registration_id = "%s"' % registration_id)
-    lines += ["", "[tpm]", 'tcti = "%s"' % tpm.tcti,
+    lines += ["", "[tpm]", 'tcti = "%s"' % (tcti or tpm.tcti),
               "", "[endpoints]",
               'aziot_tpmd = "unix://%s/tpmd.sock"' % run_dir,
               'aziot_identityd = "unix://%s/identityd.sock"' % run_dir]
@@ -276,10 +277,12 @@ def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=Non
 class Daemon:
     """tpmidd with a DPS config. Keeps state_dir across restart() (that is the point
     of the reprovisioning tests); the log file accumulates over restarts, and
-    log_since_start() gives the current run's part."""
+    log_since_start() gives the current run's part. tcti: instead of tpm.tcti;
+    argv_prefix: run tpmidd under it (setpriv as a service user), without
+    TPMID_DAEMON_WRAPPER."""
 
     def __init__(self, tpm, sim, mode="Dynamic", registration_id=None, payload=None, workdir=None,
-                 env=None, cloud_timeout=None, log_level="debug", extra_toml=None):
+                 env=None, cloud_timeout=None, log_level="debug", extra_toml=None, tcti=None, argv_prefix=None):
         self.tpm = tpm
         self.sim = sim
         self.dir = workdir or harness.tmpdir("tpmidd-prov-")
@@ -292,8 +295,9 @@ class Daemon:
         self.tpmd_sock = os.path.join(self.run_dir, "tpmd.sock")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.opts = dict(mode=mode, registration_id=registration_id, payload=payload, log_level=log_level,
-                         cloud_timeout=cloud_timeout, extra_toml=extra_toml)
+                         cloud_timeout=cloud_timeout, extra_toml=extra_toml, tcti=tcti)
         self.extra_env = env or {}
+        self.argv_prefix = argv_prefix or []
         self.proc = None
         self.logf = None
         self.log_offset = 0
@@ -308,9 +312,10 @@ class Daemon:
         e = dict(os.environ)
         for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "TPMIDD_CONFIG"):
             e.pop(k, None)
-        e["TSS2_LOG"] = "all+none"
+        e["TSS2_LOG"] = os.environ.get("TPMID_TEST_TSS2_LOG", "all+none")  # e.g. "tcti+debug" to see the TCTI
         e["TPMIDD_CLOUD_CONNECT_TO"] = self.sim.connect_to()
-        e["TPMIDD_HTTPS_HELPER"] = harness.program("tpmidd-https")  # the build tree's helper
+        e["TPMIDD_HTTPS_HELPER"] = harness.program_for_user("tpmidd-https") if self.argv_prefix \
+            else harness.program("tpmidd-https")  # the build tree's helper
         e.update(self.extra_env)
         return e
 
@@ -319,7 +324,10 @@ class Daemon:
         assert self.proc is None, "already running"
         self.logf = open(self.log, "ab")
         self.log_offset = self.logf.tell()
-        self.proc = subprocess.Popen(harness.daemon_argv("-c", self.config), env=self.environ(),
+        # setpriv's user may not enter the checkout: it runs copies.
+        argv = self.argv_prefix + [harness.program_for_user("tpmidd"), "-c", self.config] if self.argv_prefix \
+            else harness.daemon_argv("-c", self.config)
+        self.proc = subprocess.Popen(argv, env=self.environ(),
                                      stdout=self.logf, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
