@@ -683,6 +683,19 @@ int http_request_parser_feed(struct http_request_parser *p, const uint8_t *data,
                 bool paused = e == HPE_PAUSED;
 
                 if (e != HPE_OK && !paused) {
+                        /* A framing fault in the bytes before the one the parser
+                         * stopped at is the first fault in the stream: report it,
+                         * whatever the parser (or a callback) said about a later
+                         * byte, so the answer does not depend on how the stream
+                         * was split into reads. */
+                        int saved = p->error_status;
+                        char saved_msg[sizeof p->error_message];
+                        memcpy(saved_msg, p->error_message, sizeof saved_msg);
+                        p->error_status = 0;
+                        if (frame_scan(p, data + off, n) == 0 || p->error_status == 0) {
+                                p->error_status = saved;
+                                memcpy(p->error_message, saved_msg, sizeof saved_msg);
+                        }
                         if (p->error_status == 0)
                                 fail_from_parser(p, e);
                         p->state = HTTP_RP_ERROR;
