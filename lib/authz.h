@@ -34,3 +34,12 @@ bool authz_allowed(const struct config_principal *principals, size_t n_principal
 
 /* The same for a whole config (NULL = no principals). */
 bool authz_allowed_by_config(const struct tpmid_config *c, uid_t uid, bool in_socket_group, uint32_t op);
+
+/* Whether rule 2 or 3 allows this caller any operation at all: false for a
+ * uid without an entry that is neither root nor in the socket's group, and
+ * for an entry whose allow set is empty. The server asks this once, at
+ * accept, so that a caller who can do nothing is answered and closed before
+ * it holds a connection slot. */
+bool authz_any_allowed(const struct config_principal *principals, size_t n_principals, uid_t uid,
+                       bool in_socket_group);
+bool authz_any_allowed_by_config(const struct tpmid_config *c, uid_t uid, bool in_socket_group);

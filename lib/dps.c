@@ -383,6 +383,37 @@ int dps_parse_challenge(const uint8_t *buf, size_t len, struct dps_challenge *ou
         return 0;
 }
 
+const char *dps_challenge_defect(const uint8_t *buf, size_t len) {
+        json_auto_t *j = NULL;
+        char key_name[DPS_KEY_NAME_MAX + 1];
+        uint8_t *blob = NULL;
+        size_t blob_len = 0;
+        int r;
+
+        if (load_object(buf, len, &j) < 0)
+                return NULL;
+        if (!json_object_get(j, "authenticationKey") && !json_object_get(j, "keyName") &&
+            !json_object_get(j, "unencryptedAuthenticationKey"))
+                return NULL; /* not challenge-shaped: an error answer */
+        r = get_str(j, "keyName", key_name, DPS_KEY_NAME_MAX);
+        if (r < 0 && r != -ENOENT)
+                return "keyName is not a short string";
+        if (r == 0) {
+                if (!key_name[0])
+                        return "keyName is empty";
+                for (const char *p = key_name; *p; p++)
+                        if (!is_alnum(*p) && !strchr("._-", *p))
+                                return "keyName is not a plain token";
+        }
+        r = get_blob(j, "authenticationKey", &blob, &blob_len);
+        if (r == -ENOENT)
+                return "no authenticationKey";
+        if (r < 0)
+                return "authenticationKey is not a valid base64 blob";
+        free_blob(blob, blob_len);
+        return "unusable challenge";
+}
+
 void dps_challenge_clear(struct dps_challenge *c) {
         if (!c)
                 return;

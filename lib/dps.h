@@ -104,6 +104,11 @@ struct dps_challenge {
 /* Returns 0 and *out, -EBADMSG for malformed JSON, a missing/invalid field or
  * an over-limit value, -E2BIG for len > DPS_MAX_BODY_BYTES, -ENOMEM. */
 int dps_parse_challenge(const uint8_t *buf, size_t len, struct dps_challenge *out);
+/* For an answer dps_parse_challenge() refused: NULL when it is not
+ * challenge-shaped (not a JSON object, or none of authenticationKey,
+ * keyName, unencryptedAuthenticationKey: an error answer), else a static
+ * phrase naming the defect ("no authenticationKey", ...). */
+const char *dps_challenge_defect(const uint8_t *buf, size_t len);
 void dps_challenge_clear(struct dps_challenge *c); /* zeroes the blob too */
 
 enum dps_status {

@@ -25,6 +25,29 @@
 
 #include "util.h"
 
+/* Where frame_scan() is in the raw bytes of one request. */
+enum frame_state {
+        F_START,          /* before the request line: only CRLF pairs may come */
+        F_START_LF,       /* CR seen before the request line */
+        F_LINE,           /* in the request line */
+        F_LINE_LF,        /* CR seen at the end of the request line */
+        F_FIELD_START,    /* at the start of a header (or trailer) line */
+        F_NAME,           /* in a field name */
+        F_VALUE,          /* after the colon */
+        F_VALUE_LF,       /* CR seen at the end of a field line */
+        F_HEAD_END_LF,    /* CR of the blank line that ends the head seen */
+        F_BODY,           /* a Content-Length (or no) body: http-parser counts it */
+        F_CHUNK_SIZE_START,
+        F_CHUNK_SIZE,     /* after the first hex digit */
+        F_CHUNK_EXT,      /* after ';' on a chunk-size line */
+        F_CHUNK_SIZE_LF,  /* CR after the chunk size */
+        F_CHUNK_DATA,     /* frame_chunk bytes of data left */
+        F_CHUNK_DATA_CR,  /* the CRLF after chunk data */
+        F_CHUNK_DATA_LF,
+        F_TRAILER_END_LF, /* CR of the blank line that ends the trailers seen */
+        F_DONE,           /* the request ended; http-parser pauses here */
+};
+
 static void *mfree_(void *ptr) {
         free(ptr);
         return NULL;
@@ -87,6 +110,7 @@ static void message_reset(struct http_request_parser *p) {
         p->url_len = 0;
         p->n_headers = 0;
         p->saw_transfer_encoding = false;
+        p->te_last_chunked = p->te_other = false;
         p->in_trailers = false;
         p->continue_reported = false;
 }
@@ -197,13 +221,28 @@ static int header_commit(struct http_request_parser *p) {
                         return -1;
                 }
         } else if (field_is(p, "Transfer-Encoding")) {
-                /* http-parser decodes chunked and nothing else; any other coding
-                 * (gzip, "gzip, chunked", ...) is one we cannot undo. */
-                if (strcasecmp(v, "chunked") != 0 || p->saw_transfer_encoding) {
-                        rp_fail(p, 501, "unsupported transfer-encoding");
-                        return -1;
-                }
+                /* A list of codings, over one or more field lines. RFC 9112
+                 * 6.3: chunked must be the final one, and applied once; the body
+                 * length cannot be known otherwise (400). http-parser decodes
+                 * chunked and nothing else: any other coding is one we cannot
+                 * undo (501, checked once the list is complete). */
                 p->saw_transfer_encoding = true;
+                for (char *tok = v, *next; tok; tok = next) {
+                        next = strchr(tok, ',');
+                        if (next)
+                                *next++ = '\0';
+                        tok = trim_ows(tok);
+                        if (!*tok)
+                                continue; /* empty list elements are allowed (RFC 9110 5.6.1) */
+                        if (p->te_last_chunked) {
+                                rp_fail(p, 400, "transfer-encoding: chunked must be the final coding, applied once");
+                                return -1;
+                        }
+                        if (strcasecmp(tok, "chunked") == 0)
+                                p->te_last_chunked = true;
+                        else
+                                p->te_other = true;
+                }
         } else if (field_is(p, "Expect")) {
                 if (strcasecmp(v, "100-continue") != 0) {
                         rp_fail(p, 417, "unsupported expectation");
@@ -296,6 +335,14 @@ static int on_headers_complete(http_parser *hp) {
         if (p->in_value && header_commit(p) < 0)
                 return -1;
         struct http_request *r = p->cur;
+        if (p->saw_transfer_encoding && !p->te_last_chunked) {
+                rp_fail(p, 400, "transfer-encoding without chunked as the final coding");
+                return -1;
+        }
+        if (p->te_other) {
+                rp_fail(p, 501, "unsupported transfer-encoding");
+                return -1;
+        }
         if (hp->http_major != 1 || hp->http_minor > 1) {
                 rp_fail(p, 505, "HTTP version not supported");
                 return -1;
@@ -308,6 +355,7 @@ static int on_headers_complete(http_parser *hp) {
         r->http_major = hp->http_major;
         r->http_minor = hp->http_minor;
         r->chunked = (hp->flags & F_CHUNKED) != 0;
+        p->frame_chunked = r->chunked;
         if (p->saw_transfer_encoding && hp->http_minor == 0) {
                 /* RFC 9112 6.1: chunked is an HTTP/1.1 coding. */
                 rp_fail(p, 400, "transfer-encoding in an HTTP/1.0 request");
@@ -410,6 +458,182 @@ void http_request_parser_done(struct http_request_parser *p) {
         message_reset(p);
 }
 
+static int hex_value(uint8_t c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+/* Check the framing of bytes http-parser has just consumed without error
+ * (the same bytes, in the same order, so both agree on where the request
+ * ends or the request is refused). Returns 0, or -1 after rp_fail(400). */
+static int frame_scan(struct http_request_parser *p, const uint8_t *b, size_t len) {
+        for (size_t i = 0; i < len; i++) {
+                uint8_t c = b[i];
+                switch ((enum frame_state)p->frame) {
+                case F_START:
+                        if (c == '\r')
+                                p->frame = F_START_LF;
+                        else if (c == '\n')
+                                goto bare_lf;
+                        else
+                                p->frame = F_LINE;
+                        break;
+                case F_START_LF:
+                        if (c != '\n')
+                                goto bare_cr;
+                        p->frame = F_START;
+                        break;
+                case F_LINE:
+                        if (c == '\r')
+                                p->frame = F_LINE_LF;
+                        else if (c == '\n')
+                                goto bare_lf;
+                        break;
+                case F_LINE_LF:
+                        if (c != '\n')
+                                goto bare_cr;
+                        p->frame = F_FIELD_START;
+                        break;
+                case F_FIELD_START:
+                        if (c == '\r')
+                                p->frame = p->frame_trailers ? F_TRAILER_END_LF : F_HEAD_END_LF;
+                        else if (c == ' ' || c == '\t') {
+                                rp_fail(p, 400, "obsolete line folding in a header field");
+                                return -1;
+                        } else if (c == '\n')
+                                goto bare_lf;
+                        else
+                                p->frame = F_NAME;
+                        break;
+                case F_NAME:
+                        if (c == ':')
+                                p->frame = F_VALUE;
+                        else if (c == ' ' || c == '\t') {
+                                rp_fail(p, 400, "whitespace in or after a header field name");
+                                return -1;
+                        } else if (c == '\r' || c == '\n') {
+                                rp_fail(p, 400, "header line without a colon");
+                                return -1;
+                        }
+                        break;
+                case F_VALUE:
+                        if (c == '\r')
+                                p->frame = F_VALUE_LF;
+                        else if (c == '\n')
+                                goto bare_lf;
+                        break;
+                case F_VALUE_LF:
+                        if (c != '\n')
+                                goto bare_cr;
+                        p->frame = F_FIELD_START;
+                        break;
+                case F_HEAD_END_LF:
+                        if (c != '\n')
+                                goto bare_cr;
+                        p->frame = p->frame_chunked ? F_CHUNK_SIZE_START : F_BODY;
+                        break;
+                case F_BODY:
+                        return 0; /* the rest of this segment is body bytes http-parser counted */
+                case F_CHUNK_SIZE_START:
+                        if (hex_value(c) < 0) {
+                                rp_fail(p, 400, "invalid chunk size");
+                                return -1;
+                        }
+                        p->frame_chunk = (uint64_t)hex_value(c);
+                        p->frame = F_CHUNK_SIZE;
+                        break;
+                case F_CHUNK_SIZE:
+                        if (hex_value(c) >= 0) {
+                                if (p->frame_chunk > UINT64_MAX >> 4) {
+                                        rp_fail(p, 400, "chunk size overflows");
+                                        return -1;
+                                }
+                                p->frame_chunk = p->frame_chunk << 4 | (uint64_t)hex_value(c);
+                        } else if (c == '\r')
+                                p->frame = F_CHUNK_SIZE_LF;
+                        else if (c == ';') {
+                                p->frame = F_CHUNK_EXT;
+                                p->frame_ext_bytes = 1;
+                        } else if (c == '\n')
+                                goto bare_lf;
+                        else {
+                                rp_fail(p, 400, "invalid chunk size");
+                                return -1;
+                        }
+                        break;
+                case F_CHUNK_EXT:
+                        /* Ignored (RFC 9112 7.1.1), but only visible characters,
+                         * SP and HT: no CR, LF or other control can hide in it. */
+                        if (c == '\r')
+                                p->frame = F_CHUNK_SIZE_LF;
+                        else if (c == '\n')
+                                goto bare_lf;
+                        else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                                rp_fail(p, 400, "control character in a chunk extension");
+                                return -1;
+                        } else if (++p->frame_ext_bytes > HTTP_MAX_CHUNK_EXT_BYTES) {
+                                rp_fail(p, 400, "chunk extension too long");
+                                return -1;
+                        }
+                        break;
+                case F_CHUNK_SIZE_LF:
+                        if (c != '\n')
+                                goto bare_cr;
+                        if (p->frame_chunk == 0) {
+                                p->frame_trailers = true;
+                                p->frame = F_FIELD_START;
+                        } else
+                                p->frame = F_CHUNK_DATA;
+                        break;
+                case F_CHUNK_DATA: {
+                        /* This byte and as many more as the chunk has left. */
+                        size_t n = len - i;
+                        if ((uint64_t)n > p->frame_chunk)
+                                n = (size_t)p->frame_chunk;
+                        p->frame_chunk -= n;
+                        i += n - 1;
+                        if (p->frame_chunk == 0)
+                                p->frame = F_CHUNK_DATA_CR;
+                        break;
+                }
+                case F_CHUNK_DATA_CR:
+                        if (c != '\r') {
+                                rp_fail(p, 400, "chunk data not followed by CRLF");
+                                return -1;
+                        }
+                        p->frame = F_CHUNK_DATA_LF;
+                        break;
+                case F_CHUNK_DATA_LF:
+                        if (c != '\n') {
+                                rp_fail(p, 400, "chunk data not followed by CRLF");
+                                return -1;
+                        }
+                        p->frame = F_CHUNK_SIZE_START;
+                        break;
+                case F_TRAILER_END_LF:
+                        if (c != '\n')
+                                goto bare_cr;
+                        p->frame = F_DONE;
+                        break;
+                case F_DONE:
+                        rp_fail(p, 400, "bytes after the end of the request framing");
+                        return -1;
+                }
+        }
+        return 0;
+bare_lf:
+        rp_fail(p, 400, "line ended by a bare LF (CRLF required)");
+        return -1;
+bare_cr:
+        rp_fail(p, 400, "CR not followed by LF");
+        return -1;
+}
+
 /* Map a parser error we did not cause ourselves to the status to answer. */
 static void fail_from_parser(struct http_request_parser *p, enum http_errno e) {
         switch (e) {
@@ -459,6 +683,19 @@ int http_request_parser_feed(struct http_request_parser *p, const uint8_t *data,
                 bool paused = e == HPE_PAUSED;
 
                 if (e != HPE_OK && !paused) {
+                        /* A framing fault in the bytes before the one the parser
+                         * stopped at is the first fault in the stream: report it,
+                         * whatever the parser (or a callback) said about a later
+                         * byte, so the answer does not depend on how the stream
+                         * was split into reads. */
+                        int saved = p->error_status;
+                        char saved_msg[sizeof p->error_message];
+                        memcpy(saved_msg, p->error_message, sizeof saved_msg);
+                        p->error_status = 0;
+                        if (frame_scan(p, data + off, n) == 0 || p->error_status == 0) {
+                                p->error_status = saved;
+                                memcpy(p->error_message, saved_msg, sizeof saved_msg);
+                        }
                         if (p->error_status == 0)
                                 fail_from_parser(p, e);
                         p->state = HTTP_RP_ERROR;
@@ -467,6 +704,18 @@ int http_request_parser_feed(struct http_request_parser *p, const uint8_t *data,
                         return p->error_status == 500 ? -ENOMEM : -EBADMSG;
                 }
                 off += n;
+                if (frame_scan(p, data + off - n, n) < 0 ||
+                    (p->state == HTTP_RP_READY && p->frame != (p->frame_chunked ? F_DONE : F_BODY))) {
+                        rp_fail(p, 400, "request framing does not add up");
+                        p->state = HTTP_RP_ERROR;
+                        *consumed = off;
+                        return -EBADMSG;
+                }
+                if (p->state == HTTP_RP_READY) {
+                        /* The next bytes start the next request. */
+                        p->frame = F_START;
+                        p->frame_chunked = p->frame_trailers = false;
+                }
 
                 if (phase == HTTP_RP_IDLE && p->state == HTTP_RP_HEAD)
                         /* Paused in on_message_begin, just after the first byte of

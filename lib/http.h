@@ -25,6 +25,8 @@
 #define HTTP_MAX_BODY_BYTES 65536  /* bytes: the (de-chunked) request body -> 413 */
 #define HTTP_MAX_URL_BYTES 2048    /* bytes: the request target, path + '?' + query -> 414 */
 #define HTTP_MAX_HEADERS 64        /* header fields in one request (trailers included) -> 431 */
+#define HTTP_MAX_CHUNK_EXT_BYTES 256 /* bytes: the chunk extensions of one chunk-size line, from
+                                      * the ';' to before the CR (ignored, so only bounded) -> 400 */
 
 /* What the daemon needs to know about one request; everything else is parsed
  * and dropped. Strings are NUL-terminated heap copies owned by the request. */
@@ -94,9 +96,33 @@ struct http_request_parser {
         bool in_trailers;
         bool continue_reported;
         bool saw_transfer_encoding;
+        bool te_last_chunked;       /* the last transfer coding so far is chunked */
+        bool te_other;              /* a transfer coding other than chunked was named */
+        /* RFC 9112 framing, checked on the raw bytes beside http-parser
+         * (which tolerates bare LF, obs-fold, junk after a chunk size and
+         * chunk data not followed by CRLF): see frame_scan() in http.c. */
+        int frame;                  /* enum frame_state in http.c */
+        bool frame_chunked;         /* the head said chunked: the body is scanned as chunks */
+        bool frame_trailers;        /* scanning the trailer section */
+        uint64_t frame_chunk;       /* chunk size being read, then bytes of chunk data left */
+        size_t frame_ext_bytes;     /* bytes of the chunk extensions on this chunk-size line */
         int error_status;           /* HTTP status to answer, when state is HTTP_RP_ERROR */
         char error_message[128];
 };
+
+/* Framing is strict (RFC 9112), so that no other HTTP implementation on the
+ * path can read a different request boundary from the same bytes. Refused
+ * with 400: a line (request line, header, chunk-size, trailer) not ended by
+ * CRLF (a bare LF or a CR followed by something else); obs-fold (a header
+ * line starting with SP/HT); whitespace in or after a field name; a repeated
+ * or unparsable Content-Length; Content-Length with Transfer-Encoding;
+ * Transfer-Encoding whose last coding is not chunked, or chunked twice; a
+ * chunk-size that is not 1*HEXDIG followed by CRLF (leading or trailing
+ * junk such as whitespace, overflow past 64 bits); chunk data not followed
+ * by CRLF. Chunk extensions (";name=value", right after the size) are
+ * accepted and ignored, as RFC 9112 7.1.1 says, but may hold only visible
+ * characters, SP and HT, at most HTTP_MAX_CHUNK_EXT_BYTES of them. Transfer-Encoding "<other>, chunked" is
+ * 501 (a coding we cannot undo), per RFC 9112 6.1. */
 
 /* Initialise p for a new connection. limits may be NULL for HTTP_LIMITS_DEFAULT. */
 void http_request_parser_init(struct http_request_parser *p, const struct http_limits *limits);

@@ -290,11 +290,23 @@ static void poll_failed(struct prov_machine *m, const struct prov_event_data *d,
                 back_off(m, d, "DPS assignment failed temporarily", a);
 }
 
+/* A broken answer is transient (the next may be fine), but bounded. */
+static void malformed_answer(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
+        if (++m->malformed_runs < PROV_MALFORMED_ANSWER_RUNS)
+                back_off(m, d, "malformed DPS answer", a);
+        else {
+                m->malformed_runs = 0; /* the verdict is kept; a later request starts a fresh count */
+                fail(m, d, "DPS kept sending malformed answers", a);
+        }
+}
+
 /* Events that mean the same in every in-flight state of a DPS run. Returns
  * true if handled. */
 static bool run_common(struct prov_machine *m, enum prov_event ev, const struct prov_event_data *d,
                        struct prov_action *a) {
-        if (ev == PROV_EV_TRANSIENT_ERROR)
+        if (ev == PROV_EV_TRANSIENT_ERROR && d->malformed)
+                malformed_answer(m, d, a);
+        else if (ev == PROV_EV_TRANSIENT_ERROR)
                 back_off(m, d, "temporary DPS error", a);
         else if (ev == PROV_EV_PERMANENT_ERROR)
                 fail(m, d, "DPS refused the registration", a);
@@ -363,6 +375,7 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
 
         case PROV_REGISTERING:
                 if (ev == PROV_EV_DPS_401_CHALLENGE) {
+                        m->malformed_runs = 0; /* a usable challenge */
                         m->state = PROV_IMPORTING_CHALLENGE;
                         act(a, PROV_ACT_TPM_IMPORT_CHALLENGE, 0);
                         a->blob = PROV_BLOB_CHALLENGE;
@@ -481,6 +494,7 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 if (ev == PROV_EV_CLIENT_REPROVISION || ev == PROV_EV_CONFIG_CHANGED) {
                         backoff_reset(&m->backoff);
                         m->sas_refusals = 0;
+                        m->malformed_runs = 0;
                         start_dps(m,
                                   ev == PROV_EV_CONFIG_CHANGED ? PROV_REASON_CONFIG_CHANGED
                                                                : PROV_REASON_CLIENT_REQUEST,
@@ -603,7 +617,7 @@ static void result_set(struct prov_dps_result *out, enum prov_event ev, const ch
 /* A non-success answer (or none at all). */
 static void interpret_failure(enum dps_request req, const struct prov_dps_answer *ans, struct prov_dps_result *out) {
         struct dps_error err;
-        const char *reason = NULL;
+        const char *reason = NULL, *defect;
         bool have_err;
         enum dps_class cls;
 
@@ -616,6 +630,16 @@ static void interpret_failure(enum dps_request req, const struct prov_dps_answer
         }
         have_err = ans->body && dps_parse_error(ans->body, ans->body_len, &err) >= 0;
         cls = dps_classify(req, (int)ans->http_status, have_err ? &err : NULL, &reason);
+        if (req == DPS_REQUEST_REGISTER && ans->http_status == 401 &&
+            (defect = dps_challenge_defect(ans->body, ans->body_len))) {
+                /* A challenge that cannot be used: a broken answer, not a
+                 * verdict (DPS's challenges carry a "message" too). */
+                snprintf(out->message, sizeof(out->message), "DPS sent a malformed challenge (HTTP 401): %s", defect);
+                out->data.http_status = 401;
+                out->data.malformed = true;
+                result_set(out, PROV_EV_TRANSIENT_ERROR, "error", "DPS sent a malformed challenge, will retry");
+                return;
+        }
         if (req == DPS_REQUEST_REGISTER && ans->http_status == 401) {
                 /* Only reached when the 401 carried no usable challenge. With a
                  * DPS error body it is DPS's verdict on this TPM's enrollment
@@ -671,7 +695,9 @@ static int interpret_registration(const struct prov_dps_answer *ans, struct prov
         if (r < 0) {
                 out->data.http_status = (int)ans->http_status;
                 out->data.retry_after_s = retry_after_of(ans);
-                snprintf(out->message, sizeof(out->message), "malformed DPS operation status");
+                snprintf(out->message, sizeof(out->message), "malformed DPS operation status (HTTP %ld)",
+                         ans->http_status);
+                out->data.malformed = true;
                 result_set(out, PROV_EV_TRANSIENT_ERROR, "error", "DPS sent a malformed operation status, will retry");
                 return 0;
         }
@@ -732,7 +758,9 @@ int prov_dps_interpret(enum dps_request req, const struct prov_dps_answer *answe
                                 out->data.retry_after_s = retry_after_of(ans);
                                 if (dps_parse_operation(ans->body, ans->body_len, &op) < 0) {
                                         out->data.http_status = 202;
-                                        snprintf(out->message, sizeof(out->message), "malformed DPS 202 answer");
+                                        snprintf(out->message, sizeof(out->message),
+                                                 "malformed DPS 202 answer: no usable operationId");
+                                        out->data.malformed = true;
                                         result_set(out, PROV_EV_TRANSIENT_ERROR, "error",
                                                    "DPS sent a malformed 202 answer, will retry");
                                         return 0;

@@ -117,6 +117,12 @@
 /* DPS runs in a row whose second PUT DPS refused (401) before a refusal is its
  * verdict (the Azure IoT C SDK also allows 3). */
 #define PROV_STALE_CHALLENGE_RUNS 3
+/* DPS runs in a row ended by a malformed DPS answer (a challenge without a
+ * usable authenticationKey, a 202 or operation status that does not parse)
+ * before that is final: a broken answer is retried as a transient fault, but
+ * a DPS (or proxy) that only ever sends broken answers is not retried
+ * forever. */
+#define PROV_MALFORMED_ANSWER_RUNS 5
 #define PROV_REPORT_MIN_INTERVAL_MS 60000u /* ms between hub checks started by client reports */
 #define PROV_MESSAGE_MAX (DPS_ERROR_MESSAGE_MAX + 128) /* bytes of a status message: DPS's text plus our context */
 
@@ -190,6 +196,7 @@ struct prov_event_data {
         const char *message;    /* DPS errorMessage or the reason from dps_classify(); may be NULL */
         bool permanent;         /* POLL_FAILED: dps_classify_registration() said PERMANENT */
         bool has_auth_key;      /* POLL_ASSIGNED: the assignment carried its own key blob */
+        bool malformed;         /* TRANSIENT_ERROR: DPS's answer itself was malformed (PROV_MALFORMED_ANSWER_RUNS) */
 };
 
 enum prov_action_kind {
@@ -264,6 +271,7 @@ struct prov_machine {
         bool save_failed;        /* provisioned but state not persisted */
         bool assigned_has_key;   /* the current run's assignment carried its own key blob */
         uint32_t sas_refusals;   /* DPS_SAS_REFUSED in a row (PROV_STALE_CHALLENGE_RUNS) */
+        uint32_t malformed_runs; /* runs in a row ended by a malformed answer (PROV_MALFORMED_ANSWER_RUNS) */
         bool report_checked;     /* a client report started a hub check ... */
         uint64_t report_check_ms; /* ... at this time (the caller's monotonic clock) */
 };
@@ -340,14 +348,19 @@ struct prov_dps_result {
 /* Interpret the answer to req (the first PUT, the second PUT or a poll):
  * parse what the status says should be there, classify it with
  * dps_classify()/dps_classify_registration() and the 401 rules:
- *  - first PUT, 401 with a challenge: DPS_401_CHALLENGE; 401 without one is
- *    DPS's verdict on this TPM's enrollment when it carries a DPS error
+ *  - first PUT, 401 with a challenge: DPS_401_CHALLENGE; a challenge-shaped
+ *    401 whose challenge is unusable (no authenticationKey, bad base64, bad
+ *    keyName: dps_challenge_defect()) is a malformed answer (TRANSIENT,
+ *    data.malformed, the defect in the message); any other 401 is DPS's
+ *    verdict on this TPM's enrollment when it carries a DPS error
  *    (PERMANENT), else some proxy's or a garbled answer (TRANSIENT);
  *  - second PUT, 401: DPS_SAS_REFUSED (the machine counts them);
  *  - poll, 401 (the challenge key went stale) or 404 (DPS forgot the
  *    operation): POLL_FAILED, not permanent: polling cannot help and neither
  *    is a verdict on the enrollment, so a new run starts after a backoff;
- *  - malformed success answers: TRANSIENT_ERROR.
+ *  - malformed success answers: TRANSIENT_ERROR with data.malformed.
+ * The machine retries malformed answers, PROV_MALFORMED_ANSWER_RUNS runs in
+ * a row at most, then fails.
  * Returns 0 and *out (release with prov_dps_result_clear()), or -ENOMEM.
  * out is zeroed first either way. */
 int prov_dps_interpret(enum dps_request req, const struct prov_dps_answer *ans, struct prov_dps_result *out);

@@ -68,6 +68,7 @@ struct server {
         void *userdata;
         struct server_limits limits;
         const struct tpmid_config *config;
+        int stranger_status;
         struct server_conn *conns;
         unsigned n_conns;    /* accepted and counted against the limits */
         unsigned n_rejected; /* connections being answered 503/429 */
@@ -167,7 +168,8 @@ static void shutdown_done(uv_shutdown_t *req, int status) {
         struct server_conn *c = req->data;
         if (c->state == CONN_CLOSING)
                 return;
-        if (status < 0) {
+        if (status < 0 || c->peer_eof) {
+                /* The client already shut down its side: nothing left to discard. */
                 conn_close(c);
                 return;
         }
@@ -190,7 +192,8 @@ static void deferred_resume(uv_timer_t *t) {
 static void write_finished(struct server_conn *c, bool sync) {
         /* Draining: a request that already arrived is still answered (with
          * Connection: close); an idle connection ends here. */
-        if (c->close_after || !c->srv || (c->srv->draining && !c->pending && !input_waiting(c))) {
+        if (c->close_after || !c->srv || (c->peer_eof && !c->pending) ||
+            (c->srv->draining && !c->pending && !input_waiting(c))) {
                 c->sreq.data = c;
                 if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->pipe, shutdown_done) < 0)
                         conn_close(c);
@@ -384,9 +387,10 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         if (n == 0)
                 return;
         if (n == UV_EOF && (c->state == CONN_BUSY || c->state == CONN_WRITING)) {
-                /* Half-closed after sending: still owed an answer. */
+                /* Half-closed after sending: still owed an answer, and so is
+                 * every complete request stashed behind it (write_finished
+                 * goes on with them and closes when none is left). */
                 c->peer_eof = true;
-                c->close_after = true;
                 c->reading = false;
                 uv_read_stop(st);
                 return;
@@ -443,6 +447,12 @@ static void conn_resume(struct server_conn *c) {
                 if (!reading)
                         return;
         }
+        if (c->peer_eof) {
+                /* What is left is at most the start of a request that can
+                 * never complete: the client has shut down its side. */
+                conn_close(c);
+                return;
+        }
         if (!c->reading) {
                 if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) < 0) {
                         conn_close(c);
@@ -470,7 +480,9 @@ int server_reply(struct server_request *req, int status, const char *json_body, 
                 return -ECONNRESET;
         }
         struct server *s = c->srv;
-        if (s->draining || c->peer_eof)
+        /* After the client's EOF only the stashed bytes are left: the answer
+         * to the last request there says "close". */
+        if (s->draining || (c->peer_eof && !c->pending))
                 keep_alive = false;
         c->close_after = !keep_alive;
         parser_release(c);
@@ -588,11 +600,25 @@ static void on_connection(uv_stream_t *l, int status) {
         c->req.gid = cred.gid;
         c->req.pid = cred.pid;
 
+        /* Once per connection, not per request. NSS may be slow (LDAP); root
+         * needs no lookup. Before the limits: a caller with no rights at all
+         * is answered at once and never holds a slot, so strangers who can
+         * reach the socket cannot use up max_connections. */
+        c->in_group = cred.uid != 0 && s->has_sock_gid && uid_in_group(cred.uid, cred.gid, s->sock_gid);
         unsigned per_uid = conns_of_uid(s, cred.uid); /* includes this one */
         const char *why = NULL;
         int st = 0;
-        char msg[128];
-        if (s->n_conns > s->limits.max_connections) {
+        char msg[160];
+        bool retry = true;
+        if (!authz_any_allowed_by_config(s->config, cred.uid, c->in_group)) {
+                st = s->stranger_status;
+                why = "no_rights";
+                retry = false;
+                snprintf(msg, sizeof msg,
+                         "uid %u may not use this socket: it has no [[principal]] entry allowing anything, is not "
+                         "root and is not in the socket's group",
+                         (unsigned)cred.uid);
+        } else if (s->n_conns > s->limits.max_connections) {
                 st = 503;
                 why = "max_connections";
                 snprintf(msg, sizeof msg, "too many connections (%u), retry", s->limits.max_connections);
@@ -617,19 +643,16 @@ static void on_connection(uv_stream_t *l, int status) {
                         conn_close(c);
                         return;
                 }
-                static const struct http_header retry[] = { { "Retry-After", SERVER_RETRY_AFTER_SEC } };
+                static const struct http_header retry_after[] = { { "Retry-After", SERVER_RETRY_AFTER_SEC } };
                 if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) < 0) {
                         conn_close(c);
                         return;
                 }
                 c->reading = true;
-                conn_answer_error(c, st, msg, retry, ELEMENTSOF(retry));
+                conn_answer_error(c, st, msg, retry ? retry_after : NULL, retry ? ELEMENTSOF(retry_after) : 0);
                 return;
         }
 
-        /* Once per connection, not per request. NSS may be slow (LDAP); root
-         * needs no lookup. */
-        c->in_group = cred.uid != 0 && s->has_sock_gid && uid_in_group(cred.uid, cred.gid, s->sock_gid);
         log_debug("%s: connection from uid %u gid %u pid %u", s->name, (unsigned)cred.uid, (unsigned)cred.gid,
                   (unsigned)cred.pid);
         c->state = CONN_READING;
@@ -651,6 +674,82 @@ static int mkdir_parents(const char *path, mode_t mode) {
                 *s = '/';
         }
         return 0;
+}
+
+/* One directory on the way to a socket we bind, as sshd's StrictModes
+ * checks a path: another non-root user who owns it, or anyone who may write
+ * to it (group/other write without the sticky bit, which keeps others from
+ * renaming or removing what they do not own), could swap the socket (or a
+ * directory below) for their own listener. Returns 0 or -EACCES with why. */
+static int check_dir(const char *dir, char *why, size_t n) {
+        struct stat st;
+        if (lstat(dir, &st) < 0) {
+                snprintf(why, n, "could not check %s: %s", dir, strerror(errno));
+                return -EACCES;
+        }
+        if (S_ISLNK(st.st_mode))
+                return 0; /* followed by realpath(); the link itself lies in a checked directory */
+        if (!S_ISDIR(st.st_mode)) {
+                snprintf(why, n, "%s is not a directory", dir);
+                return -EACCES;
+        }
+        if (st.st_uid != 0 && st.st_uid != geteuid()) {
+                snprintf(why, n,
+                         "directory %s is owned by uid %u, who could replace the socket: make it owned by root "
+                         "(chown root %s) or use systemd's RuntimeDirectory=",
+                         dir, (unsigned)st.st_uid, dir);
+                return -EACCES;
+        }
+        if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+                snprintf(why, n,
+                         "directory %s is %s-writable (mode %04o), so another user could replace the socket: "
+                         "remove that write permission (chmod go-w %s) or use systemd's RuntimeDirectory=",
+                         dir, (st.st_mode & S_IWOTH) ? "world" : "group", (unsigned)(st.st_mode & 07777), dir);
+                return -EACCES;
+        }
+        return 0;
+}
+
+/* Every directory from / down to dir, as written and as resolved. */
+static int check_dir_chain(const char *dir, char *why, size_t n) {
+        char resolved[PATH_MAX];
+        if (!realpath(dir, resolved)) {
+                snprintf(why, n, "could not resolve %s: %s", dir, strerror(errno));
+                return -EACCES;
+        }
+        const char *paths[] = { dir, resolved };
+        for (size_t k = 0; k < ELEMENTSOF(paths); k++) {
+                _cleanup_free_ char *p = strdup(paths[k]);
+                if (!p)
+                        return -ENOMEM;
+                int r = check_dir("/", why, n);
+                for (char *sl = p + 1; r >= 0 && *sl; sl++) {
+                        if (*sl != '/')
+                                continue;
+                        *sl = '\0';
+                        r = check_dir(p, why, n);
+                        *sl = '/';
+                }
+                if (r >= 0 && p[0] && !streq(p, "/"))
+                        r = check_dir(p, why, n);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int check_socket_dir(const char *path, char *why, size_t n) {
+        _cleanup_free_ char *dir = strdup(path);
+        if (!dir)
+                return -ENOMEM;
+        char *sl = strrchr(dir, '/');
+        if (!sl)
+                return check_dir_chain(".", why, n);
+        if (sl == dir)
+                sl[1] = '\0';
+        else
+                *sl = '\0';
+        return check_dir_chain(dir, why, n);
 }
 
 /* A socket file is stale when nothing accepts on it. */
@@ -710,6 +809,9 @@ int server_new(uv_loop_t *loop, const struct server_options *opts, struct server
         s->userdata = opts->userdata;
         s->limits = opts->limits;
         s->config = opts->config;
+        s->stranger_status = opts->stranger_status ? opts->stranger_status
+                             : streq(s->name, "identityd") ? 401 /* what aziot-identityd answers */
+                                                           : 403;
 
         int r = uv_pipe_init(loop, &s->listener, 0);
         if (r < 0) {
@@ -734,6 +836,16 @@ int server_new(uv_loop_t *loop, const struct server_options *opts, struct server
                 r = -EINVAL;
         } else {
                 r = mkdir_parents(s->path, SERVER_RUNDIR_MODE);
+                if (r >= 0) {
+                        char why[PATH_MAX + 256];
+                        r = check_socket_dir(s->path, why, sizeof why);
+                        if (r == -EACCES) {
+                                if (opts->error && opts->error_size > 0)
+                                        snprintf(opts->error, opts->error_size, "%s", why);
+                                else
+                                        log_error("%s: not binding %s: %s", s->name, s->path, why);
+                        }
+                }
                 if (r >= 0)
                         r = remove_stale_socket(s->path);
                 if (r >= 0) {

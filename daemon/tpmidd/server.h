@@ -9,6 +9,7 @@
  * keeps memory per connection bounded.
  *
  * Limits (config [limits]; each answered, then the connection closed):
+ *   a caller with no rights at all → stranger_status at accept, never counted
  *   max_connections          → 503 "too many connections, retry" + Retry-After
  *   max_connections_per_uid  → 429 "too many connections for uid N" + Retry-After
  *   max_header_bytes → 431, max_body_bytes → 413 (from lib/http)
@@ -65,13 +66,26 @@ struct server_options {
         void *userdata;
         struct server_limits limits;
         const struct tpmid_config *config; /* principals for server_request_allowed(); may be NULL */
+        /* Status for a caller with no rights at all (authz_any_allowed() false),
+         * answered at accept, before it counts against any limit; 0: 401 for a
+         * server named "identityd" (aziot-identityd's answer), 403 otherwise. */
+        int stranger_status;
+        /* When binding path: where to put the sentence that says why the
+         * directory was refused (-EACCES) and how to fix it; NULL: server_new
+         * logs it itself. */
+        char *error;
+        size_t error_size;
 };
 
 /* Listen on opts->fd, or bind opts->path (creating its parent directory;
  * replacing a stale socket file only when nothing answers on it; refusing
- * any other kind of file) with mode SERVER_SOCKET_MODE. Returns 0 and *ret,
- * or -errno with *ret untouched: -EADDRINUSE (a live server answers on the
- * path), -EEXIST (path is not a socket), others from bind/listen. */
+ * any other kind of file) with mode SERVER_SOCKET_MODE. Before binding, the
+ * socket's directory and every directory above it (as written and resolved)
+ * must be owned by root or by us and not group/world-writable unless sticky
+ * (sshd's StrictModes): otherwise another user could put their own listener
+ * at path. Returns 0 and *ret, or -errno with *ret untouched: -EADDRINUSE (a
+ * live server answers on the path), -EEXIST (path is not a socket), -EACCES
+ * (an unsafe directory, explained in opts->error), others from bind/listen. */
 int server_new(uv_loop_t *loop, const struct server_options *opts, struct server **ret);
 
 /* Reload: limits apply to new connections and new requests; config is the new

@@ -134,6 +134,33 @@ static void test_through_config(void **state) {
         config_diags_free(&d);
 }
 
+static void test_any_allowed(void **state) {
+        /* the query the server asks at accept: a stranger has no rights at all */
+        const struct config_principal table[] = {
+                {.uid = 1500, .allow = CONFIG_OP_TPM_KEYS, .allow_explicit = true},
+                {.uid = 1600, .allow = 0, .allow_explicit = true},
+                {.uid = 0, .allow = 0, .allow_explicit = true},
+        };
+        assert_true(authz_any_allowed(table, ELEMENTSOF(table), 1500, false));
+        assert_false(authz_any_allowed(table, ELEMENTSOF(table), 1600, false)); /* an empty allow set */
+        assert_false(authz_any_allowed(table, ELEMENTSOF(table), 1600, true));  /* the entry wins over the group */
+        assert_false(authz_any_allowed(table, ELEMENTSOF(table), 0, false));    /* listed root narrowed to nothing */
+        assert_false(authz_any_allowed(table, ELEMENTSOF(table), 1700, false)); /* stranger */
+        assert_true(authz_any_allowed(table, ELEMENTSOF(table), 1700, true));   /* socket group member */
+        assert_true(authz_any_allowed(NULL, 0, 0, false));                      /* unlisted root */
+        assert_false(authz_any_allowed(NULL, 0, 1700, false));
+        assert_true(authz_any_allowed_by_config(NULL, 0, false));
+        assert_false(authz_any_allowed_by_config(NULL, 1700, false));
+        /* it agrees with authz_allowed(): any rights exactly when some single op is allowed */
+        for (uid_t uid = 0; uid < 1800; uid += 100)
+                for (int g = 0; g < 2; g++) {
+                        bool some = false;
+                        for (uint32_t bit = 1; bit & (uint32_t)CONFIG_OP_ALL; bit <<= 1)
+                                some |= authz_allowed(table, ELEMENTSOF(table), uid, g, bit);
+                        assert_int_equal(some, authz_any_allowed(table, ELEMENTSOF(table), uid, g));
+                }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_every_kind_every_op),
@@ -142,6 +169,7 @@ int main(void) {
                 cmocka_unit_test(test_multi_bit_needs_all_bits),
                 cmocka_unit_test(test_malformed_op_is_denied),
                 cmocka_unit_test(test_through_config),
+                cmocka_unit_test(test_any_allowed),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -197,14 +197,20 @@ static void test_chunked(void **state) {
         assert_int_equal(r->body_len, 13);
         assert_memory_equal(r->body, "abc0123456789", 13);
         assert_true(r->keep_alive);
-        /* Transfer codings other than chunked cannot be undone: 501. */
-        assert_int_equal(parse_error(S("POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), NULL, 0), 501);
+        /* Transfer codings other than chunked cannot be undone: 501 when
+         * chunked is final; without a final chunked the body length is
+         * unknown (RFC 9112 6.3): 400, as for chunked applied twice. */
+        assert_int_equal(parse_error(S("POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), NULL, 0), 400);
         assert_int_equal(parse_error(S("POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), NULL, 0),
+                         501);
+        assert_int_equal(parse_error(S("POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n"
+                                       "Transfer-Encoding: chunked\r\n\r\n"),
+                                     NULL, 0),
                          501);
         assert_int_equal(parse_error(S("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
                                        "Transfer-Encoding: chunked\r\n\r\n"),
                                      NULL, 0),
-                         501);
+                         400);
         /* Content-Length together with chunked is a smuggling vector: 400. */
         assert_int_equal(parse_error(S("POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
                                        "3\r\nabc\r\n0\r\n\r\n"),
@@ -637,6 +643,115 @@ static void test_query(void **state) {
         assert_string_equal(d, "a%2");
 }
 
+/* RFC 9112 framing that libhttp-parser tolerates: each refused with 400,
+ * however the bytes arrive; and the strict forms still accepted. */
+static void test_strict_framing(void **state) {
+        static const char *const bad[] = {
+                /* chunk data not followed by CRLF (issue 14) */
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\rX0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n",
+                /* bare LF: request line, header line, end of head, chunk-size line, trailers */
+                "GET / HTTP/1.1\nHost: x\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\n\n",
+                "\nGET / HTTP/1.1\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: y\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n",
+                /* CR followed by something else */
+                "GET / HTTP/1.1\rHost: x\r\n\r\n",
+                /* obs-fold, in the head and in trailers */
+                "GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
+                "GET / HTTP/1.1\r\nX-A: a\r\n\tb\r\n\r\n",
+                "GET / HTTP/1.1\r\n X-A: a\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n",
+                /* whitespace before the colon */
+                "POST / HTTP/1.1\r\nContent-Length : 1\r\n\r\na",
+                "POST / HTTP/1.1\r\nContent-Length\t: 1\r\n\r\na",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX : a\r\n\r\n",
+                /* conflicting, repeated or listed Content-Length */
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+                "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\na",
+                "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
+                "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                /* Transfer-Encoding other than a final chunked */
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+                /* chunk-size with leading or trailing junk, or too large for 64 bits */
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3 ;a=b\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3g\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+3\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
+                /* a chunk extension holding a control character */
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a=\x01\r\nabc\r\n0\r\n\r\n",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                size_t len = strlen(bad[i]);
+                for (size_t step = 0; step <= 3; step++) {
+                        int st = parse_error(bad[i], len, NULL, step);
+                        if (st != 400)
+                                fail_msg("case %zu (step %zu): %d, want 400: %s", i, step, st, bad[i]);
+                }
+        }
+        /* still accepted: leading zeros, extensions right after the size, trailers, any letter case */
+        static const char *const good[] = {
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0003\r\nabc\r\n0\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b;c=\"d e\"\r\nabc\r\n0;x\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: y\r\nX-U:\r\n\r\n",
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(good); i++)
+                for (size_t step = 0; step <= 3; step++) {
+                        _cleanup_http_request_ struct http_request *r = parse_one(good[i], strlen(good[i]), step);
+                        assert_int_equal(r->body_len, 3);
+                        assert_memory_equal(r->body, "abc", 3);
+                }
+        /* HTTP_MAX_CHUNK_EXT_BYTES: at the limit accepted, one over refused */
+        for (size_t over = 0; over < 2; over++) {
+                size_t ext = HTTP_MAX_CHUNK_EXT_BYTES + over;
+                char *t = NULL;
+                char *e = malloc(ext + 1);
+                assert_non_null(e);
+                e[0] = ';';
+                memset(e + 1, 'a', ext - 1);
+                e[ext] = '\0';
+                assert_true(asprintf(&t, "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3%s\r\nabc\r\n0\r\n\r\n",
+                                     e) > 0);
+                if (over)
+                        assert_int_equal(parse_error(t, strlen(t), NULL, 0), 400);
+                else {
+                        _cleanup_http_request_ struct http_request *r = parse_one(t, strlen(t), 0);
+                        assert_int_equal(r->body_len, 3);
+                }
+                free(e);
+                free(t);
+        }
+        /* the request after a strictly framed chunked one is read as the next request */
+        const char *two = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        struct http_request_parser p;
+        http_request_parser_init(&p, NULL);
+        size_t c, off = 0;
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)two, strlen(two), &c), HTTP_FEED_REQUEST);
+        off = c;
+        _cleanup_http_request_ struct http_request *r1 = NULL, *r2 = NULL;
+        assert_int_equal(http_request_take(&p, &r1), 0);
+        assert_int_equal(http_request_parser_feed(&p, (const uint8_t *)two + off, strlen(two) - off, &c),
+                         HTTP_FEED_REQUEST);
+        assert_int_equal(http_request_take(&p, &r2), 0);
+        assert_string_equal(r2->path, "/b");
+        http_request_parser_done(&p);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_get_basic),
@@ -644,6 +759,7 @@ int main(void) {
                 cmocka_unit_test(test_absolute_form_and_no_query),
                 cmocka_unit_test(test_split_every_byte),
                 cmocka_unit_test(test_chunked),
+                cmocka_unit_test(test_strict_framing),
                 cmocka_unit_test(test_pipelined),
                 cmocka_unit_test(test_upgrade_ignored),
                 cmocka_unit_test(test_keep_alive),

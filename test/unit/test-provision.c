@@ -555,6 +555,57 @@ static void to_authenticating(struct prov_machine *m) {
         assert_int_equal(m->state, PROV_AUTHENTICATING);
 }
 
+/* Malformed DPS answers: retried as transient faults, at most
+ * PROV_MALFORMED_ANSWER_RUNS runs in a row, then final; a usable challenge
+ * ends the series; a client request after the verdict counts afresh. */
+static void test_malformed_answers_bounded(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 401, .message = "DPS sent a malformed challenge (HTTP 401): no authenticationKey",
+                                    .malformed = true};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        for (unsigned i = 1; i < PROV_MALFORMED_ANSWER_RUNS; i++) {
+                a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+                assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+                assert_int_equal(m.state, PROV_BACKING_OFF);
+                assert_false(m.last_permanent);
+                assert_int_equal(m.malformed_runs, i);
+                EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        }
+        a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        assert_true(m.last_permanent);
+        assert_non_null(strstr(m.last_message, "no authenticationKey"));
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_int_equal(m.malformed_runs, 0);
+        a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+
+        /* a usable challenge in between starts the count again */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        for (unsigned i = 0; i < 3 * PROV_MALFORMED_ANSWER_RUNS; i++) {
+                step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+                assert_int_equal(m.state, PROV_BACKING_OFF);
+                step(&m, PROV_EV_TIMER);
+                if (i % 2) {
+                        step(&m, PROV_EV_DPS_401_CHALLENGE);
+                        assert_int_equal(m.malformed_runs, 0);
+                        a = step(&m, PROV_EV_IMPORT_FAILED);
+                        step(&m, PROV_EV_TIMER);
+                }
+        }
+        /* other transient errors are not counted (and stay unbounded) */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        struct prov_event_data t = {.http_status = 503};
+        for (unsigned i = 0; i < 2 * PROV_MALFORMED_ANSWER_RUNS; i++) {
+                a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &t);
+                assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+                step(&m, PROV_EV_TIMER);
+        }
+        assert_int_equal(m.malformed_runs, 0);
+}
+
 /* A refused SAS on the second PUT: new runs, then DPS's verdict. */
 static void test_sas_refused(void **state) {
         struct prov_machine m;
@@ -768,6 +819,37 @@ static void test_dps_interpret(void **state) {
         assert_non_null(strstr(r.message, "Enrollment is disabled"));
         assert_non_null(strstr(r.message, "attestation"));
         prov_dps_result_clear(&r);
+        /* A challenge-shaped 401 whose challenge cannot be used is a broken
+         * answer, not a verdict, though DPS's challenges carry a "message"
+         * (issue 14): transient, marked malformed, the defect named. */
+        {
+                static const struct {
+                        const char *body, *defect;
+                } bad[] = {
+                        {"{\"message\":\"Authorization required, resend request using supplied key\","
+                         "\"unencryptedAuthenticationKey\":null,\"keyName\":\"registration\"}",
+                         "no authenticationKey"},
+                        {"{\"keyName\":\"registration\"}", "no authenticationKey"},
+                        {"{\"message\":\"x\",\"authenticationKey\":\"not base64!\"}", "not a valid base64"},
+                        {"{\"authenticationKey\":42}", "not a valid base64"},
+                        {"{\"authenticationKey\":\"AAECAw==\",\"keyName\":\"a b\"}", "keyName is not a plain token"},
+                        {"{\"authenticationKey\":\"AAECAw==\",\"keyName\":\"\"}", "keyName is empty"},
+                        {"{\"errorCode\":401002,\"authenticationKey\":null}", "no authenticationKey"},
+                };
+                for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, bad[i].body, NULL, &r),
+                                         PROV_EV_TRANSIENT_ERROR);
+                        assert_true(r.data.malformed);
+                        assert_string_equal(r.status, "error");
+                        assert_int_equal(r.data.http_status, 401);
+                        if (!strstr(r.message, bad[i].defect) || !strstr(r.message, "malformed challenge"))
+                                fail_msg("case %zu: %s", i, r.message);
+                        prov_dps_result_clear(&r);
+                }
+        }
+        /* a DPS error answer is no malformed challenge */
+        assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, err401, NULL, &r), PROV_EV_PERMANENT_ERROR);
+        assert_false(r.data.malformed);
         /* ... without one, a proxy's or garbled answer */
         assert_int_equal(interpret(DPS_REQUEST_REGISTER, 401, "<html>", NULL, &r), PROV_EV_TRANSIENT_ERROR);
         assert_string_equal(r.status, "error");
@@ -812,7 +894,8 @@ static void test_dps_interpret(void **state) {
         assert_string_equal(r.operation_id, "4.abc");
         assert_int_equal(r.data.retry_after_s, 2);
         assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 202, "{}", NULL, &r), PROV_EV_TRANSIENT_ERROR);
-        assert_string_equal(r.message, "malformed DPS 202 answer");
+        assert_non_null(strstr(r.message, "malformed DPS 202 answer"));
+        assert_true(r.data.malformed);
         assert_int_equal(interpret(DPS_REQUEST_AUTH_REGISTER, 401, err401, NULL, &r), PROV_EV_DPS_SAS_REFUSED);
         assert_true(r.data.code == 401002);
         assert_non_null(r.note);
@@ -836,7 +919,8 @@ static void test_dps_interpret(void **state) {
         assert_string_equal(r.operation_id, "4.x");
         prov_dps_result_clear(&r);
         assert_int_equal(interpret(DPS_REQUEST_POLL, 200, "not json", NULL, &r), PROV_EV_TRANSIENT_ERROR);
-        assert_string_equal(r.message, "malformed DPS operation status");
+        assert_non_null(strstr(r.message, "malformed DPS operation status"));
+        assert_true(r.data.malformed);
         /* 401 (challenge key stale) and 404 (operation forgotten): a new run, not a verdict */
         assert_int_equal(interpret(DPS_REQUEST_POLL, 404, "{\"errorCode\":404203}", NULL, &r), PROV_EV_POLL_FAILED);
         assert_false(r.data.permanent);
@@ -1016,6 +1100,7 @@ int main(void) {
                 cmocka_unit_test(test_every_pair),
                 cmocka_unit_test(test_slots_and_blobs),
                 cmocka_unit_test(test_sas_refused),
+                cmocka_unit_test(test_malformed_answers_bounded),
                 cmocka_unit_test(test_report),
                 cmocka_unit_test(test_set_mode),
                 cmocka_unit_test(test_hub_event),

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -609,6 +610,172 @@ static void test_authz_wiring(void **state) {
         config_diags_free(&d);
 }
 
+/* Three pipelined requests, then shutdown(SHUT_WR): every one answered, in
+ * order, the last with "Connection: close", then EOF. Both with an answer
+ * given at once and with one that comes later (the EOF arrives while the
+ * first request is owed). */
+static void test_half_close_pipelined(void **state) {
+        struct server_limits l = default_limits();
+        struct fixture *fx = fixture_new(&l, NULL);
+        for (int deferred = 0; deferred < 2; deferred++) {
+                struct client *c = client_new(fx);
+                if (deferred)
+                        client_sends(fx, c, GET("/defer") GET("/b") GET("/c"));
+                else
+                        client_sends(fx, c, GET("/a") GET("/b") GET("/c"));
+                assert_int_equal(shutdown(c->fd, SHUT_WR), 0);
+                pump_ms(fx, 50);
+                if (deferred) {
+                        assert_non_null(fx->deferred);
+                        struct server_request *req = fx->deferred;
+                        fx->deferred = NULL;
+                        assert_int_equal(server_reply(req, 202, "{\"late\":true}", NULL, 0), 0);
+                }
+                static const char *const want[] = {"/a", "/b", "/c"};
+                for (size_t i = 0; i < ELEMENTSOF(want); i++) {
+                        struct response r;
+                        expect_response(fx, c, &r);
+                        if (i == 0 && deferred) {
+                                assert_int_equal(r.status, 202);
+                        } else {
+                                assert_int_equal(r.status, 200);
+                                char path[32];
+                                snprintf(path, sizeof path, "\"path\":\"%s\"", want[i]);
+                                assert_non_null(strstr(r.body, path));
+                        }
+                        /* only the last may say "close" (whether it does depends on
+                         * whether the EOF was read before it was answered) */
+                        if (i < ELEMENTSOF(want) - 1)
+                                assert_false(r.close);
+                }
+                expect_eof(fx, c);
+                client_free(c);
+        }
+        /* a half-closed connection with only the start of a request left is closed */
+        struct client *c = client_new(fx);
+        client_sends(fx, c, GET("/a") "GET /partial HTTP/1.1\r\n");
+        assert_int_equal(shutdown(c->fd, SHUT_WR), 0);
+        expect_status(fx, c, 200);
+        expect_eof(fx, c);
+        pump_ms(fx, 10);
+        assert_int_equal(server_connections(fx->srv), 0);
+        client_free(c);
+        fixture_free(fx);
+}
+
+/* A caller with no rights at all (here: this uid listed with an empty allow
+ * set) is answered at accept, without sending anything, and never counts
+ * against max_connections, however many connect. */
+static void test_stranger_answered_at_accept(void **state) {
+        char text[256];
+        snprintf(text, sizeof text, "[[principal]]\nuid = %u\nname = \"me\"\nallow = []\n", (unsigned)getuid());
+        struct config_diags d = {0};
+        struct tpmid_config *cfg = NULL;
+        assert_int_equal(config_parse_string(text, strlen(text), "t.toml", &cfg, &d), 0);
+        struct server_limits l = default_limits();
+        l.max_connections = 4; /* also the number of refusals answered at a time */
+        l.max_connections_per_uid = 1;
+        struct fixture *fx = fixture_new(&l, cfg);
+        struct client *cs[4];
+        for (size_t i = 0; i < ELEMENTSOF(cs); i++) {
+                cs[i] = client_new(fx);
+                assert_int_equal(server_connections(fx->srv), 0);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(cs); i++) {
+                struct response r;
+                expect_response(fx, cs[i], &r);
+                assert_int_equal(r.status, 403);
+                assert_true(r.close);
+                assert_null(strstr(r.head, "Retry-After")); /* retrying will not help */
+                char want[64];
+                snprintf(want, sizeof want, "uid %u may not use this socket", (unsigned)getuid());
+                assert_non_null(strstr(r.body, want));
+                expect_eof(fx, cs[i]);
+        }
+        assert_int_equal(fx->handled, 0);
+        /* the same uid with rights again (reload): accepted and counted */
+        server_set_config(fx->srv, NULL);
+        struct client *ok = client_new(fx);
+        assert_int_equal(server_connections(fx->srv), 1);
+        client_sends(fx, ok, GET("/x"));
+        expect_status(fx, ok, 200);
+        client_free(ok);
+        for (size_t i = 0; i < ELEMENTSOF(cs); i++)
+                client_free(cs[i]);
+        fixture_free(fx);
+        config_free(cfg);
+        config_diags_free(&d);
+}
+
+static bool server_new_at(const char *path, char *err, size_t n) {
+        uv_loop_t loop;
+        assert_int_equal(uv_loop_init(&loop), 0);
+        struct server *srv = NULL;
+        struct server_options o = {
+                .name = "test", .path = path, .fd = -1, .handler = handler, .limits = default_limits(),
+                .error = err, .error_size = n,
+        };
+        err[0] = '\0';
+        int r = server_new(&loop, &o, &srv);
+        if (r == 0)
+                server_close(srv);
+        (void)uv_run(&loop, UV_RUN_DEFAULT);
+        assert_int_equal(uv_loop_close(&loop), 0);
+        assert_true(r == 0 || r == -EACCES);
+        return r == 0;
+}
+
+/* Socket directory checks (sshd's StrictModes): a group/world-writable
+ * directory without the sticky bit, or one owned by another non-root user,
+ * anywhere on the way, is refused with a sentence saying how to fix it. */
+static void test_unsafe_socket_dir(void **state) {
+        char dir[64], sub[96], path[160], err[512];
+        snprintf(dir, sizeof dir, "/tmp/tpmid-test-sockdir-XXXXXX");
+        assert_non_null(mkdtemp(dir));
+        snprintf(sub, sizeof sub, "%s/run", dir);
+        snprintf(path, sizeof path, "%s/run/x.sock", dir);
+        assert_int_equal(mkdir(sub, 0755), 0);
+        assert_true(server_new_at(path, err, sizeof err)); /* safe: accepted */
+        assert_int_equal(chmod(sub, 0777), 0);
+        assert_int_equal(chmod(sub, 0777), 0); /* umask-proof */
+        assert_false(server_new_at(path, err, sizeof err));
+        assert_non_null(strstr(err, "world-writable"));
+        assert_non_null(strstr(err, "chmod go-w"));
+        assert_int_equal(access(path, F_OK), -1); /* nothing was bound */
+        assert_int_equal(chmod(sub, 01777), 0); /* sticky: others cannot rename what is ours */
+        assert_true(server_new_at(path, err, sizeof err));
+        assert_int_equal(chmod(sub, 0775), 0);
+        assert_false(server_new_at(path, err, sizeof err));
+        assert_non_null(strstr(err, "group-writable"));
+        /* an ancestor, not the socket's own directory */
+        assert_int_equal(chmod(sub, 0755), 0);
+        assert_int_equal(chmod(dir, 0757), 0);
+        assert_false(server_new_at(path, err, sizeof err));
+        assert_non_null(strstr(err, dir));
+        assert_int_equal(chmod(dir, 0700), 0);
+        if (geteuid() == 0) {
+                /* owned by another non-root user */
+                assert_int_equal(chown(sub, 65534, 65534), 0);
+                assert_false(server_new_at(path, err, sizeof err));
+                assert_non_null(strstr(err, "owned by uid 65534"));
+                assert_int_equal(chown(sub, 0, 0), 0);
+        }
+        /* a path through a symlink into an unsafe directory */
+        char unsafe[96], link[112], lpath[160];
+        snprintf(unsafe, sizeof unsafe, "%s/unsafe", dir);
+        snprintf(link, sizeof link, "%s/link", dir);
+        snprintf(lpath, sizeof lpath, "%s/link/x.sock", dir);
+        assert_int_equal(mkdir(unsafe, 0755), 0);
+        assert_int_equal(chmod(unsafe, 0777), 0);
+        assert_int_equal(symlink(unsafe, link), 0);
+        assert_false(server_new_at(lpath, err, sizeof err));
+        assert_non_null(strstr(err, unsafe));
+        assert_int_equal(unlink(link), 0);
+        assert_int_equal(rmdir(unsafe), 0);
+        assert_int_equal(rmdir(sub), 0);
+        assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void) {
         /* as tpmidd's main(): a write to a client that went away is an error, not a signal */
         signal(SIGPIPE, SIG_IGN);
@@ -624,6 +791,9 @@ int main(void) {
                 cmocka_unit_test(test_drain),
                 cmocka_unit_test(test_answer_after_client_left),
                 cmocka_unit_test(test_authz_wiring),
+                cmocka_unit_test(test_half_close_pipelined),
+                cmocka_unit_test(test_stranger_answered_at_accept),
+                cmocka_unit_test(test_unsafe_socket_dir),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
