@@ -79,9 +79,13 @@ static int load_config(const char *path, bool must_exist, struct tpmid_config **
         } else
                 r = config_load(path, &c, &diags);
         print_diags(&diags);
+        size_t n_errors = diags.n_errors; /* config_diags_free() zeroes it */
         config_diags_free(&diags);
         if (r < 0) {
-                log_error_errno(r, "configuration %s is not usable (%d error(s) above)", path, (int)diags.n_errors);
+                if (n_errors > 0)
+                        log_error_errno(r, "configuration %s is not usable (%zu error(s) above)", path, n_errors);
+                else
+                        log_error_errno(r, "configuration %s is not usable: %s", path, strerror(-r));
                 return r;
         }
         assert(c); /* config_parse_string()/config_load() set it on success */
@@ -249,14 +253,16 @@ static int open_servers(struct daemon *d) {
         const struct tpmid_config *cfg = manager_config(d->manager);
         struct server_limits lim = server_limits_from_config(&cfg->limits);
 
+        char why[SERVER_ERROR_MAX] = "";
         r = server_new(&d->loop,
                        &(struct server_options){ .name = "tpmd", .path = cfg->endpoints.tpmd_socket,
                                                  .fd = inh.tpmd_fd, .handler = tpmd_api_handle, .userdata = d->tpmd,
-                                                 .limits = lim, .config = cfg },
+                                                 .limits = lim, .config = cfg, .error = why,
+                                                 .error_size = sizeof why },
                        &d->tpmd_srv);
         if (r < 0)
                 return log_error_errno(r, "could not listen on %s: %s%s", cfg->endpoints.tpmd_socket,
-                                       uv_strerror(r),
+                                       why[0] ? why : uv_strerror(r),
                                        r == -EADDRINUSE ? " (another tpmidd/aziot-tpmd answers there)"
                                        : r == -EEXIST   ? " (a file that is not a socket is in the way)"
                                                         : "");
@@ -266,11 +272,12 @@ static int open_servers(struct daemon *d) {
         r = server_new(&d->loop,
                        &(struct server_options){ .name = "identityd", .path = cfg->endpoints.identityd_socket,
                                                  .fd = inh.identity_fd, .handler = identity_api_handle,
-                                                 .userdata = d->identity, .limits = lim, .config = cfg },
+                                                 .userdata = d->identity, .limits = lim, .config = cfg,
+                                                 .error = why, .error_size = sizeof why },
                        &d->identity_srv);
         if (r < 0)
                 return log_error_errno(r, "could not listen on %s: %s%s", cfg->endpoints.identityd_socket,
-                                       uv_strerror(r),
+                                       why[0] ? why : uv_strerror(r),
                                        r == -EADDRINUSE ? " (another tpmidd/aziot-identityd answers there)"
                                        : r == -EEXIST   ? " (a file that is not a socket is in the way)"
                                                         : "");

@@ -32,6 +32,7 @@
 #define SERVER_RETRY_AFTER_SEC "1"       /* Retry-After value for 503/429 overload answers */
 #define SERVER_SOCKET_MODE 0660          /* mode of a socket file we bind ourselves */
 #define SERVER_RUNDIR_MODE 0755          /* mode of a socket's parent directory we create */
+#define SERVER_ERROR_MAX 512             /* bytes that hold any sentence server_new() puts in opts->error */
 
 struct server_limits {
         unsigned max_connections;
