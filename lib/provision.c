@@ -154,6 +154,7 @@ void prov_machine_init(struct prov_machine *m, enum prov_mode mode, backoff_rand
         m->mode = mode;
         m->state = PROV_IDLE;
         m->serving_slot = PROV_SLOT_A;
+        m->staging_slot = PROV_SLOT_B;
         backoff_init(&m->backoff, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd, userdata);
 }
 
@@ -218,7 +219,7 @@ static void act_in(const struct prov_machine *m, struct prov_action *a, enum pro
                 a->slot = m->serving_slot;
                 break;
         case ROLE_STAGING:
-                a->slot = prov_slot_other(m->serving_slot);
+                a->slot = m->staging_slot;
                 break;
         }
 }
@@ -230,6 +231,8 @@ static void act_evict(struct prov_machine *m, struct prov_action *a, enum prov_s
 }
 
 static void start_dps(struct prov_machine *m, enum prov_reason reason, struct prov_action *a) {
+        /* Never the slot of a key being served; with none, the serving slot itself. */
+        m->staging_slot = m->serving ? prov_slot_other(m->serving_slot) : m->serving_slot;
         m->state = PROV_REGISTERING;
         m->reason = reason;
         m->polls = 0;
@@ -505,18 +508,17 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
 
         case PROV_SAVING:
                 if (ev == PROV_EV_SAVED || ev == PROV_EV_SAVE_FAILED) {
-                        enum prov_slot old = m->serving_slot;
                         backoff_reset(&m->backoff);
                         clear_error(m);
                         m->save_failed = ev == PROV_EV_SAVE_FAILED;
-                        m->serving_slot = prov_slot_other(old); /* the new key serves */
+                        m->serving_slot = m->staging_slot; /* the new key serves */
                         if (m->save_failed) {
                                 /* The file still names the old slot: keep its key. */
                                 settle(m, a);
                                 return 0;
                         }
                         m->state = PROV_RETIRING;
-                        act_evict(m, a, old);
+                        act_evict(m, a, prov_slot_other(m->serving_slot));
                         return 0;
                 }
                 /* DPS/TPM errors cannot happen while saving */

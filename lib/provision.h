@@ -25,7 +25,10 @@
  *   slot B = TPM_AUTH_KEY_BASE + auth_key_index + PROV_SLOT_B_OFFSET
  *
  * One of the two serves (m->serving_slot: the state file's keySlot; A when
- * there is no usable file); the other is the staging slot. A DPS run imports
+ * there is no usable file); the other is the staging slot, except while
+ * nothing is served (no usable file, or its key is gone): then no key needs
+ * protecting and the serving slot itself stages (a first provisioning puts
+ * the hub key in A, where it always was). A DPS run imports
  * the 401 challenge blob into the staging slot, which signs the second PUT
  * and the polls, so the serving key keeps working while DPS runs. After DPS
  * assigned, registrationState.tpm.authenticationKey (if DPS sent one) is
@@ -288,6 +291,7 @@ struct prov_machine {
         enum prov_reason reason;
         bool serving;            /* an identity is being served (see above) */
         enum prov_slot serving_slot; /* A or B: where the served key is (see "A/B hub key slots") */
+        enum prov_slot staging_slot; /* A or B: where this DPS run imports (chosen when it starts) */
         enum prov_event loaded_ev;   /* RECOVERING: the STATE_LOADED_* event to go on with */
         bool pending;            /* a DPS run was requested while busy; start it when settled */
         enum prov_reason pending_reason;

@@ -173,6 +173,7 @@ static void status_cb(void *userdata) {
 #define ASSIGNED_B64 "BAUGBw=="   /* 04 05 06 07 */
 
 struct world {
+        uint32_t stage; /* the current run's staging slot (key index) */
         struct fake f;
         struct tpmid_config cfg;
         struct tpm_keys keys;
@@ -181,6 +182,7 @@ struct world {
 
 static void world_init(struct world *w, enum prov_mode mode) {
         memset(w, 0, sizeof(*w));
+        w->stage = 0x101; /* slot B until a run's challenge import says otherwise */
         w->cfg.auto_reprovisioning_mode = mode;
         w->cfg.cloud_timeout_sec = 70;
         w->cfg.provisioning.source = CONFIG_SOURCE_DPS;
@@ -240,14 +242,20 @@ static const char *state(struct world *w) {
         return prov_state_to_string(prov_driver_state(w->d));
 }
 
-/* The TPM job in flight is kind, on slot B (0x101) or A (0x100, the
- * configured index); the driver always names its slot. */
-static void expect_job(struct world *w, enum tpm_job_kind kind, bool slot_b) {
+/* The TPM job in flight is kind, on the key index given; the driver always
+ * names its slot. */
+static void expect_job_at(struct world *w, enum tpm_job_kind kind, uint32_t index) {
         struct tpm_job *job = w->f.job;
         assert_non_null(job);
         assert_int_equal(job->kind, kind);
         assert_true(job->has_key_index);
-        assert_int_equal(job->key_index, slot_b ? 0x101 : 0x100);
+        assert_int_equal(job->key_index, index);
+}
+
+/* ... on this run's staging slot (w->stage), or slot A (0x100, the configured
+ * index: the saved identities of these tests). */
+static void expect_job(struct world *w, enum tpm_job_kind kind, bool staging) {
+        expect_job_at(w, kind, staging ? w->stage : 0x100);
 }
 
 static void complete_job(struct world *w, int r, bool present) {
@@ -351,7 +359,11 @@ static void challenge(struct world *w) {
         assert_non_null(strstr(w->f.body, "\"endorsementKey\""));
         reply(w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\",\"keyName\":\"registration\"}", NULL);
         assert_string_equal(state(w), "importing-challenge");
-        expect_import(w, true, challenge_blob); /* the challenge goes to the challenge slot */
+        /* the challenge goes to the staging slot: B next to a served key in A, A with none */
+        assert_non_null(w->f.job);
+        w->stage = w->f.job->key_index;
+        assert_true(w->stage == 0x100 || w->stage == 0x101);
+        expect_import(w, true, challenge_blob);
         complete_job(w, 0, false);
         assert_string_equal(state(w), "authenticating");
         sign(w, true); /* the second PUT is signed with the challenge key */
@@ -377,13 +389,16 @@ static void finish(struct world *w, const char *hub) {
         /* then the state names it, then the old key goes */
         assert_int_equal(w->f.saves, saves + 1);
         assert_string_equal(w->f.stored.hub, hub);
-        assert_int_equal(w->f.stored.key_slot, STATE_KEY_SLOT_B);
+        assert_int_equal(w->f.stored.key_slot, w->stage == 0x101 ? STATE_KEY_SLOT_B : STATE_KEY_SLOT_A);
         assert_string_equal(state(w), "retiring-old-key");
-        expect_job(w, TPM_JOB_EVICT, false);
+        expect_job_at(w, TPM_JOB_EVICT, w->stage ^ 1); /* the other slot */
         complete_job(w, 0, true);
         assert_string_equal(state(w), "provisioned");
         flush_set_job(&w->f);
-        assert_int_equal(w->f.serving_index, 0x101); /* the socket signs with the new key */
+        if (w->stage == 0x101)
+                assert_int_equal(w->f.serving_index, 0x101); /* the socket signs with the new key */
+        else
+                assert_int_equal(w->f.serving_sets, 0); /* A served all along */
         assert_false(w->f.req_busy);
         assert_false(w->f.timer_armed);
         assert_null(w->f.job);
@@ -407,6 +422,7 @@ static void test_whole_provisioning(void **unused) {
         assert_int_equal(w.f.jobs, 0);
         assert_false(prov_driver_identity(w.d, &hub, &dev));
         challenge(&w);
+        assert_int_equal(w.stage, 0x100); /* nothing served: the hub key goes to A */
         finish(&w, HUB);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(hub, HUB);
@@ -429,9 +445,9 @@ static void test_whole_provisioning(void **unused) {
         challenge(&w);
         reply(&w, 200, assigned_body(HUB, false), NULL); /* 200 to the second PUT: no polls */
         assert_int_equal(w.f.saves, 1);
-        assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_B);
+        assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_A);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
-        expect_job(&w, TPM_JOB_EVICT, false);
+        expect_job_at(&w, TPM_JOB_EVICT, 0x101);
         complete_job(&w, 0, false);
         assert_string_equal(state(&w), "provisioned");
         world_done(&w);
@@ -455,6 +471,7 @@ static void test_saved_identity(void **unused) {
         assert_string_equal(state(&w), "registering"); /* the device moved */
         assert_true(prov_driver_identity(w.d, &hub, &dev)); /* still served meanwhile */
         challenge(&w);
+        assert_int_equal(w.stage, 0x101); /* next to the served key in A */
         finish(&w, HUB2);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(hub, HUB2);
@@ -544,7 +561,7 @@ static void test_startup_recovery(void **unused) {
         assert_false(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(state(&w), "registering");
         reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
-        expect_job(&w, TPM_JOB_IMPORT, false);
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* nothing served: B, the serving slot, stages */
         world_done(&w);
 }
 
@@ -734,14 +751,15 @@ static void test_reprovision_while_busy(void **unused) {
         assert_string_equal(state(&w), "registering");
         assert_true(w.f.req_busy);
         reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
-        expect_job(&w, TPM_JOB_IMPORT, false); /* the first run moved the hub key to B: A stages now */
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* the first run's key serves from A: B stages now */
         complete_job(&w, 0, false);
-        sign(&w, false);
+        expect_job_at(&w, TPM_JOB_SIGN, 0x101);
+        complete_job(&w, 0, false);
         reply(&w, 200, assigned_body(HUB2, true), NULL);
-        expect_job(&w, TPM_JOB_IMPORT, false);
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101);
         complete_job(&w, 0, false);
-        assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_A);
-        expect_job(&w, TPM_JOB_EVICT, true); /* the first run's key */
+        assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_B);
+        expect_job_at(&w, TPM_JOB_EVICT, 0x100); /* the first run's key */
         complete_job(&w, 0, true);
         assert_string_equal(state(&w), "registering");
         expect_request(&w, "PUT", "/0ne00000002/registrations/" REGID "/register", NO_AUTH);

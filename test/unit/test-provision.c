@@ -635,8 +635,9 @@ static void test_startup_recovery(void **state) {
                                                            ? PROV_REASON_CONFIG_CHANGED
                                                            : PROV_REASON_CLIENT_REQUEST);
                 } else if (a.kind == PROV_ACT_DPS_REGISTER) {
+                        /* a served key is never overwritten; with none served the serving slot stages */
                         a = step(&m, PROV_EV_DPS_401_CHALLENGE);
-                        assert_int_equal(a.slot, prov_slot_other(cases[i].serving));
+                        assert_int_equal(a.slot, m.serving ? prov_slot_other(cases[i].serving) : cases[i].serving);
                 }
         }
         /* a recovered device without pending requests serves: OnErrorOnly settles */
@@ -664,7 +665,48 @@ static void test_save_failed_keeps_old_key(void **state) {
         a = step(&m, PROV_EV_SAVE_FAILED);
         assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS); /* no TPM_EVICT */
         assert_int_equal(m.state, PROV_PROVISIONED);
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
+
+        /* the same after a swap: the new key serves from B, the old one stays in A */
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_SAVE_FAILED);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
         assert_int_equal(a.serving_slot, PROV_SLOT_B);
+}
+
+/* A first provisioning (nothing served) stages in the serving slot, A, and
+ * then empties B; failed runs meanwhile keep staging there. */
+static void test_first_provisioning_slots(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        step(&m, PROV_EV_IMPORT_FAILED);
+        step(&m, PROV_EV_TIMER);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_POLL_ASSIGNED);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_SAVED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
+        assert_int_equal(a.slot, PROV_SLOT_B);
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
+        /* the next run stages in B */
+        step(&m, PROV_EV_EVICTED);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_B);
 }
 
 static void to_authenticating(struct prov_machine *m) {
@@ -1150,6 +1192,7 @@ int main(void) {
                 cmocka_unit_test(test_slots_and_blobs),
                 cmocka_unit_test(test_startup_recovery),
                 cmocka_unit_test(test_save_failed_keeps_old_key),
+                cmocka_unit_test(test_first_provisioning_slots),
                 cmocka_unit_test(test_sas_refused),
                 cmocka_unit_test(test_report),
                 cmocka_unit_test(test_set_mode),
