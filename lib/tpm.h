@@ -102,8 +102,11 @@ int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct t
 
 /* The same three operations for the auth key slot at TPM_AUTH_KEY_BASE + index
  * instead of the configured one (index <= TPM_AUTH_KEY_INDEX_MAX, else
- * -EINVAL). The provisioning driver stages the DPS challenge key in a second
- * slot so the serving key keeps working until DPS assigned a new one. */
+ * -EINVAL). An import replaces a key already at that handle in place (evict,
+ * then persist: two NV writes with no key in between), so the provisioning
+ * driver imports only into the slot its state file does not name and swaps
+ * slots (A/B, provision.h); the socket's and tpmidctl's imports replace the
+ * serving key in place as before. */
 int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err);
 int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm_error *err);
