@@ -16,6 +16,7 @@ static const char *const mode_table[_PROV_MODE_MAX] = {
 static const char *const state_table[_PROV_STATE_MAX] = {
         [PROV_IDLE] = "idle",
         [PROV_LOADING_STATE] = "loading-state",
+        [PROV_RECOVERING] = "recovering",
         [PROV_CHECKING_HUB] = "checking-hub",
         [PROV_REGISTERING] = "registering",
         [PROV_IMPORTING_CHALLENGE] = "importing-challenge",
@@ -23,6 +24,7 @@ static const char *const state_table[_PROV_STATE_MAX] = {
         [PROV_POLLING] = "polling",
         [PROV_IMPORTING_FINAL] = "importing-final",
         [PROV_SAVING] = "saving",
+        [PROV_RETIRING] = "retiring-old-key",
         [PROV_PROVISIONED] = "provisioned",
         [PROV_BACKING_OFF] = "backing-off",
         [PROV_FAILED_PERMANENT] = "failed",
@@ -52,6 +54,8 @@ static const char *const event_table[_PROV_EVENT_MAX] = {
         [PROV_EV_CLIENT_REPROVISION] = "client-reprovision",
         [PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS] = "client-reports-bad-credentials",
         [PROV_EV_CONFIG_CHANGED] = "config-changed",
+        [PROV_EV_EVICTED] = "evicted",
+        [PROV_EV_EVICT_FAILED] = "evict-failed",
 };
 
 static const char *const action_table[_PROV_ACT_MAX] = {
@@ -64,6 +68,7 @@ static const char *const action_table[_PROV_ACT_MAX] = {
         [PROV_ACT_DPS_POLL] = "dps-poll",
         [PROV_ACT_TPM_IMPORT_FINAL] = "tpm-import-final",
         [PROV_ACT_SAVE_STATE] = "save-state",
+        [PROV_ACT_TPM_EVICT] = "tpm-evict",
         [PROV_ACT_ARM_TIMER] = "arm-timer",
         [PROV_ACT_NOTIFY_STATUS] = "notify-status",
 };
@@ -79,8 +84,8 @@ static const char *const reason_table[_PROV_REASON_MAX] = {
 
 static const char *const slot_table[_PROV_SLOT_MAX] = {
         [PROV_SLOT_NONE] = "none",
-        [PROV_SLOT_SERVING] = "serving",
-        [PROV_SLOT_CHALLENGE] = "challenge",
+        [PROV_SLOT_A] = "a",
+        [PROV_SLOT_B] = "b",
 };
 
 static const char *const blob_table[_PROV_BLOB_MAX] = {
@@ -89,15 +94,20 @@ static const char *const blob_table[_PROV_BLOB_MAX] = {
         [PROV_BLOB_ASSIGNED] = "assigned",
 };
 
-/* The key each action uses (see provision.h, "TPM slots"). */
-static const enum prov_slot action_slot[_PROV_ACT_MAX] = {
-        [PROV_ACT_LOAD_STATE] = PROV_SLOT_SERVING,
-        [PROV_ACT_CHECK_HUB] = PROV_SLOT_SERVING,
-        [PROV_ACT_DPS_REGISTER] = PROV_SLOT_NONE,
-        [PROV_ACT_TPM_IMPORT_CHALLENGE] = PROV_SLOT_CHALLENGE,
-        [PROV_ACT_DPS_AUTH_REGISTER] = PROV_SLOT_CHALLENGE,
-        [PROV_ACT_DPS_POLL] = PROV_SLOT_CHALLENGE,
-        [PROV_ACT_TPM_IMPORT_FINAL] = PROV_SLOT_SERVING,
+/* Which slot of the current roles each action uses (see provision.h, "A/B
+ * hub key slots"); TPM_EVICT names its slot itself. */
+enum slot_role {
+        ROLE_NONE,
+        ROLE_SERVING,
+        ROLE_STAGING,
+};
+static const enum slot_role action_role[_PROV_ACT_MAX] = {
+        [PROV_ACT_CHECK_HUB] = ROLE_SERVING,
+        [PROV_ACT_TPM_IMPORT_CHALLENGE] = ROLE_STAGING,
+        [PROV_ACT_DPS_AUTH_REGISTER] = ROLE_STAGING,
+        [PROV_ACT_DPS_POLL] = ROLE_STAGING,
+        [PROV_ACT_TPM_IMPORT_FINAL] = ROLE_STAGING,
+        [PROV_ACT_SAVE_STATE] = ROLE_STAGING,
 };
 
 const char *prov_slot_to_string(enum prov_slot s) {
@@ -143,6 +153,8 @@ void prov_machine_init(struct prov_machine *m, enum prov_mode mode, backoff_rand
         memset(m, 0, sizeof(*m));
         m->mode = mode;
         m->state = PROV_IDLE;
+        m->serving_slot = PROV_SLOT_A;
+        m->staging_slot = PROV_SLOT_B;
         backoff_init(&m->backoff, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd, userdata);
 }
 
@@ -154,10 +166,12 @@ bool prov_is_busy(const struct prov_machine *m) {
         case PROV_POLLING:
         case PROV_IMPORTING_FINAL:
         case PROV_SAVING:
+        case PROV_RETIRING:
         case PROV_BACKING_OFF:
                 return true;
         case PROV_IDLE:
         case PROV_LOADING_STATE:
+        case PROV_RECOVERING:
         case PROV_CHECKING_HUB:
         case PROV_PROVISIONED:
         case PROV_FAILED_PERMANENT:
@@ -192,14 +206,33 @@ static void clear_error(struct prov_machine *m) {
         m->last_permanent = false;
 }
 
-static void act(struct prov_action *a, enum prov_action_kind kind, uint64_t delay_ms) {
+static void act_in(const struct prov_machine *m, struct prov_action *a, enum prov_action_kind kind,
+                   uint64_t delay_ms) {
         a->kind = kind;
         a->delay_ms = delay_ms;
-        a->slot = action_slot[kind];
         a->blob = PROV_BLOB_NONE;
+        switch (action_role[kind]) {
+        case ROLE_NONE:
+                a->slot = PROV_SLOT_NONE;
+                break;
+        case ROLE_SERVING:
+                a->slot = m->serving_slot;
+                break;
+        case ROLE_STAGING:
+                a->slot = m->staging_slot;
+                break;
+        }
+}
+#define act(a, kind, delay_ms) act_in(m, (a), (kind), (delay_ms))
+
+static void act_evict(struct prov_machine *m, struct prov_action *a, enum prov_slot slot) {
+        act(a, PROV_ACT_TPM_EVICT, 0);
+        a->slot = slot;
 }
 
 static void start_dps(struct prov_machine *m, enum prov_reason reason, struct prov_action *a) {
+        /* Never the slot of a key being served; with none, the serving slot itself. */
+        m->staging_slot = m->serving ? prov_slot_other(m->serving_slot) : m->serving_slot;
         m->state = PROV_REGISTERING;
         m->reason = reason;
         m->polls = 0;
@@ -262,12 +295,54 @@ static void start_polling(struct prov_machine *m, const struct prov_event_data *
         act(a, PROV_ACT_DPS_POLL, poll_delay(d));
 }
 
+/* The staging slot holds the new hub key: save the state that names it. */
+static void save_new(struct prov_machine *m, struct prov_action *a) {
+        m->serving = true;
+        m->state = PROV_SAVING;
+        act(a, PROV_ACT_SAVE_STATE, 0);
+}
+
 static void assigned(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
-        m->state = PROV_IMPORTING_FINAL;
         m->assigned_has_key = d->has_auth_key;
         m->sas_refusals = 0; /* DPS accepted this run's signatures */
+        if (!m->assigned_has_key) {
+                /* The challenge key in the staging slot is the hub key: no NV write. */
+                save_new(m, a);
+                return;
+        }
+        m->state = PROV_IMPORTING_FINAL;
         act(a, PROV_ACT_TPM_IMPORT_FINAL, 0);
-        a->blob = m->assigned_has_key ? PROV_BLOB_ASSIGNED : PROV_BLOB_CHALLENGE;
+        a->blob = PROV_BLOB_ASSIGNED;
+}
+
+/* The saved identity and its key are there: what the mode does with it. */
+static void after_load(struct prov_machine *m, enum prov_event ev, struct prov_action *a) {
+        if (ev == PROV_EV_STATE_LOADED_STALE) {
+                start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
+                return;
+        }
+        if (m->pending)
+                start_dps(m, m->pending_reason, a);
+        else if (m->mode == PROV_MODE_DYNAMIC) {
+                m->state = PROV_CHECKING_HUB;
+                act(a, PROV_ACT_CHECK_HUB, 0);
+        } else if (m->mode == PROV_MODE_ALWAYS_ON_STARTUP)
+                start_dps(m, PROV_REASON_STARTUP, a);
+        else
+                settle(m, a);
+}
+
+/* Client and config events before the saved identity is known. */
+static int startup_common(struct prov_machine *m, enum prov_event ev, struct prov_action *a) {
+        if (ev == PROV_EV_CLIENT_REPROVISION)
+                request_pending(m, PROV_REASON_CLIENT_REQUEST, a);
+        else if (ev == PROV_EV_CONFIG_CHANGED)
+                request_pending(m, PROV_REASON_CONFIG_CHANGED, a);
+        else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                act(a, PROV_ACT_NONE, 0); /* nothing served yet that could be bad */
+        else
+                return -EINVAL;
+        return 0;
 }
 
 /* The second PUT's SAS was refused. DPS keeps only the latest challenge of a
@@ -331,32 +406,33 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 return 0;
 
         case PROV_LOADING_STATE:
-                if (ev == PROV_EV_STATE_LOADED_VALID) {
+                /* The file's slot serves from now on (A without an intact file);
+                 * the recovery table is in provision.h, "A/B hub key slots". */
+                if (ev == PROV_EV_STATE_LOADED_VALID || ev == PROV_EV_STATE_LOADED_STALE) {
                         m->serving = true;
-                        if (m->pending)
-                                start_dps(m, m->pending_reason, a);
-                        else if (m->mode == PROV_MODE_DYNAMIC) {
-                                m->state = PROV_CHECKING_HUB;
-                                act(a, PROV_ACT_CHECK_HUB, 0);
-                        } else if (m->mode == PROV_MODE_ALWAYS_ON_STARTUP)
-                                start_dps(m, PROV_REASON_STARTUP, a);
-                        else
-                                settle(m, a);
-                } else if (ev == PROV_EV_STATE_LOADED_STALE) {
-                        m->serving = true;
-                        start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
+                        m->serving_slot = d->state_slot == PROV_SLOT_B ? PROV_SLOT_B : PROV_SLOT_A;
+                        if (d->other_present) {
+                                /* a swap died: before its state write (undo) or after it (finish) */
+                                m->state = PROV_RECOVERING;
+                                m->loaded_ev = ev;
+                                act_evict(m, a, prov_slot_other(m->serving_slot));
+                        } else
+                                after_load(m, ev, a);
                 } else if (ev == PROV_EV_STATE_MISSING_OR_CORRUPT) {
                         m->serving = false;
+                        m->serving_slot = d->state_slot == PROV_SLOT_B ? PROV_SLOT_B : PROV_SLOT_A;
                         start_dps(m, PROV_REASON_NO_STATE, a);
-                } else if (ev == PROV_EV_CLIENT_REPROVISION)
-                        request_pending(m, PROV_REASON_CLIENT_REQUEST, a);
-                else if (ev == PROV_EV_CONFIG_CHANGED)
-                        request_pending(m, PROV_REASON_CONFIG_CHANGED, a);
-                else if (ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
-                        act(a, PROV_ACT_NONE, 0); /* nothing served yet that could be bad */
-                else
-                        return -EINVAL;
+                } else
+                        return startup_common(m, ev, a);
                 return 0;
+
+        case PROV_RECOVERING:
+                if (ev == PROV_EV_EVICTED || ev == PROV_EV_EVICT_FAILED) {
+                        /* a key left behind costs nothing: the next import into that slot replaces it */
+                        after_load(m, m->loaded_ev, a);
+                        return 0;
+                }
+                return startup_common(m, ev, a);
 
         case PROV_CHECKING_HUB:
                 if (ev == PROV_EV_HUB_OK || ev == PROV_EV_HUB_UNREACHABLE)
@@ -433,14 +509,11 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
 
         case PROV_IMPORTING_FINAL:
                 if (ev == PROV_EV_IMPORT_OK) {
-                        /* The serving slot now holds the new key: the new identity is served. */
-                        m->serving = true;
-                        m->state = PROV_SAVING;
-                        act(a, PROV_ACT_SAVE_STATE, 0);
+                        save_new(m, a);
                         return 0;
                 }
                 if (ev == PROV_EV_IMPORT_FAILED) {
-                        /* the TPM side keeps the old key when an import fails */
+                        /* only the staging slot was written: the serving key is untouched */
                         back_off(m, d, "importing the assigned key into the TPM failed", a);
                         return 0;
                 }
@@ -451,10 +524,27 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                         backoff_reset(&m->backoff);
                         clear_error(m);
                         m->save_failed = ev == PROV_EV_SAVE_FAILED;
-                        settle(m, a);
+                        m->serving_slot = m->staging_slot; /* the new key serves */
+                        if (m->save_failed) {
+                                /* The file still names the old slot: keep its key. */
+                                settle(m, a);
+                                return 0;
+                        }
+                        m->state = PROV_RETIRING;
+                        act_evict(m, a, prov_slot_other(m->serving_slot));
                         return 0;
                 }
                 /* DPS/TPM errors cannot happen while saving */
+                if (ev == PROV_EV_CONFIG_CHANGED || ev == PROV_EV_CLIENT_REPROVISION ||
+                    ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
+                        return run_common(m, ev, d, a) ? 0 : -EINVAL;
+                return -EINVAL;
+
+        case PROV_RETIRING:
+                if (ev == PROV_EV_EVICTED || ev == PROV_EV_EVICT_FAILED) {
+                        settle(m, a); /* a key left behind is removed by the next start (RECOVERING) */
+                        return 0;
+                }
                 if (ev == PROV_EV_CONFIG_CHANGED || ev == PROV_EV_CLIENT_REPROVISION ||
                     ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
                         return run_common(m, ev, d, a) ? 0 : -EINVAL;
@@ -534,6 +624,7 @@ int prov_step(struct prov_machine *m, enum prov_event ev, const struct prov_even
                            !streq(m->last_message, before.last_message);
         if (a.kind == PROV_ACT_NONE && a.status_changed)
                 a.kind = PROV_ACT_NOTIFY_STATUS;
+        a.serving_slot = m->serving_slot;
         *out = a;
         return 0;
 }
@@ -545,13 +636,14 @@ int prov_set_mode(struct prov_machine *m, enum prov_mode mode, struct prov_actio
                 return -EINVAL;
         a.status_changed = m->mode != mode;
         a.kind = a.status_changed ? PROV_ACT_NOTIFY_STATUS : PROV_ACT_NONE;
+        a.serving_slot = m->serving_slot;
         m->mode = mode;
         *out = a;
         return 0;
 }
 
 enum api_report_action prov_report(struct prov_machine *m, int hub_status, uint64_t now_ms, struct prov_action *out) {
-        struct prov_action none = {0};
+        struct prov_action none = {.serving_slot = m->serving_slot};
 
         *out = none;
         if (hub_signals_ignored(m) || prov_hub_event(0, hub_status) != PROV_EV_HUB_REJECTED)

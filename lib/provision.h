@@ -19,30 +19,43 @@
  * event.
  *
  * ---------------------------------------------------------------------------
- * "Serving" identity and TPM slots
+ * "Serving" identity and the A/B hub key slots
  *
- *   serving slot   = TPM_AUTH_KEY_BASE + auth_key_index       (hub key)
- *   challenge slot = TPM_AUTH_KEY_BASE + prov_challenge_key_index(auth_key_index)
+ *   slot A = TPM_AUTH_KEY_BASE + auth_key_index
+ *   slot B = TPM_AUTH_KEY_BASE + auth_key_index + PROV_SLOT_B_OFFSET
  *
- * m->serving is true while a saved identity (hub, device id, and the hub key
- * in the serving slot) is handed to clients. DPS runs never clear it: the
- * 401 challenge blob is imported into the CHALLENGE slot, which signs the DPS
- * SAS tokens of the second PUT and the polls, so the working hub key stays in
- * place while DPS runs. Only after DPS assigned is a key imported into the
- * SERVING slot (IMPORTING_FINAL): registrationState.tpm.authenticationKey, or,
- * when DPS sent none, the retained challenge blob again (ActivateCredential
- * accepts the same credential blob repeatedly; action.blob says which). On
- * IMPORT_OK the driver switches its identity to the new hub/device id, before
- * SAVE_STATE.
+ * One of the two serves (m->serving_slot: the state file's keySlot; A when
+ * there is no usable file); the other is the staging slot, except while
+ * nothing is served (no usable file, or its key is gone): then no key needs
+ * protecting and the serving slot itself stages (a first provisioning puts
+ * the hub key in A, where it always was). A DPS run imports
+ * the 401 challenge blob into the staging slot, which signs the second PUT
+ * and the polls, so the serving key keeps working while DPS runs. After DPS
+ * assigned, registrationState.tpm.authenticationKey (if DPS sent one) is
+ * imported into the staging slot too, replacing the challenge key; without
+ * one the challenge key already there is the hub key. Then the swap, in this
+ * order, so that at every instant the state file names a key that exists:
+ *   1. the new key is persisted in the staging slot (the import above);
+ *   2. SAVE_STATE writes the state file naming the staging slot (atomic
+ *      rename): from here on the new identity is served from it;
+ *   3. TPM_EVICT removes the old key from the former serving slot (RETIRING).
+ * A crash between 1 and 2 leaves the file naming the old slot (its key is
+ * there); between 2 and 3 the file names the new slot (its key is there).
+ * LOAD_STATE looks for both slots and removes the key in the slot the file
+ * does not name (RECOVERING) before going on: that undoes a swap that died
+ * before step 2 and finishes one that died before step 3. A failed import
+ * leaves the serving slot untouched (only the staging slot is written).
  *
- * What a failed final import leaves (lib/tpm.c, tpm_import_auth_key()): the
- * new key is activated, imported, loaded and test-signed first; a failure
- * there leaves the old key in the serving slot untouched. Only then is the
- * old key evicted and the new one persisted at the same handle. If that
- * persist fails, the slot is empty: the old identity is still the one
- * "served" (m->serving stays true, the machine backs off and retries), but
- * its signatures fail until a retry succeeds, and a restart finds no key and
- * provisions from scratch. There is one serving slot; nothing keeps a copy.
+ * The aziot-tpmd socket and tpmidctl sign with the serving slot: every
+ * action carries serving_slot, and the driver tells the TPM worker
+ * (TPM_JOB_SET_SERVING) before any later TPM job runs; tpmidctl reads the
+ * state file's keySlot.
+ *
+ * NV writes (TPM2_EvictControl) per run: one to persist the challenge key in
+ * the (empty) staging slot; two more (evict the challenge key, persist the
+ * assigned one) when DPS sends its own key; one to retire the old serving key
+ * if there is one. First provisioning: 1 (3 when DPS sends a key);
+ * reprovisioning: 2 (4 when DPS sends a key).
  *
  * ---------------------------------------------------------------------------
  * auto_reprovisioning_mode (exact semantics; the man page copies this)
@@ -98,7 +111,8 @@
  *
  * One DPS run: REGISTERING (first PUT) → 401 → IMPORTING_CHALLENGE →
  * AUTHENTICATING (second PUT) → 202 → POLLING (GET after Retry-After, at most
- * PROV_POLL_MAX times) → assigned → IMPORTING_FINAL → SAVING → PROVISIONED.
+ * PROV_POLL_MAX times) → assigned → IMPORTING_FINAL (only when DPS sent a key)
+ * → SAVING → RETIRING → PROVISIONED.
  * A 200 "assigned" answer to the second PUT may be fed as POLL_ASSIGNED
  * directly. Every DPS run starts again with the first PUT. */
 #pragma once
@@ -113,7 +127,7 @@
 
 #define PROV_POLL_MAX 100                  /* GET polls per DPS run before starting over (transient) */
 #define PROV_POLL_DEFAULT_MS (DPS_RETRY_AFTER_DEFAULT_S * 1000u) /* ms between polls without Retry-After */
-#define PROV_CHALLENGE_KEY_OFFSET 1        /* challenge slot = auth_key_index + this */
+#define PROV_SLOT_B_OFFSET 1               /* slot B = auth_key_index + this (A is auth_key_index) */
 /* DPS runs in a row whose second PUT DPS refused (401) before a refusal is its
  * verdict (the Azure IoT C SDK also allows 3). */
 #define PROV_STALE_CHALLENGE_RUNS 3
@@ -126,10 +140,6 @@
 #define PROV_REPORT_MIN_INTERVAL_MS 60000u /* ms between hub checks started by client reports */
 #define PROV_MESSAGE_MAX (DPS_ERROR_MESSAGE_MAX + 128) /* bytes of a status message: DPS's text plus our context */
 
-/* The TPM index (relative to TPM_AUTH_KEY_BASE) of the challenge slot. */
-static inline uint32_t prov_challenge_key_index(uint32_t auth_key_index) {
-        return auth_key_index + PROV_CHALLENGE_KEY_OFFSET;
-}
 
 enum prov_mode {
         PROV_MODE_DYNAMIC,
@@ -145,13 +155,15 @@ int prov_mode_from_string(const char *s, enum prov_mode *ret);
 enum prov_state {
         PROV_IDLE,                /* before START */
         PROV_LOADING_STATE,       /* LOAD_STATE in flight */
+        PROV_RECOVERING,          /* TPM_EVICT of the slot the state file does not name (a crashed swap) */
         PROV_CHECKING_HUB,        /* CHECK_HUB in flight */
         PROV_REGISTERING,         /* first PUT in flight */
-        PROV_IMPORTING_CHALLENGE, /* TPM import of the 401 blob (challenge slot) */
+        PROV_IMPORTING_CHALLENGE, /* TPM import of the 401 blob (staging slot) */
         PROV_AUTHENTICATING,      /* second PUT in flight */
         PROV_POLLING,             /* waiting the poll delay, or GET in flight */
-        PROV_IMPORTING_FINAL,     /* TPM import of the final blob (serving slot) */
+        PROV_IMPORTING_FINAL,     /* TPM import of the assigned blob (staging slot) */
         PROV_SAVING,              /* SAVE_STATE in flight */
+        PROV_RETIRING,            /* TPM_EVICT of the old serving key after the state names the new one */
         PROV_PROVISIONED,         /* settled: serving, nothing to do */
         PROV_BACKING_OFF,         /* waiting before the next DPS run */
         PROV_FAILED_PERMANENT,    /* settled: DPS refused us; error kept */
@@ -184,9 +196,35 @@ enum prov_event {
         PROV_EV_CLIENT_REPROVISION,       /* authorized POST /identities/device/reprovision */
         PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, /* fed by prov_report(), which applies the report rules */
         PROV_EV_CONFIG_CHANGED,           /* reload changed the provisioning config */
+        PROV_EV_EVICTED,                  /* TPM_EVICT done (also when the slot was empty) */
+        PROV_EV_EVICT_FAILED,             /* TPM_EVICT failed: the key stays; the next start removes it */
         _PROV_EVENT_MAX,
 };
 const char *prov_event_to_string(enum prov_event e);
+
+/* A TPM key slot (see "A/B hub key slots" above). */
+enum prov_slot {
+        PROV_SLOT_NONE, /* no key: the first PUT is not signed */
+        PROV_SLOT_A,    /* TPM_AUTH_KEY_BASE + auth_key_index */
+        PROV_SLOT_B,    /* TPM_AUTH_KEY_BASE + auth_key_index + PROV_SLOT_B_OFFSET */
+        _PROV_SLOT_MAX,
+};
+const char *prov_slot_to_string(enum prov_slot s);
+/* The TPM index (relative to TPM_AUTH_KEY_BASE) of slot A or B. */
+static inline uint32_t prov_slot_key_index(uint32_t auth_key_index, enum prov_slot s) {
+        return s == PROV_SLOT_B ? auth_key_index + PROV_SLOT_B_OFFSET : auth_key_index;
+}
+/* The other one of A and B (A for NONE's other: B). */
+static inline enum prov_slot prov_slot_other(enum prov_slot s) {
+        return s == PROV_SLOT_B ? PROV_SLOT_A : PROV_SLOT_B;
+}
+/* The state file's slot and back. */
+static inline enum prov_slot prov_slot_of_state(enum state_key_slot k) {
+        return k == STATE_KEY_SLOT_B ? PROV_SLOT_B : PROV_SLOT_A;
+}
+static inline enum state_key_slot prov_slot_to_state(enum prov_slot s) {
+        return s == PROV_SLOT_B ? STATE_KEY_SLOT_B : STATE_KEY_SLOT_A;
+}
 
 /* Optional details of an event; NULL means all zero. Strings are copied. */
 struct prov_event_data {
@@ -197,32 +235,29 @@ struct prov_event_data {
         bool permanent;         /* POLL_FAILED: dps_classify_registration() said PERMANENT */
         bool has_auth_key;      /* POLL_ASSIGNED: the assignment carried its own key blob */
         bool malformed;         /* TRANSIENT_ERROR: DPS's answer itself was malformed (PROV_MALFORMED_ANSWER_RUNS) */
+        enum prov_slot state_slot; /* STATE_LOADED_*: the slot the file names; MISSING_OR_CORRUPT: the file's
+                                    * slot if it was intact, else NONE */
+        bool other_present;     /* STATE_LOADED_*: the other slot holds a key too (a crashed swap) */
 };
 
 enum prov_action_kind {
         PROV_ACT_NONE,                  /* nothing to do (settled, or event coalesced) */
-        PROV_ACT_LOAD_STATE,            /* read + state_check(), look for slot's key → prov_state_event() */
+        PROV_ACT_LOAD_STATE,            /* read + state_check(), look for both slots' keys → prov_state_event() */
         PROV_ACT_CHECK_HUB,             /* hub GET signed by slot → prov_hub_event() */
         PROV_ACT_DPS_REGISTER,          /* first PUT, unsigned → prov_dps_interpret() */
         PROV_ACT_TPM_IMPORT_CHALLENGE,  /* import blob into slot → IMPORT_* */
         PROV_ACT_DPS_AUTH_REGISTER,     /* second PUT signed by slot → prov_dps_interpret() */
         PROV_ACT_DPS_POLL,              /* after delay_ms, GET operation signed by slot → prov_dps_interpret() */
         PROV_ACT_TPM_IMPORT_FINAL,      /* import blob into slot → IMPORT_* */
-        PROV_ACT_SAVE_STATE,            /* state_save() the new identity → SAVED / SAVE_FAILED */
+        PROV_ACT_SAVE_STATE,            /* switch to the new identity, state_save() it naming slot → SAVED /
+                                         * SAVE_FAILED */
+        PROV_ACT_TPM_EVICT,             /* remove the key in slot if there is one → EVICTED / EVICT_FAILED */
         PROV_ACT_ARM_TIMER,             /* after delay_ms, feed TIMER */
         PROV_ACT_NOTIFY_STATUS,         /* only the status changed: publish it */
         _PROV_ACT_MAX,
 };
 const char *prov_action_to_string(enum prov_action_kind a);
 
-/* A TPM key slot (see "TPM slots" above). */
-enum prov_slot {
-        PROV_SLOT_NONE,      /* no key: the first PUT is not signed */
-        PROV_SLOT_SERVING,   /* the hub key: TPM_AUTH_KEY_BASE + auth_key_index */
-        PROV_SLOT_CHALLENGE, /* prov_challenge_key_index(auth_key_index) */
-        _PROV_SLOT_MAX,
-};
-const char *prov_slot_to_string(enum prov_slot s);
 
 /* Which blob a TPM import takes. */
 enum prov_blob {
@@ -236,8 +271,11 @@ const char *prov_blob_to_string(enum prov_blob b);
 struct prov_action {
         enum prov_action_kind kind;
         uint64_t delay_ms;    /* DPS_POLL and ARM_TIMER: wait this long first */
-        enum prov_slot slot;  /* LOAD_STATE: the key that must exist; CHECK_HUB, DPS_AUTH_REGISTER, DPS_POLL:
-                               * the key that signs the SAS; TPM_IMPORT_*: where the key goes; else NONE */
+        enum prov_slot slot;  /* CHECK_HUB, DPS_AUTH_REGISTER, DPS_POLL: the key that signs the SAS;
+                               * TPM_IMPORT_*: where the key goes; SAVE_STATE: the slot the file names;
+                               * TPM_EVICT: the slot to empty; else NONE */
+        enum prov_slot serving_slot; /* every action: the slot the socket's and the hub's signatures use from now
+                                      * on (the driver tells the TPM worker when it changes) */
         enum prov_blob blob;  /* TPM_IMPORT_*: what to import; else NONE */
         bool status_changed;  /* state, mode, serving or last error changed: publish status (sd_notify STATUS=, API) */
 };
@@ -259,6 +297,9 @@ struct prov_machine {
         enum prov_state state;
         enum prov_reason reason;
         bool serving;            /* an identity is being served (see above) */
+        enum prov_slot serving_slot; /* A or B: where the served key is (see "A/B hub key slots") */
+        enum prov_slot staging_slot; /* A or B: where this DPS run imports (chosen when it starts) */
+        enum prov_event loaded_ev;   /* RECOVERING: the STATE_LOADED_* event to go on with */
         bool pending;            /* a DPS run was requested while busy; start it when settled */
         enum prov_reason pending_reason;
         uint32_t polls;          /* GETs in the current DPS run */
@@ -268,7 +309,8 @@ struct prov_machine {
         int64_t last_code;
         char last_message[DPS_ERROR_MESSAGE_MAX + 1];
         bool last_permanent;
-        bool save_failed;        /* provisioned but state not persisted */
+        bool save_failed;        /* provisioned but state not persisted (the file still names the old slot,
+                                  * whose key is kept) */
         bool assigned_has_key;   /* the current run's assignment carried its own key blob */
         uint32_t sas_refusals;   /* DPS_SAS_REFUSED in a row (PROV_STALE_CHALLENGE_RUNS) */
         uint32_t malformed_runs; /* runs in a row ended by a malformed answer (PROV_MALFORMED_ANSWER_RUNS) */
@@ -315,7 +357,7 @@ enum prov_event prov_hub_event(int error, long http_status);
  * (ignored unless load_r is 0). Whether the serving key must be looked for:
  * true for an intact file of this TPM. */
 bool prov_state_usable(int load_r, enum state_match match);
-/* The LOAD_STATE event: key_r/key_present are the serving-key lookup's
+/* The LOAD_STATE event: key_r/key_present are the named slot's key lookup's
  * result (ignored unless prov_state_usable()). A key that cannot be found,
  * or an error looking for it, means the identity cannot be served. */
 enum prov_event prov_state_event(int load_r, enum state_match match, int key_r, bool key_present);

@@ -35,8 +35,13 @@ static bool substatus_is_valid(const char *s) {
         return true;
 }
 
+static const char *const key_slot_names[_STATE_KEY_SLOT_MAX] = {
+        [STATE_KEY_SLOT_A] = "a",
+        [STATE_KEY_SLOT_B] = "b",
+};
+
 static bool state_is_valid(const struct tpmid_state *st) {
-        return dps_hub_name_is_valid(st->hub) && dps_device_id_is_valid(st->device_id) &&
+        return (unsigned)st->key_slot < _STATE_KEY_SLOT_MAX && dps_hub_name_is_valid(st->hub) && dps_device_id_is_valid(st->device_id) &&
                dps_registration_id_is_valid(st->registration_id) && dps_id_scope_is_valid(st->id_scope) &&
                substatus_is_valid(st->substatus);
 }
@@ -56,10 +61,10 @@ int state_format(const struct tpmid_state *st, char **ret, size_t *ret_len) {
         cfg_hex = hex_encode(st->config_digest, STATE_DIGEST_LEN);
         if (!ek_hex || !cfg_hex)
                 return -ENOMEM;
-        j = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s}", "version", STATE_FORMAT_VERSION, "hub", st->hub,
-                      "deviceId", st->device_id, "registrationId", st->registration_id, "idScope", st->id_scope,
-                      "ekDigest", ek_hex, "assignedAt", (json_int_t)st->assigned_at, "substatus", st->substatus,
-                      "configDigest", cfg_hex);
+        j = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s}", "version", STATE_FORMAT_VERSION, "hub",
+                      st->hub, "deviceId", st->device_id, "registrationId", st->registration_id, "idScope",
+                      st->id_scope, "ekDigest", ek_hex, "assignedAt", (json_int_t)st->assigned_at, "substatus",
+                      st->substatus, "configDigest", cfg_hex, "keySlot", key_slot_names[st->key_slot]);
         if (!j)
                 return -ENOMEM;
         body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -109,7 +114,7 @@ int state_parse(const uint8_t *buf, size_t len, struct tpmid_state *out) {
         struct tpmid_state st = {0};
         uint8_t dig[STATE_DIGEST_LEN];
         _cleanup_free_ char *dig_hex = NULL;
-        const char *hub, *dev, *reg, *scope, *ekd, *sub, *cfg;
+        const char *hub, *dev, *reg, *scope, *ekd, *sub, *cfg, *slot = "a";
         json_int_t version, assigned;
         size_t blen;
 
@@ -137,11 +142,24 @@ int state_parse(const uint8_t *buf, size_t len, struct tpmid_state *out) {
         j = json_loadb((const char *)buf, blen - 1, JSON_REJECT_DUPLICATES, NULL);
         if (!j || !json_is_object(j))
                 return -EBADMSG;
-        if (json_unpack(j, "{s:I}", "version", &version) < 0 || version != STATE_FORMAT_VERSION)
+        if (json_unpack(j, "{s:I}", "version", &version) < 0 ||
+            (version != STATE_FORMAT_VERSION && version != STATE_FORMAT_VERSION_V1))
                 return -EBADMSG;
-        if (json_unpack(j, "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s !}", "version", &version, "hub", &hub,
-                        "deviceId", &dev, "registrationId", &reg, "idScope", &scope, "ekDigest", &ekd, "assignedAt",
-                        &assigned, "substatus", &sub, "configDigest", &cfg) < 0)
+        /* Version 1 has no keySlot (its key is in slot a); version 2 must have it. */
+        if (version == STATE_FORMAT_VERSION_V1
+                    ? json_unpack(j, "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s !}", "version", &version, "hub",
+                                  &hub, "deviceId", &dev, "registrationId", &reg, "idScope", &scope, "ekDigest",
+                                  &ekd, "assignedAt", &assigned, "substatus", &sub, "configDigest", &cfg) < 0
+                    : json_unpack(j, "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s !}", "version", &version,
+                                  "hub", &hub, "deviceId", &dev, "registrationId", &reg, "idScope", &scope,
+                                  "ekDigest", &ekd, "assignedAt", &assigned, "substatus", &sub, "configDigest", &cfg,
+                                  "keySlot", &slot) < 0)
+                return -EBADMSG;
+        if (streq(slot, key_slot_names[STATE_KEY_SLOT_A]))
+                st.key_slot = STATE_KEY_SLOT_A;
+        else if (streq(slot, key_slot_names[STATE_KEY_SLOT_B]))
+                st.key_slot = STATE_KEY_SLOT_B;
+        else
                 return -EBADMSG;
         if (copy_field(hub, st.hub, DPS_HUB_NAME_MAX) < 0 || copy_field(dev, st.device_id, DPS_DEVICE_ID_MAX) < 0 ||
             copy_field(reg, st.registration_id, DPS_REGISTRATION_ID_MAX) < 0 ||

@@ -2,9 +2,9 @@
  * enough context to know whether that assignment still applies (the TPM's EK
  * and the provisioning config that produced it).
  *
- * File format (version 1), two lines:
+ * File format (version 2), two lines:
  *
- *     {"version":1,"hub":"...","deviceId":"...",...}\n
+ *     {"version":2,"hub":"...","deviceId":"...",...,"keySlot":"a"}\n
  *     sha256:<64 lowercase hex digits of SHA-256 over the first line incl. its \n>\n
  *
  * The digest covers the exact bytes, so no JSON canonicalisation is needed, and
@@ -12,7 +12,10 @@
  * trusted (-EBADMSG) and the daemon provisions again. The file is written
  * atomically (temp + fsync + rename + directory fsync), mode 0600.
  *
- * No key material is stored: the hub key lives only at its TPM handle.
+ * No key material is stored: the hub key lives only at its TPM handle. keySlot
+ * names that handle: "a" = TPM_AUTH_KEY_BASE + auth_key_index, "b" = the
+ * next one (see provision.h, "A/B slots"). Version 1 files (no keySlot) are
+ * still read, as slot "a": the only slot version 1 daemons served from.
  *
  * state_format()/state_parse()/state_*_digest() are pure; state_save() and
  * state_load() are the only functions in lib/ here that do file I/O. */
@@ -24,11 +27,19 @@
 
 #include "dps.h"
 
-#define STATE_FORMAT_VERSION 1
+#define STATE_FORMAT_VERSION 2
+#define STATE_FORMAT_VERSION_V1 1    /* still read: no keySlot, the key is in slot a */
 #define STATE_MAX_BYTES 8192          /* bytes of a state file we read */
 #define STATE_FILE_MODE 0600          /* the state names the device; keep it private */
 #define STATE_DIGEST_LEN 32           /* bytes of a SHA-256 */
 #define STATE_FILE_NAME "device-state" /* under the daemon's StateDirectory */
+
+/* Which of the two hub key slots holds the key the state names. */
+enum state_key_slot {
+        STATE_KEY_SLOT_A, /* TPM_AUTH_KEY_BASE + auth_key_index */
+        STATE_KEY_SLOT_B, /* TPM_AUTH_KEY_BASE + auth_key_index + 1 */
+        _STATE_KEY_SLOT_MAX,
+};
 
 struct tpmid_state {
         char hub[DPS_HUB_NAME_MAX + 1];
@@ -39,6 +50,7 @@ struct tpmid_state {
         int64_t assigned_at;                     /* Unix seconds when the identity was saved */
         char substatus[DPS_SUBSTATUS_MAX + 1];   /* DPS substatus, e.g. "initialAssignment"; may be "" */
         uint8_t config_digest[STATE_DIGEST_LEN]; /* state_config_digest() of the config that produced it */
+        enum state_key_slot key_slot;            /* where the hub key is (version 1 files: A) */
 };
 
 /* Serialise st (all strings must be valid per dps_*_is_valid; substatus may
@@ -47,7 +59,8 @@ struct tpmid_state {
 int state_format(const struct tpmid_state *st, char **ret, size_t *ret_len);
 
 /* Parse and verify a state file's bytes. Returns 0 and *out; -EBADMSG for
- * anything that is not a complete, intact, version-1 file with valid fields
+ * anything that is not a complete, intact version-2 file (or version-1 file,
+ * read as key_slot A) with valid fields
  * (truncated, torn, digest mismatch, wrong version, unknown or missing field,
  * invalid hub/device id, over-limit); -E2BIG for len > STATE_MAX_BYTES. */
 int state_parse(const uint8_t *buf, size_t len, struct tpmid_state *out);

@@ -958,6 +958,31 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
         return 0;
 }
 
+int tpm_evict_auth_key_at(struct tpm *t, uint32_t index, bool *evicted, struct tpm_error *err) {
+        uint32_t handle = 0;
+        struct tpm_public pub;
+
+        if (evicted)
+                *evicted = false;
+        if (!t)
+                return -EINVAL;
+        int r = index_to_handle(index, &handle, err);
+        if (r < 0)
+                return r;
+        *key_known(t, handle) = false;
+        r = read_public(t, handle, "TPM2_ReadPublic(auth key to remove)", &pub, err);
+        if (r == -ENOENT)
+                return 0; /* nothing there: no NV write */
+        if (r < 0)
+                return r;
+        TSS2_RC rc = evict_control(t, handle, handle);
+        if (rc != TSS2_RC_SUCCESS)
+                return hierarchy_error(rc, "TPM2_EvictControl(remove auth key)", HIERARCHY_OWNER, err);
+        if (evicted)
+                *evicted = true;
+        return 0;
+}
+
 /* Take the 32-byte HMAC out of d (and wipe it). */
 static int hmac_digest(TPM2B_DIGEST *d, uint8_t out[32], const char *step, struct tpm_error *err) {
         int r = 0;

@@ -102,11 +102,20 @@ int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct t
 
 /* The same three operations for the auth key slot at TPM_AUTH_KEY_BASE + index
  * instead of the configured one (index <= TPM_AUTH_KEY_INDEX_MAX, else
- * -EINVAL). The provisioning driver stages the DPS challenge key in a second
- * slot so the serving key keeps working until DPS assigned a new one. */
+ * -EINVAL). An import replaces a key already at that handle in place (evict,
+ * then persist: two NV writes with no key in between), so the provisioning
+ * driver imports only into the slot its state file does not name and swaps
+ * slots (A/B, provision.h); the socket's and tpmidctl's imports replace the
+ * serving key in place as before. */
 int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err);
 int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm_error *err);
+/* Remove the auth key at TPM_AUTH_KEY_BASE + index, if there is one (one
+ * TPM2_ReadPublic, and one TPM2_EvictControl, an NV write, only when a key is
+ * there). *evicted (may be NULL) says whether one was removed. Returns 0, or
+ * -errno (-EINVAL for an index out of range). The provisioning driver uses it
+ * to retire the old hub key of an A/B swap (provision.h). */
+int tpm_evict_auth_key_at(struct tpm *t, uint32_t index, bool *evicted, struct tpm_error *err);
 
 /* HMAC-SHA256 of data with the persisted auth key (any length; > 1024 bytes
  * goes through a sequence). out receives 32 bytes. -ENOKEY if no key. */

@@ -28,6 +28,8 @@
 #include "ctl-client.h"
 #include "config.h"
 #include "ctl.h"
+#include "provision.h"
+#include "state.h"
 #include "tpm.h"
 #include "util.h"
 
@@ -90,8 +92,9 @@ static void help_import(FILE *f) {
               "                          [--endorsement-auth-file F] [--auth-key-index N] FILE\n"
               "\n"
               "Import a DPS authenticationKey blob (raw bytes or base64; FILE may be -) as the device's\n"
-              "HMAC key at 0x81000000+N (default: [tpm] auth_key_index, else 0x100). The old key stays\n"
-              "unless the new one works. Stop tpmidd first: it owns the TPM while it runs.\n"
+              "HMAC key at 0x81000000+N (default: the slot tpmidd's state file names, [tpm]\n"
+              "auth_key_index or the one after it; else 0x100). The old key stays unless the new one\n"
+              "works. Stop tpmidd first: it owns the TPM while it runs.\n"
               "\n"
               "  --tcti CONF            the TPM (default: [tpm] tcti of the configuration file)\n"
               AUTH_OPTIONS_HELP,
@@ -298,8 +301,17 @@ static int tpm_target_resolve(const struct tpm_args *a, struct tpm_target *tg) {
                 if (!tg->tcti)
                         goto oom;
         }
-        if (!a->index_given && cfg)
+        if (!a->index_given && cfg) {
+                /* The hub key is in the slot tpmidd's state file names (A/B
+                 * slots, provision.h); without a readable file, slot A. */
+                _cleanup_free_ char *state_path = NULL;
+                struct tpmid_state st;
                 tg->index = cfg->tpm.auth_key_index;
+                if (asprintf(&state_path, "%s/%s", cfg->state_dir, STATE_FILE_NAME) < 0)
+                        goto oom;
+                if (state_load(state_path, &st) == 0)
+                        tg->index = prov_slot_key_index(cfg->tpm.auth_key_index, prov_slot_of_state(st.key_slot));
+        }
         if (a->owner_auth_file) {
                 ret = read_auth_file(a->owner_auth_file, "owner", &tg->owner_auth);
                 if (ret)

@@ -27,7 +27,9 @@
 /* Which asynchronous part of the current action is in flight. */
 enum step {
         STEP_NONE,
-        STEP_KEY,     /* LOAD_STATE: TPM lookup of the serving key */
+        STEP_KEY,     /* LOAD_STATE: TPM lookup of the key in the slot the state file names */
+        STEP_OTHER_KEY, /* LOAD_STATE: TPM lookup of the other slot (a crashed swap left a key there?) */
+        STEP_EVICT,   /* TPM_EVICT */
         STEP_DELAY,   /* DPS_POLL: waiting action.delay_ms; ARM_TIMER: the backoff */
         STEP_SIGN,    /* a TPM signature of the request's SAS */
         STEP_SEND,    /* the HTTPS request */
@@ -55,6 +57,14 @@ struct prov_driver {
         char device_id[DPS_DEVICE_ID_MAX + 1];
         struct tpmid_state loaded; /* LOAD_STATE: the file, until its key is found */
         enum state_match loaded_match;
+        int loaded_key_r;          /* LOAD_STATE: the named slot's lookup */
+        bool loaded_key_present;
+
+        /* the slot the TPM worker signs with for jobs without a slot (the socket's) */
+        enum prov_slot told_slot;
+        enum prov_slot told_pending; /* changed while serving_job was in flight */
+        struct tpm_job serving_job;
+        bool serving_job_busy;
 
         /* what the current DPS run collected */
         struct dps_challenge challenge;
@@ -89,9 +99,10 @@ struct prov_driver {
 };
 
 static void perform(struct prov_driver *d);
+static void switch_identity(struct prov_driver *d);
 
 static void maybe_free(struct prov_driver *d) {
-        if (!d->closing || !d->io_closed || d->job_busy)
+        if (!d->closing || !d->io_closed || d->job_busy || d->serving_job_busy)
                 return;
         dps_challenge_clear(&d->challenge);
         dps_registration_clear(&d->reg);
@@ -122,7 +133,11 @@ static void publish_status(struct prov_driver *d) {
  * reprovision request during a run) leaves the operation in flight valid: its
  * completion is still the machine's next event, so dropping it would stall
  * the run. */
+static void tell_serving(struct prov_driver *d, enum prov_slot slot);
+
 static void run(struct prov_driver *d, const struct prov_action *a) {
+        /* Before any TPM job of the action: later jobs without a slot sign with the new serving key. */
+        tell_serving(d, a->serving_slot);
         if (a->kind != PROV_ACT_NONE && a->kind != PROV_ACT_NOTIFY_STATUS) {
                 d->gen++;
                 d->io.timer_stop(d->io.userdata);
@@ -165,6 +180,42 @@ static void feed_simple(struct prov_driver *d, enum prov_event ev) {
 
 static void job_done(struct tpm_job *job, void *userdata);
 
+static void serving_job_done(struct tpm_job *job, void *userdata) {
+        struct prov_driver *d = userdata;
+        d->serving_job_busy = false;
+        if (d->closing) {
+                maybe_free(d);
+                return;
+        }
+        if (job->r < 0)
+                log_warn("provisioning: could not switch the TPM socket's signing slot: %s", job->err.msg);
+        if (d->told_pending != d->told_slot)
+                tell_serving(d, d->told_pending);
+}
+
+/* TPM_JOB_SET_SERVING when the machine's serving slot changed. The worker
+ * runs jobs in submission order, so every job submitted after this one uses
+ * the new slot. */
+static void tell_serving(struct prov_driver *d, enum prov_slot slot) {
+        if (slot == PROV_SLOT_NONE || d->closing)
+                return;
+        d->told_pending = slot;
+        if (slot == d->told_slot || d->serving_job_busy)
+                return;
+        memset(&d->serving_job, 0, sizeof(d->serving_job));
+        d->serving_job.kind = TPM_JOB_SET_SERVING;
+        d->serving_job.key_index = prov_slot_key_index(d->cfg->tpm.auth_key_index, slot);
+        d->serving_job.done = serving_job_done;
+        d->serving_job.userdata = d;
+        int r = d->io.tpm_submit(d->io.userdata, &d->serving_job);
+        if (r < 0) {
+                log_warn("provisioning: could not switch the TPM socket's signing slot: %s", strerror(-r));
+                return;
+        }
+        d->serving_job_busy = true;
+        d->told_slot = slot;
+}
+
 static int submit_job(struct prov_driver *d, enum tpm_job_kind kind, const uint8_t *in, size_t len,
                       enum prov_slot slot, enum step step) {
         if (d->job_busy)
@@ -175,8 +226,8 @@ static int submit_job(struct prov_driver *d, enum tpm_job_kind kind, const uint8
         d->job.in_len = len;
         d->job.done = job_done;
         d->job.userdata = d;
-        d->job.has_key_index = slot == PROV_SLOT_CHALLENGE;
-        d->job.key_index = prov_challenge_key_index(d->cfg->tpm.auth_key_index);
+        d->job.has_key_index = true; /* the driver always names its slot */
+        d->job.key_index = prov_slot_key_index(d->cfg->tpm.auth_key_index, slot);
         int r = d->io.tpm_submit(d->io.userdata, &d->job);
         if (r < 0)
                 return r;
@@ -225,6 +276,7 @@ static enum dps_request dps_request_of(enum prov_action_kind kind) {
         case PROV_ACT_TPM_IMPORT_CHALLENGE:
         case PROV_ACT_TPM_IMPORT_FINAL:
         case PROV_ACT_SAVE_STATE:
+        case PROV_ACT_TPM_EVICT:
         case PROV_ACT_ARM_TIMER:
         case PROV_ACT_NOTIFY_STATUS:
         case _PROV_ACT_MAX:
@@ -415,27 +467,59 @@ static void load_state(struct prov_driver *d) {
         }
         /* The saved identity is only usable while its key is in the TPM. */
         d->loaded_match = match;
-        int k = submit_job(d, TPM_JOB_HAS_KEY, NULL, 0, d->cur.slot, STEP_KEY);
+        enum prov_slot named = prov_slot_of_state(d->loaded.key_slot);
+        int k = submit_job(d, TPM_JOB_HAS_KEY, NULL, 0, named, STEP_KEY);
         if (k < 0) {
                 log_warn("provisioning: could not look for the saved identity's key: %s", strerror(-k));
-                feed_simple(d, prov_state_event(r, match, k, false));
+                struct prov_event_data ed = {.state_slot = named};
+                feed(d, prov_state_event(r, match, k, false), &ed);
         }
 }
 
+static void key_found_both(struct prov_driver *d, const struct tpm_job *job, const struct tpm_job *other);
+
 static void key_found(struct prov_driver *d, const struct tpm_job *job) {
-        enum prov_event ev = prov_state_event(0, d->loaded_match, job->r, job->present);
+        enum prov_slot named = prov_slot_of_state(d->loaded.key_slot);
+        d->loaded_key_r = job->r;
+        d->loaded_key_present = job->present;
+        if (job->r >= 0 && job->present) {
+                /* and the other slot: a swap that crashed leaves a key there */
+                int k = submit_job(d, TPM_JOB_HAS_KEY, NULL, 0, prov_slot_other(named), STEP_OTHER_KEY);
+                if (k >= 0)
+                        return;
+                log_warn("provisioning: could not look at the other key slot: %s", strerror(-k));
+        }
+        struct tpm_job none = {.r = job->r, .present = false};
+        if (job->r < 0)
+                none.err = job->err;
+        key_found_both(d, job, &none);
+}
+
+static void key_found_both(struct prov_driver *d, const struct tpm_job *job, const struct tpm_job *other) {
+        enum prov_slot named = prov_slot_of_state(d->loaded.key_slot);
+        enum prov_event ev = prov_state_event(0, d->loaded_match, d->loaded_key_r, d->loaded_key_present);
+        struct prov_event_data ed = {.state_slot = named, .other_present = other->r >= 0 && other->present};
         if (ev != PROV_EV_STATE_MISSING_OR_CORRUPT) {
                 snprintf(d->hub, sizeof(d->hub), "%s", d->loaded.hub);
                 snprintf(d->device_id, sizeof(d->device_id), "%s", d->loaded.device_id);
                 d->have_identity = true;
-                log_info("provisioning: serving the saved identity: hub %s, device %s", d->hub, d->device_id);
-        } else if (job->r < 0)
+                log_info("provisioning: serving the saved identity: hub %s, device %s (key slot %s, 0x%08x)",
+                         d->hub, d->device_id, prov_slot_to_string(named),
+                         TPM_AUTH_KEY_BASE + prov_slot_key_index(d->cfg->tpm.auth_key_index, named));
+                if (ed.other_present)
+                        log_info("provisioning: key slot %s (0x%08x) holds a key the state file does not name "
+                                   "(an interrupted key swap); removing it",
+                                   prov_slot_to_string(prov_slot_other(named)),
+                                   TPM_AUTH_KEY_BASE + prov_slot_key_index(d->cfg->tpm.auth_key_index,
+                                                                           prov_slot_other(named)));
+        } else if (d->loaded_key_r < 0)
                 log_warn("provisioning: could not check the TPM for the saved identity's key: %s", job->err.msg);
         else
-                log_warn("provisioning: the saved identity's key is not in the TPM (handle 0x%08x); "
+                log_warn("provisioning: the saved identity's key is not in the TPM (key slot %s, handle 0x%08x); "
                          "provisioning again",
-                         TPM_AUTH_KEY_BASE + d->cfg->tpm.auth_key_index);
-        feed_simple(d, ev);
+                         prov_slot_to_string(named),
+                         TPM_AUTH_KEY_BASE + prov_slot_key_index(d->cfg->tpm.auth_key_index, named));
+        feed(d, ev, &ed);
 }
 
 static int write_state(struct prov_driver *d) {
@@ -449,6 +533,7 @@ static int write_state(struct prov_driver *d) {
         st.assigned_at = d->io.now_unix(d->io.userdata);
         if (d->reg_valid)
                 snprintf(st.substatus, sizeof(st.substatus), "%s", d->reg.substatus);
+        st.key_slot = prov_slot_to_state(d->cur.slot);
         /* A few hundred bytes to local storage: done inline; the rename is
          * atomic and the fsyncs are what make the state survive a power cut. */
         return d->io.state_save(d->io.userdata, d->state_path, &st);
@@ -492,6 +577,7 @@ static void perform(struct prov_driver *d) {
                 d->io.timer_start(d->io.userdata, d->cur.delay_ms, timer_cb, d);
                 break;
         case PROV_ACT_SAVE_STATE: {
+                switch_identity(d);
                 int r = write_state(d);
                 if (r < 0) {
                         log_error("provisioning: could not save the identity to %s: %s; it is served but will "
@@ -500,6 +586,15 @@ static void perform(struct prov_driver *d) {
                         feed_simple(d, PROV_EV_SAVE_FAILED);
                 } else
                         feed_simple(d, PROV_EV_SAVED);
+                break;
+        }
+        case PROV_ACT_TPM_EVICT: {
+                int r = submit_job(d, TPM_JOB_EVICT, NULL, 0, d->cur.slot, STEP_EVICT);
+                if (r < 0) {
+                        log_warn("provisioning: could not remove the key in slot %s: %s",
+                                 prov_slot_to_string(d->cur.slot), strerror(-r));
+                        feed_simple(d, PROV_EV_EVICT_FAILED);
+                }
                 break;
         }
         case PROV_ACT_ARM_TIMER:
@@ -635,8 +730,12 @@ static void imported(struct prov_driver *d, const struct tpm_job *job) {
                 feed(d, PROV_EV_IMPORT_FAILED, &ed);
                 return;
         }
-        if (d->cur.kind == PROV_ACT_TPM_IMPORT_FINAL && d->reg_valid) {
-                /* The new key is in the serving slot: switch identities now. */
+        feed_simple(d, PROV_EV_IMPORT_OK);
+}
+
+/* SAVE_STATE: the staging slot holds the new key; serve the new identity. */
+static void switch_identity(struct prov_driver *d) {
+        if (d->reg_valid) {
                 snprintf(d->hub, sizeof(d->hub), "%s", d->reg.assigned_hub);
                 snprintf(d->device_id, sizeof(d->device_id), "%s", d->reg.device_id);
                 d->have_identity = true;
@@ -645,9 +744,9 @@ static void imported(struct prov_driver *d, const struct tpm_job *job) {
                            LOG_FIELDS(LOG_STR("REGISTRATION_ID", d->regid), LOG_STR("IOTHUB", d->hub),
                                       LOG_STR("DEVICE_ID", d->device_id),
                                       LOG_STR("DPS_OPERATION_ID", d->operation_id)),
-                           "provisioned: device %s on hub %s", d->device_id, d->hub);
+                           "provisioned: device %s on hub %s (key slot %s)", d->device_id, d->hub,
+                           prov_slot_to_string(d->cur.slot));
         }
-        feed_simple(d, PROV_EV_IMPORT_OK);
 }
 
 static void job_done(struct tpm_job *job, void *userdata) {
@@ -664,6 +763,24 @@ static void job_done(struct tpm_job *job, void *userdata) {
         switch (step) {
         case STEP_KEY:
                 key_found(d, job);
+                return;
+        case STEP_OTHER_KEY:
+                key_found_both(d, job, job);
+                return;
+        case STEP_EVICT:
+                if (job->r < 0) {
+                        log_warn("provisioning: could not remove the key in slot %s (it stays until the next "
+                                 "start): %s",
+                                 prov_slot_to_string(d->cur.slot), job->err.msg);
+                        feed_simple(d, PROV_EV_EVICT_FAILED);
+                } else {
+                        if (job->present)
+                                log_info("provisioning: removed the key in slot %s (0x%08x)",
+                                         prov_slot_to_string(d->cur.slot),
+                                         TPM_AUTH_KEY_BASE +
+                                                 prov_slot_key_index(d->cfg->tpm.auth_key_index, d->cur.slot));
+                        feed_simple(d, PROV_EV_EVICTED);
+                }
                 return;
         case STEP_IMPORT:
                 imported(d, job);
@@ -799,6 +916,8 @@ int prov_driver_new_with_io(const struct tpmid_config *cfg, const struct prov_io
                 return -ENOMEM;
         }
         prov_machine_init(&d->m, cfg->auto_reprovisioning_mode, NULL, NULL);
+        d->told_slot = PROV_SLOT_A; /* the worker starts with the configured slot */
+        d->told_pending = PROV_SLOT_A;
         snprintf(d->status_text, sizeof(d->status_text), "waiting for the TPM");
         *ret = d;
         return 0;
@@ -985,6 +1104,7 @@ const char *prov_driver_status_text(struct prov_driver *d) {
                 snprintf(d->status_text, sizeof(d->status_text), "waiting for the TPM");
                 break;
         case PROV_LOADING_STATE:
+        case PROV_RECOVERING:
         case PROV_CHECKING_HUB:
         case PROV_REGISTERING:
         case PROV_IMPORTING_CHALLENGE:
@@ -992,6 +1112,7 @@ const char *prov_driver_status_text(struct prov_driver *d) {
         case PROV_POLLING:
         case PROV_IMPORTING_FINAL:
         case PROV_SAVING:
+        case PROV_RETIRING:
         case _PROV_STATE_MAX:
                 snprintf(d->status_text, sizeof(d->status_text), "provisioning: %s%s%s",
                          prov_state_to_string(d->m.state), d->have_identity ? "; serving hub " : "",

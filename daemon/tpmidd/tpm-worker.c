@@ -42,10 +42,12 @@ struct tpm_worker {
 
         /* worker thread only */
         struct tpm *tpm;
+        uint32_t serving_index; /* slot of jobs without has_key_index (TPM_JOB_SET_SERVING); survives reopening */
 };
 
 static bool job_counts(const struct tpm_job *job) {
-        return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT || job->kind == TPM_JOB_HAS_KEY;
+        return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT || job->kind == TPM_JOB_HAS_KEY ||
+               job->kind == TPM_JOB_EVICT;
 }
 
 static void set_err(struct tpm_error *err, const char *step, const char *msg) {
@@ -84,26 +86,29 @@ static void run_job(struct tpm_worker *w, struct tpm_job *job) {
                 return;
         }
 
+        if (job->kind == TPM_JOB_SET_SERVING) {
+                w->serving_index = job->key_index; /* no TPM command: valid while the TPM is closed too */
+                return;
+        }
         if (!w->tpm) {
                 job->r = -ENODEV;
                 set_err(&job->err, "TPM connection", "the TPM is not open yet (still starting or reconnecting)");
                 return;
         }
 
+        uint32_t index = job->has_key_index ? job->key_index : w->serving_index;
         switch (job->kind) {
         case TPM_JOB_SIGN:
-                job->r = job->has_key_index
-                                 ? tpm_sign_at(w->tpm, job->key_index, job->in, job->in_len, job->digest, &job->err)
-                                 : tpm_sign(w->tpm, job->in, job->in_len, job->digest, &job->err);
+                job->r = tpm_sign_at(w->tpm, index, job->in, job->in_len, job->digest, &job->err);
                 break;
         case TPM_JOB_IMPORT:
-                job->r = job->has_key_index
-                                 ? tpm_import_auth_key_at(w->tpm, job->key_index, job->in, job->in_len, &job->err)
-                                 : tpm_import_auth_key(w->tpm, job->in, job->in_len, &job->err);
+                job->r = tpm_import_auth_key_at(w->tpm, index, job->in, job->in_len, &job->err);
                 break;
         case TPM_JOB_HAS_KEY:
-                job->r = job->has_key_index ? tpm_has_auth_key_at(w->tpm, job->key_index, &job->present, &job->err)
-                                            : tpm_has_auth_key(w->tpm, &job->present, &job->err);
+                job->r = tpm_has_auth_key_at(w->tpm, index, &job->present, &job->err);
+                break;
+        case TPM_JOB_EVICT:
+                job->r = tpm_evict_auth_key_at(w->tpm, job->key_index, &job->present, &job->err);
                 break;
         case TPM_JOB_PING:
                 job->r = tpm_ping(w->tpm, &job->err);
@@ -111,6 +116,7 @@ static void run_job(struct tpm_worker *w, struct tpm_job *job) {
                         w->tpm = tpm_close(w->tpm);
                 break;
         case TPM_JOB_START:
+        case TPM_JOB_SET_SERVING: /* handled above */
                 break;
         }
 }
@@ -273,6 +279,7 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
                                         /* the worker owns the TPM: clean up after a crashed run */
                                         .flush_leftovers = true,
                                         .tcti_source = opts->tcti_source };
+        w->serving_index = opts->auth_key_index;
         pthread_mutex_init(&w->lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);

@@ -53,10 +53,32 @@ struct fake {
         int64_t now_unix;
         bool closed;
         unsigned status_calls;
+        /* TPM_JOB_SET_SERVING: the worker's slot for the socket's jobs */
+        struct tpm_job *set_job;
+        uint32_t serving_index;
+        unsigned serving_sets;
 };
+
+/* Complete a SET_SERVING job waiting in the fake worker (it was queued before
+ * whatever comes next, as in the real FIFO). */
+static void flush_set_job(struct fake *f) {
+        struct tpm_job *job = f->set_job;
+        if (!job)
+                return;
+        f->set_job = NULL;
+        job->r = 0;
+        job->done(job, job->userdata);
+}
 
 static int f_tpm_submit(void *userdata, struct tpm_job *job) {
         struct fake *f = userdata;
+        if (job->kind == TPM_JOB_SET_SERVING) {
+                assert_null(f->set_job); /* one at a time */
+                f->set_job = job;
+                f->serving_index = job->key_index;
+                f->serving_sets++;
+                return 0;
+        }
         assert_null(f->job); /* one operation at a time */
         if (f->tpm_submit_r < 0)
                 return f->tpm_submit_r;
@@ -151,6 +173,7 @@ static void status_cb(void *userdata) {
 #define ASSIGNED_B64 "BAUGBw=="   /* 04 05 06 07 */
 
 struct world {
+        uint32_t stage; /* the current run's staging slot (key index) */
         struct fake f;
         struct tpmid_config cfg;
         struct tpm_keys keys;
@@ -159,6 +182,7 @@ struct world {
 
 static void world_init(struct world *w, enum prov_mode mode) {
         memset(w, 0, sizeof(*w));
+        w->stage = 0x101; /* slot B until a run's challenge import says otherwise */
         w->cfg.auto_reprovisioning_mode = mode;
         w->cfg.cloud_timeout_sec = 70;
         w->cfg.provisioning.source = CONFIG_SOURCE_DPS;
@@ -192,6 +216,7 @@ static void world_init(struct world *w, enum prov_mode mode) {
 }
 
 static void world_done(struct world *w) {
+        flush_set_job(&w->f);
         prov_driver_close(w->d);
         assert_true(w->f.closed);
 }
@@ -217,17 +242,24 @@ static const char *state(struct world *w) {
         return prov_state_to_string(prov_driver_state(w->d));
 }
 
-/* The TPM job in flight is kind, on the challenge slot or not; complete it. */
-static void expect_job(struct world *w, enum tpm_job_kind kind, bool challenge_slot) {
+/* The TPM job in flight is kind, on the key index given; the driver always
+ * names its slot. */
+static void expect_job_at(struct world *w, enum tpm_job_kind kind, uint32_t index) {
         struct tpm_job *job = w->f.job;
         assert_non_null(job);
         assert_int_equal(job->kind, kind);
-        assert_int_equal(job->has_key_index, challenge_slot);
-        if (challenge_slot)
-                assert_int_equal(job->key_index, 0x101);
+        assert_true(job->has_key_index);
+        assert_int_equal(job->key_index, index);
+}
+
+/* ... on this run's staging slot (w->stage), or slot A (0x100, the configured
+ * index: the saved identities of these tests). */
+static void expect_job(struct world *w, enum tpm_job_kind kind, bool staging) {
+        expect_job_at(w, kind, staging ? w->stage : 0x100);
 }
 
 static void complete_job(struct world *w, int r, bool present) {
+        flush_set_job(&w->f);
         struct tpm_job *job = w->f.job;
         assert_non_null(job);
         w->f.job = NULL;
@@ -238,6 +270,15 @@ static void complete_job(struct world *w, int r, bool present) {
         if (job->kind == TPM_JOB_SIGN)
                 memset(job->digest, 0xab, sizeof(job->digest));
         job->done(job, job->userdata);
+}
+
+/* LOAD_STATE with a saved identity in slot a: its key is there; the other
+ * slot holds one too or not. */
+static void found_key(struct world *w, bool other) {
+        expect_job(w, TPM_JOB_HAS_KEY, false);
+        complete_job(w, 0, true);
+        expect_job(w, TPM_JOB_HAS_KEY, true);
+        complete_job(w, 0, other);
 }
 
 static void expect_import(struct world *w, bool challenge_slot, const uint8_t blob[4]) {
@@ -318,7 +359,11 @@ static void challenge(struct world *w) {
         assert_non_null(strstr(w->f.body, "\"endorsementKey\""));
         reply(w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\",\"keyName\":\"registration\"}", NULL);
         assert_string_equal(state(w), "importing-challenge");
-        expect_import(w, true, challenge_blob); /* the challenge goes to the challenge slot */
+        /* the challenge goes to the staging slot: B next to a served key in A, A with none */
+        assert_non_null(w->f.job);
+        w->stage = w->f.job->key_index;
+        assert_true(w->stage == 0x100 || w->stage == 0x101);
+        expect_import(w, true, challenge_blob);
         complete_job(w, 0, false);
         assert_string_equal(state(w), "authenticating");
         sign(w, true); /* the second PUT is signed with the challenge key */
@@ -338,12 +383,22 @@ static void finish(struct world *w, const char *hub) {
         expect_request(w, "GET", "/registrations/" REGID "/operations/op-1?api-version=", DPS_AUTH);
         reply(w, 200, assigned_body(hub, true), NULL);
         assert_string_equal(state(w), "importing-final");
-        expect_import(w, false, assigned_blob); /* the assigned key goes to the serving slot */
+        expect_import(w, true, assigned_blob); /* the assigned key goes to the staging slot too */
         unsigned saves = w->f.saves;
         complete_job(w, 0, false);
+        /* then the state names it, then the old key goes */
         assert_int_equal(w->f.saves, saves + 1);
         assert_string_equal(w->f.stored.hub, hub);
+        assert_int_equal(w->f.stored.key_slot, w->stage == 0x101 ? STATE_KEY_SLOT_B : STATE_KEY_SLOT_A);
+        assert_string_equal(state(w), "retiring-old-key");
+        expect_job_at(w, TPM_JOB_EVICT, w->stage ^ 1); /* the other slot */
+        complete_job(w, 0, true);
         assert_string_equal(state(w), "provisioned");
+        flush_set_job(&w->f);
+        if (w->stage == 0x101)
+                assert_int_equal(w->f.serving_index, 0x101); /* the socket signs with the new key */
+        else
+                assert_int_equal(w->f.serving_sets, 0); /* A served all along */
         assert_false(w->f.req_busy);
         assert_false(w->f.timer_armed);
         assert_null(w->f.job);
@@ -367,6 +422,7 @@ static void test_whole_provisioning(void **unused) {
         assert_int_equal(w.f.jobs, 0);
         assert_false(prov_driver_identity(w.d, &hub, &dev));
         challenge(&w);
+        assert_int_equal(w.stage, 0x100); /* nothing served: the hub key goes to A */
         finish(&w, HUB);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(hub, HUB);
@@ -382,12 +438,16 @@ static void test_whole_provisioning(void **unused) {
         assert_int_equal(w.f.requests, 3);
         world_done(&w);
 
-        /* an assignment without its own key: the challenge blob goes to the serving slot */
+        /* an assignment without its own key: the challenge key in the staging slot is the
+         * hub key; no import, no NV write but the challenge's */
         world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         challenge(&w);
         reply(&w, 200, assigned_body(HUB, false), NULL); /* 200 to the second PUT: no polls */
-        expect_import(&w, false, challenge_blob);
+        assert_int_equal(w.f.saves, 1);
+        assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_A);
+        assert_true(prov_driver_identity(w.d, &hub, &dev));
+        expect_job_at(&w, TPM_JOB_EVICT, 0x101);
         complete_job(&w, 0, false);
         assert_string_equal(state(&w), "provisioned");
         world_done(&w);
@@ -402,8 +462,7 @@ static void test_saved_identity(void **unused) {
         save_identity(&w, HUB);
         start(&w);
         assert_string_equal(state(&w), "loading-state");
-        expect_job(&w, TPM_JOB_HAS_KEY, false);
-        complete_job(&w, 0, true);
+        found_key(&w, false);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(state(&w), "checking-hub");
         sign(&w, false); /* the hub check is signed with the serving key */
@@ -412,6 +471,7 @@ static void test_saved_identity(void **unused) {
         assert_string_equal(state(&w), "registering"); /* the device moved */
         assert_true(prov_driver_identity(w.d, &hub, &dev)); /* still served meanwhile */
         challenge(&w);
+        assert_int_equal(w.stage, 0x101); /* next to the served key in A */
         finish(&w, HUB2);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(hub, HUB2);
@@ -421,7 +481,7 @@ static void test_saved_identity(void **unused) {
         world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
-        complete_job(&w, 0, true);
+        found_key(&w, false);
         sign(&w, false);
         reply_error(&w, -ETIMEDOUT, "Operation timed out");
         assert_string_equal(state(&w), "provisioned");
@@ -449,9 +509,59 @@ static void test_saved_identity(void **unused) {
         world_init(&w, PROV_MODE_ALWAYS_ON_STARTUP);
         save_identity(&w, HUB);
         start(&w);
-        complete_job(&w, 0, true);
+        found_key(&w, false);
         assert_string_equal(state(&w), "registering");
         assert_true(prov_driver_identity(w.d, &hub, &dev));
+        world_done(&w);
+}
+
+/* Startup recovery after a crashed key swap: the driver looks at both slots
+ * and removes the key the state file does not name, before anything else. */
+static void test_startup_recovery(void **unused) {
+        struct world w;
+        const char *hub, *dev;
+
+        /* the file names B (the swap's state write happened), A is still there: finish it */
+        world_init(&w, PROV_MODE_DYNAMIC);
+        save_identity(&w, HUB);
+        w.f.stored.key_slot = STATE_KEY_SLOT_B;
+        start(&w);
+        expect_job(&w, TPM_JOB_HAS_KEY, true);
+        complete_job(&w, 0, true);
+        expect_job(&w, TPM_JOB_HAS_KEY, false);
+        complete_job(&w, 0, true);
+        assert_string_equal(state(&w), "recovering");
+        assert_true(prov_driver_identity(w.d, &hub, &dev)); /* served from B already */
+        expect_job(&w, TPM_JOB_EVICT, false);
+        assert_int_equal(w.f.serving_index, 0x101); /* the socket was switched before the evict */
+        complete_job(&w, 0, true);
+        assert_string_equal(state(&w), "checking-hub");
+        sign(&w, true); /* the hub check is signed with B */
+        world_done(&w);
+
+        /* the file names A, B holds a key (the swap died before its state write): undo it */
+        world_init(&w, PROV_MODE_ON_ERROR_ONLY);
+        save_identity(&w, HUB);
+        start(&w);
+        found_key(&w, true);
+        assert_string_equal(state(&w), "recovering");
+        expect_job(&w, TPM_JOB_EVICT, true);
+        complete_job(&w, -EIO, false); /* a failure only leaves the key for the next start */
+        assert_string_equal(state(&w), "provisioned");
+        assert_int_equal(w.f.serving_sets, 0); /* A serves, as the worker started */
+        world_done(&w);
+
+        /* the file names B, B is gone: provision, staging in A */
+        world_init(&w, PROV_MODE_DYNAMIC);
+        save_identity(&w, HUB);
+        w.f.stored.key_slot = STATE_KEY_SLOT_B;
+        start(&w);
+        expect_job(&w, TPM_JOB_HAS_KEY, true);
+        complete_job(&w, 0, false);
+        assert_false(prov_driver_identity(w.d, &hub, &dev));
+        assert_string_equal(state(&w), "registering");
+        reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* nothing served: B, the serving slot, stages */
         world_done(&w);
 }
 
@@ -553,6 +663,7 @@ static void test_429_retry_after(void **unused) {
         expect_request(&w, "GET", "/operations/op-1?", DPS_AUTH);
         reply(&w, 200, assigned_body(HUB, true), NULL);
         complete_job(&w, 0, false);
+        complete_job(&w, 0, false); /* TPM_EVICT of the (empty) old slot */
         assert_string_equal(state(&w), "provisioned");
         world_done(&w);
 
@@ -622,6 +733,7 @@ static void test_reprovision_while_busy(void **unused) {
         assert_true(w.f.req_busy);
         reply(&w, 200, assigned_body(HUB, true), NULL);
         complete_job(&w, 0, false);
+        complete_job(&w, 0, false); /* TPM_EVICT of the (empty) old slot */
         assert_string_equal(state(&w), "provisioned");
         assert_int_equal(w.f.cancels, 0);
 
@@ -639,10 +751,16 @@ static void test_reprovision_while_busy(void **unused) {
         assert_string_equal(state(&w), "registering");
         assert_true(w.f.req_busy);
         reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* the first run's key serves from A: B stages now */
         complete_job(&w, 0, false);
-        sign(&w, true);
+        expect_job_at(&w, TPM_JOB_SIGN, 0x101);
+        complete_job(&w, 0, false);
         reply(&w, 200, assigned_body(HUB2, true), NULL);
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101);
         complete_job(&w, 0, false);
+        assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_B);
+        expect_job_at(&w, TPM_JOB_EVICT, 0x100); /* the first run's key */
+        complete_job(&w, 0, true);
         assert_string_equal(state(&w), "registering");
         expect_request(&w, "PUT", "/0ne00000002/registrations/" REGID "/register", NO_AUTH);
         /* a completion superseded by a new operation is dropped */
@@ -652,7 +770,7 @@ static void test_reprovision_while_busy(void **unused) {
         world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
         start(&w);
-        complete_job(&w, 0, true);
+        found_key(&w, false);
         assert_int_equal(prov_driver_reprovision(w.d), 0);
         assert_string_equal(state(&w), "checking-hub");
         sign(&w, false);
@@ -669,7 +787,7 @@ static void test_reports_and_modes(void **unused) {
         world_init(&w, PROV_MODE_ON_ERROR_ONLY);
         save_identity(&w, HUB);
         start(&w);
-        complete_job(&w, 0, true);
+        found_key(&w, false);
         assert_string_equal(state(&w), "provisioned");
         assert_int_equal(w.f.requests, 0);
         assert_int_equal(prov_driver_mode(w.d), PROV_MODE_ON_ERROR_ONLY);
@@ -747,6 +865,7 @@ static void test_tpm_queue_full(void **unused) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_whole_provisioning),
+                cmocka_unit_test(test_startup_recovery),
                 cmocka_unit_test(test_saved_identity),
                 cmocka_unit_test(test_401_without_challenge),
                 cmocka_unit_test(test_stale_challenge),

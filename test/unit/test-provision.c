@@ -37,8 +37,12 @@ static struct prov_action step_d(struct prov_machine *m, enum prov_event ev, con
         return a;
 }
 
+/* An assignment carries its own key unless a test says otherwise (as DPS and
+ * the simulator do). */
+static const struct prov_event_data with_own_key = {.has_auth_key = true};
+
 static struct prov_action step(struct prov_machine *m, enum prov_event ev) {
-        return step_d(m, ev, NULL);
+        return step_d(m, ev, ev == PROV_EV_POLL_ASSIGNED ? &with_own_key : NULL);
 }
 
 #define EXPECT(m, ev, kind_, state_)                                      \
@@ -75,8 +79,11 @@ static void run_dps_ok(struct prov_machine *m) {
         EXPECT(m, PROV_EV_POLL_ASSIGNED, PROV_ACT_TPM_IMPORT_FINAL, PROV_IMPORTING_FINAL);
         a = step(m, PROV_EV_IMPORT_OK);
         assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
-        assert_true(m->serving); /* new key in the serving slot: new identity served */
+        assert_true(m->serving); /* new key in the staging slot: new identity served */
         a = step(m, PROV_EV_SAVED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT); /* the old serving key goes last */
+        assert_int_equal(m->state, PROV_RETIRING);
+        a = step(m, PROV_EV_EVICTED);
         assert_int_equal(m->state, PROV_PROVISIONED);
         assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
         assert_true(a.status_changed);
@@ -105,7 +112,12 @@ static void test_strings(void **state) {
         assert_int_equal(prov_mode_from_string("dynamic", &mode), -EINVAL);
         assert_int_equal(prov_mode_from_string("", &mode), -EINVAL);
         assert_int_equal(prov_mode_from_string(NULL, &mode), -EINVAL);
-        assert_int_equal(prov_challenge_key_index(0x100), 0x101);
+        assert_int_equal(prov_slot_key_index(0x100, PROV_SLOT_A), 0x100);
+        assert_int_equal(prov_slot_key_index(0x100, PROV_SLOT_B), 0x101);
+        assert_int_equal(prov_slot_other(PROV_SLOT_A), PROV_SLOT_B);
+        assert_int_equal(prov_slot_other(PROV_SLOT_B), PROV_SLOT_A);
+        assert_int_equal(prov_slot_of_state(STATE_KEY_SLOT_B), PROV_SLOT_B);
+        assert_int_equal(prov_slot_to_state(PROV_SLOT_A), STATE_KEY_SLOT_A);
 }
 
 static void test_first_provisioning_every_mode(void **state) {
@@ -398,7 +410,9 @@ static void test_client_reprovision(void **state) {
         EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_IMPORTING_FINAL);
         step(&m, PROV_EV_IMPORT_OK);
         EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_SAVING);
-        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_TPM_EVICT, PROV_RETIRING);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_RETIRING);
+        EXPECT(&m, PROV_EV_EVICTED, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
         assert_false(m.pending);
 
         /* while backing off: start now */
@@ -444,7 +458,8 @@ static void test_config_changed(void **state) {
         step(&m, PROV_EV_DPS_202);
         step(&m, PROV_EV_POLL_ASSIGNED);
         step(&m, PROV_EV_IMPORT_OK);
-        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_TPM_EVICT, PROV_RETIRING);
+        EXPECT(&m, PROV_EV_EVICTED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
         assert_int_equal(m.reason, PROV_REASON_CONFIG_CHANGED);
         assert_false(m.pending);
         assert_true(m.serving);
@@ -501,45 +516,63 @@ static void test_save_failed(void **state) {
 
 #define B(s) ((const uint8_t *)(s)), strlen(s)
 
-/* Every action says which slot and which blob; the driver decides neither. */
+/* Every action says which slot and which blob; the driver decides neither.
+ * The roles of A and B swap with every completed run. */
 static void test_slots_and_blobs(void **state) {
         struct prov_machine m;
-        struct prov_event_data with_key = {.has_auth_key = true};
+        struct prov_event_data no_key = {0}, loaded_a = {.state_slot = PROV_SLOT_A};
         struct prov_action a;
 
         init(&m, PROV_MODE_DYNAMIC);
         a = step(&m, PROV_EV_START);
-        assert_int_equal(a.slot, PROV_SLOT_SERVING); /* the saved identity needs its key */
-        a = step(&m, PROV_EV_STATE_LOADED_VALID);
+        assert_int_equal(a.slot, PROV_SLOT_NONE); /* the driver looks at both slots */
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
+        a = step_d(&m, PROV_EV_STATE_LOADED_VALID, &loaded_a);
         assert_int_equal(a.kind, PROV_ACT_CHECK_HUB);
-        assert_int_equal(a.slot, PROV_SLOT_SERVING); /* the hub check is signed with the hub key */
+        assert_int_equal(a.slot, PROV_SLOT_A); /* the hub check is signed with the serving key */
         a = step(&m, PROV_EV_HUB_REJECTED);
         assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
         assert_int_equal(a.slot, PROV_SLOT_NONE);
         a = step(&m, PROV_EV_DPS_401_CHALLENGE);
-        assert_int_equal(a.slot, PROV_SLOT_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_B); /* staging */
         assert_int_equal(a.blob, PROV_BLOB_CHALLENGE);
         a = step(&m, PROV_EV_IMPORT_OK);
         assert_int_equal(a.kind, PROV_ACT_DPS_AUTH_REGISTER);
-        assert_int_equal(a.slot, PROV_SLOT_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_B);
         a = step(&m, PROV_EV_DPS_202);
         assert_int_equal(a.kind, PROV_ACT_DPS_POLL);
-        assert_int_equal(a.slot, PROV_SLOT_CHALLENGE);
-        a = step_d(&m, PROV_EV_POLL_ASSIGNED, &with_key);
+        assert_int_equal(a.slot, PROV_SLOT_B);
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_POLL_ASSIGNED);
         assert_int_equal(a.kind, PROV_ACT_TPM_IMPORT_FINAL);
-        assert_int_equal(a.slot, PROV_SLOT_SERVING);
+        assert_int_equal(a.slot, PROV_SLOT_B); /* never the serving slot */
         assert_int_equal(a.blob, PROV_BLOB_ASSIGNED);
         a = step(&m, PROV_EV_IMPORT_OK);
-        assert_int_equal(a.slot, PROV_SLOT_NONE);
+        assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
+        assert_int_equal(a.slot, PROV_SLOT_B); /* the file names the new slot */
+        assert_int_equal(a.serving_slot, PROV_SLOT_A); /* until it is written */
         assert_int_equal(a.blob, PROV_BLOB_NONE);
+        a = step(&m, PROV_EV_SAVED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
+        assert_int_equal(a.slot, PROV_SLOT_A); /* then the old key goes */
+        assert_int_equal(a.serving_slot, PROV_SLOT_B);
+        a = step(&m, PROV_EV_EVICTED);
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        assert_int_equal(a.serving_slot, PROV_SLOT_B);
 
-        /* an assignment without its own key: the challenge blob again */
-        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
-        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        /* the next run stages in A; an assignment without its own key needs no import */
+        a = step(&m, PROV_EV_CLIENT_REPROVISION);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
         step(&m, PROV_EV_IMPORT_OK);
-        a = step(&m, PROV_EV_POLL_ASSIGNED);
-        assert_int_equal(a.slot, PROV_SLOT_SERVING);
-        assert_int_equal(a.blob, PROV_BLOB_CHALLENGE);
+        a = step_d(&m, PROV_EV_POLL_ASSIGNED, &no_key);
+        assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
+        assert_int_equal(m.state, PROV_SAVING);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_SAVED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
+        assert_int_equal(a.slot, PROV_SLOT_B);
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
 
         for (int i = 0; i < _PROV_SLOT_MAX; i++)
                 assert_non_null(prov_slot_to_string((enum prov_slot)i));
@@ -547,6 +580,133 @@ static void test_slots_and_blobs(void **state) {
                 assert_non_null(prov_blob_to_string((enum prov_blob)i));
         assert_null(prov_slot_to_string(_PROV_SLOT_MAX));
         assert_null(prov_blob_to_string(_PROV_BLOB_MAX));
+}
+
+/* Startup recovery: LOAD_STATE reports the file's slot and whether the other
+ * slot holds a key; the machine removes the key the file does not name. */
+static void test_startup_recovery(void **state) {
+        static const struct {
+                enum prov_event loaded;
+                enum prov_slot named;
+                bool other_present;
+                enum prov_action_kind first;   /* what comes first */
+                enum prov_slot evict;          /* TPM_EVICT: which slot */
+                enum prov_slot serving;        /* the serving slot afterwards */
+        } cases[] = {
+                /* the file names A, only A: steady state */
+                {PROV_EV_STATE_LOADED_VALID, PROV_SLOT_A, false, PROV_ACT_CHECK_HUB, PROV_SLOT_NONE, PROV_SLOT_A},
+                /* names B, only B: steady state after a swap */
+                {PROV_EV_STATE_LOADED_VALID, PROV_SLOT_B, false, PROV_ACT_CHECK_HUB, PROV_SLOT_NONE, PROV_SLOT_B},
+                /* names A, B too: a swap died before its state write → undo it (evict B) */
+                {PROV_EV_STATE_LOADED_VALID, PROV_SLOT_A, true, PROV_ACT_TPM_EVICT, PROV_SLOT_B, PROV_SLOT_A},
+                /* names B, A too: it died after the state write → finish it (evict A) */
+                {PROV_EV_STATE_LOADED_VALID, PROV_SLOT_B, true, PROV_ACT_TPM_EVICT, PROV_SLOT_A, PROV_SLOT_B},
+                /* the same for a stale identity (config changed) */
+                {PROV_EV_STATE_LOADED_STALE, PROV_SLOT_B, true, PROV_ACT_TPM_EVICT, PROV_SLOT_A, PROV_SLOT_B},
+                {PROV_EV_STATE_LOADED_STALE, PROV_SLOT_A, false, PROV_ACT_DPS_REGISTER, PROV_SLOT_NONE, PROV_SLOT_A},
+                /* the named key is missing (or no intact file): provision, staging in the other slot */
+                {PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_SLOT_B, false, PROV_ACT_DPS_REGISTER, PROV_SLOT_NONE,
+                 PROV_SLOT_B},
+                {PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_SLOT_NONE, false, PROV_ACT_DPS_REGISTER, PROV_SLOT_NONE,
+                 PROV_SLOT_A},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                struct prov_machine m;
+                struct prov_event_data d = {.state_slot = cases[i].named, .other_present = cases[i].other_present};
+                struct prov_action a;
+
+                init(&m, PROV_MODE_DYNAMIC);
+                step(&m, PROV_EV_START);
+                a = step_d(&m, cases[i].loaded, &d);
+                assert_int_equal(a.kind, cases[i].first);
+                assert_int_equal(a.serving_slot, cases[i].serving);
+                assert_int_equal(m.serving_slot, cases[i].serving);
+                assert_int_equal(m.serving, cases[i].loaded != PROV_EV_STATE_MISSING_OR_CORRUPT);
+                if (a.kind == PROV_ACT_TPM_EVICT) {
+                        assert_int_equal(a.slot, cases[i].evict);
+                        assert_int_equal(m.state, PROV_RECOVERING);
+                        assert_false(prov_is_busy(&m));
+                        /* a client request meanwhile is remembered */
+                        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_NONE, PROV_RECOVERING);
+                        /* done or failed, it goes on as without the leftover key */
+                        a = step(&m, i % 2 ? PROV_EV_EVICT_FAILED : PROV_EV_EVICTED);
+                        assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
+                        assert_int_equal(m.reason, cases[i].loaded == PROV_EV_STATE_LOADED_STALE
+                                                           ? PROV_REASON_CONFIG_CHANGED
+                                                           : PROV_REASON_CLIENT_REQUEST);
+                } else if (a.kind == PROV_ACT_DPS_REGISTER) {
+                        /* a served key is never overwritten; with none served the serving slot stages */
+                        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+                        assert_int_equal(a.slot, m.serving ? prov_slot_other(cases[i].serving) : cases[i].serving);
+                }
+        }
+        /* a recovered device without pending requests serves: OnErrorOnly settles */
+        {
+                struct prov_machine m;
+                struct prov_event_data d = {.state_slot = PROV_SLOT_B, .other_present = true};
+                init(&m, PROV_MODE_ON_ERROR_ONLY);
+                step(&m, PROV_EV_START);
+                step_d(&m, PROV_EV_STATE_LOADED_VALID, &d);
+                EXPECT(&m, PROV_EV_EVICTED, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+                assert_int_equal(m.serving_slot, PROV_SLOT_B);
+        }
+}
+
+/* A failed state write keeps the old key: the file still names it. */
+static void test_save_failed_keeps_old_key(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_SAVE_FAILED);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS); /* no TPM_EVICT */
+        assert_int_equal(m.state, PROV_PROVISIONED);
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
+
+        /* the same after a swap: the new key serves from B, the old one stays in A */
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_SAVE_FAILED);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_int_equal(a.serving_slot, PROV_SLOT_B);
+}
+
+/* A first provisioning (nothing served) stages in the serving slot, A, and
+ * then empties B; failed runs meanwhile keep staging there. */
+static void test_first_provisioning_slots(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        step(&m, PROV_EV_IMPORT_FAILED);
+        step(&m, PROV_EV_TIMER);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_POLL_ASSIGNED);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_SAVED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
+        assert_int_equal(a.slot, PROV_SLOT_B);
+        assert_int_equal(a.serving_slot, PROV_SLOT_A);
+        /* the next run stages in B */
+        step(&m, PROV_EV_EVICTED);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.slot, PROV_SLOT_B);
 }
 
 static void to_authenticating(struct prov_machine *m) {
@@ -673,7 +833,7 @@ static void test_report(void **state) {
         /* a rejection starts a check, which later reports join */
         assert_int_equal(prov_report(&m, 401, t0, &a), API_REPORT_CHECKING_HUB);
         assert_int_equal(a.kind, PROV_ACT_CHECK_HUB);
-        assert_int_equal(a.slot, PROV_SLOT_SERVING);
+        assert_int_equal(a.slot, PROV_SLOT_A);
         assert_int_equal(prov_report(&m, 403, t0 + 1, &a), API_REPORT_CHECKING_HUB);
         assert_int_equal(a.kind, PROV_ACT_NONE);
         step(&m, PROV_EV_HUB_OK);
@@ -985,6 +1145,11 @@ static const struct reach reaches[] = {
          {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE, PROV_EV_IMPORT_OK,
           PROV_EV_POLL_ASSIGNED, PROV_EV_IMPORT_OK},
          6},
+        {PROV_RETIRING,
+         {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_DPS_401_CHALLENGE, PROV_EV_IMPORT_OK,
+          PROV_EV_POLL_ASSIGNED, PROV_EV_IMPORT_OK, PROV_EV_SAVED},
+         7},
+        {PROV_RECOVERING, {PROV_EV_START, PROV_EV_STATE_LOADED_VALID}, 2}, /* with other_present, below */
         {PROV_PROVISIONED, {PROV_EV_START, PROV_EV_STATE_LOADED_VALID, PROV_EV_HUB_OK}, 3},
         {PROV_BACKING_OFF, {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_TRANSIENT_ERROR}, 3},
         {PROV_FAILED_PERMANENT, {PROV_EV_START, PROV_EV_STATE_MISSING_OR_CORRUPT, PROV_EV_PERMANENT_ERROR}, 3},
@@ -999,6 +1164,9 @@ static uint32_t valid_events(enum prov_state s) {
                 return EV(START);
         case PROV_LOADING_STATE:
                 return EV(STATE_LOADED_VALID) | EV(STATE_LOADED_STALE) | EV(STATE_MISSING_OR_CORRUPT) | client;
+        case PROV_RECOVERING:
+        case PROV_RETIRING:
+                return EV(EVICTED) | EV(EVICT_FAILED) | client;
         case PROV_CHECKING_HUB:
                 return EV(HUB_OK) | EV(HUB_REJECTED) | EV(HUB_UNREACHABLE) | client;
         case PROV_REGISTERING:
@@ -1038,9 +1206,16 @@ static void test_every_pair(void **state) {
 
                                 init(&m, (enum prov_mode)mode);
                                 /* some paths do not exist in some modes (AlwaysOnStartup never checks the hub on start) */
-                                for (size_t k = 0; k < reaches[i].n; k++)
-                                        if (prov_step(&m, reaches[i].path[k], NULL, &a) < 0)
+                                for (size_t k = 0; k < reaches[i].n; k++) {
+                                        /* an assignment with its own key (IMPORTING_FINAL); a leftover key
+                                         * in the other slot (RECOVERING) */
+                                        struct prov_event_data pd = {
+                                                .has_auth_key = true,
+                                                .other_present = reaches[i].state == PROV_RECOVERING,
+                                        };
+                                        if (prov_step(&m, reaches[i].path[k], &pd, &a) < 0)
                                                 break;
+                                }
                                 if (m.state != reaches[i].state)
                                         continue; /* e.g. OnErrorOnly never checks the hub */
                                 seen[m.state] = true;
@@ -1099,6 +1274,9 @@ int main(void) {
                 cmocka_unit_test(test_save_failed),
                 cmocka_unit_test(test_every_pair),
                 cmocka_unit_test(test_slots_and_blobs),
+                cmocka_unit_test(test_startup_recovery),
+                cmocka_unit_test(test_save_failed_keeps_old_key),
+                cmocka_unit_test(test_first_provisioning_slots),
                 cmocka_unit_test(test_sas_refused),
                 cmocka_unit_test(test_malformed_answers_bounded),
                 cmocka_unit_test(test_report),

@@ -43,7 +43,20 @@ static void test_roundtrip(void **state) {
         assert_int_equal(state_parse((uint8_t *)buf, len, &out), 0);
         assert_memory_equal(&st, &out, sizeof(st));
         /* the format is what the header documents */
-        assert_true(startswith(buf, "{\"version\":1,\"hub\":\"myhub.azure-devices.net\""));
+        assert_true(startswith(buf, "{\"version\":2,\"hub\":\"myhub.azure-devices.net\""));
+        assert_non_null(strstr(buf, ",\"keySlot\":\"a\"}\n"));
+
+        /* slot b round-trips */
+        st.key_slot = STATE_KEY_SLOT_B;
+        free(buf);
+        buf = NULL;
+        assert_int_equal(state_format(&st, &buf, &len), 0);
+        assert_non_null(strstr(buf, ",\"keySlot\":\"b\"}\n"));
+        assert_int_equal(state_parse((uint8_t *)buf, len, &out), 0);
+        assert_int_equal(out.key_slot, STATE_KEY_SLOT_B);
+        st.key_slot = _STATE_KEY_SLOT_MAX;
+        assert_int_equal(state_format(&st, &buf, &len), -EINVAL);
+        st.key_slot = STATE_KEY_SLOT_A;
         assert_non_null(strstr(buf, "}\nsha256:"));
         assert_int_equal(buf[len - 1], '\n');
 
@@ -120,7 +133,13 @@ static void test_bad_fields(void **state) {
 #define D64 "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 #define GOOD_REST "\"deviceId\":\"d\",\"registrationId\":\"r\",\"idScope\":\"s\",\"ekDigest\":\"" D64 "\",\"assignedAt\":1,\"substatus\":\"\",\"configDigest\":\"" D64 "\""
         static const char *bad[] = {
-                "{\"version\":2,\"hub\":\"h.net\"," GOOD_REST "}",
+                "{\"version\":2,\"hub\":\"h.net\"," GOOD_REST "}", /* version 2 needs its keySlot */
+                "{\"version\":3,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"a\"}",
+                "{\"version\":1,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"a\"}", /* version 1 had none */
+                "{\"version\":2,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"c\"}",
+                "{\"version\":2,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"A\"}",
+                "{\"version\":2,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":1}",
+                "{\"version\":2,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"\"}",
                 "{\"version\":\"1\",\"hub\":\"h.net\"," GOOD_REST "}",
                 "{\"hub\":\"h.net\"," GOOD_REST "}",
                 "{\"version\":1,\"hub\":\"../etc\"," GOOD_REST "}",
@@ -145,10 +164,19 @@ static void test_bad_fields(void **state) {
         struct tpmid_state out;
         size_t n;
 
-        /* the control case passes, so the failures below are the field checks */
+        /* the control cases pass, so the failures below are the field checks; a
+         * version 1 file (written before the A/B slots) names slot a */
         n = with_trailer("{\"version\":1,\"hub\":\"h.net\"," GOOD_REST "}", buf);
+        memset(&out, 0x5a, sizeof(out));
         assert_int_equal(state_parse((uint8_t *)buf, n, &out), 0);
         assert_string_equal(out.hub, "h.net");
+        assert_int_equal(out.key_slot, STATE_KEY_SLOT_A);
+        n = with_trailer("{\"version\":2,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"b\"}", buf);
+        assert_int_equal(state_parse((uint8_t *)buf, n, &out), 0);
+        assert_int_equal(out.key_slot, STATE_KEY_SLOT_B);
+        n = with_trailer("{\"version\":2,\"hub\":\"h.net\"," GOOD_REST ",\"keySlot\":\"a\"}", buf);
+        assert_int_equal(state_parse((uint8_t *)buf, n, &out), 0);
+        assert_int_equal(out.key_slot, STATE_KEY_SLOT_A);
 
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 n = with_trailer(bad[i], buf);

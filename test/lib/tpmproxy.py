@@ -1,0 +1,166 @@
+"""A proxy between tpmidd and swtpm that parses TPM command codes (the
+approach of test/integration/tpm-retry.py): it counts the commands that
+reach swtpm and can cut the line right after one of them, as a power cut
+would: swtpm has run the command (an NV write is done), tpmidd never hears
+the answer, and every later command of that daemon is dropped unsent.
+
+    proxy = TpmProxy(tpm.sock, path)
+    daemon = Daemon(proxy.tpm_for(tpm), sim)    # tpmidd's [tpm] tcti is the proxy
+    proxy.cut_after(CC_EVICT_CONTROL, 3)          # the 3rd EvictControl from now
+    proxy.wait_cut(timeout)                       # it ran; the line is dead
+    proxy.restore()                               # the next daemon gets through
+"""
+import os
+import socket
+import struct
+import threading
+import time
+
+CC_EVICT_CONTROL = 0x120
+CC_HMAC = 0x155
+CC_IMPORT = 0x156
+CC_LOAD = 0x157
+CC_ACTIVATE_CREDENTIAL = 0x147
+TPM_HEADER_BYTES = 10  # tag (2), size (4), command or response code (4)
+
+
+def _read_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+class _ProxiedTpm:
+    """The harness's Swtpm with tcti pointing at the proxy (everything else,
+    e.g. tpm.tool() for tpm2-tools, still goes to swtpm directly)."""
+
+    def __init__(self, tpm, tcti):
+        self._tpm, self.tcti = tpm, tcti
+
+    def __getattr__(self, name):
+        return getattr(self._tpm, name)
+
+
+class TpmProxy:
+    def __init__(self, upstream, path):
+        self.upstream, self.path = upstream, path
+        self.lock = threading.Lock()
+        self.counts = {}            # command code -> commands swtpm ran
+        self._cut_cc = None         # cut the line after the n-th command cc from now ...
+        self._cut_left = 0
+        self._cut_ran = True
+        self.cut = threading.Event()  # ... and it happened: nothing reaches swtpm until restore()
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def tcti(self):
+        return "swtpm:path=" + self.path
+
+    def tpm_for(self, tpm):
+        return _ProxiedTpm(tpm, self.tcti)
+
+    def count(self, cc):
+        with self.lock:
+            return self.counts.get(cc, 0)
+
+    def reset_counts(self):
+        with self.lock:
+            self.counts = {}
+
+    def cut_after(self, cc, n, ran=True):
+        """After swtpm ran the n-th command cc from now (ran=False: instead of
+        sending it to swtpm), drop the connection without an answer, and every
+        later command."""
+        assert n >= 1
+        with self.lock:
+            self._cut_cc, self._cut_left, self._cut_ran = cc, n, ran
+            self.cut.clear()
+
+    def wait_cut(self, timeout):
+        return self.cut.wait(timeout)
+
+    def restore(self):
+        with self.lock:
+            self._cut_cc, self._cut_left = None, 0
+            self.cut.clear()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        up = None
+        try:
+            while True:
+                hdr = _read_exact(c, TPM_HEADER_BYTES)
+                if hdr is None:
+                    return
+                _, size, cc = struct.unpack(">HII", hdr)
+                body = _read_exact(c, size - TPM_HEADER_BYTES)
+                if body is None or self.cut.is_set():
+                    return  # the power is off: the command never reaches the TPM
+                with self.lock:
+                    if cc == self._cut_cc and not self._cut_ran and self._cut_left == 1:
+                        self._cut_cc = None
+                        self.cut.set()
+                        return  # cut just before this one
+                    if cc == self._cut_cc and not self._cut_ran:
+                        self._cut_left -= 1
+                if up is None:
+                    up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    up.connect(self.upstream)
+                up.sendall(hdr + body)
+                rh = _read_exact(up, TPM_HEADER_BYTES)
+                rbody = _read_exact(up, struct.unpack(">HII", rh)[1] - TPM_HEADER_BYTES) if rh else None
+                if rbody is None:
+                    return  # swtpm went away: so does the client's connection
+                ok = struct.unpack(">I", rh[6:10])[0] == 0
+                with self.lock:
+                    if ok:
+                        self.counts[cc] = self.counts.get(cc, 0) + 1
+                    if ok and cc == self._cut_cc and self._cut_ran:
+                        self._cut_left -= 1
+                        if self._cut_left == 0:
+                            self._cut_cc = None
+                            self.cut.set()
+                if self.cut.is_set():
+                    return  # swtpm ran it; the answer is lost with the line
+                c.sendall(rh + rbody)
+        except OSError:
+            return
+        finally:
+            c.close()
+            if up is not None:
+                up.close()
+
+    def close(self):
+        self.srv.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def wait_idle(proxy, cc, quiet_s=1.0, timeout=30):
+    """Wait until no command cc reached swtpm for quiet_s seconds."""
+    deadline = time.time() + timeout
+    last, since = proxy.count(cc), time.time()
+    while time.time() < deadline:
+        time.sleep(0.1)
+        n = proxy.count(cc)
+        if n != last:
+            last, since = n, time.time()
+        elif time.time() - since >= quiet_s:
+            return n
+    raise AssertionError("TPM command 0x%x still running after %d s" % (cc, timeout))
