@@ -24,7 +24,8 @@ import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap", "setpriv")
 from broker import NotifySocket  # noqa: E402
-from daemon import ID_API, HUB1, HUB2, Daemon, Sim, dps_config, tpm_info, wait_for  # noqa: E402
+from tpmproxy import TpmProxy  # noqa: E402
+from daemon import ID_API, HUB1, HUB2, Device, dps_config, wait_for  # noqa: E402
 
 R = harness.Runner("reload")
 
@@ -34,31 +35,13 @@ EK_HANDLE = 0x81010001
 SECRET = "reload-test-endorsement-password"
 
 
-class Setup:
+class Setup(Device):
     """swtpm + simulator + an enrolled device (custom allocation: a payload may pick
     HUB2), provisioned once on HUB1. tpm_view: what the daemon's config names as
     the TPM (a proxy in front of swtpm, or swtpm itself)."""
 
     def __init__(self, mode="Dynamic", env=None, tpm_view=None):
-        self.tpm = harness.Swtpm().start()
-        try:
-            self.sim = Sim().start()
-            self.info = tpm_info(self.tpm)
-            self.regid = self.info["registration_id"]
-            self.sim.client.enroll(self.regid, self.info["ek"], hubs=[HUB1, HUB2], policy="custom")
-            self.d = Daemon(tpm_view(self.tpm) if tpm_view else self.tpm, self.sim, mode=mode, env=env)
-        except BaseException:
-            self.tpm.cleanup()
-            raise
-
-    def provision(self):
-        self.d.start()
-        self.d.wait_provisioned()
-        assert self.d.identity() == (HUB1, self.regid)
-        return self
-
-    def routes(self, since):
-        return [e["route"] for e in self.sim.requests(since=since)]
+        super().__init__(hubs=(HUB1, HUB2), policy="custom", tpm_view=tpm_view, mode=mode, env=env)
 
     def report_action(self, hub_status=401):
         r = self.d.request("POST", "/identities/device/report?" + ID_API, {"hubStatus": hub_status})
@@ -80,15 +63,6 @@ class Setup:
         opts.update(changes)
         return dps_config(self.d.tpm, self.sim, self.d.state_dir, self.d.run_dir, **opts)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.d.__exit__(exc_type, exc, tb)
-        finally:
-            self.sim.cleanup()
-            self.tpm.cleanup()
 
 
 @R.case
@@ -195,73 +169,22 @@ def refused_keys_keep_running_values():
         assert s.d.status()["daemon"]["restartNeeded"] == []
 
 
-class DelayProxy:
-    """Forwards TPM commands to swtpm; while armed, delays the answer to
-    TPM2_ReadPublic of handle (the auth key: the saved-state check's key
-    lookup; the EK: the TPM start) by delay seconds, so that phase lasts long
-    enough to be seen."""
+class DelayProxy(TpmProxy):
+    """While armed, delays the answer to TPM2_ReadPublic of handle (the auth
+    key: the saved-state check's key lookup; the EK: the TPM start) by delay
+    seconds, so that phase lasts long enough to be seen."""
 
     def __init__(self, upstream, path):
-        self.upstream, self.path = upstream, path
         self.delay = 0.0
         self.handle = AUTH_KEY_HANDLE
         self.delayed = 0
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(path)
-        self.srv.listen(8)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream, path)
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _read(s, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = s.recv(n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
-
-    def _serve(self, c):
-        up = None
-        try:
-            while True:
-                hdr = self._read(c, 10)
-                if hdr is None:
-                    return
-                _, size, cc = struct.unpack(">HII", hdr)
-                body = self._read(c, size - 10)
-                if body is None:
-                    return
-                if up is None:
-                    up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    up.connect(self.upstream)
-                up.sendall(hdr + body)
-                rh = self._read(up, 10)
-                rbody = self._read(up, struct.unpack(">HII", rh)[1] - 10) if rh else None
-                if rbody is None:
-                    return
-                if (self.delay and cc == CC_READ_PUBLIC and len(body) >= 4
-                        and struct.unpack(">I", body[:4])[0] == self.handle):
-                    self.delayed += 1
-                    time.sleep(self.delay)
-                c.sendall(rh + rbody)
-        except OSError:
-            return
-        finally:
-            c.close()
-            if up is not None:
-                up.close()
-
-    def close(self):
-        self.srv.close()
+    def before_reply(self, cc, body):
+        if (self.delay and cc == CC_READ_PUBLIC and len(body) >= 4
+                and struct.unpack(">I", body[:4])[0] == self.handle):
+            self.delayed += 1
+            time.sleep(self.delay)
 
 
 class ProxiedTpm:
