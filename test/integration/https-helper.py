@@ -85,6 +85,15 @@ def maps(pid):
         return f.read()
 
 
+def script(dirname, name, body):
+    """Write an executable /bin/sh script dirname/name (the lines after #!); returns its path."""
+    path = os.path.join(dirname, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, stat.S_IRWXU)
+    return path
+
+
 def enrolled(tpm, sim):
     info = tpm_info(tpm)
     regid = info["registration_id"]
@@ -195,11 +204,8 @@ def garbage_helper():
     """A helper that answers with bytes that are no frame is stopped; the request fails, the daemon lives."""
     with harness.Swtpm() as tpm, Sim() as sim:
         enrolled(tpm, sim)
-        fake = os.path.join(tpm.dir, "fake-https")
-        with open(fake, "w") as f:
-            # a frame length far above HTTPS_IPC_MAX_FRAME_BYTES, then silence
-            f.write("#!/bin/sh\nprintf '\\377\\377\\377\\377garbage' >&3\nexec sleep 60\n")
-        os.chmod(fake, stat.S_IRWXU)
+        # a frame length far above HTTPS_IPC_MAX_FRAME_BYTES, then silence
+        fake = script(tpm.dir, "fake-https", "printf '\\377\\377\\377\\377garbage' >&3\nexec sleep 60\n")
         with Daemon(tpm, sim, env={"TPMIDD_HTTPS_HELPER": fake}) as d:
             want = "the HTTPS helper tpmidd-https sent a malformed frame"
             wait_for(lambda: d.log_since_start().count("DPS unreachable: " + want) >= 2, 40,
@@ -214,10 +220,7 @@ def silent_helper():
     """A helper that takes the requests and never answers: given up on after timeout + grace, killed, retried."""
     with harness.Swtpm() as tpm, Sim() as sim:
         enrolled(tpm, sim)
-        fake = os.path.join(tpm.dir, "silent-https")
-        with open(fake, "w") as f:
-            f.write("#!/bin/sh\nexec sleep 120\n")  # keeps fd 3 open, reads nothing, answers nothing
-        os.chmod(fake, stat.S_IRWXU)
+        fake = script(tpm.dir, "silent-https", "exec sleep 120\n")  # keeps fd 3 open, reads nothing, answers nothing
         with Daemon(tpm, sim, cloud_timeout=1, env={"TPMIDD_HTTPS_HELPER": fake}) as d:
             want = "DPS unreachable: the HTTPS helper tpmidd-https did not answer within %d s" % (1 + GRACE_SEC)
             t0 = time.time()

@@ -8,6 +8,7 @@ VALUE", and listed in GET /status daemon.restartNeeded); GET /status shows
 the running values. Also: an identity request that arrives while the saved
 identity is still being checked after READY=1 waits for the check instead of
 getting 503 "loading-state"."""
+import contextlib
 import json
 import os
 import signal
@@ -194,54 +195,10 @@ class ProxiedTpm:
         self.tcti = "swtpm:path=" + proxy.path
 
 
-@R.case
-def identity_waits_for_saved_state_check():
-    box = {}
-
-    def view(tpm):
-        box["proxy"] = DelayProxy(tpm.sock, os.path.join(tpm.dir, "proxy.sock"))
-        return ProxiedTpm(tpm, box["proxy"])
-
-    with Setup(mode="OnErrorOnly", tpm_view=view) as s:
-        proxy = box["proxy"]
-        try:
-            s.provision()  # a saved identity now exists
-            s.d.stop()
-            n = NotifySocket(os.path.join(s.d.dir, "notify.sock"))
-            s.d.extra_env["NOTIFY_SOCKET"] = n.path
-            proxy.delay = 1.0
-            s.d.start(wait=False)
-            n.wait_for(lambda m: "READY=1" in m)
-            t0 = time.time()
-            results = [None] * 4
-
-            def ask(i):
-                results[i] = s.d.device() if i % 2 == 0 else s.d.token()
-            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(results))]
-            for t in threads:
-                t.start()
-            time.sleep(0.2)
-            # meanwhile the status says what happens: the saved state is being checked
-            assert s.d.prov()["state"] == "loading-state", s.d.prov()
-            for t in threads:
-                t.join(10)
-            waited = time.time() - t0
-            assert proxy.delayed >= 1, "the key lookup was not delayed: the test saw nothing"
-            for r in results:
-                assert r is not None and r.status == 200, (results, s.d.log_for_humans())
-            assert results[0].json["spec"]["hubName"] == HUB1, results[0]
-            assert results[1].json["hubName"] == HUB1, results[1]
-            assert 0.5 <= waited < 5, waited  # held for the check, answered when it ended
-            n.close()
-        finally:
-            proxy.delay = 0.0
-            proxy.close()
-
-
-@R.case
-def identity_waits_for_first_tpm_start():
-    """Before READY=1: the TPM is opened (slowly), the saved identity checked
-    after; a request in between waits for both instead of 503 "waiting for the TPM"."""
+@contextlib.contextmanager
+def provisioned_behind_delay_proxy():
+    """A Setup (OnErrorOnly) whose TPM is behind a DelayProxy, provisioned once
+    (so a saved identity exists) and stopped; yields (setup, proxy)."""
     box = {}
 
     def view(tpm):
@@ -253,18 +210,57 @@ def identity_waits_for_first_tpm_start():
         try:
             s.provision()
             s.d.stop()
-            proxy.handle, proxy.delay = EK_HANDLE, 1.0
-            s.d.start(wait=False)
-            wait_for(lambda: os.path.exists(s.d.identity_sock), 10, what="the identity socket")
-            t0 = time.time()
-            r = s.d.device()
-            assert proxy.delayed >= 1, "the TPM start was not delayed: the test saw nothing"
-            assert r.status == 200 and r.json["spec"]["hubName"] == HUB1, (r, s.d.log_for_humans())
-            assert time.time() - t0 < 5
-            assert s.d.status()["tpm"]["state"] == "ready"
+            yield s, proxy
         finally:
             proxy.delay = 0.0
             proxy.close()
+
+
+@R.case
+def identity_waits_for_saved_state_check():
+    with provisioned_behind_delay_proxy() as (s, proxy):
+        n = NotifySocket(os.path.join(s.d.dir, "notify.sock"))
+        s.d.extra_env["NOTIFY_SOCKET"] = n.path
+        proxy.delay = 1.0
+        s.d.start(wait=False)
+        n.wait_for(lambda m: "READY=1" in m)
+        t0 = time.time()
+        results = [None] * 4
+
+        def ask(i):
+            results[i] = s.d.device() if i % 2 == 0 else s.d.token()
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        # meanwhile the status says what happens: the saved state is being checked
+        assert s.d.prov()["state"] == "loading-state", s.d.prov()
+        for t in threads:
+            t.join(10)
+        waited = time.time() - t0
+        assert proxy.delayed >= 1, "the key lookup was not delayed: the test saw nothing"
+        for r in results:
+            assert r is not None and r.status == 200, (results, s.d.log_for_humans())
+        assert results[0].json["spec"]["hubName"] == HUB1, results[0]
+        assert results[1].json["hubName"] == HUB1, results[1]
+        assert 0.5 <= waited < 5, waited  # held for the check, answered when it ended
+        n.close()
+
+
+@R.case
+def identity_waits_for_first_tpm_start():
+    """Before READY=1: the TPM is opened (slowly), the saved identity checked
+    after; a request in between waits for both instead of 503 "waiting for the TPM"."""
+    with provisioned_behind_delay_proxy() as (s, proxy):
+        proxy.handle, proxy.delay = EK_HANDLE, 1.0
+        s.d.start(wait=False)
+        wait_for(lambda: os.path.exists(s.d.identity_sock), 10, what="the identity socket")
+        t0 = time.time()
+        r = s.d.device()
+        assert proxy.delayed >= 1, "the TPM start was not delayed: the test saw nothing"
+        assert r.status == 200 and r.json["spec"]["hubName"] == HUB1, (r, s.d.log_for_humans())
+        assert time.time() - t0 < 5
+        assert s.d.status()["tpm"]["state"] == "ready"
 
 
 if __name__ == "__main__":
