@@ -120,8 +120,8 @@ static char *diag_message(const char *fmt, va_list ap) {
         return m;
 }
 
-void config_diag_at(struct config_ctx *x, enum config_severity sev, const char *file, unsigned line,
-                                   unsigned col, const char *key, const char *fmt, ...) {
+void config_diag_at(struct config_ctx *x, enum config_severity sev, const char *file, unsigned line, unsigned col,
+                    const char *key, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         char *m = diag_message(fmt, ap);
@@ -129,8 +129,8 @@ void config_diag_at(struct config_ctx *x, enum config_severity sev, const char *
         config_diag_add(x, sev, file, line, col, key, m);
 }
 
-void config_diag_v(struct config_ctx *x, enum config_severity sev, const struct toml_value *v,
-                                  const char *key, const char *fmt, ...) {
+void config_diag_v(struct config_ctx *x, enum config_severity sev, const struct toml_value *v, const char *key,
+                   const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         char *m = diag_message(fmt, ap);

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_getcap", "setpriv")
-from daemon import HUB1, HUB2, Daemon, Device, Sim, offline_config, hub_get, tamper, tpm_info, tpmidctl_path  # noqa: E402
+from daemon import (HUB1, HUB2, Daemon, Device, Sim, hub_get, offline_config, tamper,  # noqa: E402
+                    tpm_info, tpmidctl_path)
 
 R = harness.Runner("ctl-system")
 
