@@ -1,6 +1,6 @@
-/* Running the programs tpmidctl drives (systemctl, journalctl, tar): one
- * fork/exec/wait for every verb, so each answers "could not run" (127) and
- * a signal (128) the same way. */
+/* Running the programs tpmidctl drives (systemctl, journalctl; the support
+ * bundle's collectors wait through ctl_wait_exit()): one fork/exec/wait, so
+ * every verb reports "could not run" (127) and a signal (128) the same way. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
