@@ -47,10 +47,11 @@ def secrets_redacted():
     inline table) and a key-named value: none of them is anywhere in the bundle."""
     d = harness.tmpdir("tpmid-bundle-")
     try:
+        # the comments in [endpoints]: in [tpm.hierarchy_authorization] every line is redacted
         cfg = offline_config(d, top='log_level = "info"\n', tables=(
+            '# symmetric_key = "Sas-Key-5"\n# a comment = stays\n'
             '[tpm]\ntcti = "swtpm:path=/nonexistent"\n'
-            '[tpm.hierarchy_authorization]\nendorsement = "Endorse-PW-1"\nowner = """\nOwner-PW-2"""\n'
-            '# symmetric_key = "Sas-Key-5"\n# a comment = stays\n'))
+            '[tpm.hierarchy_authorization]\nendorsement = "Endorse-PW-1"\nowner = """\nOwner-PW-2"""\n'))
         os.makedirs(os.path.join(d, "config.d"))
         with open(os.path.join(d, "config.d", "50-owner.toml"), "w") as f:
             f.write('[tpm]\nhierarchy_authorization = { owner = "Dropin-Owner-3" }\n'

@@ -278,8 +278,9 @@ def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=Non
 def offline_config(dirname, top="", tables=""):
     """Write dirname/config.toml: a DPS configuration whose endpoint nothing
     answers (127.0.0.1:1) and whose sockets are in dirname, for tpmidctl runs
-    without a daemon. top: lines before the first table; tables: more tables
-    after [endpoints]. Returns its path."""
+    without a daemon. top: lines before the first table; tables: text after
+    [endpoints]'s lines (more tables; lines before the first of them are still
+    in [endpoints]). Returns its path."""
     path = os.path.join(dirname, "config.toml")
     with open(path, "w") as f:
         f.write(top + '[provisioning]\nsource = "dps"\nglobal_endpoint = "https://127.0.0.1:1/"\n'
