@@ -111,34 +111,35 @@ void config_diag_add(struct config_ctx *x, enum config_severity sev, const char 
         d->n++;
 }
 
-void config_diag_at(struct config_ctx *x, enum config_severity sev, const char *file, unsigned line,
-                                   unsigned col, const char *key, const char *fmt, ...) {
-        va_list ap;
+/* The message fmt formats (malloc'd), or NULL when it could not be built
+ * (config_diag_add() counts that as running out of memory). */
+static char *diag_message(const char *fmt, va_list ap) {
         char *m = NULL;
-        va_start(ap, fmt);
         if (vasprintf(&m, fmt, ap) < 0)
-                m = NULL;
+                return NULL;
+        return m;
+}
+
+void config_diag_at(struct config_ctx *x, enum config_severity sev, const char *file, unsigned line, unsigned col,
+                    const char *key, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        char *m = diag_message(fmt, ap);
         va_end(ap);
         config_diag_add(x, sev, file, line, col, key, m);
 }
 
-void config_diag_v(struct config_ctx *x, enum config_severity sev, const struct toml_value *v,
-                                  const char *key, const char *fmt, ...) {
+void config_diag_v(struct config_ctx *x, enum config_severity sev, const struct toml_value *v, const char *key,
+                   const char *fmt, ...) {
         va_list ap;
-        char *m = NULL;
         va_start(ap, fmt);
-        if (vasprintf(&m, fmt, ap) < 0)
-                m = NULL;
+        char *m = diag_message(fmt, ap);
         va_end(ap);
         if (v)
                 config_diag_add(x, sev, toml_origin(v), toml_line(v), toml_col(v), key, m);
         else
                 config_diag_add(x, sev, x->origin, 0, 0, key, m);
 }
-
-#define error_v(x, v, key, ...) config_diag_v(x, CONFIG_SEVERITY_ERROR, v, key, __VA_ARGS__)
-#define warn_v(x, v, key, ...) config_diag_v(x, CONFIG_SEVERITY_WARNING, v, key, __VA_ARGS__)
-#define info_v(x, v, key, ...) config_diag_v(x, CONFIG_SEVERITY_INFO, v, key, __VA_ARGS__)
 
 void config_diags_free(struct config_diags *diags) {
         if (!diags)

@@ -458,16 +458,6 @@ void http_request_parser_done(struct http_request_parser *p) {
         message_reset(p);
 }
 
-static int hex_value(uint8_t c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* Check the framing of bytes http-parser has just consumed without error
  * (the same bytes, in the same order, so both agree on where the request
  * ends or the request is refused). Returns 0, or -1 after rp_fail(400). */
@@ -540,20 +530,20 @@ static int frame_scan(struct http_request_parser *p, const uint8_t *b, size_t le
                 case F_BODY:
                         return 0; /* the rest of this segment is body bytes http-parser counted */
                 case F_CHUNK_SIZE_START:
-                        if (hex_value(c) < 0) {
+                        if (hex_digit_value(c) < 0) {
                                 rp_fail(p, 400, "invalid chunk size");
                                 return -1;
                         }
-                        p->frame_chunk = (uint64_t)hex_value(c);
+                        p->frame_chunk = (uint64_t)hex_digit_value(c);
                         p->frame = F_CHUNK_SIZE;
                         break;
                 case F_CHUNK_SIZE:
-                        if (hex_value(c) >= 0) {
+                        if (hex_digit_value(c) >= 0) {
                                 if (p->frame_chunk > UINT64_MAX >> 4) {
                                         rp_fail(p, 400, "chunk size overflows");
                                         return -1;
                                 }
-                                p->frame_chunk = p->frame_chunk << 4 | (uint64_t)hex_value(c);
+                                p->frame_chunk = p->frame_chunk << 4 | (uint64_t)hex_digit_value(c);
                         } else if (c == '\r')
                                 p->frame = F_CHUNK_SIZE_LF;
                         else if (c == ';') {

@@ -54,11 +54,7 @@ static int run_to_file(char *const argv[], const char *path, bool err_too) {
                 _exit(127);
         }
         close(fd);
-        int st;
-        while (waitpid(pid, &st, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+        return ctl_wait_exit(pid);
 }
 
 static int write_text(const char *dir, const char *name, const char *text) {

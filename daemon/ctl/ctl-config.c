@@ -20,7 +20,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -34,7 +33,6 @@
 #define APPLIED_MODE 0640 /* root:aziottpm: the daemon reads it, others must not (hierarchy passwords) */
 #define APPLIED_DIR_MODE 0750
 #define CMDLINE_MAX_BYTES 4096           /* bytes of /proc/PID/cmdline read to recognise tpmidd and its -c */
-#define ASSUME_SYSTEMD_ENV "TPMIDCTL_ASSUME_SYSTEMD" /* "1": act as if systemd were PID 1 (tests, chroots) */
 
 static void config_usage(FILE *f) {
         fputs("Usage: tpmidctl config check [-c FILE]\n"
@@ -160,84 +158,6 @@ static int mkdir_parents(const char *path, mode_t mode) {
         if (mkdir(p, mode) < 0 && errno != EEXIST)
                 return -errno;
         return 0;
-}
-
-/* Run a command quietly; returns its exit status, 127 if it could not run,
- * -errno on fork failure. */
-static int run_quiet(char *const argv[], bool show_output) {
-        pid_t pid = fork();
-        if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                if (!show_output) {
-                        int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-                        if (fd >= 0) {
-                                (void)dup2(fd, STDOUT_FILENO);
-                                (void)dup2(fd, STDERR_FILENO);
-                        }
-                }
-                execvp(argv[0], argv);
-                _exit(127);
-        }
-        int st;
-        while (waitpid(pid, &st, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-/* systemd manages services here (or the caller says to act as if it did). */
-/* Run argv, its stdout into out (NUL-terminated, trailing newline removed;
- * stderr discarded). Returns the exit status, 127 when it could not run, or
- * -errno. */
-static int run_capture(char *const argv[], char *out, size_t outlen) {
-        int p[2];
-        if (outlen == 0 || pipe2(p, O_CLOEXEC) < 0)
-                return -EINVAL;
-        pid_t pid = fork();
-        if (pid < 0) {
-                int r = -errno;
-                close(p[0]);
-                close(p[1]);
-                return r;
-        }
-        if (pid == 0) {
-                int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-                (void)dup2(p[1], STDOUT_FILENO);
-                if (null >= 0)
-                        (void)dup2(null, STDERR_FILENO);
-                execvp(argv[0], argv);
-                _exit(127);
-        }
-        close(p[1]);
-        size_t n = 0;
-        for (;;) {
-                char buf[256];
-                ssize_t k = read(p[0], buf, sizeof buf);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k <= 0)
-                        break;
-                size_t take = (size_t)k < outlen - 1 - n ? (size_t)k : outlen - 1 - n;
-                memcpy(out + n, buf, take);
-                n += take;
-        }
-        close(p[0]);
-        out[n] = '\0';
-        while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
-                out[--n] = '\0';
-        int st;
-        while (waitpid(pid, &st, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static bool have_systemd(void) {
-        const char *e = getenv(ASSUME_SYSTEMD_ENV);
-        if (e && streq(e, "1"))
-                return true;
-        return access("/run/systemd/system", F_OK) == 0;
 }
 
 /* The pid of the process that listens on the Unix socket path (SO_PEERCRED
@@ -503,13 +423,13 @@ static int verb_apply(int argc, char **argv) {
         } else if (reload_foreground(c->endpoints.tpmd_socket, out, restart, &exit_code)) {
                 if (exit_code != CTL_EXIT_OK)
                         goto done;
-        } else if (!have_systemd()) {
+        } else if (!ctl_systemd_running()) {
                 printf("systemd is not running here and no tpmidd listens on %s: the configuration will take "
                        "effect when tpmidd starts.\n", c->endpoints.tpmd_socket);
         } else {
                 char enabled[64] = "";
                 char *is_enabled[] = {"systemctl", "is-enabled", TPMIDD_UNIT, NULL};
-                int s = run_capture(is_enabled, enabled, sizeof enabled);
+                int s = ctl_run_capture(is_enabled, enabled, sizeof enabled);
                 if (s == 127 || s < 0) {
                         printf("systemctl is not available: the configuration will take effect when tpmidd "
                                "starts.\n");
@@ -521,7 +441,7 @@ static int verb_apply(int argc, char **argv) {
                         printf("Running: systemctl enable --now %s (%s was %s)\n", TPMIDD_UNIT, TPMIDD_UNIT,
                                enabled[0] ? enabled : "not enabled");
                         fflush(stdout);
-                        s = run_quiet(cmd, true);
+                        s = ctl_run(cmd, true);
                         if (s != 0) {
                                 fprintf(stderr, "tpmidctl config apply: `systemctl enable --now %s` failed (exit "
                                         "%d); the new configuration is installed; see `tpmidctl system logs`\n",
@@ -532,12 +452,12 @@ static int verb_apply(int argc, char **argv) {
                         printf("Enabled and started %s.\n", TPMIDD_UNIT);
                 } else {
                         char *active[] = {"systemctl", "is-active", "--quiet", TPMIDD_UNIT, NULL};
-                        s = run_quiet(active, false);
+                        s = ctl_run(active, false);
                         char *cmd[] = {"systemctl", s == 0 ? (restart ? "restart" : "reload") : "start",
                                        TPMIDD_UNIT, NULL};
                         printf("Running: systemctl %s %s\n", cmd[1], TPMIDD_UNIT);
                         fflush(stdout);
-                        s = run_quiet(cmd, true);
+                        s = ctl_run(cmd, true);
                         if (s != 0) {
                                 fprintf(stderr, "tpmidctl config apply: `systemctl %s %s` failed (exit %d); the "
                                         "new configuration is installed; see `tpmidctl system logs`\n", cmd[1],

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,81 +36,6 @@
 static char *const units[] = { SYSTEM_SERVICE, SYSTEM_SOCKET_TPMD, SYSTEM_SOCKET_IDENTITYD };
 
 /* ---- helpers ---- */
-
-/* systemd is PID 1 here; TPMIDCTL_ASSUME_SYSTEMD=1 says to act as if it were
- * (tests with a stand-in systemctl, chroots), as config apply does. */
-static bool systemd_running(void) {
-        const char *e = getenv("TPMIDCTL_ASSUME_SYSTEMD");
-        if (e && streq(e, "1"))
-                return true;
-        return access("/run/systemd/system", F_OK) == 0;
-}
-
-/* Run argv, capture stdout (stderr discarded) into out (NUL-terminated,
- * trailing newline removed). Returns the exit status, 127 when the program
- * could not be run, or -errno. */
-static int run_capture(char *const argv[], char *out, size_t outlen) {
-        int p[2];
-        if (pipe2(p, O_CLOEXEC) < 0)
-                return -errno;
-        pid_t pid = fork();
-        if (pid < 0) {
-                int r = -errno;
-                close(p[0]);
-                close(p[1]);
-                return r;
-        }
-        if (pid == 0) {
-                int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-                (void)dup2(p[1], STDOUT_FILENO);
-                if (null >= 0)
-                        (void)dup2(null, STDERR_FILENO);
-                execvp(argv[0], argv);
-                _exit(127);
-        }
-        close(p[1]);
-        size_t n = 0;
-        for (;;) {
-                char buf[512];
-                ssize_t k = read(p[0], buf, sizeof buf);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k <= 0)
-                        break;
-                size_t take = (size_t)k;
-                if (outlen > 0 && n + take > outlen - 1)
-                        take = outlen - 1 - n;
-                memcpy(out + n, buf, take);
-                n += take;
-        }
-        close(p[0]);
-        if (outlen > 0) {
-                out[n] = '\0';
-                while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
-                        out[--n] = '\0';
-        }
-        int st;
-        while (waitpid(pid, &st, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-/* Run argv with the terminal. Returns the exit status, 127, or -errno. */
-static int run_shown(char *const argv[]) {
-        pid_t pid = fork();
-        if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                execvp(argv[0], argv);
-                _exit(127);
-        }
-        int st;
-        while (waitpid(pid, &st, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 static char *identity_socket(void) {
         return ctl_status_identity_socket();
@@ -209,7 +133,7 @@ struct unit_state {
 static void unit_state(char *unit, struct unit_state *u) {
         *u = (struct unit_state){ 0 };
         char *show[] = { "systemctl", "show", "--property=LoadState", "--value", unit, NULL };
-        int r = run_capture(show, u->load, sizeof u->load);
+        int r = ctl_run_capture(show, u->load, sizeof u->load);
         if (r == 127 || r < 0) {
                 u->label = "unknown (systemctl could not be run)";
                 return;
@@ -219,7 +143,7 @@ static void unit_state(char *unit, struct unit_state *u) {
                 return;
         }
         char *isact[] = { "systemctl", "is-active", unit, NULL };
-        (void)run_capture(isact, u->active, sizeof u->active);
+        (void)ctl_run_capture(isact, u->active, sizeof u->active);
         bool socket = !streq(unit, SYSTEM_SERVICE);
         if (streq(u->active, "active")) {
                 u->label = socket ? "Listening" : "Running";
@@ -295,7 +219,7 @@ static int system_status(int argc, char **argv) {
                         return CTL_EXIT_USAGE;
                 }
         }
-        bool units_ok = true, have_systemd = systemd_running();
+        bool units_ok = true, have_systemd = ctl_systemd_running();
         json_t *junits = json ? json_object() : NULL;
         if (!json) {
                 printf("System services:\n");
@@ -317,7 +241,7 @@ static int system_status(int argc, char **argv) {
                         char *jc[] = { "journalctl", "-u", units[i], "--no-pager", "-e", "-n",
                                        SYSTEM_FAILED_LOG_LINES, NULL };
                         fflush(stdout);
-                        (void)run_shown(jc);
+                        (void)ctl_run(jc, true);
                 }
         }
         if (!json) {
@@ -412,7 +336,7 @@ static int system_logs(int argc, char **argv) {
                         "started.\n");
                 return CTL_EXIT_FAILURE;
         }
-        if (!systemd_running()) {
+        if (!ctl_systemd_running()) {
                 /* journalctl would read whatever journal files lie around and
                  * print "-- No entries --", which reads as "tpmidd logged
                  * nothing". */
@@ -725,7 +649,7 @@ static int systemctl(char *verb, char *const *names, size_t n) {
         for (size_t i = 0; i < n && k < ELEMENTSOF(av) - 1; i++)
                 av[k++] = names[i];
         av[k] = NULL;
-        int r = run_shown(av);
+        int r = ctl_run(av, true);
         if (r != 0)
                 fprintf(stderr, "tpmidctl: 'systemctl %s' failed (%s %d)%s\n", verb, r < 0 ? "error" : "exit",
                         r < 0 ? -r : r, r == 127 ? ": systemctl is not installed" : "");
@@ -738,7 +662,7 @@ static int system_restart_stop(int argc, char **argv) {
                 fprintf(stderr, "tpmidctl system %s: unexpected argument '%s'\n", argv[0], argv[1]);
                 return CTL_EXIT_USAGE;
         }
-        if (!systemd_running()) {
+        if (!ctl_systemd_running()) {
                 fprintf(stderr, "tpmidctl system %s: systemd is not running on this system; stop or start "
                         "tpmidd the way it was started (SIGTERM stops it cleanly).\n", argv[0]);
                 return CTL_EXIT_FAILURE;

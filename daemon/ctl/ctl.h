@@ -3,6 +3,10 @@
  * and returns the process exit code (see CTL_EXIT_*). */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
 /* The exit codes of every verb: one table, documented in tpmidctl(1) under
  * EXIT STATUS. A verb that talks to tpmidd maps the daemon's answer through
  * ctl_exit_from_http() / ctl_exit_from_errno(), so the same answer gives the
@@ -32,3 +36,13 @@ int ctl_system_main(int argc, char **argv);  /* ctl-system.c: system status|logs
 int ctl_check_main(int argc, char **argv);   /* ctl-check.c: check */
 int ctl_identity_main(int argc, char **argv);/* ctl-system.c: identity show|token */
 int ctl_bundle_main(int argc, char **argv);  /* ctl-bundle.c: support-bundle */
+
+/* ctl-run.c: the programs tpmidctl drives. Each returns the program's exit
+ * status, 127 when it could not be run, 128 when a signal ended it, or -errno. */
+bool ctl_systemd_running(void); /* systemd is PID 1, or TPMIDCTL_ASSUME_SYSTEMD=1 says to act as if */
+int ctl_wait_exit(pid_t pid);   /* wait for a forked child */
+/* Run argv; show_output false: stdout and stderr go to /dev/null. */
+int ctl_run(char *const argv[], bool show_output);
+/* Run argv, its stdout into out (at most outlen - 1 bytes kept, NUL-terminated,
+ * trailing newlines and spaces removed; stderr discarded); -EINVAL for outlen 0. */
+int ctl_run_capture(char *const argv[], char *out, size_t outlen);

@@ -245,6 +245,27 @@ static int get_inherited(struct inherited *out) {
         return 0;
 }
 
+/* Listen for one API (server_new) on path, or on the socket systemd passed
+ * (inherited_fd >= 0). api names it in the log ("the TPM API"); other is who
+ * else answers at that path when it is taken. Returns 0 or the logged error. */
+static int open_server(struct daemon *d, const struct tpmid_config *cfg, const struct server_limits *lim,
+                       const char *name, const char *path, int inherited_fd, server_handler_t handler,
+                       void *userdata, const char *api, const char *other, struct server **ret) {
+        char why[SERVER_ERROR_MAX] = "";
+        int r = server_new(&d->loop,
+                           &(struct server_options){ .name = name, .path = path, .fd = inherited_fd,
+                                                     .handler = handler, .userdata = userdata, .limits = *lim,
+                                                     .config = cfg, .error = why, .error_size = sizeof why },
+                           ret);
+        if (r < 0)
+                return log_error_errno(r, "could not listen on %s: %s%s", path, why[0] ? why : uv_strerror(r),
+                                       r == -EADDRINUSE ? other
+                                       : r == -EEXIST   ? " (a file that is not a socket is in the way)"
+                                                        : "");
+        log_info("serving %s on %s%s", api, path, inherited_fd >= 0 ? " (socket from systemd)" : "");
+        return 0;
+}
+
 static int open_servers(struct daemon *d) {
         struct inherited inh;
         int r = get_inherited(&inh);
@@ -253,37 +274,13 @@ static int open_servers(struct daemon *d) {
         const struct tpmid_config *cfg = manager_config(d->manager);
         struct server_limits lim = server_limits_from_config(&cfg->limits);
 
-        char why[SERVER_ERROR_MAX] = "";
-        r = server_new(&d->loop,
-                       &(struct server_options){ .name = "tpmd", .path = cfg->endpoints.tpmd_socket,
-                                                 .fd = inh.tpmd_fd, .handler = tpmd_api_handle, .userdata = d->tpmd,
-                                                 .limits = lim, .config = cfg, .error = why,
-                                                 .error_size = sizeof why },
-                       &d->tpmd_srv);
+        r = open_server(d, cfg, &lim, "tpmd", cfg->endpoints.tpmd_socket, inh.tpmd_fd, tpmd_api_handle, d->tpmd,
+                        "the TPM API", " (another tpmidd/aziot-tpmd answers there)", &d->tpmd_srv);
         if (r < 0)
-                return log_error_errno(r, "could not listen on %s: %s%s", cfg->endpoints.tpmd_socket,
-                                       why[0] ? why : uv_strerror(r),
-                                       r == -EADDRINUSE ? " (another tpmidd/aziot-tpmd answers there)"
-                                       : r == -EEXIST   ? " (a file that is not a socket is in the way)"
-                                                        : "");
-        log_info("serving the TPM API on %s%s", cfg->endpoints.tpmd_socket,
-                 inh.tpmd_fd >= 0 ? " (socket from systemd)" : "");
-
-        r = server_new(&d->loop,
-                       &(struct server_options){ .name = "identityd", .path = cfg->endpoints.identityd_socket,
-                                                 .fd = inh.identity_fd, .handler = identity_api_handle,
-                                                 .userdata = d->identity, .limits = lim, .config = cfg,
-                                                 .error = why, .error_size = sizeof why },
-                       &d->identity_srv);
-        if (r < 0)
-                return log_error_errno(r, "could not listen on %s: %s%s", cfg->endpoints.identityd_socket,
-                                       why[0] ? why : uv_strerror(r),
-                                       r == -EADDRINUSE ? " (another tpmidd/aziot-identityd answers there)"
-                                       : r == -EEXIST   ? " (a file that is not a socket is in the way)"
-                                                        : "");
-        log_info("serving the identity API on %s%s", cfg->endpoints.identityd_socket,
-                 inh.identity_fd >= 0 ? " (socket from systemd)" : "");
-        return 0;
+                return r;
+        return open_server(d, cfg, &lim, "identityd", cfg->endpoints.identityd_socket, inh.identity_fd,
+                           identity_api_handle, d->identity, "the identity API",
+                           " (another tpmidd/aziot-identityd answers there)", &d->identity_srv);
 }
 
 /* ---- main ---- */

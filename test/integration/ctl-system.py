@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_getcap", "setpriv")
-from daemon import HUB1, HUB2, Daemon, Sim, hub_get, tamper, tpm_info, tpmidctl_path  # noqa: E402
+from daemon import (HUB1, HUB2, Daemon, Device, Sim, hub_get, offline_config, tamper,  # noqa: E402
+                    tpm_info, tpmidctl_path)
 
 R = harness.Runner("ctl-system")
 
@@ -85,13 +86,7 @@ def no_daemon():
     """Nothing listens on the configured sockets: one clear sentence, exit 5 (daemon unreachable)."""
     d = harness.tmpdir("tpmid-ctl-nodaemon-")
     try:
-        cfg = os.path.join(d, "config.toml")
-        with open(cfg, "w") as f:
-            f.write('[provisioning]\nsource = "dps"\nglobal_endpoint = "https://127.0.0.1:1/"\n'
-                    'id_scope = "0ne00000001"\n[provisioning.attestation]\nmethod = "tpm"\n'
-                    '[endpoints]\naziot_tpmd = "unix://%s/tpmd.sock"\naziot_identityd = "unix://%s/identityd.sock"\n'
-                    % (d, d))
-        env = {"TPMIDD_CONFIG": cfg}
+        env = {"TPMIDD_CONFIG": offline_config(d)}
         sock = os.path.join(d, "identityd.sock")
         p = ctl("system", "status", env=env)
         expect(p, EXIT_DAEMON, "systemd is not running")
@@ -139,65 +134,63 @@ def logs_without_journal():
 @R.case
 def provisioned_device():
     """status/identity/token/tpm info/reprovision against a provisioned daemon."""
-    with harness.Swtpm() as tpm, Sim() as sim:
-        info = tpm_info(tpm)  # --tcti while the daemon is stopped
-        regid = info["registration_id"]
-        sim.client.enroll(regid, info["ek"], hubs=[HUB1], device_id="ctl-dev-1")
-        with Daemon(tpm, sim) as d:
-            d.wait_provisioned()
-            env = denv(d)
-            p = ctl("system", "status", env=env)
-            expect(p, EXIT_OK, "systemd is not running on this system (not PID 1)")
-            f = status_fields(p.stdout)
-            assert f.get("Provisioning") == "provisioned", (f, p.stdout)
-            assert f.get("IoT Hub") == HUB1 and f.get("Device ID") == "ctl-dev-1", f
-            assert f.get("Registration ID") == regid, f
-            assert f.get("TPM") == "ready", f
-            assert f.get("Last DPS result", "").startswith("assigned"), f
-            assert "Next DPS attempt" not in f, f
-            p = ctl("system", "status", "--json", env=env)
-            expect(p, EXIT_OK)
-            j = json.loads(p.stdout)
-            assert j["schemaVersion"] == 1 and j["exitCode"] == 0 and j["error"] is None, j
-            assert j["daemon"]["provisioning"]["state"] == "provisioned", j
-            assert j["systemd"] == os.path.exists("/run/systemd/system"), j
+    with Device(device_id="ctl-dev-1") as s:
+        # s.info: tpmidctl tpm info --tcti, run before the daemon started
+        s.provision()
+        sim, d, regid, info = s.sim, s.d, s.regid, s.info
+        env = denv(d)
+        p = ctl("system", "status", env=env)
+        expect(p, EXIT_OK, "systemd is not running on this system (not PID 1)")
+        f = status_fields(p.stdout)
+        assert f.get("Provisioning") == "provisioned", (f, p.stdout)
+        assert f.get("IoT Hub") == HUB1 and f.get("Device ID") == "ctl-dev-1", f
+        assert f.get("Registration ID") == regid, f
+        assert f.get("TPM") == "ready", f
+        assert f.get("Last DPS result", "").startswith("assigned"), f
+        assert "Next DPS attempt" not in f, f
+        p = ctl("system", "status", "--json", env=env)
+        expect(p, EXIT_OK)
+        j = json.loads(p.stdout)
+        assert j["schemaVersion"] == 1 and j["exitCode"] == 0 and j["error"] is None, j
+        assert j["daemon"]["provisioning"]["state"] == "provisioned", j
+        assert j["systemd"] == os.path.exists("/run/systemd/system"), j
 
-            p = ctl("identity", "show", env=env)
-            expect(p, EXIT_OK, "IoT Hub:       " + HUB1, "Device ID:     ctl-dev-1", "Auth:          tpm")
-            j = json.loads(ctl("identity", "show", "--json", env=env).stdout)
-            assert j["spec"]["hubName"] == HUB1 and j["spec"]["deviceId"] == "ctl-dev-1", j
+        p = ctl("identity", "show", env=env)
+        expect(p, EXIT_OK, "IoT Hub:       " + HUB1, "Device ID:     ctl-dev-1", "Auth:          tpm")
+        j = json.loads(ctl("identity", "show", "--json", env=env).stdout)
+        assert j["spec"]["hubName"] == HUB1 and j["spec"]["deviceId"] == "ctl-dev-1", j
 
-            p = ctl("identity", "token", "--lifetime", "600", env=env)
-            expect(p, EXIT_OK)
-            tok = p.stdout.strip()
-            assert tok.startswith("SharedAccessSignature ") and "\n" not in tok, p.stdout
-            assert "ctl-dev-1" in p.stderr and HUB1 in p.stderr, p.stderr
-            st, body = hub_get(sim, HUB1, "ctl-dev-1", tok)
-            assert st == 200, ("the hub refused tpmidctl's token", st, body[:300])
-            assert hub_get(sim, HUB1, "ctl-dev-1", tamper(tok))[0] == 401
+        p = ctl("identity", "token", "--lifetime", "600", env=env)
+        expect(p, EXIT_OK)
+        tok = p.stdout.strip()
+        assert tok.startswith("SharedAccessSignature ") and "\n" not in tok, p.stdout
+        assert "ctl-dev-1" in p.stderr and HUB1 in p.stderr, p.stderr
+        st, body = hub_get(sim, HUB1, "ctl-dev-1", tok)
+        assert st == 200, ("the hub refused tpmidctl's token", st, body[:300])
+        assert hub_get(sim, HUB1, "ctl-dev-1", tamper(tok))[0] == 401
 
-            # tpm info without --tcti asks the daemon: same registration id and EK
-            p = ctl("tpm", "info", "--json", env=env)
-            expect(p, EXIT_OK)
-            j = json.loads(p.stdout)
-            assert j["registration_id"] == regid, (j, regid)
-            assert j["endorsement_key"] == json.loads(info["text"])["endorsement_key"]
-            p = ctl("tpm", "info", env=env)
-            expect(p, EXIT_OK, regid, json.loads(info["text"])["endorsement_key"])
+        # tpm info without --tcti asks the daemon: same registration id and EK
+        p = ctl("tpm", "info", "--json", env=env)
+        expect(p, EXIT_OK)
+        j = json.loads(p.stdout)
+        assert j["registration_id"] == regid, (j, regid)
+        assert j["endorsement_key"] == json.loads(info["text"])["endorsement_key"]
+        p = ctl("tpm", "info", env=env)
+        expect(p, EXIT_OK, regid, json.loads(info["text"])["endorsement_key"])
 
-            # reprovision: shows the states it sees while DPS is slow, then the outcome;
-            # a new registration reaches DPS
-            sim.client.update(regid, iotHubs=[HUB2])
-            seq = sim.last_seq()
-            sim.client.fault("register-challenge", "stall", count=1, seconds=3)
-            p = ctl("system", "reprovision", env=env)
-            expect(p, EXIT_OK, "Reprovisioned", "ctl-dev-1", HUB2, "\n    registering\n")
-            assert p.stdout.index("registering") < p.stdout.index("Reprovisioned"), p.stdout
-            routes = [e["route"] for e in sim.requests(since=seq)]
-            assert "register-challenge" in routes or "register-auth" in routes, routes
-            assert d.prov()["hubName"] == HUB2
-            f = status_fields(ctl("system", "status", env=env).stdout)
-            assert f.get("IoT Hub") == HUB2, f
+        # reprovision: shows the states it sees while DPS is slow, then the outcome;
+        # a new registration reaches DPS
+        sim.client.update(regid, iotHubs=[HUB2])
+        seq = sim.last_seq()
+        sim.client.fault("register-challenge", "stall", count=1, seconds=3)
+        p = ctl("system", "reprovision", env=env)
+        expect(p, EXIT_OK, "Reprovisioned", "ctl-dev-1", HUB2, "\n    registering\n")
+        assert p.stdout.index("registering") < p.stdout.index("Reprovisioned"), p.stdout
+        routes = [e["route"] for e in sim.requests(since=seq)]
+        assert "register-challenge" in routes or "register-auth" in routes, routes
+        assert d.prov()["hubName"] == HUB2
+        f = status_fields(ctl("system", "status", env=env).stdout)
+        assert f.get("IoT Hub") == HUB2, f
 
 
 @R.case
@@ -253,35 +246,33 @@ esac
 def status_units_with_systemd():
     """Under systemd (a stand-in systemctl): every unit active and a provisioned daemon exit 0;
     a failed service is 'Down - failed' with its journal and exit 1; --json says the same."""
-    with harness.Swtpm() as tpm, Sim() as sim:
-        info = tpm_info(tpm)
-        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])
-        with Daemon(tpm, sim) as d:
-            d.wait_provisioned()
-            units = os.path.join(d.dir, "units")
-            bindir = os.path.join(d.dir, "bin")
-            os.makedirs(units)
-            os.makedirs(bindir)
-            for name, text in (("systemctl", FAKE_SYSTEMCTL),
-                               ("journalctl", "#!/bin/sh\necho \"journal of $*\"\n")):
-                with open(os.path.join(bindir, name), "w") as f:
-                    f.write(text)
-                os.chmod(os.path.join(bindir, name), 0o755)
-            for u in ("tpmidd.service", "tpmidd-tpmd.socket", "tpmidd-identityd.socket"):
-                with open(os.path.join(units, u), "w") as f:
-                    f.write("active\n")
-            env = dict(denv(d), PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"),
-                       TPMIDCTL_ASSUME_SYSTEMD="1", FAKE_UNITS=units)
-            p = ctl("system", "status", env=env)
-            expect(p, EXIT_OK, "tpmidd.service", "Running", "Listening", "provisioned")
-            with open(os.path.join(units, "tpmidd.service"), "w") as f:
-                f.write("failed\n")
-            p = ctl("system", "status", env=env)
-            expect(p, EXIT_FAILURE, "Down - failed", "journal of -u tpmidd.service")
-            j = json.loads(ctl("system", "status", "--json", env=env).stdout)
-            assert j["systemd"] is True and j["exitCode"] == EXIT_FAILURE, j
-            assert j["units"]["tpmidd.service"]["healthy"] is False, j
-            assert j["units"]["tpmidd-tpmd.socket"]["state"] == "Listening", j
+    with Device() as s:
+        s.provision()
+        d = s.d
+        units = os.path.join(d.dir, "units")
+        bindir = os.path.join(d.dir, "bin")
+        os.makedirs(units)
+        os.makedirs(bindir)
+        for name, text in (("systemctl", FAKE_SYSTEMCTL),
+                           ("journalctl", "#!/bin/sh\necho \"journal of $*\"\n")):
+            with open(os.path.join(bindir, name), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(bindir, name), 0o755)
+        for u in ("tpmidd.service", "tpmidd-tpmd.socket", "tpmidd-identityd.socket"):
+            with open(os.path.join(units, u), "w") as f:
+                f.write("active\n")
+        env = dict(denv(d), PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"),
+                   TPMIDCTL_ASSUME_SYSTEMD="1", FAKE_UNITS=units)
+        p = ctl("system", "status", env=env)
+        expect(p, EXIT_OK, "tpmidd.service", "Running", "Listening", "provisioned")
+        with open(os.path.join(units, "tpmidd.service"), "w") as f:
+            f.write("failed\n")
+        p = ctl("system", "status", env=env)
+        expect(p, EXIT_FAILURE, "Down - failed", "journal of -u tpmidd.service")
+        j = json.loads(ctl("system", "status", "--json", env=env).stdout)
+        assert j["systemd"] is True and j["exitCode"] == EXIT_FAILURE, j
+        assert j["units"]["tpmidd.service"]["healthy"] is False, j
+        assert j["units"]["tpmidd-tpmd.socket"]["state"] == "Listening", j
 
 
 @R.case
@@ -309,17 +300,14 @@ def tpm_unavailable_exit_codes():
 @R.case
 def reprovision_throttled():
     """DPS throttles the registration: reprovision says so with the wait, then the outcome."""
-    with harness.Swtpm() as tpm, Sim() as sim:
-        info = tpm_info(tpm)
-        regid = info["registration_id"]
-        sim.client.enroll(regid, info["ek"], hubs=[HUB1])
-        with Daemon(tpm, sim) as d:
-            d.wait_provisioned()
-            sim.client.fault("register-challenge", "throttle", count=1, retryAfter=4)
-            p = ctl("system", "reprovision", env=denv(d))
-            # tpmidd answers 503 at once and retries on its own; tpmidctl keeps watching
-            expect(p, EXIT_OK, "throttled by DPS: next try in", "Reprovisioned", HUB1)
-            assert p.stdout.index("throttled") < p.stdout.index("Reprovisioned"), p.stdout
+    with Device() as s:
+        s.provision()
+        sim, d = s.sim, s.d
+        sim.client.fault("register-challenge", "throttle", count=1, retryAfter=4)
+        p = ctl("system", "reprovision", env=denv(d))
+        # tpmidd answers 503 at once and retries on its own; tpmidctl keeps watching
+        expect(p, EXIT_OK, "throttled by DPS: next try in", "Reprovisioned", HUB1)
+        assert p.stdout.index("throttled") < p.stdout.index("Reprovisioned"), p.stdout
 
 
 @R.case
@@ -328,26 +316,23 @@ def reprovision_ctrl_c_leaves_the_run():
     and ends assigned."""
     import signal
     import time
-    with harness.Swtpm() as tpm, Sim() as sim:
-        info = tpm_info(tpm)
-        regid = info["registration_id"]
-        sim.client.enroll(regid, info["ek"], hubs=[HUB1])
-        with Daemon(tpm, sim) as d:
-            d.wait_provisioned()
-            sim.client.update(regid, iotHubs=[HUB2])
-            sim.client.fault("register-challenge", "stall", count=1, seconds=4)
-            e = dict(os.environ, TPMIDD_CONFIG=d.config, TSS2_LOG="all+none")
-            p = subprocess.Popen([tpmidctl_path(), "system", "reprovision"], env=e, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-            time.sleep(2)
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate(timeout=30)
-            assert p.returncode == 130, (p.returncode, out, err)
-            assert "Stopped watching" in err and "carries on" in err, err
-            deadline = time.time() + 60
-            while time.time() < deadline and d.prov().get("hubName") != HUB2:
-                time.sleep(0.5)
-            assert d.prov().get("hubName") == HUB2, d.prov()
+    with Device() as s:
+        s.provision()
+        sim, d, regid = s.sim, s.d, s.regid
+        sim.client.update(regid, iotHubs=[HUB2])
+        sim.client.fault("register-challenge", "stall", count=1, seconds=4)
+        e = dict(os.environ, TPMIDD_CONFIG=d.config, TSS2_LOG="all+none")
+        p = subprocess.Popen([tpmidctl_path(), "system", "reprovision"], env=e, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 130, (p.returncode, out, err)
+        assert "Stopped watching" in err and "carries on" in err, err
+        deadline = time.time() + 60
+        while time.time() < deadline and d.prov().get("hubName") != HUB2:
+            time.sleep(0.5)
+        assert d.prov().get("hubName") == HUB2, d.prov()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ challenge without authenticationKey.
 Clients that must be other users run as numeric uids through setpriv, with
 only inline code (no module of the checkout, which may be readable by root
 only)."""
-import json
+import contextlib
 import os
 import socket
 import subprocess
@@ -216,43 +216,45 @@ CHALLENGE_WITHOUT_KEY = {"message": "Authorization required, resend request usin
                          "unencryptedAuthenticationKey": None, "keyName": "registration"}
 
 
+@contextlib.contextmanager
+def keyless_challenges(count):
+    """swtpm, the simulator and an enrolled device whose next count challenges
+    come without authenticationKey, and a daemon started on them; yields
+    (sim, daemon, the simulator's last seq before the daemon started)."""
+    with harness.Swtpm() as tpm, prov.Sim() as sim:
+        info = prov.tpm_info(tpm)
+        sim.client.enroll(info["registration_id"], info["ek"], hubs=[prov.HUB1])
+        sim.client.fault("register-challenge", "status", count=count, status=401, body=CHALLENGE_WITHOUT_KEY)
+        seq0 = sim.last_seq()
+        with prov.Daemon(tpm, sim) as d:
+            yield sim, d, seq0
+
+
 @R.case
 def challenge_without_key_retried():
     """A 401 challenge without authenticationKey is a malformed answer: retried
     (the defect in the status message), and the device provisions once DPS
     answers properly."""
-    with harness.Swtpm() as tpm, prov.Sim() as sim:
-        info = prov.tpm_info(tpm)
-        regid = info["registration_id"]
-        sim.client.enroll(regid, info["ek"], hubs=[prov.HUB1])
-        sim.client.fault("register-challenge", "status", count=2, status=401, body=CHALLENGE_WITHOUT_KEY)
-        seq0 = sim.last_seq()
-        with prov.Daemon(tpm, sim) as d:
-            p = d.wait_provisioned(timeout=60)
-            assert p["lastResult"]["status"] == "assigned", p
-            routes = [e["route"] for e in sim.requests(since=seq0)]
-            assert routes.count("register-challenge") == 3, routes
-            log = d.log_since_start()
-            assert "no authenticationKey" in log, log
+    with keyless_challenges(2) as (sim, d, seq0):
+        p = d.wait_provisioned(timeout=60)
+        assert p["lastResult"]["status"] == "assigned", p
+        routes = [e["route"] for e in sim.requests(since=seq0)]
+        assert routes.count("register-challenge") == 3, routes
+        log = d.log_since_start()
+        assert "no authenticationKey" in log, log
 
 
 @R.case
 def challenge_without_key_bounded():
     """... but not for ever: after PROV_MALFORMED_ANSWER_RUNS (5) runs in a row
     it is final, with the defect in lastResult, and no more requests."""
-    with harness.Swtpm() as tpm, prov.Sim() as sim:
-        info = prov.tpm_info(tpm)
-        regid = info["registration_id"]
-        sim.client.enroll(regid, info["ek"], hubs=[prov.HUB1])
-        sim.client.fault("register-challenge", "status", count=100, status=401, body=CHALLENGE_WITHOUT_KEY)
-        seq0 = sim.last_seq()
-        with prov.Daemon(tpm, sim) as d:
-            p = d.wait_state("failed", timeout=90)
-            assert "no authenticationKey" in p["lastResult"]["message"], p
-            reqs = sim.requests(since=seq0)
-            assert [e["route"] for e in reqs].count("register-challenge") == 5, reqs
-            time.sleep(3)
-            assert sim.requests(since=reqs[-1]["seq"]) == [], "retried after the verdict"
+    with keyless_challenges(100) as (sim, d, seq0):
+        p = d.wait_state("failed", timeout=90)
+        assert "no authenticationKey" in p["lastResult"]["message"], p
+        reqs = sim.requests(since=seq0)
+        assert [e["route"] for e in reqs].count("register-challenge") == 5, reqs
+        time.sleep(3)
+        assert sim.requests(since=reqs[-1]["seq"]) == [], "retried after the verdict"
 
 
 if __name__ == "__main__":

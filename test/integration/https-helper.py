@@ -26,6 +26,7 @@ whenever a connection waits and no helper runs;
   all: clear errors, retries, and assigned once the socket is back;
 - a helper socket where nobody answers: the daemon gives up on the
   connection after the request's timeout plus the grace, and retries."""
+import contextlib
 import glob
 import os
 import select
@@ -82,6 +83,15 @@ def helpers(d):
 def maps(pid):
     with open("/proc/%d/maps" % pid) as f:
         return f.read()
+
+
+def script(dirname, name, body):
+    """Write an executable /bin/sh script dirname/name (the lines after #!); returns its path."""
+    path = os.path.join(dirname, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, stat.S_IRWXU)
+    return path
 
 
 def enrolled(tpm, sim):
@@ -194,11 +204,8 @@ def garbage_helper():
     """A helper that answers with bytes that are no frame is stopped; the request fails, the daemon lives."""
     with harness.Swtpm() as tpm, Sim() as sim:
         enrolled(tpm, sim)
-        fake = os.path.join(tpm.dir, "fake-https")
-        with open(fake, "w") as f:
-            # a frame length far above HTTPS_IPC_MAX_FRAME_BYTES, then silence
-            f.write("#!/bin/sh\nprintf '\\377\\377\\377\\377garbage' >&3\nexec sleep 60\n")
-        os.chmod(fake, stat.S_IRWXU)
+        # a frame length far above HTTPS_IPC_MAX_FRAME_BYTES, then silence
+        fake = script(tpm.dir, "fake-https", "printf '\\377\\377\\377\\377garbage' >&3\nexec sleep 60\n")
         with Daemon(tpm, sim, env={"TPMIDD_HTTPS_HELPER": fake}) as d:
             want = "the HTTPS helper tpmidd-https sent a malformed frame"
             wait_for(lambda: d.log_since_start().count("DPS unreachable: " + want) >= 2, 40,
@@ -213,10 +220,7 @@ def silent_helper():
     """A helper that takes the requests and never answers: given up on after timeout + grace, killed, retried."""
     with harness.Swtpm() as tpm, Sim() as sim:
         enrolled(tpm, sim)
-        fake = os.path.join(tpm.dir, "silent-https")
-        with open(fake, "w") as f:
-            f.write("#!/bin/sh\nexec sleep 120\n")  # keeps fd 3 open, reads nothing, answers nothing
-        os.chmod(fake, stat.S_IRWXU)
+        fake = script(tpm.dir, "silent-https", "exec sleep 120\n")  # keeps fd 3 open, reads nothing, answers nothing
         with Daemon(tpm, sim, cloud_timeout=1, env={"TPMIDD_HTTPS_HELPER": fake}) as d:
             want = "DPS unreachable: the HTTPS helper tpmidd-https did not answer within %d s" % (1 + GRACE_SEC)
             t0 = time.time()
@@ -315,14 +319,20 @@ class Activator:
             os.unlink(self.path)
 
 
+@contextlib.contextmanager
 def activated_daemon(tpm, sim, idle_sec=IDLE_SEC):
-    """A daemon that reaches its helper through an Activator's socket (started here)."""
+    """A running daemon that reaches its helper through an Activator's socket;
+    yields (daemon, activator), and stops both afterwards."""
     d = Daemon(tpm, sim)
     act = Activator(os.path.join(d.dir, "https.sock"), os.path.join(d.dir, "helper.log"), idle_sec).start()
     d.extra_env.update({"TPMIDD_HTTPS_SOCKET": act.path,
                         # the daemon must not start a helper itself: this one would fail
                         "TPMIDD_HTTPS_HELPER": "/nonexistent/tpmidd-https"})
-    return d, act
+    try:
+        with d:
+            yield d, act
+    finally:
+        act.stop()
 
 
 @R.case
@@ -333,41 +343,37 @@ def socket_activated_provisioning():
         # The idle time must outlast the simulator's 1 s retry-after between
         # two connections of one DPS run, also on a loaded machine.
         idle = 5
-        d, act = activated_daemon(tpm, sim, idle)
-        try:
-            with d:
-                p = d.wait_provisioned(timeout=60)
-                assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
-                d.hub_token_ok()
-                assert children(d.proc.pid) == [], "the daemon started a process: %s" % children(d.proc.pid)
-                m = maps(d.proc.pid)
-                for lib in ("libcurl", "libssl", "libgnutls"):
-                    assert lib not in m, "%s mapped in tpmidd" % lib
-                log = d.log_since_start()
-                assert "connected to the HTTPS helper at %s" % act.path in log, log
-                assert "started the HTTPS helper" not in log, "the daemon spawned a helper"
-                # register, at least one poll, the operation and the hub: successive connections, one helper
-                hlog = act.log()
-                assert "socket-activated" in hlog, hlog
-                conns = hlog.count("connection from pid")
-                assert act.starts == 1, (act.starts, hlog)
-                assert conns >= 3, (conns, hlog)
-                assert log.count("closed the connection to the HTTPS helper (idle)") >= conns - 1, log
-                # the helper exits once it has had no connection for its idle time ...
-                first = act.proc
-                wait_for(lambda: first.poll() is not None, idle + 10, what="the idle helper to exit")
-                assert first.returncode == 0, (first.returncode, act.log())
-                # ... and the next request starts a new one
-                seq = sim.last_seq()
-                r = d.reprovision()
-                assert r.status in (200, 204), r
-                d.wait_provisioned(timeout=30)
-                assert sim.requests("register-challenge", since=seq), "no DPS request after the idle exit"
-                assert act.starts == 2, act.starts
-                assert "exited with" not in d.log_since_start() and "closed the connection (" not in d.log_since_start()
-                assert children(d.proc.pid) == []
-        finally:
-            act.stop()
+        with activated_daemon(tpm, sim, idle) as (d, act):
+            p = d.wait_provisioned(timeout=60)
+            assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
+            d.hub_token_ok()
+            assert children(d.proc.pid) == [], "the daemon started a process: %s" % children(d.proc.pid)
+            m = maps(d.proc.pid)
+            for lib in ("libcurl", "libssl", "libgnutls"):
+                assert lib not in m, "%s mapped in tpmidd" % lib
+            log = d.log_since_start()
+            assert "connected to the HTTPS helper at %s" % act.path in log, log
+            assert "started the HTTPS helper" not in log, "the daemon spawned a helper"
+            # register, at least one poll, the operation and the hub: successive connections, one helper
+            hlog = act.log()
+            assert "socket-activated" in hlog, hlog
+            conns = hlog.count("connection from pid")
+            assert act.starts == 1, (act.starts, hlog)
+            assert conns >= 3, (conns, hlog)
+            assert log.count("closed the connection to the HTTPS helper (idle)") >= conns - 1, log
+            # the helper exits once it has had no connection for its idle time ...
+            first = act.proc
+            wait_for(lambda: first.poll() is not None, idle + 10, what="the idle helper to exit")
+            assert first.returncode == 0, (first.returncode, act.log())
+            # ... and the next request starts a new one
+            seq = sim.last_seq()
+            r = d.reprovision()
+            assert r.status in (200, 204), r
+            d.wait_provisioned(timeout=30)
+            assert sim.requests("register-challenge", since=seq), "no DPS request after the idle exit"
+            assert act.starts == 2, act.starts
+            assert "exited with" not in d.log_since_start() and "closed the connection (" not in d.log_since_start()
+            assert children(d.proc.pid) == []
 
 
 @R.case
@@ -376,43 +382,39 @@ def socket_helper_gone():
     with harness.Swtpm() as tpm, Sim() as sim:
         regid = enrolled(tpm, sim)
         sim.client.fault("register-challenge", "stall", count=1, seconds=STALL_SEC)
-        d, act = activated_daemon(tpm, sim)
-        try:
-            with d:
-                wait_for(lambda: "with DPS (scope" in d.log_since_start(), 15, what="the first DPS request")
-                helper = wait_for(act.running, 10, what="the activated helper")
-                time.sleep(1.0)
-                assert sim.requests("register-challenge") == [], "the stalled request was answered early"
-                helper.kill()
-                t_kill = time.time()
-                p = d.wait_provisioned(timeout=60)
-                assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
-                log = d.log_since_start()
-                want = "DPS unreachable: the HTTPS helper tpmidd-https closed the connection (%s)" % act.path
-                if want not in log:
-                    d.fail("no clear error about the helper's death (%r)" % want)
-                regs = wait_for(lambda: sim.requests("register-challenge") if len(
-                    sim.requests("register-challenge")) >= 2 else None, STALL_SEC + 5, what="both DPS registrations")
-                retries = [e for e in regs if not e["fault"]]
-                assert retries and retries[0]["ts"] - t_kill >= 0.45, (regs, t_kill, "no backoff before the retry")
-                assert act.starts >= 2, act.starts
+        with activated_daemon(tpm, sim) as (d, act):
+            wait_for(lambda: "with DPS (scope" in d.log_since_start(), 15, what="the first DPS request")
+            helper = wait_for(act.running, 10, what="the activated helper")
+            time.sleep(1.0)
+            assert sim.requests("register-challenge") == [], "the stalled request was answered early"
+            helper.kill()
+            t_kill = time.time()
+            p = d.wait_provisioned(timeout=60)
+            assert (p["hubName"], p["deviceId"]) == (HUB1, regid), p
+            log = d.log_since_start()
+            want = "DPS unreachable: the HTTPS helper tpmidd-https closed the connection (%s)" % act.path
+            if want not in log:
+                d.fail("no clear error about the helper's death (%r)" % want)
+            regs = wait_for(lambda: sim.requests("register-challenge") if len(
+                sim.requests("register-challenge")) >= 2 else None, STALL_SEC + 5, what="both DPS registrations")
+            retries = [e for e in regs if not e["fault"]]
+            assert retries and retries[0]["ts"] - t_kill >= 0.45, (regs, t_kill, "no backoff before the retry")
+            assert act.starts >= 2, act.starts
 
-                # no helper socket at all (tpmidd-https.socket stopped): a clear error, retried
-                act.stop()
-                seq = sim.last_seq()
-                r = d.reprovision()
-                assert r.status in (200, 204, 500, 503), r
-                want = "could not connect to the HTTPS helper at %s: No such file or directory" % act.path
-                wait_for(lambda: d.log_since_start().count(want) >= 2, 40, what="two failed attempts")
-                assert sim.requests(since=seq) == [], "a request reached DPS without a helper?"
-                d.check_alive()
-                # the socket is back: the next retry goes through
-                act.start()
-                d.wait_provisioned(timeout=60)
-                assert sim.requests("register-challenge", since=seq), "no registration after the socket came back"
-                assert children(d.proc.pid) == []
-        finally:
+            # no helper socket at all (tpmidd-https.socket stopped): a clear error, retried
             act.stop()
+            seq = sim.last_seq()
+            r = d.reprovision()
+            assert r.status in (200, 204, 500, 503), r
+            want = "could not connect to the HTTPS helper at %s: No such file or directory" % act.path
+            wait_for(lambda: d.log_since_start().count(want) >= 2, 40, what="two failed attempts")
+            assert sim.requests(since=seq) == [], "a request reached DPS without a helper?"
+            d.check_alive()
+            # the socket is back: the next retry goes through
+            act.start()
+            d.wait_provisioned(timeout=60)
+            assert sim.requests("register-challenge", since=seq), "no registration after the socket came back"
+            assert children(d.proc.pid) == []
 
 
 @R.case

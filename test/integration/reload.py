@@ -8,6 +8,7 @@ VALUE", and listed in GET /status daemon.restartNeeded); GET /status shows
 the running values. Also: an identity request that arrives while the saved
 identity is still being checked after READY=1 waits for the check instead of
 getting 503 "loading-state"."""
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,8 @@ import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap", "setpriv")
 from broker import NotifySocket  # noqa: E402
-from daemon import ID_API, HUB1, HUB2, Daemon, Sim, dps_config, tpm_info, wait_for  # noqa: E402
+from tpmproxy import TpmProxy  # noqa: E402
+from daemon import ID_API, HUB1, HUB2, Device, dps_config, wait_for  # noqa: E402
 
 R = harness.Runner("reload")
 
@@ -34,31 +36,13 @@ EK_HANDLE = 0x81010001
 SECRET = "reload-test-endorsement-password"
 
 
-class Setup:
+class Setup(Device):
     """swtpm + simulator + an enrolled device (custom allocation: a payload may pick
     HUB2), provisioned once on HUB1. tpm_view: what the daemon's config names as
     the TPM (a proxy in front of swtpm, or swtpm itself)."""
 
     def __init__(self, mode="Dynamic", env=None, tpm_view=None):
-        self.tpm = harness.Swtpm().start()
-        try:
-            self.sim = Sim().start()
-            self.info = tpm_info(self.tpm)
-            self.regid = self.info["registration_id"]
-            self.sim.client.enroll(self.regid, self.info["ek"], hubs=[HUB1, HUB2], policy="custom")
-            self.d = Daemon(tpm_view(self.tpm) if tpm_view else self.tpm, self.sim, mode=mode, env=env)
-        except BaseException:
-            self.tpm.cleanup()
-            raise
-
-    def provision(self):
-        self.d.start()
-        self.d.wait_provisioned()
-        assert self.d.identity() == (HUB1, self.regid)
-        return self
-
-    def routes(self, since):
-        return [e["route"] for e in self.sim.requests(since=since)]
+        super().__init__(hubs=(HUB1, HUB2), policy="custom", tpm_view=tpm_view, mode=mode, env=env)
 
     def report_action(self, hub_status=401):
         r = self.d.request("POST", "/identities/device/report?" + ID_API, {"hubStatus": hub_status})
@@ -80,15 +64,6 @@ class Setup:
         opts.update(changes)
         return dps_config(self.d.tpm, self.sim, self.d.state_dir, self.d.run_dir, **opts)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.d.__exit__(exc_type, exc, tb)
-        finally:
-            self.sim.cleanup()
-            self.tpm.cleanup()
 
 
 @R.case
@@ -195,73 +170,22 @@ def refused_keys_keep_running_values():
         assert s.d.status()["daemon"]["restartNeeded"] == []
 
 
-class DelayProxy:
-    """Forwards TPM commands to swtpm; while armed, delays the answer to
-    TPM2_ReadPublic of handle (the auth key: the saved-state check's key
-    lookup; the EK: the TPM start) by delay seconds, so that phase lasts long
-    enough to be seen."""
+class DelayProxy(TpmProxy):
+    """While armed, delays the answer to TPM2_ReadPublic of handle (the auth
+    key: the saved-state check's key lookup; the EK: the TPM start) by delay
+    seconds, so that phase lasts long enough to be seen."""
 
     def __init__(self, upstream, path):
-        self.upstream, self.path = upstream, path
         self.delay = 0.0
         self.handle = AUTH_KEY_HANDLE
         self.delayed = 0
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(path)
-        self.srv.listen(8)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream, path)
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _read(s, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = s.recv(n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
-
-    def _serve(self, c):
-        up = None
-        try:
-            while True:
-                hdr = self._read(c, 10)
-                if hdr is None:
-                    return
-                _, size, cc = struct.unpack(">HII", hdr)
-                body = self._read(c, size - 10)
-                if body is None:
-                    return
-                if up is None:
-                    up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    up.connect(self.upstream)
-                up.sendall(hdr + body)
-                rh = self._read(up, 10)
-                rbody = self._read(up, struct.unpack(">HII", rh)[1] - 10) if rh else None
-                if rbody is None:
-                    return
-                if (self.delay and cc == CC_READ_PUBLIC and len(body) >= 4
-                        and struct.unpack(">I", body[:4])[0] == self.handle):
-                    self.delayed += 1
-                    time.sleep(self.delay)
-                c.sendall(rh + rbody)
-        except OSError:
-            return
-        finally:
-            c.close()
-            if up is not None:
-                up.close()
-
-    def close(self):
-        self.srv.close()
+    def before_reply(self, cc, body):
+        if (self.delay and cc == CC_READ_PUBLIC and len(body) >= 4
+                and struct.unpack(">I", body[:4])[0] == self.handle):
+            self.delayed += 1
+            time.sleep(self.delay)
 
 
 class ProxiedTpm:
@@ -271,54 +195,10 @@ class ProxiedTpm:
         self.tcti = "swtpm:path=" + proxy.path
 
 
-@R.case
-def identity_waits_for_saved_state_check():
-    box = {}
-
-    def view(tpm):
-        box["proxy"] = DelayProxy(tpm.sock, os.path.join(tpm.dir, "proxy.sock"))
-        return ProxiedTpm(tpm, box["proxy"])
-
-    with Setup(mode="OnErrorOnly", tpm_view=view) as s:
-        proxy = box["proxy"]
-        try:
-            s.provision()  # a saved identity now exists
-            s.d.stop()
-            n = NotifySocket(os.path.join(s.d.dir, "notify.sock"))
-            s.d.extra_env["NOTIFY_SOCKET"] = n.path
-            proxy.delay = 1.0
-            s.d.start(wait=False)
-            n.wait_for(lambda m: "READY=1" in m)
-            t0 = time.time()
-            results = [None] * 4
-
-            def ask(i):
-                results[i] = s.d.device() if i % 2 == 0 else s.d.token()
-            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(results))]
-            for t in threads:
-                t.start()
-            time.sleep(0.2)
-            # meanwhile the status says what happens: the saved state is being checked
-            assert s.d.prov()["state"] == "loading-state", s.d.prov()
-            for t in threads:
-                t.join(10)
-            waited = time.time() - t0
-            assert proxy.delayed >= 1, "the key lookup was not delayed: the test saw nothing"
-            for r in results:
-                assert r is not None and r.status == 200, (results, s.d.log_for_humans())
-            assert results[0].json["spec"]["hubName"] == HUB1, results[0]
-            assert results[1].json["hubName"] == HUB1, results[1]
-            assert 0.5 <= waited < 5, waited  # held for the check, answered when it ended
-            n.close()
-        finally:
-            proxy.delay = 0.0
-            proxy.close()
-
-
-@R.case
-def identity_waits_for_first_tpm_start():
-    """Before READY=1: the TPM is opened (slowly), the saved identity checked
-    after; a request in between waits for both instead of 503 "waiting for the TPM"."""
+@contextlib.contextmanager
+def provisioned_behind_delay_proxy():
+    """A Setup (OnErrorOnly) whose TPM is behind a DelayProxy, provisioned once
+    (so a saved identity exists) and stopped; yields (setup, proxy)."""
     box = {}
 
     def view(tpm):
@@ -330,18 +210,57 @@ def identity_waits_for_first_tpm_start():
         try:
             s.provision()
             s.d.stop()
-            proxy.handle, proxy.delay = EK_HANDLE, 1.0
-            s.d.start(wait=False)
-            wait_for(lambda: os.path.exists(s.d.identity_sock), 10, what="the identity socket")
-            t0 = time.time()
-            r = s.d.device()
-            assert proxy.delayed >= 1, "the TPM start was not delayed: the test saw nothing"
-            assert r.status == 200 and r.json["spec"]["hubName"] == HUB1, (r, s.d.log_for_humans())
-            assert time.time() - t0 < 5
-            assert s.d.status()["tpm"]["state"] == "ready"
+            yield s, proxy
         finally:
             proxy.delay = 0.0
             proxy.close()
+
+
+@R.case
+def identity_waits_for_saved_state_check():
+    with provisioned_behind_delay_proxy() as (s, proxy):
+        n = NotifySocket(os.path.join(s.d.dir, "notify.sock"))
+        s.d.extra_env["NOTIFY_SOCKET"] = n.path
+        proxy.delay = 1.0
+        s.d.start(wait=False)
+        n.wait_for(lambda m: "READY=1" in m)
+        t0 = time.time()
+        results = [None] * 4
+
+        def ask(i):
+            results[i] = s.d.device() if i % 2 == 0 else s.d.token()
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        # meanwhile the status says what happens: the saved state is being checked
+        assert s.d.prov()["state"] == "loading-state", s.d.prov()
+        for t in threads:
+            t.join(10)
+        waited = time.time() - t0
+        assert proxy.delayed >= 1, "the key lookup was not delayed: the test saw nothing"
+        for r in results:
+            assert r is not None and r.status == 200, (results, s.d.log_for_humans())
+        assert results[0].json["spec"]["hubName"] == HUB1, results[0]
+        assert results[1].json["hubName"] == HUB1, results[1]
+        assert 0.5 <= waited < 5, waited  # held for the check, answered when it ended
+        n.close()
+
+
+@R.case
+def identity_waits_for_first_tpm_start():
+    """Before READY=1: the TPM is opened (slowly), the saved identity checked
+    after; a request in between waits for both instead of 503 "waiting for the TPM"."""
+    with provisioned_behind_delay_proxy() as (s, proxy):
+        proxy.handle, proxy.delay = EK_HANDLE, 1.0
+        s.d.start(wait=False)
+        wait_for(lambda: os.path.exists(s.d.identity_sock), 10, what="the identity socket")
+        t0 = time.time()
+        r = s.d.device()
+        assert proxy.delayed >= 1, "the TPM start was not delayed: the test saw nothing"
+        assert r.status == 200 and r.json["spec"]["hubName"] == HUB1, (r, s.d.log_for_humans())
+        assert time.time() - t0 < 5
+        assert s.d.status()["tpm"]["state"] == "ready"
 
 
 if __name__ == "__main__":

@@ -16,37 +16,23 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap", "setpriv")
-from daemon import ID_API, HUB1, HUB2, Daemon, Sim, hub_get, read_state_file, tpm_info, wait_for  # noqa: E402
+from daemon import ID_API, HUB1, HUB2, Device, hub_get, read_state_file, wait_for  # noqa: E402
 
 R = harness.Runner("reprovision")
 
 DPS_ROUTES = ("register-challenge", "register-auth", "operation")
 
 
-class Setup:
+class Setup(Device):
     """swtpm + simulator + an enrolled device, provisioned once on HUB1."""
 
     def __init__(self, mode, hubs=(HUB1,), polls=1):
-        self.tpm = harness.Swtpm().start()
-        try:
-            self.sim = Sim(polls=polls).start()
-            self.info = tpm_info(self.tpm)
-            self.regid = self.info["registration_id"]
-            self.sim.client.enroll(self.regid, self.info["ek"], hubs=list(hubs), policy="static")
-            self.d = Daemon(self.tpm, self.sim, mode=mode)
-        except BaseException:
-            self.tpm.cleanup()
-            raise
+        super().__init__(hubs=hubs, policy="static", sim_opts=dict(polls=polls), mode=mode)
 
     def provision(self):
-        self.d.start()
-        self.d.wait_provisioned()
-        assert self.d.identity() == (HUB1, self.regid)
+        super().provision()
         self.d.hub_token_ok()
         return self
-
-    def routes(self, since):
-        return [e["route"] for e in self.sim.requests(since=since)]
 
     def report(self, hub_status=401, reason=None, version=ID_API, body=None):
         """POST /identities/device/report; body overrides the JSON built from the arguments."""
@@ -64,15 +50,6 @@ class Setup:
     def hub_checks(self, since):
         return self.sim.requests(route="hub", since=since)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.d.__exit__(exc_type, exc, tb)
-        finally:
-            self.sim.cleanup()
-            self.tpm.cleanup()
 
 
 def dps_runs(routes):

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_getcap", "tar")
-from daemon import HUB1, Daemon, Sim, tpm_info, tpmidctl_path  # noqa: E402
+from daemon import HUB1, Device, offline_config, tpmidctl_path  # noqa: E402
 
 R = harness.Runner("support-bundle")
 
@@ -47,15 +47,11 @@ def secrets_redacted():
     inline table) and a key-named value: none of them is anywhere in the bundle."""
     d = harness.tmpdir("tpmid-bundle-")
     try:
-        cfg = os.path.join(d, "config.toml")
-        with open(cfg, "w") as f:
-            f.write('log_level = "info"\n[provisioning]\nsource = "dps"\n'
-                    'global_endpoint = "https://127.0.0.1:1/"\nid_scope = "0ne00000001"\n'
-                    '[provisioning.attestation]\nmethod = "tpm"\n'
-                    '[tpm]\ntcti = "swtpm:path=/nonexistent"\n'
-                    '[tpm.hierarchy_authorization]\nendorsement = "Endorse-PW-1"\nowner = """\nOwner-PW-2"""\n'
-                    '[endpoints]\naziot_tpmd = "unix://%s/tpmd.sock"\naziot_identityd = "unix://%s/identityd.sock"\n'
-                    '# symmetric_key = "Sas-Key-5"\n# a comment = stays\n' % (d, d))
+        # the comments in [endpoints]: in [tpm.hierarchy_authorization] every line is redacted
+        cfg = offline_config(d, top='log_level = "info"\n', tables=(
+            '# symmetric_key = "Sas-Key-5"\n# a comment = stays\n'
+            '[tpm]\ntcti = "swtpm:path=/nonexistent"\n'
+            '[tpm.hierarchy_authorization]\nendorsement = "Endorse-PW-1"\nowner = """\nOwner-PW-2"""\n'))
         os.makedirs(os.path.join(d, "config.d"))
         with open(os.path.join(d, "config.d", "50-owner.toml"), "w") as f:
             f.write('[tpm]\nhierarchy_authorization = { owner = "Dropin-Owner-3" }\n'
@@ -89,21 +85,19 @@ def secrets_redacted():
 def running_daemon():
     """With a provisioned daemon: its status and its TPM keys (through the daemon) are in the
     bundle; no state file, blob or SAS token is."""
-    with harness.Swtpm() as tpm, Sim() as sim:
-        info = tpm_info(tpm)
-        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])
-        with Daemon(tpm, sim) as d:
-            d.wait_provisioned()
-            out = os.path.join(d.dir, "b.tar.gz")
-            files = bundle({"TPMIDD_CONFIG": d.config, "TPMIDD_CLOUD_CONNECT_TO": sim.connect_to()}, out)
-            st = json.loads(files["status.json"])
-            assert st["provisioning"]["state"] == "provisioned" and st["provisioning"]["hubName"] == HUB1, st
-            ti = json.loads(files["tpm-info.json"])
-            assert ti["registration_id"] == info["registration_id"], ti
-            checks = {c["id"]: c["result"] for c in json.loads(files["check.json"])["checks"]}
-            assert checks["provisioning"] == "ok", checks
-            for text in files.values():
-                assert "SharedAccessSignature" not in text and "authenticationKey" not in text
+    with Device() as s:
+        s.provision()
+        sim, d, info = s.sim, s.d, s.info
+        out = os.path.join(d.dir, "b.tar.gz")
+        files = bundle({"TPMIDD_CONFIG": d.config, "TPMIDD_CLOUD_CONNECT_TO": sim.connect_to()}, out)
+        st = json.loads(files["status.json"])
+        assert st["provisioning"]["state"] == "provisioned" and st["provisioning"]["hubName"] == HUB1, st
+        ti = json.loads(files["tpm-info.json"])
+        assert ti["registration_id"] == info["registration_id"], ti
+        checks = {c["id"]: c["result"] for c in json.loads(files["check.json"])["checks"]}
+        assert checks["provisioning"] == "ok", checks
+        for text in files.values():
+            assert "SharedAccessSignature" not in text and "authenticationKey" not in text
 
 
 if __name__ == "__main__":

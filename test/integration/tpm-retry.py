@@ -8,7 +8,6 @@ answers chosen commands with them in swtpm's place (the command does not
 reach swtpm then, exactly as if the TPM had not run it)."""
 import os
 import re
-import socket
 import struct
 import sys
 import threading
@@ -18,6 +17,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 from broker import Client, Daemon, hmac_sha256, message  # noqa: E402
+from tpmproxy import TpmProxy  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "tpm2_getcap")
 import authblob  # noqa: E402
@@ -28,80 +28,28 @@ RC_RETRY, RC_YIELDED, RC_TESTING = 0x922, 0x908, 0x90A
 CC_HMAC, CC_IMPORT, CC_LOAD, CC_ACTIVATE, CC_EVICT, CC_SEQ_UPDATE = 0x155, 0x156, 0x157, 0x147, 0x120, 0x15C
 
 
-def read_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-class Proxy:
-    """Forwards TPM commands to swtpm, one upstream connection per client
-    connection; rules[cc] = list of response codes to answer the next
-    commands with that code (consumed in order) instead of forwarding."""
+class Proxy(TpmProxy):
+    """rules[cc] = list of response codes to answer the next commands with
+    that code (consumed in order) instead of forwarding them."""
 
     def __init__(self, upstream, path):
-        self.upstream, self.path = upstream, path
         self.rules = {}
         self.injected = []
         self.lock = threading.Lock()
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(path)
-        self.srv.listen(8)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream, path)
 
     def inject(self, cc, codes):
         with self.lock:
             self.rules.setdefault(cc, []).extend(codes)
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        up = None
-        try:
-            while True:
-                hdr = read_exact(c, 10)
-                if hdr is None:
-                    return
-                tag, size, cc = struct.unpack(">HII", hdr)
-                body = read_exact(c, size - 10)
-                if body is None:
-                    return
-                with self.lock:
-                    codes = self.rules.get(cc)
-                    rc = codes.pop(0) if codes else None
-                    if rc is not None:
-                        self.injected.append((cc, rc))
-                if rc is not None:
-                    c.sendall(struct.pack(">HII", 0x8001, 10, rc))
-                    continue
-                if up is None:
-                    up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    up.connect(self.upstream)
-                up.sendall(hdr + body)
-                rh = read_exact(up, 10)
-                rbody = read_exact(up, struct.unpack(">HII", rh)[1] - 10) if rh else None
-                if rbody is None:
-                    return  # swtpm went away: so does the client's connection
-                c.sendall(rh + rbody)
-        except OSError:
-            return
-        finally:
-            c.close()
-            if up is not None:
-                up.close()
-
-    def close(self):
-        self.srv.close()
+    def answer(self, cc, body):
+        with self.lock:
+            codes = self.rules.get(cc)
+            rc = codes.pop(0) if codes else None
+            if rc is None:
+                return None
+            self.injected.append((cc, rc))
+        return struct.pack(">HII", 0x8001, 10, rc)  # TPM_ST_NO_SESSIONS, a header-only response
 
 
 def setup(tpm):

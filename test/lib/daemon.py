@@ -6,6 +6,7 @@
   harness.daemon_argv(), so TPMID_DAEMON_WRAPPER applies), waits until the
   identity socket answers, talks HTTP over both Unix sockets, stops it with
   SIGTERM (exit code must be 0) or kills it, and keeps its log for failures.
+- Device: swtpm + Sim + an enrolled device + its Daemon, stopped together.
 - tpm_info(): the EK/SRK/registration id as `tpmidctl tpm info --json` prints them.
 - hub_get(): one request to a simulated IoT Hub by its real name, TLS checked
   against the simulator's CA (what a device SDK would do with the SAS token).
@@ -274,6 +275,21 @@ def dps_config(tpm, sim, state_dir, run_dir, mode="Dynamic", registration_id=Non
     return "\n".join(lines) + "\n"
 
 
+def offline_config(dirname, top="", tables=""):
+    """Write dirname/config.toml: a DPS configuration whose endpoint nothing
+    answers (127.0.0.1:1) and whose sockets are in dirname, for tpmidctl runs
+    without a daemon. top: lines before the first table; tables: text after
+    [endpoints]'s lines (more tables; lines before the first of them are still
+    in [endpoints]). Returns its path."""
+    path = os.path.join(dirname, "config.toml")
+    with open(path, "w") as f:
+        f.write(top + '[provisioning]\nsource = "dps"\nglobal_endpoint = "https://127.0.0.1:1/"\n'
+                'id_scope = "%s"\n[provisioning.attestation]\nmethod = "tpm"\n'
+                '[endpoints]\naziot_tpmd = "unix://%s/tpmd.sock"\naziot_identityd = "unix://%s/identityd.sock"\n'
+                % (ID_SCOPE, dirname, dirname) + tables)
+    return path
+
+
 class Daemon:
     """tpmidd with a DPS config. Keeps state_dir across restart() (that is the point
     of the reprovisioning tests); the log file accumulates over restarts, and
@@ -498,3 +514,46 @@ class Daemon:
         st, body = hub_get(self.sim, t["hubName"], t["deviceId"], tamper(t["sasToken"]))
         assert st == 401, ("tampered token", st, body[:300])
         return t["hubName"], t["deviceId"]
+
+
+class Device:
+    """swtpm, the simulator and a device enrolled in it (hubs, policy,
+    device_id: the enrollment's), with a Daemon configured for them but not
+    started (daemon_opts: Daemon()'s). tpm_view(tpm): what the daemon's config
+    names as the TPM (a proxy in front of swtpm) instead of swtpm itself. As a
+    context manager it stops the daemon, the simulator and swtpm, in that order."""
+
+    def __init__(self, hubs=(HUB1,), policy="hashed", device_id=None, sim_opts=None, tpm_view=None,
+                 **daemon_opts):
+        self.tpm = harness.Swtpm().start()
+        try:
+            self.sim = Sim(**(sim_opts or {})).start()
+            self.info = tpm_info(self.tpm)
+            self.regid = self.info["registration_id"]
+            self.device_id = device_id or self.regid
+            self.sim.client.enroll(self.regid, self.info["ek"], hubs=list(hubs), policy=policy, device_id=device_id)
+            self.d = Daemon(tpm_view(self.tpm) if tpm_view else self.tpm, self.sim, **daemon_opts)
+        except BaseException:
+            self.tpm.cleanup()
+            raise
+
+    def provision(self):
+        """Start the daemon and wait until it is provisioned, on HUB1."""
+        self.d.start()
+        self.d.wait_provisioned()
+        assert self.d.identity() == (HUB1, self.device_id), (self.d.identity(), self.device_id)
+        return self
+
+    def routes(self, since):
+        """The simulator's routes asked since seq since."""
+        return [e["route"] for e in self.sim.requests(since=since)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.d.__exit__(exc_type, exc, tb)
+        finally:
+            self.sim.cleanup()
+            self.tpm.cleanup()

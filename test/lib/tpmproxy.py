@@ -1,8 +1,13 @@
-"""A proxy between tpmidd and swtpm that parses TPM command codes (the
-approach of test/integration/tpm-retry.py): it counts the commands that
-reach swtpm and can cut the line right after one of them, as a power cut
-would: swtpm has run the command (an NV write is done), tpmidd never hears
-the answer, and every later command of that daemon is dropped unsent.
+"""A TPM command proxy for the integration tests: a Unix socket for the
+daemon's swtpm TCTI (tcti = "swtpm:path=" + proxy.path) that forwards each
+command to swtpm, one upstream connection per client connection, and parses
+the command codes on the way. It counts the commands that swtpm ran, and can
+cut the line right after one of them, as a power cut would: swtpm has run
+the command (an NV write is done), tpmidd never hears the answer, and every
+later command of that daemon is dropped unsent. A subclass may answer a
+command itself (answer(): the command never reaches swtpm, as if the TPM had
+not run it) or act after swtpm answered and before the answer goes back
+(before_reply(): e.g. a delay).
 
     proxy = TpmProxy(tpm.sock, path)
     daemon = Daemon(proxy.tpm_for(tpm), sim)    # tpmidd's [tpm] tcti is the proxy
@@ -24,7 +29,8 @@ CC_ACTIVATE_CREDENTIAL = 0x147
 TPM_HEADER_BYTES = 10  # tag (2), size (4), command or response code (4)
 
 
-def _read_exact(s, n):
+def read_exact(s, n):
+    """n bytes from s, or None when the peer closed first."""
     buf = b""
     while len(buf) < n:
         chunk = s.recv(n - len(buf))
@@ -58,6 +64,14 @@ class TpmProxy:
         self.srv.bind(path)
         self.srv.listen(8)
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def answer(self, cc, body):
+        """The whole response to send instead of forwarding command cc (its
+        parameters in body), or None to forward it."""
+        return None
+
+    def before_reply(self, cc, body):
+        """Called once swtpm answered command cc, before the answer goes back."""
 
     @property
     def tcti(self):
@@ -103,11 +117,11 @@ class TpmProxy:
         up = None
         try:
             while True:
-                hdr = _read_exact(c, TPM_HEADER_BYTES)
+                hdr = read_exact(c, TPM_HEADER_BYTES)
                 if hdr is None:
                     return
                 _, size, cc = struct.unpack(">HII", hdr)
-                body = _read_exact(c, size - TPM_HEADER_BYTES)
+                body = read_exact(c, size - TPM_HEADER_BYTES)
                 if body is None or self.cut.is_set():
                     return  # the power is off: the command never reaches the TPM
                 with self.lock:
@@ -117,12 +131,16 @@ class TpmProxy:
                         return  # cut just before this one
                     if cc == self._cut_cc and not self._cut_ran:
                         self._cut_left -= 1
+                resp = self.answer(cc, body)
+                if resp is not None:
+                    c.sendall(resp)
+                    continue
                 if up is None:
                     up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     up.connect(self.upstream)
                 up.sendall(hdr + body)
-                rh = _read_exact(up, TPM_HEADER_BYTES)
-                rbody = _read_exact(up, struct.unpack(">HII", rh)[1] - TPM_HEADER_BYTES) if rh else None
+                rh = read_exact(up, TPM_HEADER_BYTES)
+                rbody = read_exact(up, struct.unpack(">HII", rh)[1] - TPM_HEADER_BYTES) if rh else None
                 if rbody is None:
                     return  # swtpm went away: so does the client's connection
                 ok = struct.unpack(">I", rh[6:10])[0] == 0
@@ -136,6 +154,7 @@ class TpmProxy:
                             self.cut.set()
                 if self.cut.is_set():
                     return  # swtpm ran it; the answer is lost with the line
+                self.before_reply(cc, body)
                 c.sendall(rh + rbody)
         except OSError:
             return
