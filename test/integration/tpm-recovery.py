@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""A TPM that dies in the middle of a command comes back without a restart
+of tpmidd (issue 14): the connection is closed, the TPM reported unavailable
+(GET /status, 503 with the reason and Retry-After) while it is gone, and
+opened again with backoff once it is back; the DPS run whose import the TPM
+died in retries and completes. No watchdog (no NOTIFY_SOCKET): the daemon
+recovers by itself.
+
+A proxy in front of swtpm (test/lib/tpmproxy.py) forwards the chosen
+command, throws its response away and cuts the connection, as a killed
+swtpm or a TPM that stopped answering would; then swtpm is stopped and
+started again on the same state."""
+import os
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
+import harness  # noqa: E402
+
+harness.need("swtpm", "swtpm_setup", "tpm2_getcap", "tpm2_shutdown", "swtpm_ioctl")
+import broker  # noqa: E402
+from daemon import HUB1, Daemon, Sim, tpm_info, wait_for  # noqa: E402
+from tpmproxy import Proxy  # noqa: E402
+
+R = harness.Runner("tpm-recovery")
+
+CC_IMPORT, CC_HMAC = 0x156, 0x155
+DOWN_SEC = 4          # s the TPM stays away (several start attempts fail meanwhile)
+RECOVER_SEC = 45      # s: a bound on the way back (backoff 1, 2, 4, ... s; MANAGER_TPM_RETRY_MAX_MS is 30 s)
+
+
+def tpm_status(d):
+    return d.status()["tpm"]
+
+
+@R.case
+def tpm_dies_during_import():
+    with harness.Swtpm() as tpm, Sim() as sim:
+        info = tpm_info(tpm)
+        sim.client.enroll(info["registration_id"], info["ek"], hubs=[HUB1])
+        proxy = Proxy(tpm.sock, os.path.join(tpm.dir, "proxy.sock"))
+        proxy.drop_after(CC_IMPORT)  # the DPS run's TPM2_Import of the challenge key
+        d = Daemon(tpm, sim, tcti=harness.our_tcti("swtpm:path=" + proxy.path))
+        with d:
+            pid = d.proc.pid
+            wait_for(lambda: proxy.dropped, 60, what="the import that loses its TPM")
+            tpm.stop()
+
+            # While it is gone: unavailable, with the reason, everywhere.
+            st = wait_for(lambda: (lambda s: s if s["state"] == "unavailable" else None)(tpm_status(d)), 15,
+                          what="tpm.state unavailable")
+            reason = st.get("lastError") or ""
+            assert "connection" in reason or "TCTI" in reason, st
+            with broker.Client(d.tpmd_sock) as c:
+                stc, body, headers = c.request("POST", "/sign_with_auth_key?" + broker.API, {"data": "eA=="})
+            assert stc == 503, (stc, body)
+            assert "retry-after" in {k.lower() for k in headers}, headers
+            assert "TPM not available" in broker.message(body), body
+            time.sleep(DOWN_SEC)
+            assert tpm_status(d)["state"] == "unavailable", tpm_status(d)
+            log = d.log_since_start()
+            assert "TPM unavailable" in log or "TPM stopped answering" in log or "TPM not usable" in log, \
+                d.log_for_humans()
+
+            # Back on the same state: ready again, without a restart.
+            tpm.start()
+            proxy.down = False
+            t0 = time.time()
+            wait_for(lambda: tpm_status(d)["state"] == "ready", RECOVER_SEC, step=0.2, what="tpm.state ready")
+            print("ready again %.1f s after swtpm came back" % (time.time() - t0))
+            p = d.wait_provisioned(timeout=120)
+            assert p["state"] == "provisioned", p
+            with broker.Client(d.tpmd_sock) as c:
+                stc, body = c.sign(b"after recovery")
+            assert stc == 200, (stc, body)
+            r = d.device()
+            assert r.status == 200, r
+            assert d.proc.pid == pid and d.proc.poll() is None, "tpmidd restarted"
+            log = d.log_since_start()
+            assert "0x80007" not in log.split("TPM ready")[-1], d.log_for_humans()
+            assert tpm.transient_handles() == [] and tpm.loaded_sessions() == [], \
+                (tpm.transient_handles(), tpm.loaded_sessions())
+        proxy.close()
+
+
+if __name__ == "__main__":
+    R.main()
