@@ -80,6 +80,8 @@ def tpm_dies_during_import():
             assert d.proc.pid == pid and d.proc.poll() is None, "tpmidd restarted"
             log = d.log_since_start()
             assert "0x80007" not in log.split("TPM ready")[-1], d.log_for_humans()
+            assert "TPM available again" in log, d.log_for_humans()
+            print("\n".join(l for l in log.splitlines() if "TPM" in l and "provisioning:" not in l))
             assert tpm.transient_handles() == [] and tpm.loaded_sessions() == [], \
                 (tpm.transient_handles(), tpm.loaded_sessions())
         proxy.close()
