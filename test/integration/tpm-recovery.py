@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "tpm2_getcap", "tpm2_shutdown", "swtpm_ioctl")
+import authblob  # noqa: E402
 import broker  # noqa: E402
 from daemon import HUB1, Daemon, Sim, tpm_info, wait_for  # noqa: E402
 from tpmproxy import Proxy  # noqa: E402
@@ -84,6 +85,44 @@ def tpm_dies_during_import():
             print("\n".join(l for l in log.splitlines() if "TPM" in l and "provisioning:" not in l))
             assert tpm.transient_handles() == [] and tpm.loaded_sessions() == [], \
                 (tpm.transient_handles(), tpm.loaded_sessions())
+        proxy.close()
+
+
+@R.case
+def tpm_dies_during_signature():
+    """The broker alone (no DPS), under a NOTIFY_SOCKET without
+    WATCHDOG_USEC (no watchdog): the signature the TPM died in answers 503,
+    STATUS= says "tpm: unavailable (reason)" while it is gone and "ready"
+    again after, and the key imported before signs again."""
+    with harness.Swtpm() as tpm:
+        proxy = Proxy(tpm.sock, os.path.join(tpm.dir, "proxy.sock"))
+        n = broker.NotifySocket(os.path.join(tpm.dir, "notify.sock"))
+        d = broker.Daemon(tpm, tcti="swtpm:path=" + proxy.path, env={"NOTIFY_SOCKET": n.path})
+        with d, broker.Client(d.sock) as c:
+            ek, srk = c.keys()
+            blob, key = authblob.make_auth_blob(ek, srk)
+            assert c.import_key(blob)[0] == 200
+            assert c.sign(b"warm") == (200, broker.hmac_sha256(key, b"warm"))
+            n.wait_for(lambda m: "STATUS=ready" in m)
+            pid = d.proc.pid
+
+            proxy.drop_after(CC_HMAC)
+            st, body = c.sign(b"dies")
+            assert st == 503 and "the connection broke" in broker.message(body), (st, body)
+            tpm.stop()
+            m = n.wait_for(lambda m: "STATUS=tpm: unavailable (" in m)
+            assert "reconnecting" in m, m
+            st, body = c.sign(b"while gone")
+            assert st == 503 and "TPM not available" in broker.message(body), (st, body)
+
+            tpm.start()
+            proxy.down = False
+            wait_for(lambda: c.sign(b"back")[0] == 200, RECOVER_SEC, step=0.2, what="a signature after recovery")
+            assert c.sign(b"back") == (200, broker.hmac_sha256(key, b"back"))
+            n.wait_for(lambda m: "STATUS=ready" in m)
+            assert not any("WATCHDOG=1" in m for m in n.msgs), n.msgs  # no watchdog asked for, none sent
+            assert d.proc.pid == pid and d.proc.poll() is None, "tpmidd restarted"
+        n.close()
         proxy.close()
 
 
