@@ -60,7 +60,6 @@ static void set_err(struct tpm_error *err, const char *step, const char *msg) {
 
 /* Runs on the worker thread: the only place that touches w->tpm. */
 static void run_job_on_tpm(struct tpm_worker *w, struct tpm_job *job) {
-
         if (job->kind == TPM_JOB_START) {
                 struct tpm_keys k = { 0 };
                 if (!w->tpm) {
