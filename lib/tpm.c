@@ -86,11 +86,13 @@ struct tpm {
         uint16_t nv_buffer_max;
         unsigned leftovers_flushed;
         const struct tpm_tcti_source *source; /* where tcti came from, if not from tcti_conf */
-        bool tcti_stuck; /* a TCTI failure: open it again before the next command (reopen_tcti()) */
+        bool lost; /* the connection failed mid-command (tpm_lost()): no command is sent on it again */
 };
 
 
 /* ---- errors ------------------------------------------------------------ */
+
+static bool rc_connection_lost(TSS2_RC rc);
 
 _printf_(5, 6) static int seterr(struct tpm_error *err, int r, uint32_t rc, const char *step, const char *fmt, ...) {
         if (err) {
@@ -125,6 +127,11 @@ int tpm_error_from_rc(uint32_t rc, const char *step, struct tpm_error *err) {
                 return seterr(err, -EIO, rc, step,
                               "%s failed: lost the connection to the TPM (0x%x %s); check that the TPM (or swtpm) is "
                               "still there and that no other process holds it",
+                              step, rc, dec);
+        if (layer == TSS2_SYS_RC_LAYER && rc_connection_lost(rc))
+                return seterr(err, -EIO, rc, step,
+                              "%s failed: lost the connection to the TPM: its answer does not belong to the command "
+                              "(0x%x %s; a response lost or out of sequence)",
                               step, rc, dec);
         switch (base) {
         case 0:
@@ -320,18 +327,24 @@ static bool rc_retryable(TSS2_RC rc) {
         return base == TPM2_RC_RETRY || base == TPM2_RC_YIELDED || base == TPM2_RC_TESTING;
 }
 
-/* A TCTI failure other than "not there yet". */
-static bool rc_tcti_failed(TSS2_RC rc) {
-        return (rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER && (rc & ~TSS2_RC_LAYER_MASK) != TSS2_BASE_RC_TRY_AGAIN;
+/* The connection is gone or out of step: a TCTI failure other than "not
+ * there yet" (the TPM or swtpm went away, libtss2-tcti-device's read() on
+ * /dev/tpmrm0 failed, which is how the kernel reports a TPM timeout), or
+ * SAPI finding the stream out of sequence (a response that does not belong
+ * to the command, cut short, or SAPI still waiting for the response of a
+ * command that failed mid-way: BAD_SEQUENCE, 0x80007, for every later
+ * command). Nothing more can be sent on such a connection. */
+static bool rc_connection_lost(TSS2_RC rc) {
+        switch (rc & TSS2_RC_LAYER_MASK) {
+        case TSS2_TCTI_RC_LAYER:
+                return (rc & ~TSS2_RC_LAYER_MASK) != TSS2_BASE_RC_TRY_AGAIN;
+        case TSS2_SYS_RC_LAYER:
+                return rc == TSS2_SYS_RC_BAD_SEQUENCE || rc == TSS2_SYS_RC_MALFORMED_RESPONSE ||
+                       rc == TSS2_SYS_RC_INSUFFICIENT_RESPONSE;
+        }
+        return false;
 }
 
-/* A TCTI failure after the command went out (libtss2-tcti-device: read()
- * on /dev/tpmrm0 failed, which is how the kernel reports a TPM timeout)
- * leaves SAPI and the device TCTI both waiting for a response that will
- * not come, and every later command fails with BAD_SEQUENCE (0x80007).
- * So before the next command the TCTI is opened again and SAPI started
- * afresh on it; the old one is kept if that fails, and the command after
- * tries again. */
 /* Give t->tcti back to where it came from. */
 static void close_tcti(struct tpm *t) {
         if (t->source && t->tcti)
@@ -343,36 +356,26 @@ static void close_tcti(struct tpm *t) {
         t->tcti = NULL;
 }
 
-static void reopen_tcti(struct tpm *t) {
-        TSS2_TCTI_CONTEXT *fresh = NULL;
-        TSS2_ABI_VERSION abi = TSS2_ABI_VERSION_CURRENT;
-        bool ours = startswith(t->tcti_conf, "swtpm:") || streq(t->tcti_conf, "swtpm");
-
-        if (t->source ? t->source->open(t->source->userdata, &fresh) < 0
-            : ours    ? tcti_swtpm_new(t->tcti_conf[5] == ':' ? t->tcti_conf + 6 : "", &fresh) < 0
-                      : Tss2_TctiLdr_Initialize(t->tcti_conf, &fresh) != TSS2_RC_SUCCESS)
-                return; /* keep the old one; the next command tries again */
-        Tss2_Sys_Finalize(t->sys);
-        close_tcti(t);
-        t->tcti = fresh;
-        if (Tss2_Sys_Initialize(t->sys, Tss2_Sys_GetContextSize(0), t->tcti, &abi) == TSS2_RC_SUCCESS)
-                t->tcti_stuck = false;
+bool tpm_lost(const struct tpm *t) {
+        return t && t->lost;
 }
 
 /* Run a SAPI one-call function, sending it again while the TPM asks for
  * that (SAPI restores the command after a TPM error; ESAPI used to do this
- * for us). Needs t in scope. */
+ * for us). After a lost connection nothing is sent: the owner closes the
+ * TPM and opens it again (tpm_lost()), and until then every command fails
+ * the same way. Needs t in scope. */
 #define SYS_CALL(expr)                                                  \
         __extension__({                                                 \
-                TSS2_RC rc_;                                            \
+                TSS2_RC rc_ = TSS2_TCTI_RC_IO_ERROR;                    \
                 unsigned n_ = 0;                                        \
-                if (t->tcti_stuck)                                      \
-                        reopen_tcti(t);                                 \
-                do                                                      \
-                        rc_ = (expr);                                   \
-                while (rc_retryable(rc_) && ++n_ < TPM_SUBMIT_MAX);     \
-                if (rc_tcti_failed(rc_))                                \
-                        t->tcti_stuck = true;                           \
+                if (!t->lost) {                                         \
+                        do                                              \
+                                rc_ = (expr);                           \
+                        while (rc_retryable(rc_) && ++n_ < TPM_SUBMIT_MAX); \
+                        if (rc_connection_lost(rc_))                    \
+                                t->lost = true;                         \
+                }                                                       \
                 rc_;                                                    \
         })
 

@@ -144,6 +144,14 @@ struct tpm_da_info {
 };
 int tpm_da_info(struct tpm *t, struct tpm_da_info *out, struct tpm_error *err);
 
+/* Whether the connection to the TPM was lost in the middle of a command (a
+ * TCTI I/O error, or SAPI finding a response lost or out of sequence): the
+ * command's -EIO said so, and nothing is sent on this connection again
+ * (every later call fails with -EIO). The owner tpm_close()s it and opens
+ * the TPM again; a TPM without a resource manager then needs
+ * tpm_options.flush_leftovers for what the broken command left loaded. */
+bool tpm_lost(const struct tpm *t);
+
 /* Cheap liveness probe (GetCapability) for the watchdog. */
 int tpm_ping(struct tpm *t, struct tpm_error *err);
 

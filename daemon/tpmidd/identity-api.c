@@ -247,8 +247,10 @@ static void token_signed(struct tpm_job *job, void *userdata) {
         if (job->r < 0) {
                 log_struct(LOG_ERR, LOG_MESSAGE_TPM_FAILURE, LOG_FIELDS(LOG_HEX("TPM_RC", job->err.rc)),
                            "identity API: signing a hub token failed: %s", job->err.msg);
-                server_reply_error(t->req, job->r == -ENOKEY ? 503 : 500, NULL, 0, "signing in the TPM failed: %s",
-                                   job->err.msg);
+                /* No key yet, a TPM that is (re)connecting or busy: transient. */
+                bool later = job->r == -ENOKEY || job->r == -ENOTCONN || job->r == -ENODEV || job->r == -EAGAIN;
+                server_reply_error(t->req, later ? 503 : 500, later ? retry_later : NULL,
+                                   later ? ELEMENTSOF(retry_later) : 0, "signing in the TPM failed: %s", job->err.msg);
         } else {
                 _cleanup_free_ char *tok = NULL;
                 char *json = NULL;

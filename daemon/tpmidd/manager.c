@@ -33,13 +33,15 @@ struct manager {
 
         /* TPM */
         enum manager_tpm_state tpm_state;
-        struct tpm_keys keys; /* START writes here; read through manager_tpm_keys() while READY */
+        struct tpm_keys keys;       /* read through manager_tpm_keys() while READY; written on the loop */
+        struct tpm_keys start_keys; /* START writes here (the worker thread); copied to keys when it is done */
         char tpm_error[MANAGER_TPM_ERROR_MAX];
         struct tpm_job start_job, ping_job;
         bool start_pending, ping_pending;
         uv_timer_t retry_timer;
         uint64_t retry_ms, tpm_failures, pings;
         bool ever_ready;
+        uint64_t lost_ms; /* when the connection broke under a job (0: it did not); for the recovery line */
 
         /* waiting requests */
         struct waiters reprovision, identity;
@@ -89,7 +91,9 @@ static void update_status_line(struct manager *m) {
                          c->tpm.tcti);
                 return;
         case MANAGER_TPM_UNAVAILABLE:
-                snprintf(m->status_line, sizeof m->status_line, "waiting for TPM: %s", m->tpm_error);
+                /* Lost after it was ready: say so, not "waiting" as at start. */
+                snprintf(m->status_line, sizeof m->status_line,
+                         m->ever_ready ? "tpm: unavailable (%s); reconnecting" : "waiting for TPM: %s", m->tpm_error);
                 return;
         case MANAGER_TPM_READY:
         case _MANAGER_TPM_STATE_MAX:
@@ -347,9 +351,16 @@ static void start_done(struct tpm_job *job, void *userdata) {
                 return;
 
         if (job->r >= 0) {
+                m->keys = m->start_keys;
                 m->tpm_state = MANAGER_TPM_READY;
                 m->retry_ms = 0;
                 m->tpm_error[0] = '\0';
+                if (m->lost_ms) {
+                        log_struct(LOG_NOTICE, NULL, LOG_FIELDS(LOG_STR("TCTI", m->config->tpm.tcti)),
+                                   "TPM available again %.1f s after the connection broke",
+                                   (double)(uv_now(m->loop) - m->lost_ms) / 1000.0);
+                        m->lost_ms = 0;
+                }
                 log_info("TPM ready: endorsement key %s, storage root key %s",
                          m->keys.created_ek ? "created and persisted at 0x81010001" : "found at 0x81010001",
                          m->keys.created_srk ? "created and persisted at 0x81000001" : "found at 0x81000001");
@@ -390,7 +401,7 @@ static void start_done(struct tpm_job *job, void *userdata) {
 static void submit_start(struct manager *m) {
         if (m->start_pending || m->stopping)
                 return;
-        m->start_job = (struct tpm_job){ .kind = TPM_JOB_START, .keys_out = &m->keys, .done = start_done,
+        m->start_job = (struct tpm_job){ .kind = TPM_JOB_START, .keys_out = &m->start_keys, .done = start_done,
                                          .userdata = m };
         int r = tpm_worker_submit(m->worker, &m->start_job);
         if (r < 0) {
@@ -418,18 +429,41 @@ void manager_start(struct manager *m) {
         submit_start(m);
 }
 
+/* TPM recovery, the one path: the worker closed a TPM that broke under a
+ * job (any job: a client's signature, a DPS import, the watchdog's PING),
+ * and it is opened again here with START, at once and then with the start
+ * backoff (start_done()). The state stays READY through the first attempt,
+ * so that the requests behind it wait in the FIFO for the reopened TPM
+ * instead of failing (one lost response costs one failed request); if the
+ * TPM is not back, START fails and the state turns UNAVAILABLE with its
+ * reason: /status, STATUS= and 503 answers say so until a START works.
+ * tpm_open() flushes what the broken command left in a TPM without a
+ * resource manager (flush_leftovers). */
+static void tpm_connection_lost(struct manager *m, const struct tpm_job *job, const char *what) {
+        if (m->stopping || m->tpm_state != MANAGER_TPM_READY || m->start_pending)
+                return; /* already reconnecting: the start cycle reports its own failures */
+        m->lost_ms = uv_now(m->loop);
+        if (m->lost_ms == 0)
+                m->lost_ms = 1;
+        log_struct(LOG_ERR, LOG_MESSAGE_TPM_UNAVAILABLE,
+                   LOG_FIELDS(LOG_HEX("TPM_RC", job->err.rc), LOG_STR("TCTI", m->config->tpm.tcti)),
+                   "TPM unavailable: %s (%s); reconnecting", what, job->err.msg);
+        m->retry_ms = 0;
+        schedule_tpm_start(m, 0);
+}
+
+static void worker_lost(const struct tpm_job *job, void *userdata) {
+        tpm_connection_lost(userdata, job, "the connection broke in the middle of a command");
+}
+
 static void ping_done(struct tpm_job *job, void *userdata) {
         struct manager *m = userdata;
         m->ping_pending = false;
         /* The worker thread came back: that is the progress the watchdog
          * wants, even when the TPM said no (then we report and retry). */
         m->pings++;
-        if (!m->stopping && job->r < 0 && m->tpm_state == MANAGER_TPM_READY) {
-                tpm_failed(m, job);
-                log_struct(LOG_ERR, LOG_MESSAGE_TPM_UNAVAILABLE, LOG_FIELDS(LOG_HEX("TPM_RC", job->err.rc)),
-                           "TPM stopped answering (%s); reconnecting", m->tpm_error);
-                schedule_tpm_start(m, 0);
-        }
+        if (job->r < 0) /* the worker closed the TPM */
+                tpm_connection_lost(m, job, "the TPM stopped answering");
         changed(m);
 }
 
@@ -612,6 +646,7 @@ int manager_new(uv_loop_t *loop, struct tpmid_config *config, void (*changed_cb)
                 free(m);
                 return r;
         }
+        tpm_worker_on_lost(m->worker, worker_lost, m);
         if (config->provisioning.source == CONFIG_SOURCE_DPS) {
                 r = prov_driver_new(loop, config, m->worker, &m->prov);
                 if (r < 0) {

@@ -37,6 +37,8 @@ struct tpm_worker {
         bool joined;
         void (*stopped)(void *userdata);
         void *stopped_userdata;
+        void (*lost)(const struct tpm_job *job, void *userdata);
+        void *lost_userdata;
 
         atomic_uint_fast64_t completed; /* read by the watchdog */
 
@@ -59,10 +61,7 @@ static void set_err(struct tpm_error *err, const char *step, const char *msg) {
 /* ---- the worker thread ------------------------------------------------------ */
 
 /* Runs on the worker thread: the only place that touches w->tpm. */
-static void run_job(struct tpm_worker *w, struct tpm_job *job) {
-        memset(&job->err, 0, sizeof job->err);
-        job->r = 0;
-
+static void run_job_on_tpm(struct tpm_worker *w, struct tpm_job *job) {
         if (job->kind == TPM_JOB_START) {
                 struct tpm_keys k = { 0 };
                 if (!w->tpm) {
@@ -119,6 +118,29 @@ static void run_job(struct tpm_worker *w, struct tpm_job *job) {
         case TPM_JOB_SET_SERVING: /* handled above */
                 break;
         }
+}
+
+/* One job, then the one check for a connection that broke under it
+ * (tpm_lost()): whatever the verb made of the failure, the job says
+ * -ENOTCONN and lost, the TPM is closed here, and until a START opens it
+ * again every job gets -ENODEV. The manager hears of it before the job's
+ * own done callback (tpm_worker_on_lost()). */
+static void run_job(struct tpm_worker *w, struct tpm_job *job) {
+        memset(&job->err, 0, sizeof job->err);
+        job->r = 0;
+        job->lost = false;
+        run_job_on_tpm(w, job);
+        if (!tpm_lost(w->tpm))
+                return;
+        w->tpm = tpm_close(w->tpm);
+        job->lost = true;
+        if (job->r >= 0) {
+                /* the command's own result came before the break (a later
+                 * step, e.g. a cleanup flush, hit it): still a failed job */
+                job->r = -ENOTCONN;
+                set_err(&job->err, "TPM connection", "lost the connection to the TPM after the command");
+        } else
+                job->r = -ENOTCONN;
 }
 
 /* now + ms on CLOCK_MONOTONIC, the clock of w->cond. */
@@ -240,6 +262,8 @@ static void async_cb(uv_async_t *a) {
                 struct tpm_job *next = done->next;
                 done->next = NULL;
                 atomic_fetch_add(&w->completed, 1);
+                if (done->lost && w->lost)
+                        w->lost(done, w->lost_userdata); /* first: its reconnect goes ahead of what done submits */
                 done->done(done, done->userdata); /* may free done, and submit */
                 done = next;
         }
@@ -334,6 +358,12 @@ int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job) {
         pthread_cond_signal(&w->cond); /* one waiter: the thread */
         pthread_mutex_unlock(&w->lock);
         return 0;
+}
+
+void tpm_worker_on_lost(struct tpm_worker *w, void (*lost)(const struct tpm_job *job, void *userdata),
+                        void *userdata) {
+        w->lost = lost;
+        w->lost_userdata = userdata;
 }
 
 void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued) {

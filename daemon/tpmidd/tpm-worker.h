@@ -66,10 +66,11 @@ struct tpm_job {
         void *userdata;
 
         /* filled by the worker */
-        int r;                /* 0 or -errno */
+        int r;                /* 0 or -errno; -ENOTCONN: the connection to the TPM broke (lost) */
         struct tpm_error err; /* when r < 0; never holds secrets */
         uint8_t digest[32];   /* SIGN result */
         bool present;         /* HAS_KEY result */
+        bool lost;            /* the connection broke under this job (tpm_lost()); the TPM is closed */
 
         struct tpm_job *next; /* queue link, private */
 };
@@ -87,6 +88,13 @@ int tpm_worker_new(uv_loop_t *loop, const struct tpm_options *opts, unsigned max
  * max_queued jobs already wait, -ESHUTDOWN after tpm_worker_stop(). On error
  * done is never called. Loop thread only. */
 int tpm_worker_submit(struct tpm_worker *w, struct tpm_job *job);
+
+/* lost(job) runs on the loop thread for a job whose connection broke
+ * (job->lost), just before the job's done callback: the TPM is closed by
+ * then, and every job gets -ENODEV until a START opens it again. One owner
+ * (the manager) reopens it. */
+void tpm_worker_on_lost(struct tpm_worker *w, void (*lost)(const struct tpm_job *job, void *userdata),
+                        void *userdata);
 
 void tpm_worker_set_max_queued(struct tpm_worker *w, unsigned max_queued);
 unsigned tpm_worker_queued(const struct tpm_worker *w);    /* jobs waiting, not counting the running one */

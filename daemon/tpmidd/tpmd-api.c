@@ -110,6 +110,11 @@ static void reply_tpm_error(struct tpmd_api *a, struct api_job *j) {
                 status = 503;
                 what = "TPM not available";
                 break;
+        case -ENOTCONN:
+                /* the worker closed it; the manager is opening it again (TPM recovery) */
+                status = 503;
+                what = "TPM not available (the connection broke; reconnecting)";
+                break;
         case -EAGAIN:
                 /* TPM_RC_RETRY/YIELDED/TESTING/NV_RATE that outlasted tpm.c's re-sends: transient. */
                 status = 503;

@@ -53,6 +53,7 @@ struct fake {
         unsigned n_hmac_codes;
         uint32_t ping_code;     /* answer GetCapability(MANUFACTURER) with this */
         unsigned fail_transmit; /* this many transmits fail with a TCTI I/O error */
+        unsigned cut_response;  /* this many responses come cut short (8 of their bytes: out of step) */
         int open_error;         /* tcti_source.open fails with this */
         bool hold;              /* receive waits while set (the test's gate) */
         unsigned delay_ms;      /* each response takes this long */
@@ -234,6 +235,10 @@ static TSS2_RC fake_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t 
         default:
                 error_response(f, TPM2_RC_COMMAND_CODE);
                 break;
+        }
+        if (f->cut_response > 0) {
+                f->cut_response--;
+                f->resp_len = 8; /* less than a response header */
         }
         f->in_flight = true;
         pthread_mutex_unlock(&f->lock);
@@ -762,11 +767,26 @@ static void test_idle_release(void **state) {
         fixture_free(fx);
 }
 
+
+/* The lost hook's record: how often, for which job, in which order. */
+struct lost_seen {
+        unsigned calls, order;
+        const struct tpm_job *job;
+};
+
+static void lost_hook(const struct tpm_job *job, void *userdata) {
+        struct lost_seen *l = userdata;
+        l->calls++;
+        l->job = job;
+        l->order = ++done_seq;
+}
+
 /* TPM and TCTI failures come back as job->r and job->err. */
 static void test_errors(void **state) {
         (void)state;
         struct fixture *fx = fixture_new(64);
         struct tjob t;
+        struct lost_seen lost = { 0 };
 
         /* the TPM cannot be opened: START fails, jobs before a good START get -ENODEV */
         fx->fake.open_error = -ECONNREFUSED;
@@ -795,15 +815,48 @@ static void test_errors(void **state) {
         assert_string_equal(t.job.err.step, "TPM2_HMAC");
         assert_non_null(strstr(t.job.err.msg, "dictionary-attack lockout"));
 
-        /* the connection fails: -EIO with the TCTI's code */
+        /* the connection fails mid-command: -ENOTCONN and lost, with the
+         * TCTI's code; the worker closed the TPM, the lost hook ran before
+         * the job's done, and jobs get -ENODEV until a START reopens it */
+        tpm_worker_on_lost(fx->w, lost_hook, &lost);
         pthread_mutex_lock(&fx->fake.lock);
         fx->fake.fail_transmit = 1;
         pthread_mutex_unlock(&fx->fake.lock);
         assert_int_equal(submit(fx, &t, TPM_JOB_SIGN, "io"), 0);
         run_until_done(fx, &t);
-        assert_int_equal(t.job.r, -EIO);
+        assert_int_equal(t.job.r, -ENOTCONN);
+        assert_true(t.job.lost);
         assert_int_equal(t.job.err.rc, TSS2_TCTI_RC_IO_ERROR);
+        assert_string_equal(t.job.err.step, "TPM2_HMAC");
         assert_non_null(strstr(t.job.err.msg, "lost the connection to the TPM"));
+        assert_int_equal(lost.calls, 1);
+        assert_ptr_equal(lost.job, &t.job);
+        assert_int_equal(lost.order + 1, t.order); /* the hook first: its reconnect goes ahead */
+        assert_int_equal(fake_get(fx, &fx->fake.closes), 1);
+        assert_int_equal(submit(fx, &t, TPM_JOB_SIGN, "closed"), 0);
+        run_until_done(fx, &t);
+        assert_int_equal(t.job.r, -ENODEV);
+        assert_false(t.job.lost);
+        assert_int_equal(lost.calls, 1);
+        start_tpm(fx);
+
+        /* a response out of step (cut short): SAPI's code, the same -ENOTCONN and close */
+        pthread_mutex_lock(&fx->fake.lock);
+        fx->fake.cut_response = 1;
+        pthread_mutex_unlock(&fx->fake.lock);
+        assert_int_equal(submit(fx, &t, TPM_JOB_SIGN, "cut"), 0);
+        run_until_done(fx, &t);
+        assert_int_equal(t.job.r, -ENOTCONN);
+        assert_true(t.job.lost);
+        assert_int_equal(t.job.err.rc & TSS2_RC_LAYER_MASK, TSS2_SYS_RC_LAYER);
+        assert_non_null(strstr(t.job.err.msg, "lost the connection to the TPM"));
+        assert_int_equal(lost.calls, 2);
+        assert_int_equal(fake_get(fx, &fx->fake.closes), 2);
+        start_tpm(fx);
+        assert_int_equal(fake_get(fx, &fx->fake.opens), 3);
+        assert_int_equal(submit(fx, &t, TPM_JOB_SIGN, "reopened"), 0); /* the key is known again */
+        run_until_done(fx, &t);
+        assert_signed(&t);
 
         /* the key was evicted: -ENOKEY, then looked up again (and found missing) */
         pthread_mutex_lock(&fx->fake.lock);
@@ -828,10 +881,6 @@ static void test_errors(void **state) {
         run_until_done(fx, &t);
         assert_signed(&t);
 
-        /* the I/O failure above made lib/tpm.c open a fresh TCTI before the
-         * next command (a TCTI that failed mid-command is stuck): one close */
-        assert_int_equal(fake_get(fx, &fx->fake.closes), 1);
-
         /* a failed PING closes the TPM; jobs get -ENODEV until a START reopens it */
         pthread_mutex_lock(&fx->fake.lock);
         fx->fake.ping_code = TPM2_RC_FAILURE;
@@ -840,7 +889,9 @@ static void test_errors(void **state) {
         run_until_done(fx, &t);
         assert_int_equal(t.job.r, -EIO);
         assert_int_equal(t.job.err.rc, TPM2_RC_FAILURE);
-        assert_int_equal(fake_get(fx, &fx->fake.closes), 2);
+        assert_int_equal(fake_get(fx, &fx->fake.closes), 3);
+        assert_false(t.job.lost); /* the TPM said no: closed, but not a broken connection */
+        assert_int_equal(lost.calls, 2);
         assert_int_equal(submit(fx, &t, TPM_JOB_SIGN, "closed"), 0);
         run_until_done(fx, &t);
         assert_int_equal(t.job.r, -ENODEV);
@@ -848,7 +899,7 @@ static void test_errors(void **state) {
         fx->fake.ping_code = 0;
         pthread_mutex_unlock(&fx->fake.lock);
         start_tpm(fx);
-        assert_int_equal(fake_get(fx, &fx->fake.opens), 3); /* start, the reopen after the I/O failure, this START */
+        assert_int_equal(fake_get(fx, &fx->fake.opens), 4); /* start, after the I/O failure, the cut response, this START */
         assert_int_equal(submit(fx, &t, TPM_JOB_PING, NULL), 0);
         run_until_done(fx, &t);
         assert_int_equal(t.job.r, 0);
