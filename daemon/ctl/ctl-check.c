@@ -384,7 +384,7 @@ static struct tpm *direct_tpm(struct check_ctx *c) {
                 .tcti = tcti[0] ? tcti : NULL,
                 .endorsement_auth = c->cfg ? c->cfg->tpm.endorsement_auth : NULL,
                 .owner_auth = c->cfg ? c->cfg->tpm.owner_auth : NULL,
-                .auth_key_index = c->cfg ? c->cfg->tpm.auth_key_index : TPM_AUTH_KEY_INDEX_DEFAULT,
+                .auth_key_index = c->cfg ? ctl_serving_key_index(c->cfg) : TPM_AUTH_KEY_INDEX_DEFAULT,
         };
         struct tpm_error e = {0};
         if (tpm_open(&o, &c->tpm, &e) < 0) {
@@ -523,7 +523,7 @@ static void check_auth_key(struct check_ctx *c) {
                 } else if (!detail[0])
                         snprintf(detail, sizeof detail, "%s", c->tpm_why);
         }
-        uint32_t handle = TPM_AUTH_KEY_BASE + (c->cfg ? c->cfg->tpm.auth_key_index : TPM_AUTH_KEY_INDEX_DEFAULT);
+        uint32_t handle = TPM_AUTH_KEY_BASE + (c->cfg ? ctl_serving_key_index(c->cfg) : TPM_AUTH_KEY_INDEX_DEFAULT);
         if (present < 0)
                 report(c, "tpm-auth-key", CHECK_SKIPPED, NULL, "skipped: %s", detail);
         else if (present)

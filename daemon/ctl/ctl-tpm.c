@@ -275,6 +275,14 @@ static int print_config_errors(const char *path, int r, const struct config_diag
         return CTL_EXIT_CONFIG;
 }
 
+uint32_t ctl_serving_key_index(const struct tpmid_config *cfg) {
+        _cleanup_free_ char *state_path = NULL;
+        struct tpmid_state st;
+        if (asprintf(&state_path, "%s/%s", cfg->state_dir, STATE_FILE_NAME) < 0 || state_load(state_path, &st) < 0)
+                return cfg->tpm.auth_key_index;
+        return prov_slot_key_index(cfg->tpm.auth_key_index, prov_slot_of_state(st.key_slot));
+}
+
 /* Combine --tcti, -c and the password files into *tg. The configuration
  * file is optional unless named with -c: the default one may be missing (an
  * unowned TPM needs no passwords) or unreadable to a non-root user (then the
@@ -301,17 +309,8 @@ static int tpm_target_resolve(const struct tpm_args *a, struct tpm_target *tg) {
                 if (!tg->tcti)
                         goto oom;
         }
-        if (!a->index_given && cfg) {
-                /* The hub key is in the slot tpmidd's state file names (A/B
-                 * slots, provision.h); without a readable file, slot A. */
-                _cleanup_free_ char *state_path = NULL;
-                struct tpmid_state st;
-                tg->index = cfg->tpm.auth_key_index;
-                if (asprintf(&state_path, "%s/%s", cfg->state_dir, STATE_FILE_NAME) < 0)
-                        goto oom;
-                if (state_load(state_path, &st) == 0)
-                        tg->index = prov_slot_key_index(cfg->tpm.auth_key_index, prov_slot_of_state(st.key_slot));
-        }
+        if (!a->index_given && cfg)
+                tg->index = ctl_serving_key_index(cfg);
         if (a->owner_auth_file) {
                 ret = read_auth_file(a->owner_auth_file, "owner", &tg->owner_auth);
                 if (ret)

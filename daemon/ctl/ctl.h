@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* The exit codes of every verb: one table, documented in tpmidctl(1) under
@@ -29,6 +30,12 @@ int ctl_exit_from_http(int status);
 /* The exit code for a -errno of ctl_client_request() or
  * ctl_client_get_tpm_keys() (0 gives CTL_EXIT_OK). */
 int ctl_exit_from_errno(int r);
+
+/* ctl-tpm.c: the key index (from TPM_AUTH_KEY_BASE) of the hub key that
+ * serves: the slot tpmidd's state file names (A/B slots, lib/provision.h),
+ * slot A (auth_key_index) without a readable state file. */
+struct tpmid_config;
+uint32_t ctl_serving_key_index(const struct tpmid_config *cfg);
 
 int ctl_tpm_main(int argc, char **argv);     /* ctl-tpm.c: tpm info|import|sign */
 int ctl_config_main(int argc, char **argv);  /* ctl-config.c: config check|apply */
