@@ -33,7 +33,7 @@ static bool leap(int y) {
         return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
 }
 
-/* Days from 1970-01-01 to y-m-d (proleptic Gregorian; y >= 0 here). */
+/* Days from 1970-01-01 to y-m-d (Gregorian; y >= HTTPDATE_MIN_YEAR here). */
 static int64_t days_since_epoch(int y, int m, int d) {
         static const int before_month[12] = {0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334};
         int64_t yy = (int64_t)y - 1; /* whole years before y */
@@ -75,7 +75,7 @@ int httpdate_parse(const char *s, int64_t *ret) {
         hh = digits(s + 17, 2);
         mm = digits(s + 20, 2);
         ss = digits(s + 23, 2);
-        if (day < 1 || year < 0 || hh < 0 || hh > 23 || mm < 0 || mm > 59 || ss < 0 || ss > 60)
+        if (day < 1 || year < HTTPDATE_MIN_YEAR || hh < 0 || hh > 23 || mm < 0 || mm > 59 || ss < 0 || ss > 60)
                 return -EINVAL; /* ss 60: a leap second, counted as the next second like POSIX time does */
         if (day > mdays[mon - 1] || (mon == 2 && day == 29 && !leap(year)))
                 return -EINVAL;

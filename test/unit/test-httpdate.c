@@ -50,6 +50,9 @@ static void test_parse_invalid(void **state) {
         assert_int_equal(httpdate_parse("Sun, 06 Nov 199a 08:49:37 GMT", &t), -EINVAL);
         assert_int_equal(httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMTX", &t), -EINVAL);
         assert_int_equal(httpdate_parse("Sun, 06 Nov 1994 08:49:3 GMT", &t), -EINVAL);
+        /* the year limit: 1970 is read, 1969 and year 0 are not */
+        assert_int_equal(httpdate_parse("Wed, 31 Dec 1969 23:59:59 GMT", &t), -EINVAL);
+        assert_int_equal(httpdate_parse("Tue, 29 Feb 0000 23:59:34 GMT", &t), -EINVAL);
         assert_int_equal(t, 42); /* untouched on failure */
         assert_int_equal(httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT", NULL), -EINVAL);
 }
