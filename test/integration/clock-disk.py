@@ -12,6 +12,7 @@ disk_full: a tiny tmpfs as the state directory (root only), full: the
 identity is served, /status says "identity not persisted"; once space is back
 the state file appears without a reprovisioning. A move to a new hub while
 full, then space, then a restart: the state file names the new hub."""
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap")
-from daemon import HUB1, HUB2, Daemon, Sim, read_state_file, tpm_info, wait_for  # noqa: E402
+from daemon import HUB1, HUB2, Daemon, Sim, read_state_file, tpm_info, tpmidctl_path, wait_for  # noqa: E402
 
 R = harness.Runner("clock-disk")
 
@@ -121,6 +122,14 @@ def clock_good_unchanged():
         assert "the clock is off" not in s.d.log_since_start()
 
 
+def check_provisioning(d):
+    """`tpmidctl check --json`'s provisioning entry for the daemon d."""
+    e = dict(os.environ, TPMIDD_CONFIG=d.config)
+    p = subprocess.run([tpmidctl_path(), "check", "--json"], env=e, capture_output=True, text=True, timeout=120)
+    doc = json.loads(p.stdout)
+    return {r["id"]: r for r in doc["checks"]}["provisioning"]
+
+
 def mount_tmpfs(path, size):
     harness.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", path])
 
@@ -153,11 +162,15 @@ def disk_full():
             assert p["hubName"] == HUB1, p
             assert "identity not persisted" in p["lastResult"]["message"], p
             assert not os.path.exists(s.d.state_file)
+            c = check_provisioning(s.d)
+            assert c["result"] == "warning" and "identity not persisted" in c["message"], c
             since = s.sim.last_seq()
             os.unlink(filler)
             wait_for(lambda: os.path.exists(s.d.state_file), 30, what="the state file")
             assert read_state_file(s.d.state_file)["hub"] == HUB1
             wait_for(lambda: s.d.prov()["persisted"] is True, 10, what="persisted true")
+            c = check_provisioning(s.d)
+            assert c["result"] == "ok", c
             assert not s.routes("register-challenge", since=since)  # no new DPS run was needed
             # A move while full: the new hub is served, the file still names the old one ...
             filler = fill(state)
