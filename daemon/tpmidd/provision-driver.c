@@ -635,7 +635,12 @@ static void dps_answered(struct prov_driver *d, const struct cloud_response *res
                                    "provisioning: DPS refused the registration: %s; not retrying until "
                                    "reprovisioning is requested or the configuration changes",
                                    res.message);
-                } else
+                } else if (res.data.clock_skewed) /* not counted: see PROV_CLOCK_SKEW_MAX_S */
+                        log_struct(LOG_WARNING, NULL,
+                                   LOG_FIELDS(LOG_NUM("HTTP_STATUS", res.data.http_status),
+                                              LOG_NUM("DPS_ERROR_CODE", res.data.code)),
+                                   "provisioning: %s (%s)", res.note, res.message);
+                else
                         log_struct(LOG_WARNING, NULL,
                                    LOG_FIELDS(LOG_NUM("HTTP_STATUS", res.data.http_status),
                                               LOG_NUM("DPS_ERROR_CODE", res.data.code)),
