@@ -185,6 +185,9 @@ struct api_status {
         int64_t next_retry_at;          /* Unix seconds; 0 -> null (no retry scheduled) */
         const char *id_scope;           /* the running value; NULL -> null */
         const char *global_endpoint;    /* the running value; NULL -> null */
+        bool not_persisted;             /* the served identity's last save failed ("persisted": false) */
+        bool has_clock_skew;            /* a DPS refusal came with a clock this far off: */
+        int64_t clock_skew_sec;         /* local minus DPS's Date, s ("clockSkewSec"; null unless has_clock_skew) */
         /* tpm */
         const char *tpm_state;          /* required, e.g. "ready", "unavailable" */
         const char *tpm_last_error;     /* NULL -> null */
@@ -198,7 +201,7 @@ struct api_status {
 };
 /* {"provisioning":{"state","hubName","deviceId","registrationId",
  *                  "lastResult":{"status","errorCode","message","at"}|null,"nextRetryAt",
- *                  "idScope","globalEndpoint"},
+ *                  "idScope","globalEndpoint","persisted","clockSkewSec"},
  *  "tpm":{"state","lastError","tcti"},
  *  "daemon":{"version","uptimeSec","mode","restartNeeded":[key,...]}}
  * -EINVAL when a required string or a restart_needed entry is NULL. */

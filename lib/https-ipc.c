@@ -81,7 +81,8 @@ static int validate(const struct https_ipc_msg *m) {
         case HTTPS_IPC_RESPONSE:
                 if ((r = check_str(m->response.error_msg, true)) < 0 ||
                     (r = check_str(m->response.retry_after, false)) < 0 ||
-                    (r = check_str(m->response.error_code_header, false)) < 0)
+                    (r = check_str(m->response.error_code_header, false)) < 0 ||
+                    (r = check_str(m->response.date, false)) < 0)
                         return r;
                 if (m->response.error > 0 || m->response.error < -HTTPS_IPC_MAX_ERRNO ||
                     m->response.status > HTTPS_IPC_MAX_STATUS)
@@ -122,6 +123,7 @@ static void put_msg(struct wcur *w, const struct https_ipc_msg *m) {
                 put_bytes(w, m->response.body, m->response.body_len, true);
                 put_str(w, m->response.retry_after);
                 put_str(w, m->response.error_code_header);
+                put_str(w, m->response.date);
                 put_u64(w, m->response.total_usec);
                 return;
         case HTTPS_IPC_CANCEL:
@@ -291,6 +293,7 @@ int https_ipc_decode(const uint8_t *buf, size_t len, struct https_ipc_msg *out) 
                 get_field(&c, &a, false, true, HTTPS_IPC_MAX_BODY_BYTES, &m.response.body, &m.response.body_len);
                 m.response.retry_after = get_str(&c, &a, true);
                 m.response.error_code_header = get_str(&c, &a, true);
+                m.response.date = get_str(&c, &a, true);
                 m.response.total_usec = get_u64(&c);
                 if (e != 0 && (e < (uint32_t)-HTTPS_IPC_MAX_ERRNO))
                         c.bad = true; /* not 0 and not in [-4095, -1] as two's complement */

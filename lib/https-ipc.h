@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HTTPS_IPC_VERSION 1u                            /* hello.version; bump on any layout change */
+#define HTTPS_IPC_VERSION 2u                            /* hello.version; bump on any layout change (2: response.date) */
 #define HTTPS_IPC_MAX_BODY_BYTES (256u * 1024u)         /* bytes of a request or response body */
 #define HTTPS_IPC_MAX_STRING_BYTES 8192u                /* bytes of any other string (url, token, path...) */
 #define HTTPS_IPC_MAX_STRINGS 6u                        /* strings in the largest frame type (response) */
@@ -68,6 +68,7 @@ struct https_ipc_response {
         size_t body_len;
         const char *retry_after;       /* optional */
         const char *error_code_header; /* optional: x-ms-error-code */
+        const char *date;              /* optional: the Date header, unchecked (lib/httpdate.h reads it) */
         uint64_t total_usec;           /* wall time of the transfer in microseconds */
 };
 

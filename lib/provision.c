@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "httpdate.h"
 #include "util.h"
 
 static const char *const mode_table[_PROV_MODE_MAX] = {
@@ -56,6 +57,7 @@ static const char *const event_table[_PROV_EVENT_MAX] = {
         [PROV_EV_CONFIG_CHANGED] = "config-changed",
         [PROV_EV_EVICTED] = "evicted",
         [PROV_EV_EVICT_FAILED] = "evict-failed",
+        [PROV_EV_CLOCK_STEPPED] = "clock-stepped",
 };
 
 static const char *const action_table[_PROV_ACT_MAX] = {
@@ -156,6 +158,7 @@ void prov_machine_init(struct prov_machine *m, enum prov_mode mode, backoff_rand
         m->serving_slot = PROV_SLOT_A;
         m->staging_slot = PROV_SLOT_B;
         backoff_init(&m->backoff, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd, userdata);
+        backoff_init(&m->save_backoff, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd, userdata);
 }
 
 bool prov_is_busy(const struct prov_machine *m) {
@@ -204,6 +207,8 @@ static void clear_error(struct prov_machine *m) {
         m->last_code = 0;
         m->last_message[0] = '\0';
         m->last_permanent = false;
+        m->clock_skewed = false;
+        m->clock_skew_s = 0;
 }
 
 static void act_in(const struct prov_machine *m, struct prov_action *a, enum prov_action_kind kind,
@@ -250,14 +255,18 @@ static void request_pending(struct prov_machine *m, enum prov_reason reason, str
         act(a, PROV_ACT_NONE, 0);
 }
 
-/* Nothing left to do in this run: serve, unless a run was requested meanwhile. */
+/* Nothing left to do in this run: serve, unless a run was requested meanwhile.
+ * An identity served but not persisted is saved again after a backoff. */
 static void settle(struct prov_machine *m, struct prov_action *a) {
         if (m->pending) {
                 start_dps(m, m->pending_reason, a);
                 return;
         }
         m->state = PROV_PROVISIONED;
-        act(a, PROV_ACT_NONE, 0);
+        if (m->save_failed)
+                act(a, PROV_ACT_ARM_TIMER, backoff_next(&m->save_backoff, 0));
+        else
+                act(a, PROV_ACT_NONE, 0);
 }
 
 static void back_off(struct prov_machine *m, const struct prov_event_data *d, const char *fallback,
@@ -350,7 +359,9 @@ static int startup_common(struct prov_machine *m, enum prov_event ev, struct pro
  * still in flight from a crashed predecessor of ours; a fresh run then
  * succeeds. Only repeated refusals are DPS's verdict. */
 static void sas_refused(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
-        if (++m->sas_refusals < PROV_STALE_CHALLENGE_RUNS)
+        if (d->clock_skewed)
+                back_off(m, d, "DPS refused the signature: the clock is off", a); /* not DPS's verdict */
+        else if (++m->sas_refusals < PROV_STALE_CHALLENGE_RUNS)
                 back_off(m, d, "DPS refused this run's signature", a);
         else {
                 m->sas_refusals = 0; /* the verdict is kept; a later request starts a fresh count */
@@ -383,6 +394,8 @@ static bool run_common(struct prov_machine *m, enum prov_event ev, const struct 
                 malformed_answer(m, d, a);
         else if (ev == PROV_EV_TRANSIENT_ERROR)
                 back_off(m, d, "temporary DPS error", a);
+        else if (ev == PROV_EV_PERMANENT_ERROR && d->clock_skewed)
+                back_off(m, d, "DPS refused the registration: the clock is off", a);
         else if (ev == PROV_EV_PERMANENT_ERROR)
                 fail(m, d, "DPS refused the registration", a);
         else if (ev == PROV_EV_CLIENT_REPROVISION || ev == PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS)
@@ -526,10 +539,13 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                         m->save_failed = ev == PROV_EV_SAVE_FAILED;
                         m->serving_slot = m->staging_slot; /* the new key serves */
                         if (m->save_failed) {
-                                /* The file still names the old slot: keep its key. */
+                                /* The file still names the old slot: keep its key;
+                                 * settle() arms the save retry (save_backoff), whose
+                                 * SAVED ends here again and retires the old key. */
                                 settle(m, a);
                                 return 0;
                         }
+                        backoff_reset(&m->save_backoff);
                         m->state = PROV_RETIRING;
                         act_evict(m, a, prov_slot_other(m->serving_slot));
                         return 0;
@@ -551,7 +567,11 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 return -EINVAL;
 
         case PROV_PROVISIONED:
-                if (ev == PROV_EV_CLIENT_REPROVISION)
+                if (ev == PROV_EV_TIMER && m->save_failed) {
+                        /* the save retry settle() armed */
+                        m->state = PROV_SAVING;
+                        act(a, PROV_ACT_SAVE_STATE, 0);
+                } else if (ev == PROV_EV_CLIENT_REPROVISION)
                         start_dps(m, PROV_REASON_CLIENT_REQUEST, a);
                 else if (ev == PROV_EV_CONFIG_CHANGED)
                         start_dps(m, PROV_REASON_CONFIG_CHANGED, a);
@@ -568,8 +588,10 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 return 0;
 
         case PROV_BACKING_OFF:
-                if (ev == PROV_EV_TIMER)
-                        start_dps(m, m->reason, a);
+                if (ev == PROV_EV_TIMER || (ev == PROV_EV_CLOCK_STEPPED && m->clock_skewed))
+                        start_dps(m, m->reason, a); /* a step may have fixed the clock DPS refused */
+                else if (ev == PROV_EV_CLOCK_STEPPED)
+                        act(a, PROV_ACT_NONE, 0); /* DPS's trouble was not the clock: keep waiting */
                 else if (ev == PROV_EV_CLIENT_REPROVISION)
                         start_dps(m, PROV_REASON_CLIENT_REQUEST, a);
                 else if (ev == PROV_EV_CONFIG_CHANGED)
@@ -612,15 +634,24 @@ int prov_step(struct prov_machine *m, enum prov_event ev, const struct prov_even
         if (!d)
                 d = &zero;
         before = *m;
+        if (ev == PROV_EV_CLOCK_STEPPED && m->state != PROV_BACKING_OFF) {
+                *out = a; /* NONE: only a clock-blamed backoff waits for the clock */
+                return 0;
+        }
         r = transition(m, ev, d, &a);
         if (r < 0) {
                 *m = before;
                 return r;
         }
+        if (d->clock_skewed) {
+                m->clock_skewed = true;
+                m->clock_skew_s = d->clock_skew_s;
+        }
         a.status_changed = m->state != before.state || m->mode != before.mode || m->serving != before.serving ||
                            m->reason != before.reason || m->last_code != before.last_code ||
                            m->last_http_status != before.last_http_status ||
                            m->last_permanent != before.last_permanent || m->save_failed != before.save_failed ||
+                           m->clock_skewed != before.clock_skewed || m->clock_skew_s != before.clock_skew_s ||
                            !streq(m->last_message, before.last_message);
         if (a.kind == PROV_ACT_NONE && a.status_changed)
                 a.kind = PROV_ACT_NOTIFY_STATUS;
@@ -824,7 +855,41 @@ static int interpret_registration(const struct prov_dps_answer *ans, struct prov
         return 0;
 }
 
+static int dps_interpret(enum dps_request req, const struct prov_dps_answer *answer, struct prov_dps_result *out);
+
+/* A refusal (a 401 that is not the first PUT's challenge) while the local
+ * clock is off from DPS's Date by more than PROV_CLOCK_SKEW_MAX_S: the
+ * clock's fault, not a verdict. Say so, and make it retryable. */
+static void blame_clock(const struct prov_dps_answer *ans, struct prov_dps_result *out) {
+        char msg[PROV_MESSAGE_MAX + HTTPDATE_MAX_BYTES + 96]; /* our words + the Date + DPS's message */
+        int64_t skew;
+        size_t n;
+
+        if (ans->error < 0 || ans->http_status != 401 || out->event == PROV_EV_DPS_401_CHALLENGE ||
+            httpdate_skew(ans->date, ans->now, &skew) < 0 || (skew <= PROV_CLOCK_SKEW_MAX_S && skew >= -PROV_CLOCK_SKEW_MAX_S))
+                return;
+        out->data.clock_skewed = true;
+        out->data.clock_skew_s = skew;
+        snprintf(msg, sizeof(msg), "the clock is off by %lld s (DPS's Date: %s): %s", (long long)skew, ans->date,
+                 out->message);
+        n = strnlen(msg, PROV_MESSAGE_MAX);
+        memcpy(out->message, msg, n); /* DPS's words are cut, ours survive */
+        out->message[n] = '\0';
+        out->data.message = out->message;
+        if (out->event == PROV_EV_PERMANENT_ERROR)
+                out->event = PROV_EV_TRANSIENT_ERROR;
+        out->status = "error";
+        out->note = "DPS refused us while the clock is off; fix the clock (NTP), will retry";
+}
+
 int prov_dps_interpret(enum dps_request req, const struct prov_dps_answer *answer, struct prov_dps_result *out) {
+        int r = dps_interpret(req, answer, out);
+        if (r >= 0)
+                blame_clock(answer, out);
+        return r;
+}
+
+static int dps_interpret(enum dps_request req, const struct prov_dps_answer *answer, struct prov_dps_result *out) {
         struct prov_dps_answer copy = *answer;
         const struct prov_dps_answer *ans = &copy;
 

@@ -79,6 +79,20 @@
  *     may have fetched a newer one), so back off and start a new run; only
  *     PROV_STALE_CHALLENGE_RUNS refusals in a row are DPS's verdict
  *     (permanent).
+ *   - A DPS refusal (a 401 other than the first PUT's challenge) whose Date
+ *     is more than PROV_CLOCK_SKEW_MAX_S away from the local clock is the
+ *     clock's fault (our SAS tokens look expired to DPS), not a verdict: it
+ *     is not counted towards PROV_STALE_CHALLENGE_RUNS, never leads to
+ *     FAILED_PERMANENT, and is backed off and retried like a transient error;
+ *     status carries the skew ("the clock is off by N s"). A step of the
+ *     realtime clock (CLOCK_STEPPED) ends such a backoff at once; it changes
+ *     nothing anywhere else. The skew is cleared when a run succeeds.
+ *   - Saving the new identity failed (SAVE_FAILED, e.g. a full disk): it is
+ *     served, not persisted (save_failed); once settled the save is retried
+ *     (ARM_TIMER → TIMER → SAVE_STATE) with its own backoff until it
+ *     succeeds. The driver always saves the identity being served, so the
+ *     file never keeps naming an older hub once a save succeeds. A DPS run
+ *     started meanwhile ends in a save of its own.
  *   - Permanent DPS failure (no enrollment, EK mismatch, enrollment disabled,
  *     401 after authentication, assignment failed): stop retrying
  *     (FAILED_PERMANENT); the DPS error code and message are kept for status;
@@ -123,6 +137,7 @@
 #include "api.h"
 #include "backoff.h"
 #include "dps.h"
+#include "sas.h"
 #include "state.h"
 
 #define PROV_POLL_MAX 100                  /* GET polls per DPS run before starting over (transient) */
@@ -137,6 +152,11 @@
  * a DPS (or proxy) that only ever sends broken answers is not retried
  * forever. */
 #define PROV_MALFORMED_ANSWER_RUNS 5
+/* Seconds the local clock may be off from DPS's Date before a 401 is blamed
+ * on the clock: a SAS token is valid SAS_DPS_LIFETIME_S from the local "now",
+ * so a clock behind by more has DPS see every token expired on arrival. A
+ * clock off by more in either direction is reported the same way. */
+#define PROV_CLOCK_SKEW_MAX_S SAS_DPS_LIFETIME_S
 #define PROV_REPORT_MIN_INTERVAL_MS 60000u /* ms between hub checks started by client reports */
 #define PROV_MESSAGE_MAX (DPS_ERROR_MESSAGE_MAX + 128) /* bytes of a status message: DPS's text plus our context */
 
@@ -198,6 +218,7 @@ enum prov_event {
         PROV_EV_CONFIG_CHANGED,           /* reload changed the provisioning config */
         PROV_EV_EVICTED,                  /* TPM_EVICT done (also when the slot was empty) */
         PROV_EV_EVICT_FAILED,             /* TPM_EVICT failed: the key stays; the next start removes it */
+        PROV_EV_CLOCK_STEPPED,            /* the realtime clock was set: a clock-blamed backoff retries now */
         _PROV_EVENT_MAX,
 };
 const char *prov_event_to_string(enum prov_event e);
@@ -238,6 +259,8 @@ struct prov_event_data {
         enum prov_slot state_slot; /* STATE_LOADED_*: the slot the file names; MISSING_OR_CORRUPT: the file's
                                     * slot if it was intact, else NONE */
         bool other_present;     /* STATE_LOADED_*: the other slot holds a key too (a crashed swap) */
+        bool clock_skewed;      /* a 401 while the clock was off by more than PROV_CLOCK_SKEW_MAX_S */
+        int64_t clock_skew_s;   /* clock_skewed: local clock minus DPS's Date, in seconds */
 };
 
 enum prov_action_kind {
@@ -309,8 +332,11 @@ struct prov_machine {
         int64_t last_code;
         char last_message[DPS_ERROR_MESSAGE_MAX + 1];
         bool last_permanent;
-        bool save_failed;        /* provisioned but state not persisted (the file still names the old slot,
-                                  * whose key is kept) */
+        bool save_failed;        /* provisioned but state not persisted: the file still names the old slot,
+                                  * whose key is kept, and the save is retried */
+        struct backoff save_backoff; /* attempts = failed saves in a row */
+        bool clock_skewed;       /* the last DPS refusal came with a clock off by clock_skew_s; cleared on success */
+        int64_t clock_skew_s;
         bool assigned_has_key;   /* the current run's assignment carried its own key blob */
         uint32_t sas_refusals;   /* DPS_SAS_REFUSED in a row (PROV_STALE_CHALLENGE_RUNS) */
         uint32_t malformed_runs; /* runs in a row ended by a malformed answer (PROV_MALFORMED_ANSWER_RUNS) */
@@ -371,7 +397,8 @@ struct prov_dps_answer {
         const uint8_t *body;   /* may be NULL */
         size_t body_len;
         const char *retry_after; /* Retry-After header value or NULL */
-        int64_t now;             /* Unix seconds, for an HTTP-date Retry-After */
+        const char *date;        /* Date header value or NULL: compared with now for 401s */
+        int64_t now;             /* Unix seconds (the local clock), for an HTTP-date Retry-After and Date */
 };
 
 /* What a DPS answer means, and what it carried. */

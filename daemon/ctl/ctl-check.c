@@ -673,7 +673,12 @@ static void check_provisioning(struct check_ctx *c) {
         }
         const char *hub = ctl_status_str(c->status, "provisioning", "hubName");
         const char *dev = ctl_status_str(c->status, "provisioning", "deviceId");
-        if (streq(state, "provisioned"))
+        if (streq(state, "provisioned") && json_is_false(json_object_get(prov, "persisted")))
+                /* served, but lost at the next restart until the daemon's save retry succeeds */
+                report(c, "provisioning", CHECK_WARNING, "free space in the state directory (state_dir)",
+                       "provisioned: device %s on %s, but identity not persisted (the daemon retries the save)%s%s",
+                       dev ? dev : "?", hub ? hub : "?", lastmsg[0] ? "; " : "", lastmsg);
+        else if (streq(state, "provisioned"))
                 report(c, "provisioning", CHECK_OK, NULL, "provisioned: device %s on %s%s%s", dev ? dev : "?",
                        hub ? hub : "?", lastmsg[0] ? "; " : "", lastmsg);
         else if (ctl_status_provisioning_failed(c->status))

@@ -68,6 +68,7 @@ struct xfer {
         bool too_big;
         char *retry_after;
         char *ms_error_code;
+        char *date; /* Date: the daemon compares it with its clock */
         uint64_t id;
         char errbuf[CURL_ERROR_SIZE];
         struct xfer *next;
@@ -108,6 +109,7 @@ static void xfer_free(struct helper *h, struct xfer *x) {
         free(x->resp);
         free(x->retry_after);
         free(x->ms_error_code);
+        free(x->date);
         free(x);
 }
 
@@ -235,6 +237,7 @@ static int check_done(struct helper *h) {
                 r.body_len = x->resp_len;
                 r.retry_after = x->retry_after;
                 r.error_code_header = x->ms_error_code;
+                r.date = x->date;
                 curl_off_t usec = 0;
                 if (curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &usec) == CURLE_OK && usec > 0)
                         r.total_usec = (uint64_t)usec;
@@ -270,7 +273,7 @@ static size_t write_cb(char *data, size_t size, size_t n, void *userp) {
         return len;
 }
 
-/* Keep the two response headers the protocol needs. */
+/* Keep the three response headers the protocol needs. */
 static size_t header_cb(char *data, size_t size, size_t n, void *userp) {
         struct xfer *x = userp;
         size_t len = size * n;
@@ -280,6 +283,7 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userp) {
         } wanted[] = {
                 {"retry-after:", offsetof(struct xfer, retry_after)},
                 {"x-ms-error-code:", offsetof(struct xfer, ms_error_code)},
+                {"date:", offsetof(struct xfer, date)},
         };
         for (size_t i = 0; i < ELEMENTSOF(wanted); i++) {
                 size_t nl = strlen(wanted[i].name);

@@ -358,6 +358,7 @@ static void dispatch_response(struct cloud *c, const struct https_ipc_response *
                 .body_len = resp->body_len,
                 .retry_after = resp->retry_after,
                 .error_code_header = resp->error_code_header,
+                .date = resp->date,
                 .total_sec = (double)resp->total_usec / 1e6,
         };
         x->cb(&r, x->userdata);

@@ -45,6 +45,7 @@ struct cloud_response {
         size_t body_len;
         const char *retry_after; /* Retry-After header value or NULL */
         const char *error_code_header; /* x-ms-error-code or NULL */
+        const char *date;      /* Date header value or NULL (unchecked: lib/httpdate.h reads it) */
         double total_sec;      /* wall time of the transfer */
 };
 

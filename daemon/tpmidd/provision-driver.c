@@ -14,15 +14,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dps.h"
+#include "httpdate.h"
 #include "log.h"
 #include "sas.h"
 #include "tpm.h"
 #include "util.h"
 
 #define PROV_STATUS_TEXT_MAX 1024 /* bytes of the STATUS= line */
+/* s ahead of now the clock-step timerfd is armed (it only exists to be
+ * cancelled by a step; reaching it just re-arms it) */
+#define PROV_CLOCK_WATCH_SPAN_S (365 * 86400)
 
 /* Which asynchronous part of the current action is in flight. */
 enum step {
@@ -39,6 +45,7 @@ enum step {
 struct prov_driver {
         const struct tpmid_config *cfg;
         struct prov_io io;
+        bool not_persisted; /* the last save failed (for the log line when one succeeds again) */
 
         struct prov_machine m;
         bool started, closing, io_closed;
@@ -580,12 +587,23 @@ static void perform(struct prov_driver *d) {
                 switch_identity(d);
                 int r = write_state(d);
                 if (r < 0) {
-                        log_error("provisioning: could not save the identity to %s: %s; it is served but will "
-                                  "not survive a restart",
-                                  d->state_path, strerror(-r));
+                        char msg[sizeof(d->last_message)];
+                        snprintf(msg, sizeof(msg), "identity not persisted: could not save it to %s: %s",
+                                 d->state_path, strerror(-r));
+                        log_error("provisioning: %s; it is served but will not survive a restart until a "
+                                  "retry succeeds",
+                                  msg);
+                        set_last(d, "error", 0, msg);
+                        d->not_persisted = true;
                         feed_simple(d, PROV_EV_SAVE_FAILED);
-                } else
+                } else {
+                        if (d->not_persisted) {
+                                log_info("provisioning: identity saved to %s (hub %s)", d->state_path, d->hub);
+                                set_last(d, "assigned", 0, "identity persisted after a failed save");
+                        }
+                        d->not_persisted = false;
                         feed_simple(d, PROV_EV_SAVED);
+                }
                 break;
         }
         case PROV_ACT_TPM_EVICT: {
@@ -601,7 +619,11 @@ static void perform(struct prov_driver *d) {
                 d->next_retry_at = d->io.now_unix(d->io.userdata) + (int64_t)((d->cur.delay_ms + 999) / 1000);
                 d->step = STEP_DELAY;
                 d->io.timer_start(d->io.userdata, d->cur.delay_ms, timer_cb, d);
-                log_info("provisioning: next DPS attempt in %.1f s", (double)d->cur.delay_ms / 1000.0);
+                if (d->m.state == PROV_PROVISIONED) /* settle() retries a failed save */
+                        log_info("provisioning: saving the identity again in %.1f s",
+                                 (double)d->cur.delay_ms / 1000.0);
+                else
+                        log_info("provisioning: next DPS attempt in %.1f s", (double)d->cur.delay_ms / 1000.0);
                 break;
         }
 }
@@ -610,8 +632,16 @@ static void perform(struct prov_driver *d) {
 
 static void hub_answered(struct prov_driver *d, const struct cloud_response *resp) {
         enum prov_event ev = prov_hub_event(resp->error, resp->status);
+        int64_t skew = 0;
         if (ev == PROV_EV_HUB_OK)
                 log_info("provisioning: hub %s accepts device %s", d->hub, d->device_id);
+        else if (ev == PROV_EV_HUB_REJECTED && resp->status == 401 &&
+                 httpdate_skew(resp->date, d->io.now_unix(d->io.userdata), &skew) == 0 &&
+                 (skew > PROV_CLOCK_SKEW_MAX_S || skew < -PROV_CLOCK_SKEW_MAX_S))
+                log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status)),
+                           "provisioning: hub %s rejects device %s (HTTP 401) and the clock is off by %lld s "
+                           "(hub's Date: %s): our tokens look expired to it; asking DPS",
+                           d->hub, d->device_id, (long long)skew, resp->date);
         else if (ev == PROV_EV_HUB_REJECTED)
                 log_struct(LOG_WARNING, NULL, LOG_FIELDS(LOG_NUM("HTTP_STATUS", resp->status)),
                            "provisioning: hub %s rejects device %s (HTTP %ld): the device may have moved", d->hub,
@@ -663,6 +693,7 @@ static void dps_answered(struct prov_driver *d, const struct cloud_response *res
                 .body = (const uint8_t *)resp->body,
                 .body_len = resp->body_len,
                 .retry_after = resp->retry_after,
+                .date = resp->date,
                 .now = d->io.now_unix(d->io.userdata),
         };
         struct prov_dps_result res;
@@ -699,7 +730,12 @@ static void dps_answered(struct prov_driver *d, const struct cloud_response *res
                                    "provisioning: DPS refused the registration: %s; not retrying until "
                                    "reprovisioning is requested or the configuration changes",
                                    res.message);
-                } else
+                } else if (res.data.clock_skewed) /* not counted: see PROV_CLOCK_SKEW_MAX_S */
+                        log_struct(LOG_WARNING, NULL,
+                                   LOG_FIELDS(LOG_NUM("HTTP_STATUS", res.data.http_status),
+                                              LOG_NUM("DPS_ERROR_CODE", res.data.code)),
+                                   "provisioning: %s (%s)", res.note, res.message);
+                else
                         log_struct(LOG_WARNING, NULL,
                                    LOG_FIELDS(LOG_NUM("HTTP_STATUS", res.data.http_status),
                                               LOG_NUM("DPS_ERROR_CODE", res.data.code)),
@@ -820,7 +856,48 @@ struct real_io {
         void *timer_userdata;
         void (*closed)(void *);
         void *closed_userdata;
+        struct prov_driver *driver; /* for clock steps */
+        int clock_fd;               /* timerfd cancelled by realtime clock steps, or -1 */
+        uv_poll_t clock_poll;
 };
+
+/* Arm the clock-step watch: an absolute CLOCK_REALTIME timer with
+ * TFD_TIMER_CANCEL_ON_SET is cancelled (read() fails with ECANCELED)
+ * whenever the clock is set discontinuously (NTP step, date -s). */
+static int clock_watch_arm(int fd) {
+        struct itimerspec its = {.it_value = {.tv_sec = time(NULL) + PROV_CLOCK_WATCH_SPAN_S}};
+        return timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &its, NULL) < 0 ? -errno : 0;
+}
+
+static void clock_poll_cb(uv_poll_t *p, int status, int events) {
+        struct real_io *io = p->data;
+        uint64_t expirations;
+        ssize_t n = read(io->clock_fd, &expirations, sizeof(expirations));
+        bool stepped = n < 0 && errno == ECANCELED;
+        if (n < 0 && errno == EAGAIN)
+                return;
+        if (clock_watch_arm(io->clock_fd) < 0) {
+                log_warn("provisioning: cannot watch for clock steps any more: %s", strerror(errno));
+                uv_poll_stop(p);
+        }
+        if (stepped && io->driver)
+                prov_driver_clock_stepped(io->driver);
+}
+
+/* Best effort: without it, a clock-blamed backoff just runs its course. */
+static void clock_watch_start(struct real_io *io) {
+        io->clock_fd = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (io->clock_fd < 0 || clock_watch_arm(io->clock_fd) < 0 ||
+            uv_poll_init(io->loop, &io->clock_poll, io->clock_fd) < 0) {
+                log_warn("provisioning: cannot watch for clock steps: %s", strerror(errno));
+                if (io->clock_fd >= 0)
+                        close(io->clock_fd);
+                io->clock_fd = -1;
+                return;
+        }
+        io->clock_poll.data = io;
+        uv_poll_start(&io->clock_poll, UV_READABLE, clock_poll_cb);
+}
 
 static int real_tpm_submit(void *userdata, struct tpm_job *job) {
         struct real_io *io = userdata;
@@ -880,14 +957,25 @@ static void real_timer_closed(uv_handle_t *h) {
         closed(closed_userdata);
 }
 
+static void real_clock_closed(uv_handle_t *h) {
+        struct real_io *io = h->data;
+        close(io->clock_fd);
+        io->clock_fd = -1;
+        uv_close((uv_handle_t *)&io->timer, real_timer_closed);
+}
+
 static void real_close(void *userdata, void (*done)(void *), void *done_userdata) {
         struct real_io *io = userdata;
         io->closed = done;
         io->closed_userdata = done_userdata;
+        io->driver = NULL;
         cloud_close(io->cloud);
         io->cloud = NULL;
         uv_timer_stop(&io->timer);
-        uv_close((uv_handle_t *)&io->timer, real_timer_closed);
+        if (io->clock_fd >= 0) /* the timer is closed after the poll handle */
+                uv_close((uv_handle_t *)&io->clock_poll, real_clock_closed);
+        else
+                uv_close((uv_handle_t *)&io->timer, real_timer_closed);
 }
 
 static const struct prov_io real_io_ops = {
@@ -946,6 +1034,8 @@ int prov_driver_new(uv_loop_t *loop, const struct tpmid_config *cfg, struct tpm_
         }
         uv_timer_init(loop, &rio->timer);
         rio->timer.data = rio;
+        rio->driver = *ret;
+        clock_watch_start(rio);
         return 0;
 }
 
@@ -1081,14 +1171,26 @@ void prov_driver_fill_status(const struct prov_driver *d, struct api_status *st)
         st->last_message = d->has_last && d->last_message[0] ? d->last_message : NULL;
         st->last_at = d->last_at;
         st->next_retry_at = d->m.state == PROV_BACKING_OFF ? d->next_retry_at : 0;
+        st->not_persisted = d->m.save_failed;
+        st->has_clock_skew = d->m.clock_skewed;
+        st->clock_skew_sec = d->m.clock_skew_s;
+}
+
+void prov_driver_clock_stepped(struct prov_driver *d) {
+        if (d->closing)
+                return;
+        log_info("provisioning: the system clock was set%s", d->m.clock_skewed && d->m.state == PROV_BACKING_OFF
+                                                                    ? "; retrying DPS now"
+                                                                    : "");
+        feed_simple(d, PROV_EV_CLOCK_STEPPED);
 }
 
 const char *prov_driver_status_text(struct prov_driver *d) {
         const char *mode = prov_mode_to_string(d->m.mode);
         switch (d->m.state) {
         case PROV_PROVISIONED:
-                snprintf(d->status_text, sizeof(d->status_text), "provisioned: hub %s, device %s (%s)", d->hub,
-                         d->device_id, mode);
+                snprintf(d->status_text, sizeof(d->status_text), "provisioned: hub %s, device %s (%s)%s", d->hub,
+                         d->device_id, mode, d->m.save_failed ? "; identity not persisted, retrying" : "");
                 break;
         case PROV_BACKING_OFF:
                 snprintf(d->status_text, sizeof(d->status_text), "DPS attempt failed (%s), retrying at %lld%s%s",

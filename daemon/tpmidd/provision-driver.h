@@ -105,6 +105,10 @@ const char *prov_driver_registration_id(const struct prov_driver *d);
 /* The payload JSON text (compact) or NULL. */
 const char *prov_driver_payload_json(const struct prov_driver *d);
 
+/* The realtime clock was set (the real io's timerfd saw it): feeds
+ * CLOCK_STEPPED, which ends a backoff the clock was blamed for. */
+void prov_driver_clock_stepped(struct prov_driver *d);
+
 /* Fill the provisioning part of a status answer; strings point into d. */
 void prov_driver_fill_status(const struct prov_driver *d, struct api_status *st);
 /* One line in words for sd_notify STATUS= and logs. Points into d. */

@@ -37,6 +37,8 @@ static void interpret(const uint8_t *data, size_t size) {
                 .body = data,
                 .body_len = size,
                 .retry_after = "5",
+                /* a day ahead of now for odd sizes: the 401s take the clock rule */
+                .date = size % 2 ? "Wed, 15 Nov 2023 22:13:20 GMT" : NULL,
                 .now = 1700000000,
         };
         for (int req = DPS_REQUEST_REGISTER; req <= DPS_REQUEST_POLL; req++) {
@@ -45,6 +47,9 @@ static void interpret(const uint8_t *data, size_t size) {
                         continue; /* -ENOMEM */
                 if (!event_fits((enum dps_request)req, res.event) || res.data.message != res.message ||
                     strnlen(res.message, sizeof(res.message)) == sizeof(res.message))
+                        abort();
+                if (res.data.clock_skewed && (ans.http_status != 401 || res.event == PROV_EV_PERMANENT_ERROR ||
+                                              res.event == PROV_EV_DPS_401_CHALLENGE || res.data.clock_skew_s != -86400))
                         abort();
                 if (res.event == PROV_EV_DPS_401_CHALLENGE &&
                     (!res.challenge.blob || res.challenge.blob_len > DPS_AUTH_BLOB_MAX))

@@ -244,20 +244,27 @@ def ipc_frame(tag, *fields):
 
 def seeds_https_ipc():
     # A byte stream of frames, as the socket delivers it (test/fuzz/fuzz-https-ipc.c).
-    hello = ipc_frame(1, ("u32", 1), ("str", b"/etc/ssl/certs/ca.pem"),
+    hello = ipc_frame(1, ("u32", 2), ("str", b"/etc/ssl/certs/ca.pem"),
                       ("str", b"hub1.azure-devices.net:443:127.0.0.1:8443"), ("str", b"tpmidd/0.1.0"))
-    hello_min = ipc_frame(1, ("u32", 1), ("str", None), ("str", None), ("str", b"tpmidd/0.1.0"))
+    hello_min = ipc_frame(1, ("u32", 2), ("str", None), ("str", None), ("str", b"tpmidd/0.1.0"))
     url = b"https://global.azure-devices-provisioning.net/0ne00000001/registrations/dev1/register?api-version=2021-06-01"
     body = b'{"registrationId":"dev1","tpm":{"endorsementKey":"AToAAQAL","storageRootKey":"ARgAAQAL"}}'
     put = ipc_frame(2, ("u64", 1), ("str", b"PUT"), ("str", url), ("str", None), ("str", body), ("u32", 70000))
     get = ipc_frame(2, ("u64", 2), ("str", b"GET"), ("str", url), ("str", b"SharedAccessSignature sr=x&sig=y&se=1"),
                     ("str", None), ("u32", 15000))
     ok = ipc_frame(3, ("u64", 1), ("u32", 0), ("str", b""), ("u32", 202), ("str", b'{"status":"assigning"}'),
-                   ("str", b"3"), ("str", None), ("u64", 250000))
+                   ("str", b"3"), ("str", None), ("str", b"Tue, 01 Dec 2026 20:38:41 GMT"), ("u64", 250000))
     err = ipc_frame(3, ("u64", 2), ("u32", -110), ("str", b"Operation timed out"), ("u32", 0), ("str", b""),
-                    ("str", None), ("str", b"ServiceUnavailable"), ("u64", 70000000))
+                    ("str", None), ("str", b"ServiceUnavailable"), ("str", None), ("u64", 70000000))
     cancel = ipc_frame(4, ("u64", 2))
     return [hello, hello_min, put, get, ok, err, cancel, hello + put + get + cancel, ok + err, put[:20], ok[:-3]]
+
+
+def seeds_httpdate():
+    # A Date header value as the helper passes it on (test/fuzz/fuzz-httpdate.c).
+    return [b"Tue, 01 Dec 2026 20:38:41 GMT", b"Sun, 06 Nov 1994 08:49:37 GMT", b" Thu, 01 Jan 1970 00:00:00 GMT\t",
+            b"Tue, 29 Feb 2000 23:59:59 GMT", b"Sat, 31 Dec 2016 23:59:60 GMT", b"Sunday, 06-Nov-94 08:49:37 GMT",
+            b"Sun Nov  6 08:49:37 1994", b"Sun, 31 Nov 1994 08:49:37 GMT", b"", b"Sun, 06 Nov 1994 08:49:37 GMTX"]
 
 
 def seeds_tcti():
@@ -288,7 +295,7 @@ TARGETS = {
     "tcti": seeds_tcti,
     "authblob": seeds_authblob, "toml": seeds_toml, "config": seeds_config, "http": seeds_http,
     "api": seeds_api, "server": seeds_server, "dps": seeds_dps, "state": seeds_state,
-    "https-ipc": seeds_https_ipc, "sha256": seeds_sha256,
+    "https-ipc": seeds_https_ipc, "sha256": seeds_sha256, "httpdate": seeds_httpdate,
 }
 
 

@@ -498,7 +498,7 @@ static void test_encode_status(void **state) {
         expect_json(api_encode_status(&st, &s), &s,
                     "{\"provisioning\":{\"state\":\"provisioned\",\"hubName\":\"h.azure-devices.net\",\"deviceId\":"
                     "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
-                    "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null},"
+                    "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":true,\"clockSkewSec\":null},"
                     "\"tpm\":{\"state\":\"ready\",\"lastError\":null,\"tcti\":null},\"daemon\":{\"version\":"
                     "\"0.1.0\",\"uptimeSec\":42,\"mode\":\"aziot\",\"restartNeeded\":[]}}");
         /* the running values and the refused reload changes */
@@ -512,7 +512,7 @@ static void test_encode_status(void **state) {
                     "{\"provisioning\":{\"state\":\"provisioned\",\"hubName\":\"h.azure-devices.net\",\"deviceId\":"
                     "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
                     "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":\"0ne00000001\","
-                    "\"globalEndpoint\":\"https://dps.example/\"},\"tpm\":{\"state\":\"ready\",\"lastError\":null,"
+                    "\"globalEndpoint\":\"https://dps.example/\",\"persisted\":true,\"clockSkewSec\":null},\"tpm\":{\"state\":\"ready\",\"lastError\":null,"
                     "\"tcti\":\"swtpm:path=/x\"},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":42,\"mode\":"
                     "\"aziot\",\"restartNeeded\":[\"tpm.tcti\",\"endpoints.aziot_tpmd\"]}}");
         struct api_status st2 = {
@@ -531,14 +531,27 @@ static void test_encode_status(void **state) {
         expect_json(api_encode_status(&st2, &s), &s,
                     "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
                     "null,\"lastResult\":{\"status\":\"failed\",\"errorCode\":401002,\"message\":\"unauthorized\","
-                    "\"at\":5},\"nextRetryAt\":65,\"idScope\":null,\"globalEndpoint\":null},\"tpm\":{\"state\":"
+                    "\"at\":5},\"nextRetryAt\":65,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":true,\"clockSkewSec\":null},\"tpm\":{\"state\":"
                     "\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{\"version\":"
                     "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[]}}");
+        /* a clock DPS refused and an identity not persisted (issue 14) */
+        st2.not_persisted = true;
+        st2.has_clock_skew = true;
+        st2.clock_skew_sec = -86400;
+        expect_json(api_encode_status(&st2, &s), &s,
+                    "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
+                    "null,\"lastResult\":{\"status\":\"failed\",\"errorCode\":401002,\"message\":\"unauthorized\","
+                    "\"at\":5},\"nextRetryAt\":65,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":false,"
+                    "\"clockSkewSec\":-86400},\"tpm\":{\"state\":"
+                    "\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{\"version\":"
+                    "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[]}}");
+        st2.not_persisted = false;
+        st2.has_clock_skew = false;
         st2.has_last_result = false;
         st2.next_retry_at = 0;
         expect_json(api_encode_status(&st2, &s), &s,
                     "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
-                    "null,\"lastResult\":null,\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null},\"tpm\":{"
+                    "null,\"lastResult\":null,\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":true,\"clockSkewSec\":null},\"tpm\":{"
                     "\"state\":\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{"
                     "\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[]}}");
 }

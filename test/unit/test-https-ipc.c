@@ -55,6 +55,7 @@ static struct https_ipc_msg sample_response(void) {
                              .body_len = 22,
                              .retry_after = "3",
                              .error_code_header = NULL,
+                             .date = "Tue, 01 Dec 2026 20:38:41 GMT",
                              .total_usec = 1234567},
         };
 }
@@ -120,6 +121,7 @@ static void test_roundtrip_response(void **state) {
         assert_string_equal((const char *)d.response.body, "{\"status\":\"assigning\"}");
         assert_string_equal(d.response.retry_after, "3");
         assert_null(d.response.error_code_header);
+        assert_string_equal(d.response.date, "Tue, 01 Dec 2026 20:38:41 GMT");
         assert_true(d.response.total_usec == 1234567);
         https_ipc_msg_clear(&d);
         free(buf);
@@ -138,6 +140,7 @@ static void test_roundtrip_response(void **state) {
         assert_int_equal(d.response.status, 0);
         assert_int_equal(d.response.body_len, 0);
         assert_string_equal(d.response.error_code_header, "ServiceUnavailable");
+        assert_null(d.response.date); /* absent stays absent */
         https_ipc_msg_clear(&d);
         free(buf);
 }
@@ -341,6 +344,7 @@ static void test_limits(void **state) {
         m.response.error_msg = at;
         m.response.retry_after = at;
         m.response.error_code_header = at;
+        m.response.date = at;
         buf = enc(&m, &len);
         assert_true(len - HTTPS_IPC_HEADER_BYTES <= HTTPS_IPC_MAX_FRAME_BYTES);
         assert_int_equal(https_ipc_decode(buf, len, &d), 0);

@@ -324,6 +324,20 @@ static void reply(struct world *w, long status, const char *body, const char *re
         w->f.cb(&resp, w->f.cb_userdata);
 }
 
+/* An answer with a Date header. */
+static void reply_dated(struct world *w, long status, const char *body, const char *date) {
+        struct cloud_response resp = {
+                .error_msg = "",
+                .status = status,
+                .body = body ? body : "",
+                .body_len = body ? strlen(body) : 0,
+                .date = date,
+        };
+        assert_true(w->f.req_busy);
+        w->f.req_busy = false;
+        w->f.cb(&resp, w->f.cb_userdata);
+}
+
 static void reply_error(struct world *w, int error, const char *msg) {
         struct cloud_response resp = {.error = error, .error_msg = msg, .body = "", .body_len = 0};
         assert_true(w->f.req_busy);
@@ -634,6 +648,102 @@ static void test_stale_challenge(void **unused) {
         world_done(&w);
 }
 
+/* Issue 14: DPS refuses our SAS while the clock is a day behind its Date:
+ * backed off and retried, never "failed", the skew in status; a clock step
+ * retries at once. With DPS's Date matching the clock, the old rules hold
+ * (test_stale_challenge). */
+static void test_clock_skew(void **unused) {
+        const char *refusal = "{\"errorCode\":401002,\"trackingId\":\"t\",\"message\":\"Unauthorized\"}";
+        struct world w;
+        struct api_status st = {0};
+
+        world_init(&w, PROV_MODE_DYNAMIC);
+        w.f.now_unix = 1700000000 - 86400; /* DPS says Tue, 14 Nov 2023 22:13:20 GMT */
+        start(&w);
+        for (unsigned i = 0; i < 2 * PROV_STALE_CHALLENGE_RUNS; i++) {
+                challenge(&w);
+                reply_dated(&w, 401, refusal, "Tue, 14 Nov 2023 22:13:20 GMT");
+                assert_string_equal(state(&w), "backing-off");
+                assert_true(w.f.timer_armed);
+                prov_driver_fill_status(w.d, &st);
+                assert_true(st.has_clock_skew);
+                assert_true(st.clock_skew_sec < -86400 + 600 && st.clock_skew_sec > -86400 - 600); /* timers move our clock */
+                assert_string_equal(st.last_status, "error");
+                assert_non_null(strstr(st.last_message, "the clock is off by -"));
+                if (i % 2)
+                        fire_timer(&w);
+                else
+                        prov_driver_clock_stepped(w.d); /* retries now, the backoff timer stopped */
+                assert_false(w.f.timer_armed);
+                assert_string_equal(state(&w), "registering");
+        }
+        /* the clock is right again */
+        w.f.now_unix = 1700000000;
+        challenge(&w);
+        finish(&w, HUB);
+        prov_driver_fill_status(w.d, &st);
+        assert_false(st.has_clock_skew);
+        /* settled: a clock step starts nothing */
+        unsigned requests = w.f.requests;
+        prov_driver_clock_stepped(w.d);
+        assert_string_equal(state(&w), "provisioned");
+        assert_int_equal(w.f.requests, requests);
+        world_done(&w);
+}
+
+/* Issue 14: a failed save is retried until it succeeds, always with the
+ * identity being served; status says "identity not persisted" meanwhile. */
+static void test_save_retried(void **unused) {
+        struct world w;
+        struct api_status st = {0};
+
+        world_init(&w, PROV_MODE_DYNAMIC);
+        start(&w);
+        challenge(&w);
+        w.f.save_r = -ENOSPC;
+        reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", "1");
+        fire_timer(&w);
+        sign(&w, true);
+        reply(&w, 200, assigned_body(HUB, true), NULL);
+        complete_job(&w, 0, false);
+        assert_int_equal(w.f.saves, 1);
+        assert_string_equal(state(&w), "provisioned");
+        prov_driver_fill_status(w.d, &st);
+        assert_true(st.not_persisted);
+        assert_non_null(strstr(st.last_message, "identity not persisted"));
+        assert_non_null(strstr(prov_driver_status_text(w.d), "identity not persisted"));
+        /* still full */
+        assert_true(w.f.timer_armed);
+        fire_timer(&w);
+        assert_int_equal(w.f.saves, 2);
+        assert_true(w.f.timer_armed);
+        /* space again */
+        w.f.save_r = 0;
+        fire_timer(&w);
+        complete_job(&w, 0, false); /* saved: the key of the slot the file no longer names goes */
+        assert_int_equal(w.f.saves, 3);
+        assert_string_equal(w.f.stored.hub, HUB);
+        assert_false(w.f.timer_armed);
+        prov_driver_fill_status(w.d, &st);
+        assert_false(st.not_persisted);
+        assert_string_equal(st.last_status, "assigned");
+        assert_int_equal(w.f.requests, 3); /* no DPS request was needed */
+
+        /* a move while full: the retry saves the new hub */
+        w.f.save_r = -ENOSPC;
+        assert_int_equal(prov_driver_reprovision(w.d), 0);
+        challenge(&w);
+        reply(&w, 200, assigned_body("hub2.azure-devices.net", true), NULL);
+        complete_job(&w, 0, false);
+        assert_string_equal(w.f.stored.hub, HUB); /* the file still names the old hub */
+        w.f.save_r = 0;
+        fire_timer(&w);
+        complete_job(&w, 0, false);
+        assert_string_equal(w.f.stored.hub, "hub2.azure-devices.net");
+        assert_string_equal(state(&w), "provisioned");
+        world_done(&w);
+}
+
 static void test_429_retry_after(void **unused) {
         struct world w;
         struct api_status st = {0};
@@ -869,6 +979,8 @@ int main(void) {
                 cmocka_unit_test(test_saved_identity),
                 cmocka_unit_test(test_401_without_challenge),
                 cmocka_unit_test(test_stale_challenge),
+                cmocka_unit_test(test_clock_skew),
+                cmocka_unit_test(test_save_retried),
                 cmocka_unit_test(test_429_retry_after),
                 cmocka_unit_test(test_permanent_error),
                 cmocka_unit_test(test_reprovision_while_busy),

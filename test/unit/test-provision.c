@@ -494,6 +494,18 @@ static void test_config_changed(void **state) {
         EXPECT(&m, PROV_EV_CONFIG_CHANGED, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
 }
 
+static void to_authenticating(struct prov_machine *m);
+
+/* From REGISTERING to SAVING (the final key imported). */
+static void run_to_saving(struct prov_machine *m) {
+        step(m, PROV_EV_DPS_401_CHALLENGE);
+        step(m, PROV_EV_IMPORT_OK);
+        step(m, PROV_EV_DPS_202);
+        step(m, PROV_EV_POLL_ASSIGNED);
+        step(m, PROV_EV_IMPORT_OK);
+        assert_int_equal(m->state, PROV_SAVING);
+}
+
 static void test_save_failed(void **state) {
         struct prov_machine m;
         struct prov_action a;
@@ -507,11 +519,104 @@ static void test_save_failed(void **state) {
         step(&m, PROV_EV_POLL_ASSIGNED);
         step(&m, PROV_EV_IMPORT_OK);
         a = step(&m, PROV_EV_SAVE_FAILED);
-        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        /* served, not persisted: the save is retried after a backoff (issue 14) */
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+        assert_true(a.delay_ms >= BACKOFF_MIN_MS && a.delay_ms <= BACKOFF_BASE_MS);
+        assert_true(a.status_changed);
         assert_int_equal(m.state, PROV_PROVISIONED);
         assert_true(m.save_failed);
         assert_true(m.serving);
         assert_int_equal(m.backoff.attempts, 0);
+        /* still no space: again, later */
+        EXPECT(&m, PROV_EV_TIMER, PROV_ACT_SAVE_STATE, PROV_SAVING);
+        a = step(&m, PROV_EV_SAVE_FAILED);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+        assert_int_equal(m.save_backoff.attempts, 2);
+        /* a client report's hub check cancels the timer; settling re-arms it */
+        EXPECT(&m, PROV_EV_CLIENT_REPORTS_BAD_CREDENTIALS, PROV_ACT_CHECK_HUB, PROV_CHECKING_HUB);
+        EXPECT(&m, PROV_EV_HUB_OK, PROV_ACT_ARM_TIMER, PROV_PROVISIONED);
+        /* space is back: saved, the retries stop */
+        EXPECT(&m, PROV_EV_TIMER, PROV_ACT_SAVE_STATE, PROV_SAVING);
+        a = step(&m, PROV_EV_SAVED);
+        /* the file names the new slot now: the old key goes (A/B slots) */
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
+        assert_int_equal(m.state, PROV_RETIRING);
+        assert_false(m.save_failed);
+        assert_int_equal(m.save_backoff.attempts, 0);
+        EXPECT(&m, PROV_EV_EVICTED, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+        /* a saved identity has no save timer: TIMER is not valid now */
+        assert_int_equal(prov_step(&m, PROV_EV_TIMER, NULL, &a), -EINVAL);
+
+        /* a run requested while the save waits starts at once; its own save follows */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        run_to_saving(&m);
+        step(&m, PROV_EV_SAVE_FAILED);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_true(m.save_failed); /* still not persisted */
+        run_to_saving(&m);
+        EXPECT(&m, PROV_EV_SAVED, PROV_ACT_TPM_EVICT, PROV_RETIRING);
+        assert_false(m.save_failed);
+        EXPECT(&m, PROV_EV_EVICTED, PROV_ACT_NOTIFY_STATUS, PROV_PROVISIONED);
+}
+
+/* A 401 from DPS while the clock is far off is the clock's fault, not a
+ * verdict: back off and retry, never FAILED_PERMANENT; a clock step retries
+ * at once (issue 14). */
+static void test_clock_skew(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 401,
+                                    .code = 401002,
+                                    .message = "the clock is off by -86400 s",
+                                    .clock_skewed = true,
+                                    .clock_skew_s = -86400};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        for (unsigned i = 0; i < 3 * PROV_STALE_CHALLENGE_RUNS; i++) {
+                to_authenticating(&m);
+                a = step_d(&m, PROV_EV_DPS_SAS_REFUSED, &d);
+                assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+                assert_int_equal(m.state, PROV_BACKING_OFF);
+                assert_int_equal(m.sas_refusals, 0); /* not counted towards the verdict */
+                assert_true(m.clock_skewed);
+                assert_true(m.clock_skew_s == -86400);
+                assert_false(m.last_permanent);
+                EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        }
+        /* a first-PUT 401 verdict under a skewed clock is retried too */
+        a = step_d(&m, PROV_EV_PERMANENT_ERROR, &d);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+        assert_int_equal(m.state, PROV_BACKING_OFF);
+        /* the clock was stepped: retry now */
+        a = step(&m, PROV_EV_CLOCK_STEPPED);
+        assert_int_equal(a.kind, PROV_ACT_DPS_REGISTER);
+        assert_int_equal(m.state, PROV_REGISTERING);
+        /* a good run clears the skew */
+        run_dps_ok(&m);
+        assert_false(m.clock_skewed);
+        assert_true(m.clock_skew_s == 0);
+        /* settled: a clock step changes nothing */
+        EXPECT(&m, PROV_EV_CLOCK_STEPPED, PROV_ACT_NONE, PROV_PROVISIONED);
+}
+
+/* A good clock: the 401 rules are unchanged, and a clock step does not cut a
+ * backoff short. */
+static void test_clock_good(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 401, .code = 401002, .message = "Unauthorized"};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        to_authenticating(&m);
+        step_d(&m, PROV_EV_DPS_SAS_REFUSED, &d);
+        assert_int_equal(m.sas_refusals, 1);
+        assert_false(m.clock_skewed);
+        EXPECT(&m, PROV_EV_CLOCK_STEPPED, PROV_ACT_NONE, PROV_BACKING_OFF);
+        step(&m, PROV_EV_TIMER);
+        a = step_d(&m, PROV_EV_PERMANENT_ERROR, &d);
+        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_int_equal(m.state, PROV_FAILED_PERMANENT);
+        EXPECT(&m, PROV_EV_CLOCK_STEPPED, PROV_ACT_NONE, PROV_FAILED_PERMANENT);
 }
 
 #define B(s) ((const uint8_t *)(s)), strlen(s)
@@ -663,7 +768,7 @@ static void test_save_failed_keeps_old_key(void **state) {
         step(&m, PROV_EV_POLL_ASSIGNED);
         step(&m, PROV_EV_IMPORT_OK);
         a = step(&m, PROV_EV_SAVE_FAILED);
-        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS); /* no TPM_EVICT */
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER); /* the save retry, no TPM_EVICT */
         assert_int_equal(m.state, PROV_PROVISIONED);
         assert_int_equal(a.serving_slot, PROV_SLOT_A);
 
@@ -674,7 +779,7 @@ static void test_save_failed_keeps_old_key(void **state) {
         step(&m, PROV_EV_POLL_ASSIGNED);
         step(&m, PROV_EV_IMPORT_OK);
         a = step(&m, PROV_EV_SAVE_FAILED);
-        assert_int_equal(a.kind, PROV_ACT_NOTIFY_STATUS);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
         assert_int_equal(a.serving_slot, PROV_SLOT_B);
 }
 
@@ -951,6 +1056,70 @@ static enum prov_event interpret(enum dps_request req, long status, const char *
         return res->event;
 }
 
+/* The Date of a 401 that is not a challenge is compared with the clock:
+ * beyond PROV_CLOCK_SKEW_MAX_S the answer is marked clock_skewed and says so;
+ * within it, or without a Date, nothing changes. */
+static void test_dps_interpret_clock(void **state) {
+        static const char *const err401 = "{\"errorCode\":401002,\"message\":\"Unauthorized\"}";
+        static const char *const day_later = "Wed, 15 Nov 2023 22:13:20 GMT"; /* now (1700000000) + 86400 */
+        struct prov_dps_answer ans = {.http_status = 401,
+                                      .body = (const uint8_t *)err401,
+                                      .body_len = strlen(err401),
+                                      .now = 1700000000,
+                                      .date = day_later};
+        struct prov_dps_result r;
+
+        /* the second PUT: still a refusal, but the clock's */
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_AUTH_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_DPS_SAS_REFUSED);
+        assert_true(r.data.clock_skewed);
+        assert_true(r.data.clock_skew_s == -86400);
+        assert_non_null(strstr(r.message, "the clock is off by -86400 s"));
+        assert_string_equal(r.status, "error");
+        prov_dps_result_clear(&r);
+        /* the first PUT's verdict-shaped 401: transient under a skewed clock */
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_TRANSIENT_ERROR);
+        assert_true(r.data.clock_skewed);
+        assert_string_equal(r.status, "error");
+        prov_dps_result_clear(&r);
+        /* a challenge is no refusal, whatever the clock */
+        static const char *const chal = "{\"authenticationKey\":\"AAECAw==\"}";
+        ans.body = (const uint8_t *)chal;
+        ans.body_len = strlen(chal);
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_DPS_401_CHALLENGE);
+        assert_false(r.data.clock_skewed);
+        prov_dps_result_clear(&r);
+        /* a good clock (at the margin), or no Date, or a bad one: unchanged */
+        ans.body = (const uint8_t *)err401;
+        ans.body_len = strlen(err401);
+        ans.now = 1700086400 - PROV_CLOCK_SKEW_MAX_S;
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_AUTH_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_DPS_SAS_REFUSED);
+        assert_false(r.data.clock_skewed);
+        prov_dps_result_clear(&r);
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_PERMANENT_ERROR);
+        prov_dps_result_clear(&r);
+        ans.now = 1700000000;
+        ans.date = NULL;
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_PERMANENT_ERROR);
+        assert_false(r.data.clock_skewed);
+        prov_dps_result_clear(&r);
+        ans.date = "yesterday";
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+        assert_int_equal(r.event, PROV_EV_PERMANENT_ERROR);
+        prov_dps_result_clear(&r);
+        /* a skewed clock with a success answer is not this rule's business */
+        ans.date = day_later;
+        ans.http_status = 503;
+        assert_int_equal(prov_dps_interpret(DPS_REQUEST_REGISTER, &ans, &r), 0);
+        assert_false(r.data.clock_skewed);
+        prov_dps_result_clear(&r);
+}
+
 static const char *const assigned_body =
         "{\"operationId\":\"4.x\",\"status\":\"assigned\",\"registrationState\":{"
         "\"registrationId\":\"abc\",\"assignedHub\":\"myhub.azure-devices.net\",\"deviceId\":\"dev-01\","
@@ -1156,9 +1325,14 @@ static const struct reach reaches[] = {
 };
 
 #define EV(x) (1u << PROV_EV_##x)
+static uint32_t valid_events_but_clock(enum prov_state s, uint32_t client, uint32_t err);
 static uint32_t valid_events(enum prov_state s) {
         const uint32_t client = EV(CLIENT_REPROVISION) | EV(CLIENT_REPORTS_BAD_CREDENTIALS) | EV(CONFIG_CHANGED);
         const uint32_t err = EV(TRANSIENT_ERROR) | EV(PERMANENT_ERROR);
+        return valid_events_but_clock(s, client, err) | EV(CLOCK_STEPPED); /* a clock step may come any time */
+}
+
+static uint32_t valid_events_but_clock(enum prov_state s, uint32_t client, uint32_t err) {
         switch (s) {
         case PROV_IDLE:
                 return EV(START);
@@ -1272,6 +1446,9 @@ int main(void) {
                 cmocka_unit_test(test_client_reprovision),
                 cmocka_unit_test(test_config_changed),
                 cmocka_unit_test(test_save_failed),
+                cmocka_unit_test(test_clock_skew),
+                cmocka_unit_test(test_clock_good),
+                cmocka_unit_test(test_dps_interpret_clock),
                 cmocka_unit_test(test_every_pair),
                 cmocka_unit_test(test_slots_and_blobs),
                 cmocka_unit_test(test_startup_recovery),
