@@ -455,6 +455,9 @@ def list_and_warnings_as_errors():
     assert all(x["description"] for x in doc["checks"]), doc
     p = subprocess.run([tpmidctl_path(), "check", "-o", "yaml"], capture_output=True, text=True)
     assert p.returncode == 2 and "text or json" in p.stderr, p
+    # the exit code below needs every other check green (see all_green)
+    harness.skip_case_under_device_tcti("check's tpm-device wants a character device, and the stand-in "
+                                        "for /dev/tpmrm0 is a regular file on FUSE")
     with harness.Swtpm() as tpm:
         info = tpm_info(tpm)
         # a provisioned device with a custom registration id: its one warning decides the exit code
