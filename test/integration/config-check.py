@@ -67,6 +67,16 @@ def error_lines(stderr):
 
 
 @R.case
+def daemon_counts_the_errors_it_printed():
+    """tpmidd -c FILE with an unreadable FILE says how many errors it printed above (it once
+    said "(0 error(s) above)" right under the error)."""
+    p = harness.run([harness.program("tpmidd"), "-c", "/nonexistent/config.toml"], check=False)
+    assert p.returncode == 78, (p.returncode, p.stderr)
+    assert "cannot read the file" in p.stderr, p.stderr
+    assert "(1 error(s) above)" in p.stderr and "(0 error(s)" not in p.stderr, p.stderr
+
+
+@R.case
 def check_good_seed():
     p = ctl("check", "-c", os.path.join(DATA, "seed-fixed.toml"))
     assert p.returncode == 0, p.stderr

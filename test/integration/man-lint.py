@@ -81,4 +81,16 @@ def headers_and_cross_references():
             assert target in ours, "%s refers to %s, which we do not ship" % (base, target)
 
 
+@R.case
+def backoff_range_matches_the_code():
+    """tpmidd(8) states the DPS retry backoff with lib/backoff.h's numbers (it once said
+    "between 2 and 300 s" while the code drew from 0.5 s)."""
+    h = open(os.path.join(SRC, "lib", "backoff.h")).read()
+    val = {k: int(v) for k, v in re.findall(r"#define (BACKOFF_\w+_MS) (\d+)u", h)}
+    lo, base, cap = val["BACKOFF_MIN_MS"] / 1000, val["BACKOFF_BASE_MS"] / 1000, val["BACKOFF_CAP_MS"] / 1000
+    text = re.sub(r"\s+", " ", open(os.path.join(SRC, "man", "tpmidd.8")).read())
+    want = "between %g seconds and the smaller of %g\\(mu2\\(ha(n\\-1) and %g seconds" % (lo, base, cap)
+    assert want in text, "tpmidd(8) does not say: %s" % want
+
+
 R.main()
