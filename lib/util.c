@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <libgen.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 void explicit_zero(void *p, size_t n) {
         explicit_bzero(p, n);
@@ -108,4 +110,20 @@ int write_file_atomic_owned(const char *path, const void *data, size_t len, mode
 fail:
         (void)unlink(tmp);
         return r;
+}
+
+int unix_connect(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof sa.sun_path)
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
 }

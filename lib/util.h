@@ -91,3 +91,8 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
  * rename, so the file never appears under its final name with the wrong
  * owner or group. (uid_t)-1 / (gid_t)-1 leave that id unchanged. */
 int write_file_atomic_owned(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid);
+
+/* A blocking SOCK_STREAM connection to the Unix socket at path (close-on-exec).
+ * Returns the descriptor, or -errno: -ENAMETOOLONG for a path that does not
+ * fit sun_path, else socket()'s or connect()'s (-ENOENT, -ECONNREFUSED, ...). */
+int unix_connect(const char *path);

@@ -759,17 +759,11 @@ static int remove_stale_socket(const char *path) {
                 return errno == ENOENT ? 0 : -errno;
         if (!S_ISSOCK(st.st_mode))
                 return -EEXIST;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        if (strlen(path) >= sizeof sa.sun_path)
-                return -ENAMETOOLONG;
-        strcpy(sa.sun_path, path);
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+        _cleanup_close_ int fd = unix_connect(path);
+        if (fd >= 0)
                 return -EADDRINUSE;
-        if (errno != ECONNREFUSED && errno != ENOENT)
-                return -errno;
+        if (fd != -ECONNREFUSED && fd != -ENOENT)
+                return fd;
         if (unlink(path) < 0 && errno != ENOENT)
                 return -errno;
         return 0;

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -233,7 +234,7 @@ def waits_for_missing_tpm():
     d, n = notify_daemon(later, wait=False)
     try:
         d.start()
-        m = n.wait_for(lambda m: "STATUS=waiting for TPM:" in m)
+        n.wait_for(lambda m: "STATUS=waiting for TPM:" in m)
         assert "READY=1" not in "".join(n.msgs)
         # the start job is kept alive while waiting, not left to time out
         n.wait_for(lambda m: m.startswith("EXTEND_TIMEOUT_USEC="))
@@ -346,9 +347,16 @@ def _ipc_frame(payload):
     return struct.pack(">I", len(payload)) + payload
 
 
+def _ipc_version():
+    """HTTPS_IPC_VERSION from lib/https-ipc.h: the helper refuses any other."""
+    h = open(os.path.join(harness.SRC, "lib", "https-ipc.h")).read()
+    return int(re.search(r"#define HTTPS_IPC_VERSION (\d+)u", h).group(1))
+
+
 def ipc_hello(user_agent="broker-systemd-test"):
     """lib/https-ipc.h HELLO: u8 1 | u32 version | ca_bundle? | connect_to? | user_agent."""
-    return _ipc_frame(b"\x01" + struct.pack(">I", 1) + _ipc_str(None) + _ipc_str(None) + _ipc_str(user_agent))
+    return _ipc_frame(b"\x01" + struct.pack(">I", _ipc_version()) + _ipc_str(None) + _ipc_str(None) +
+                      _ipc_str(user_agent))
 
 
 def ipc_request(rid, url, timeout_ms=5000):

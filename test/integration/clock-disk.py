@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap")
-from daemon import HUB1, HUB2, Daemon, Sim, read_state_file, tpm_info, tpmidctl_path, wait_for  # noqa: E402
+from daemon import HUB1, HUB2, Device, read_state_file, tpmidctl_path, wait_for  # noqa: E402
 
 R = harness.Runner("clock-disk")
 
@@ -41,31 +40,14 @@ def faketime_lib():
     return None
 
 
-class Setup:
+class Setup(Device):
+    """daemon.Device with a static-policy enrollment on HUB1."""
+
     def __init__(self, env=None, workdir=None):
-        self.tpm = harness.Swtpm().start()
-        try:
-            self.sim = Sim().start()
-            self.info = tpm_info(self.tpm)
-            self.regid = self.info["registration_id"]
-            self.sim.client.enroll(self.regid, self.info["ek"], hubs=[HUB1], policy="static")
-            self.d = Daemon(self.tpm, self.sim, env=env, workdir=workdir)
-        except BaseException:
-            self.tpm.cleanup()
-            raise
+        super().__init__(hubs=(HUB1,), policy="static", env=env, workdir=workdir)
 
     def routes(self, route, since=0):
         return self.sim.requests(route=route, since=since)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.d.__exit__(exc_type, exc, tb)
-        finally:
-            self.sim.cleanup()
-            self.tpm.cleanup()
 
 
 @R.case
