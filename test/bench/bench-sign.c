@@ -102,17 +102,7 @@ static int read_exact(int fd, void *buf, size_t len) {
 }
 
 static int connect_socket(void) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
-        return fd;
+        return unix_connect(sock_path);
 }
 
 /* One keep-alive round trip; returns the HTTP status or -errno, and the
