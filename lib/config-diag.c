@@ -113,7 +113,7 @@ void config_diag_add(struct config_ctx *x, enum config_severity sev, const char 
 
 /* The message fmt formats (malloc'd), or NULL when it could not be built
  * (config_diag_add() counts that as running out of memory). */
-static char *diag_message(const char *fmt, va_list ap) {
+_printf_(1, 0) static char *diag_message(const char *fmt, va_list ap) {
         char *m = NULL;
         if (vasprintf(&m, fmt, ap) < 0)
                 return NULL;

@@ -3,7 +3,6 @@
  * header value. httpdate_parse() must return 0, -EINVAL or -ENODATA and read
  * nothing past the NUL; whatever it accepts must agree with glibc's timegm()
  * on the same fields, and httpdate_skew() with the parsed value. */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
