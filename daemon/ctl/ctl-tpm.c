@@ -549,6 +549,30 @@ static int decode_blob(char *text, size_t len, uint8_t **ret, size_t *ret_len) {
         return b64_decode(text, n, ret, ret_len);
 }
 
+#define OFFLINE_TARGET_READY (-1) /* offline_target(): go on (every exit code is >= 0) */
+
+/* The start of the offline verbs (import, sign): their arguments and the
+ * TPM they act on, which must be named (--tcti or [tpm] tcti): the daemon's
+ * socket offers neither verb. Returns OFFLINE_TARGET_READY with *tg to
+ * release with tpm_target_done(), or the verb's exit code (0 for --help)
+ * with nothing to release. */
+static int offline_target(int argc, char **argv, const char *verb, void (*help)(FILE *), bool want_file,
+                          struct tpm_args *a, struct tpm_target *tg) {
+        int r = parse_args(argc, argv, a, help, want_file);
+        if (r != 0)
+                return r > 0 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
+        int ret = tpm_target_resolve(a, tg);
+        if (ret)
+                return ret;
+        if (!tg->tcti) {
+                fprintf(stderr, "tpmidctl: tpm %s needs --tcti or a configuration file with [tpm] tcti (-c "
+                        "FILE): tpmidd owns the TPM while it runs.\n", verb);
+                tpm_target_done(tg);
+                return CTL_EXIT_USAGE;
+        }
+        return OFFLINE_TARGET_READY;
+}
+
 static int verb_import(int argc, char **argv) {
         struct tpm_args a;
         struct tpm_target tg = { 0 };
@@ -559,18 +583,9 @@ static int verb_import(int argc, char **argv) {
         size_t len = 0, blen = 0;
         int r, ret;
 
-        r = parse_args(argc, argv, &a, help_import, true);
-        if (r != 0)
-                return r > 0 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
-        ret = tpm_target_resolve(&a, &tg);
-        if (ret)
+        ret = offline_target(argc, argv, "import", help_import, true, &a, &tg);
+        if (ret != OFFLINE_TARGET_READY)
                 return ret;
-        if (!tg.tcti) {
-                fprintf(stderr, "tpmidctl: tpm import needs --tcti or a configuration file with [tpm] tcti (-c "
-                        "FILE): tpmidd owns the TPM while it runs.\n");
-                ret = CTL_EXIT_USAGE;
-                goto out;
-        }
         r = read_input(a.file, CTL_TPM_BLOB_MAX, &text, &len);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: cannot read %s: %s.\n", a.file, strerror(-r));
@@ -617,18 +632,9 @@ static int verb_sign(int argc, char **argv) {
         size_t len = 0;
         int r, ret;
 
-        r = parse_args(argc, argv, &a, help_sign, false);
-        if (r != 0)
-                return r > 0 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
-        ret = tpm_target_resolve(&a, &tg);
-        if (ret)
+        ret = offline_target(argc, argv, "sign", help_sign, false, &a, &tg);
+        if (ret != OFFLINE_TARGET_READY)
                 return ret;
-        if (!tg.tcti) {
-                fprintf(stderr, "tpmidctl: tpm sign needs --tcti or a configuration file with [tpm] tcti (-c "
-                        "FILE): tpmidd owns the TPM while it runs.\n");
-                ret = CTL_EXIT_USAGE;
-                goto out;
-        }
         r = read_input("-", CTL_TPM_SIGN_MAX, &data, &len);
         if (r < 0) {
                 fprintf(stderr, "tpmidctl: cannot read stdin: %s.\n", strerror(-r));
