@@ -479,9 +479,19 @@ int module_cache_set(struct module_cache *c, const char *id, const char *gen_id)
                 c->modules = v;
                 e = &v[c->n_modules++];
                 memcpy(e->module_id, id, strlen(id) + 1);
+                e->principal = false;
         }
         memcpy(e->gen_id, gen_id, strlen(gen_id) + 1);
         return 0;
+}
+
+int module_cache_set_principal(struct module_cache *c, const char *id, bool principal) {
+        for (size_t i = 0; i < c->n_modules; i++)
+                if (streq(c->modules[i].module_id, id)) {
+                        c->modules[i].principal = principal;
+                        return 0;
+                }
+        return -ENOENT;
 }
 
 bool module_cache_remove(struct module_cache *c, const char *id) {
@@ -507,8 +517,8 @@ int module_cache_format(const struct module_cache *c, char **ret, size_t *ret_le
         for (size_t i = 0; i < c->n_modules; i++) {
                 if (!module_id_is_valid(c->modules[i].module_id))
                         return -EINVAL;
-                json_t *e = json_pack("{s:s, s:s}", "moduleId", c->modules[i].module_id, "generationId",
-                                      c->modules[i].gen_id);
+                json_t *e = json_pack("{s:s, s:s, s:b}", "moduleId", c->modules[i].module_id, "generationId",
+                                      c->modules[i].gen_id, "principal", c->modules[i].principal);
                 if (!e || json_array_append_new(mods, e) < 0)
                         return -ENOMEM;
         }
@@ -570,14 +580,16 @@ int module_cache_parse(const char *buf, size_t len, struct module_cache *out) {
         for (size_t i = 0; i < json_array_size(mods); i++) {
                 json_t *e = json_array_get(mods, i);
                 struct module_cache_entry m;
-                json_t *gid = json_object_get(e, "generationId");
-                if (!json_is_object(e) || json_object_size(e) != 2 || !json_is_string(gid) ||
+                json_t *gid = json_object_get(e, "generationId"), *pr = json_object_get(e, "principal");
+                if (!json_is_object(e) || json_object_size(e) != 3 || !json_is_string(gid) || !json_is_boolean(pr) ||
                     !opt_str(e, "moduleId", m.module_id, sizeof m.module_id) || !module_id_is_valid(m.module_id) ||
                     !opt_str(e, "generationId", m.gen_id, sizeof m.gen_id) || module_cache_find(&c, m.module_id)) {
                         module_cache_clear(&c);
                         return -EBADMSG;
                 }
                 int r = module_cache_set(&c, m.module_id, m.gen_id);
+                if (r >= 0)
+                        r = module_cache_set_principal(&c, m.module_id, json_is_true(pr));
                 if (r < 0) {
                         module_cache_clear(&c);
                         return r == -ENOMEM ? r : -EBADMSG;
@@ -606,4 +618,112 @@ int module_cache_load(const char *path, struct module_cache *out) {
                 return r;
         r = module_cache_parse(text, len, out);
         return r == -E2BIG ? -EBADMSG : r;
+}
+
+/* ---- policy ---- */
+
+enum module_hub_outcome module_hub_classify(int transport_error, long status, bool network_error, bool is_delete) {
+        if (transport_error < 0 || network_error)
+                return MODULE_HUB_UNAVAILABLE;
+        switch (status) {
+        case 200:
+                return is_delete ? MODULE_HUB_FAILED : MODULE_HUB_OK;
+        case 204:
+                return is_delete ? MODULE_HUB_OK : MODULE_HUB_FAILED;
+        case 401:
+                return MODULE_HUB_UNAUTHORIZED;
+        case 403:
+                return MODULE_HUB_FORBIDDEN;
+        case 404:
+                return MODULE_HUB_NOT_FOUND;
+        case 409:
+                return MODULE_HUB_CONFLICT;
+        case 412:
+                return MODULE_HUB_PRECONDITION;
+        case 429:
+                return MODULE_HUB_THROTTLED;
+        case 500:
+        case 502:
+        case 503:
+        case 504:
+                return MODULE_HUB_UNAVAILABLE;
+        default:
+                return MODULE_HUB_FAILED;
+        }
+}
+
+const char *module_hub_outcome_to_string(enum module_hub_outcome o) {
+        static const char *const names[_MODULE_HUB_OUTCOME_MAX] = {
+                [MODULE_HUB_OK] = "ok",
+                [MODULE_HUB_NOT_FOUND] = "not found",
+                [MODULE_HUB_CONFLICT] = "already exists",
+                [MODULE_HUB_PRECONDITION] = "precondition failed",
+                [MODULE_HUB_UNAUTHORIZED] = "the device's credentials were refused",
+                [MODULE_HUB_FORBIDDEN] = "forbidden",
+                [MODULE_HUB_THROTTLED] = "throttled",
+                [MODULE_HUB_UNAVAILABLE] = "unreachable",
+                [MODULE_HUB_FAILED] = "failed",
+        };
+        return (unsigned)o < _MODULE_HUB_OUTCOME_MAX ? names[o] : NULL;
+}
+
+const char *module_plan_action_to_string(enum module_plan_action a) {
+        static const char *const names[_MODULE_PLAN_ACTION_MAX] = {
+                [MODULE_PLAN_KEEP] = "keep",
+                [MODULE_PLAN_CREATE] = "create",
+                [MODULE_PLAN_DELETE] = "delete",
+                [MODULE_PLAN_RECREATE] = "recreate",
+        };
+        return (unsigned)a < _MODULE_PLAN_ACTION_MAX ? names[a] : NULL;
+}
+
+static bool declared_has(const char *const *declared, size_t n, const char *id) {
+        for (size_t i = 0; i < n; i++)
+                if (streq(declared[i], id))
+                        return true;
+        return false;
+}
+
+static bool prev_has(const struct module_cache *prev, const char *id) {
+        const struct module_cache_entry *e = prev ? module_cache_find(prev, id) : NULL;
+        return e && e->principal;
+}
+
+int module_reconcile_plan(const struct module_hub_entry *hub, size_t n_hub, const char *const *declared,
+                          size_t n_declared, const struct module_cache *prev, struct module_plan_step **ret,
+                          size_t *ret_n) {
+        for (size_t i = 0; i < n_declared; i++)
+                if (!module_id_is_valid(declared[i]))
+                        return -EINVAL;
+        size_t cap = n_hub + n_declared, n = 0;
+        _cleanup_free_ struct module_plan_step *v = NULL;
+        if (cap > 0 && !(v = calloc(cap, sizeof *v)))
+                return -ENOMEM;
+        for (size_t i = 0; i < n_hub; i++) {
+                const char *id = hub[i].module_id;
+                bool now = declared_has(declared, n_declared, id), before = prev_has(prev, id);
+                enum module_plan_action a;
+                if (now)
+                        a = before ? MODULE_PLAN_KEEP : MODULE_PLAN_RECREATE;
+                else if (before)
+                        a = MODULE_PLAN_DELETE;
+                else
+                        continue; /* not ours: another client's (edgeAgent's) module */
+                memcpy(v[n].module_id, id, strlen(id) + 1);
+                v[n++].action = a;
+        }
+        for (size_t i = 0; i < n_declared; i++) {
+                bool on_hub = false, dup = false;
+                for (size_t j = 0; j < n_hub && !on_hub; j++)
+                        on_hub = streq(hub[j].module_id, declared[i]);
+                for (size_t j = 0; j < i && !dup; j++)
+                        dup = streq(declared[j], declared[i]);
+                if (on_hub || dup)
+                        continue;
+                memcpy(v[n].module_id, declared[i], strlen(declared[i]) + 1);
+                v[n++].action = MODULE_PLAN_CREATE;
+        }
+        *ret = n ? TAKE_PTR(v) : NULL;
+        *ret_n = n;
+        return 0;
 }

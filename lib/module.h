@@ -19,7 +19,8 @@
  *   errors                  {"message"}
  *
  * Module cache (version 1), two lines, like the state file (lib/state.h):
- *     {"version":1,"hub":"...","deviceId":"...","modules":[{"moduleId":"...","generationId":"..."},...]}\n
+ *     {"version":1,"hub":"...","deviceId":"...","modules":[{"moduleId":"...","generationId":"...",
+ *      "principal":true},...]}\n   (one line)
  *     sha256:<64 lowercase hex digits of SHA-256 over the first line incl. its \n>\n
  * A truncated, torn or altered file fails the digest and is rejected whole
  * (-EBADMSG), never half loaded. No key material is stored: keyd derives the
@@ -124,6 +125,7 @@ int module_http_response_parse(char *buf, size_t len, bool eof, int *status, con
 struct module_cache_entry {
         char module_id[MODULE_ID_MAX + 1];
         char gen_id[MODULE_GEN_ID_MAX + 1];
+        bool principal; /* a [[principal]] declared it at the last reconciliation (aziot's prev_state) */
 };
 
 struct module_cache {
@@ -136,9 +138,11 @@ struct module_cache {
 void module_cache_clear(struct module_cache *c);
 /* The entry for id, or NULL. */
 const struct module_cache_entry *module_cache_find(const struct module_cache *c, const char *id);
-/* Add or replace id's entry. Returns 0, -EINVAL (invalid id or gen id over
+/* Add id's entry (principal false) or replace its gen id. Returns 0, -EINVAL (invalid id or gen id over
  * the limit), -E2BIG past MODULE_MAX_MODULES, -ENOMEM. */
 int module_cache_set(struct module_cache *c, const char *id, const char *gen_id);
+/* Mark id's entry; -ENOENT when there is none. */
+int module_cache_set_principal(struct module_cache *c, const char *id, bool principal);
 /* Remove id's entry; returns whether there was one. */
 bool module_cache_remove(struct module_cache *c, const char *id);
 
@@ -155,3 +159,50 @@ int module_cache_parse(const char *buf, size_t len, struct module_cache *out);
 int module_cache_save(const char *path, const struct module_cache *c);
 /* Read + parse. 0, -ENOENT (no file), -EBADMSG (corrupt or too large), -errno. */
 int module_cache_load(const char *path, struct module_cache *out);
+
+/* ---- policy ---- */
+
+/* What a hub answer means (aziot-cloud-client-async: a 500, or
+ * "networkError": true, is a network error, as a nested Edge parent says). */
+enum module_hub_outcome {
+        MODULE_HUB_OK,            /* 200 (204 for delete) */
+        MODULE_HUB_NOT_FOUND,     /* 404: no such module (or device) */
+        MODULE_HUB_CONFLICT,      /* 409: the module exists already */
+        MODULE_HUB_PRECONDITION,  /* 412: etag mismatch */
+        MODULE_HUB_UNAUTHORIZED,  /* 401: the device's SAS is refused (moved, deleted, clock) */
+        MODULE_HUB_FORBIDDEN,     /* 403: e.g. a plain (not IoT Edge) device asking for modules */
+        MODULE_HUB_THROTTLED,     /* 429: honour Retry-After */
+        MODULE_HUB_UNAVAILABLE,   /* 500, 502, 503, 504, networkError, a transport error: offline */
+        MODULE_HUB_FAILED,        /* anything else */
+        _MODULE_HUB_OUTCOME_MAX,
+};
+enum module_hub_outcome module_hub_classify(int transport_error, long status, bool network_error, bool is_delete);
+const char *module_hub_outcome_to_string(enum module_hub_outcome o);
+
+/* Reconciliation (aziot's reconcile_hub_identities): for each module id,
+ * what to do given the hub's list, the module ids the [[principal]] entries
+ * declare now, and the cache's principal marks from the last run (prev:
+ * pass NULL when the cache belongs to another hub or device). A hub module
+ * that a principal declared last time and no longer does is deleted; a
+ * declared module that exists on the hub but was not declared last time is
+ * deleted and created again (aziot: it takes the module over); a declared
+ * module missing on the hub is created; other hub modules (edgeAgent's) are
+ * left alone. */
+enum module_plan_action {
+        MODULE_PLAN_KEEP,
+        MODULE_PLAN_CREATE,
+        MODULE_PLAN_DELETE,
+        MODULE_PLAN_RECREATE, /* delete, then create */
+        _MODULE_PLAN_ACTION_MAX,
+};
+struct module_plan_step {
+        char module_id[MODULE_ID_MAX + 1];
+        enum module_plan_action action;
+};
+/* Returns 0, *ret (heap, caller frees; NULL when n is 0) and *ret_n, steps
+ * in a stable order (hub list order, then the declared ones missing on the
+ * hub, in declaration order); -EINVAL for an invalid declared id; -ENOMEM. */
+int module_reconcile_plan(const struct module_hub_entry *hub, size_t n_hub, const char *const *declared,
+                          size_t n_declared, const struct module_cache *prev, struct module_plan_step **ret,
+                          size_t *ret_n);
+const char *module_plan_action_to_string(enum module_plan_action a);
