@@ -54,9 +54,6 @@ struct module_req {
         uint64_t id;
 };
 
-/* manager.c: the manager's module identities (issue 12). */
-struct modules *manager_modules(struct manager *m);
-
 _Static_assert(API_MODULE_ID_MAX == MODULES_ID_MAX, "lib/api.h and modules.h must agree on the module-id limit");
 
 static const struct http_header retry_later[] = { { "Retry-After", IDENTITY_API_RETRY_AFTER_SEC } };
