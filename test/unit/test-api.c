@@ -290,7 +290,8 @@ static void test_check_module_type(void **state) {
                 expect_type_error(ops[i], "", "invalid type: ");
                 bool local_exists = ops[i] == API_OP_MODULES_GET || ops[i] == API_OP_MODULES_CREATE;
                 expect_type_error(ops[i], "local",
-                                  local_exists ? "local identities are not supported by tpmidd" : "invalid type: local");
+                                  local_exists ? "local identities are not supported by tpmidd"
+                                               : "invalid type: local");
         }
 }
 
@@ -349,7 +350,8 @@ static void test_decode_module_update_delete(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
                 /* aziot ignores the body, a different moduleId included: the path names the module */
                 assert_int_equal(api_decode_module_update(NULL, (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
-                assert_int_equal(api_decode_module_update("application/json", (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
+                assert_int_equal(
+                        api_decode_module_update("application/json", (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
                 assert_int_equal(api_decode_module_delete(NULL, (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
         }
         assert_int_equal(api_decode_module_update(NULL, NULL, 0, &err), -EINVAL);
