@@ -9,7 +9,8 @@ every SAS token is verified with the key it was given. The final assignment
 carries a *different* HMAC key that becomes the device's IoT Hub key, so a
 client that skips the second import is caught by the hub.
 
-Files: dps_sim.py (this: usage + CLI), sim_core.py (behaviour, error codes),
+Files: dps_sim.py (this: usage + CLI), sim_core.py (behaviour, error codes), sim_hub.py (the
+hub's module registry and module telemetry),
 sim_http.py (HTTPS + control servers), simcrypto.py (CA/TLS, SAS),
 simctl.py (Python control client, SimServer for tests), ../lib/authblob.py (blob).
 Needs only Debian's /usr/bin/python3 with python3-cryptography and python3-tpm2-pytss.
@@ -53,14 +54,19 @@ IOT HUB (same port)
     `serve --san NAME` (OpenSSL rejects single-label wildcards like *.localhost, so list those).
     Without name mapping, /hub/{hubName}/devices/... on 127.0.0.1 works too.
         GET  /devices/{deviceId}?api-version=...                  -> 200 device (capabilities.iotEdge)
-        GET  /devices/{deviceId}/modules?api-version=...          -> 200 []
         POST /devices/{deviceId}/messages/events?api-version=...  -> 204 (counted in the hub record)
+        GET  /devices/{deviceId}/messages/deviceBound?api-version=...  -> 204 (C2D: Edge and plain devices)
+        GET|PUT|DELETE /devices/{deviceId}/modules[/{moduleId}]?api-version=2017-11-08-preview
+                                    module registry, IoT Edge devices only (plain: 401); see sim_hub.py
+        POST /devices/{d}/modules/{m}/messages/events?api-version=2020-03-13
+                                    module telemetry with a MODULE SAS (sr {hub}/devices/{d}/modules/{m})
     Auth: device SAS, sr = {hub}/devices/{deviceId} (urldecoded, case-insensitive), NO skn,
     signed with the key from the final blob. Anything else -> 401 IotHubUnauthorizedAccess.
 
 ENROLLMENTS (individual, TPM)
     registrationId, endorsementKey (base64 TPM2B_PUBLIC; compared byte for byte with the
-    presented EK), deviceId (default = registrationId), iotEdge, tags (initial twin tags),
+    presented EK), deviceId (default = registrationId), iotEdge (default true: the guide
+    enables IoT Edge; false or `enroll --plain` makes a plain device), tags (initial twin tags),
     iotHubs (linked hubs), allocationPolicy:
         hashed  SHA-256(regid) mod len(iotHubs)   (default)
         static  first linked hub
@@ -71,7 +77,10 @@ ENROLLMENTS (individual, TPM)
     Re-registration to a different hub reports substatus deviceDataMigrated.
 
 FAULT INJECTION  (applies to the next COUNT requests matching ROUTE [and REGID], first rule wins)
-    routes: any, register (both PUTs), register-challenge (PUT w/o auth), register-auth, operation, hub
+    routes: any, register (both PUTs), register-challenge (PUT w/o auth), register-auth, operation,
+            hub (every hub request), hub-modules (the module registry calls only)
+            (on hub requests throttle/unavailable/error answer in the hub's error shape, Retry-After
+            only when retryAfter is given)
     kinds:  throttle     429 + retry-after (retryAfter, default 1) + DPS error body 429001
             unavailable  503 + retry-after
             error        500 (500000)
@@ -88,7 +97,12 @@ CONTROL API  (HTTP/1.1 + JSON on the Unix socket STATE/control.sock, mode 0600;
     GET /enrollments                all, with registrationState
     GET|PUT|PATCH|DELETE /enrollments/{regid}
     POST /enrollments/{regid}/move  {"hub": h, "revokeOld": true}
-    GET|PATCH|DELETE /hubs/{hub}/devices/{id}   (PATCH {"status":"disabled"}; GET shows primaryKey, messages)
+    GET|PATCH|DELETE /hubs/{hub}/devices/{id}   (PATCH {"status":"disabled"} or {"iotEdge":false};
+                                     GET shows primaryKey, messages)
+    PUT /hubs/{hub}/devices/{id}    {"iotEdge":true,"primaryKey":b64,"status"}: a hub device without DPS
+    GET /hubs/{hub}/devices/{id}/modules        {"modules":[...+messages,lastMessage],"counts":{...}}
+    DELETE /hubs/{hub}/devices/{id}/module-counts
+    GET|PUT|DELETE /hubs/{hub}/devices/{id}/modules/{m}   operator view / create / delete
     GET|POST|DELETE /faults         POST {"route","kind","count","regid","status","body","retryAfter","seconds"}
     GET|DELETE /log[?since=SEQ]     [{seq, ts, method, path, host, route, regid, status,
                                       auth: none|valid|invalid, fault, reason}]
@@ -96,7 +110,8 @@ CONTROL API  (HTTP/1.1 + JSON on the Unix socket STATE/control.sock, mode 0600;
 
 STATE DIR
     ca.pem (trust this), ca.key, server.pem/.key (re-issued at each start), state.json
-    (enrollments, registrations, hub devices; survives restarts), info.json (written once
+    (enrollments, registrations, hub devices; survives restarts), hub-modules.json (module
+    identities per hub and device incarnation; survives restarts), info.json (written once
     serving: {"port","globalEndpoint","caPath","idScope","controlSocket"}), control.sock.
 """
 import argparse
@@ -248,7 +263,8 @@ def main(argv=None):
     s.add_argument("--device-id")
     s.add_argument("--hub", action="append", help="linked IoT hub host name (repeatable)")
     s.add_argument("--allocation", choices=("hashed", "static", "custom"), default="hashed")
-    s.add_argument("--edge", action="store_true", help="IoT Edge device")
+    s.add_argument("--edge", action="store_true", default=True, help="IoT Edge device (the default)")
+    s.add_argument("--plain", dest="edge", action="store_false", help="a plain (non-IoT Edge) device")
     s.add_argument("--tag", action="append", help="initial twin tag KEY=VALUE (repeatable)")
     s.add_argument("--custom-payload", help="JSON returned as payload by the custom policy")
     s.add_argument("--disabled", action="store_true")

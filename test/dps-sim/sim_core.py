@@ -47,7 +47,7 @@ BODY_MAX = 64 * 1024       # largest request body accepted (bytes)
 REGID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,126}[A-Za-z0-9]$|^[A-Za-z0-9]$")
 POLICIES = ("hashed", "static", "custom")
 FAULT_KINDS = ("throttle", "unavailable", "error", "reset", "stall", "malformed", "status")
-FAULT_ROUTES = ("any", "register", "register-challenge", "register-auth", "operation", "hub")
+FAULT_ROUTES = ("any", "register", "register-challenge", "register-auth", "operation", "hub", "hub-modules")
 
 
 def utcnow():
@@ -120,6 +120,8 @@ class Simulator:
         self.log_seq = 0
         self._fault_seq = 0
         self._load()
+        import sim_hub          # module registry + module telemetry (its own file and state)
+        self.hub_modules = sim_hub.HubModules(self)
 
     # ------------------------------------------------------------ persistence
 
@@ -208,7 +210,7 @@ class Simulator:
         with self.lock:
             for f in self.faults:
                 if f["route"] != "any" and f["route"] != route and not (
-                        f["route"] == "register" and route.startswith("register")):
+                        f["route"] in ("register", "hub") and route.startswith(f["route"])):
                     continue
                 if f["regid"] and f["regid"] != regid:
                     continue
@@ -263,7 +265,8 @@ class Simulator:
         """Create or replace an individual TPM enrollment; returns the stored enrollment."""
         if not isinstance(body, dict):
             raise ValidationError("enrollment must be a JSON object")
-        e = {"registrationId": regid, "deviceId": body.get("deviceId") or regid, "iotEdge": False,
+        # IoT Edge by default: the guide enables it; "iotEdge": false makes a plain device
+        e = {"registrationId": regid, "deviceId": body.get("deviceId") or regid, "iotEdge": True,
              "tags": {}, "iotHubs": [], "allocationPolicy": "hashed", "customPayload": None,
              "provisioningStatus": "enabled"}
         e.update({k: v for k, v in body.items() if v is not None or k == "customPayload"})
@@ -532,7 +535,10 @@ class Simulator:
     # ------------------------------------------------------------ IoT Hub device API
 
     def hub_request(self, method, hub, device_id, sub, query, headers, body_bytes):
-        """Minimal hub: GET /devices/{id}, GET /devices/{id}/modules, POST /devices/{id}/messages/events."""
+        """Minimal hub: GET /devices/{id}, POST /devices/{id}/messages/events; modules in sim_hub.py."""
+        resp = self.hub_modules.request(method, hub, device_id, sub, query, headers, body_bytes)
+        if resp is not None:
+            return resp
         with self.lock:
             devs = self.hubs.get(hub)
             rec = devs.get(device_id) if devs else None
@@ -549,8 +555,6 @@ class Simulator:
                                       "status": rec["status"], "capabilities": {"iotEdge": rec["iotEdge"]},
                                       "authentication": {"type": "sas", "symmetricKey": {
                                           "primaryKey": None, "secondaryKey": None}}}, auth="valid")
-            if method == "GET" and sub == "modules":
-                return Response(200, [], auth="valid")
             if method == "POST" and sub == "messages/events":
                 rec["messages"] = rec.get("messages", 0) + 1
                 rec["lastMessage"] = body_bytes.decode("utf-8", "replace")[:1024]

@@ -22,6 +22,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import sim_core
+import sim_hub
 from sim_core import Response, ValidationError
 
 DPS_REGISTER = re.compile(r"^/([^/]+)/registrations/([^/]+)/register$")
@@ -121,7 +122,8 @@ class DeviceHandler(_Handler):
             self._send(resp.status, resp.body, resp.headers)
             sim.record(self.command, self.path, self.headers.get("Host"), route, regid, resp)
             return
-        fault = sim.take_fault(route, regid) if target else None
+        fault = sim.take_fault(sim_hub.fault_route(route, self.command, target[3] if route == "hub" else None),
+                               regid) if target else None
         if target is None:
             resp = sim_core.dps_error(404, 404000, "NotFound", "No such resource")
         elif fault and fault["kind"] in ("throttle", "unavailable", "error", "status", "reset"):
@@ -145,6 +147,10 @@ class DeviceHandler(_Handler):
             self.close_connection = True
 
     def _fault_response(self, f):
+        hub = sim_hub.fault_response(f) if f["route"] in ("hub", "hub-modules") or (
+            f["route"] == "any" and self._route()[0] == "hub") else None
+        if hub is not None:
+            return hub
         ra = {"retry-after": str(f["retryAfter"])} if f["retryAfter"] is not None else {}
         if f["kind"] == "throttle":
             r = sim_core.dps_error(429, 429001, "ThrottlingException", "Operations are being throttled",
@@ -249,6 +255,9 @@ class ControlHandler(_Handler):
         self._send(status, out)
 
     def _control(self, sim, m, p, q, body):
+        mod = sim_hub.control(sim, m, p, q, body)
+        if mod is not None:
+            return mod
         if p == ["info"] and m == "GET":
             return 200, dict(self.server.info, **sim.get_config())
         if p == ["config"]:

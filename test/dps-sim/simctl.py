@@ -71,9 +71,10 @@ class SimClient:
     def config(self, **patch):
         return self.call("PATCH", "/config", patch) if patch else self.call("GET", "/config")
 
-    def enroll(self, regid, ek, hubs=(), device_id=None, iot_edge=False, tags=None, policy="hashed",
+    def enroll(self, regid, ek, hubs=(), device_id=None, iot_edge=True, tags=None, policy="hashed",
                custom_payload=None, enabled=True):
-        """Create/replace an individual TPM enrollment. ek: TPM2B_PUBLIC bytes or its base64."""
+        """Create/replace an individual TPM enrollment. ek: TPM2B_PUBLIC bytes or its base64.
+        iot_edge: an IoT Edge device (default, as the guide enables it); False makes a plain device."""
         if isinstance(ek, (bytes, bytearray)):
             ek = base64.b64encode(ek).decode()
         return self.call("PUT", "/enrollments/" + self._q(regid), {
@@ -107,6 +108,40 @@ class SimClient:
 
     def set_hub_device_status(self, hub, device_id, status):
         return self.call("PATCH", "/hubs/%s/devices/%s" % (self._q(hub), self._q(device_id)), {"status": status})
+
+    # module registry (sim_hub.py) ------------------------------------------------------
+    def create_hub_device(self, hub, device_id, iot_edge=True, primary_key=None, status="enabled"):
+        """A device made in the hub directly (no DPS, no TPM); returns it with primaryKey (base64)."""
+        body = {"iotEdge": iot_edge, "status": status}
+        if primary_key is not None:
+            body["primaryKey"] = primary_key if isinstance(primary_key, str) else \
+                base64.b64encode(primary_key).decode()
+        return self.call("PUT", "/hubs/%s/devices/%s" % (self._q(hub), self._q(device_id)), body)
+
+    def set_hub_device_edge(self, hub, device_id, iot_edge):
+        return self.call("PATCH", "/hubs/%s/devices/%s" % (self._q(hub), self._q(device_id)), {"iotEdge": iot_edge})
+
+    def hub_modules(self, hub, device_id):
+        """{"modules": [module as the hub has it + messages, lastMessage], "counts": {list, get, create,
+        update, delete, telemetry, c2d, refused, unauthorized}} (counts: requests that reached the hub,
+        not the injected faults; those are in log())."""
+        return self.call("GET", "/hubs/%s/devices/%s/modules" % (self._q(hub), self._q(device_id)))
+
+    def hub_module(self, hub, device_id, module_id):
+        return self.call("GET", "/hubs/%s/devices/%s/modules/%s" % (self._q(hub), self._q(device_id),
+                                                                   self._q(module_id)))
+
+    def put_hub_module(self, hub, device_id, module_id, body=None):
+        """Create/replace a module as an operator would (no Edge check); body as the hub's PUT."""
+        return self.call("PUT", "/hubs/%s/devices/%s/modules/%s" % (self._q(hub), self._q(device_id),
+                                                                   self._q(module_id)), body or {})
+
+    def delete_hub_module(self, hub, device_id, module_id):
+        return self.call("DELETE", "/hubs/%s/devices/%s/modules/%s" % (self._q(hub), self._q(device_id),
+                                                                      self._q(module_id)))
+
+    def clear_hub_module_counts(self, hub, device_id):
+        return self.call("DELETE", "/hubs/%s/devices/%s/module-counts" % (self._q(hub), self._q(device_id)))
 
     def fault(self, route, kind, count=1, **kw):
         """Queue a fault for the next `count` requests on `route` (see dps_sim.py docstring)."""

@@ -163,6 +163,12 @@ ROUTES = [  # (socket bit, method, path, api-version, body) from lib/api.h's tab
     (1, b"POST", b"/identities/device/reprovision", b"2020-09-01", b"{}"),
     (1, b"POST", b"/identities/device/token", b"2022-08-01", b'{"lifetime_sec":600}'),
     (1, b"GET", b"/status", b"2020-09-01", b""),
+    (1, b"GET", b"/identities/modules", b"2020-09-01", b""),
+    (1, b"POST", b"/identities/modules", b"2020-09-01", b'{"type":"aziot","moduleId":"$edgeHub"}'),
+    (1, b"PUT", b"/identities/modules/$edgeAgent", b"2020-09-01", b'{"type":"aziot","moduleId":"$edgeAgent"}'),
+    (1, b"GET", b"/identities/modules/%24edgeAgent", b"2021-12-01", b""),
+    (1, b"DELETE", b"/identities/modules/m1", b"2022-08-01", b""),
+    (1, b"GET", b"/trust-bundle", b"2020-09-01", b""),
 ]
 
 
