@@ -688,6 +688,7 @@ static void system_usage(FILE *f) {
               "       tpmidctl system logs [-- JOURNALCTL-ARGS...]\n"
               "       tpmidctl system reprovision\n"
               "       tpmidctl system restart|stop\n"
+              "       tpmidctl system restore-aziot [--root DIR]\n"
               "\n"
               "  status       unit states and the daemon's provisioning/TPM status\n"
               "  logs         journalctl -u " SYSTEM_SERVICE " -e --no-pager (arguments after -- replace -e\n"
@@ -695,7 +696,9 @@ static void system_usage(FILE *f) {
               "  reprovision  run DPS registration again and wait for its outcome (the current\n"
               "               identity stays until DPS assigns a new one)\n"
               "  restart      restart the service and its sockets\n"
-              "  stop         stop the service and its sockets\n",
+              "  stop         stop the service and its sockets\n"
+              "  restore-aziot  give /run/aziot/identityd.sock and tpmd.sock back to aziot-identityd and\n"
+              "               aziot-tpmd (undoes what config apply did for them; config apply redoes it)\n",
               f);
 }
 
@@ -724,6 +727,8 @@ int ctl_system_main(int argc, char **argv) {
                 return system_reprovision(argc - 1, argv + 1);
         if (streq(verb, "restart") || streq(verb, "stop"))
                 return system_restart_stop(argc - 1, argv + 1);
+        if (streq(verb, "restore-aziot"))
+                return ctl_aziot_restore_main(argc - 1, argv + 1);
         fprintf(stderr, "tpmidctl system: unknown command '%s'. Try 'tpmidctl system --help'.\n", verb);
         return CTL_EXIT_USAGE;
 }
