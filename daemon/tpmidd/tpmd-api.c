@@ -57,6 +57,7 @@ static uint32_t op_permission(enum api_op op) {
         case API_OP_IDENTITY_TOKEN:
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }
@@ -261,6 +262,7 @@ void tpmd_api_handle(struct server_request *req, void *userdata) {
         case API_OP_IDENTITY_TOKEN:
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }

@@ -60,6 +60,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             (lifetime < API_TOKEN_LIFETIME_MIN_SEC || lifetime > API_TOKEN_LIFETIME_MAX_SEC))
                 abort();
         (void)api_decode_device(data, size, &err);
+        int level;
+        if (api_decode_log_level(data, size, &level, &err) == 0) {
+                char *j = NULL;
+                if (level < 0 || level > 7 || api_encode_log_level(level, &j) < 0)
+                        abort();
+                free(j);
+        }
         struct api_report rep;
         if (api_decode_report(data, size, &rep, &err) == 0) {
                 size_t n = strnlen(rep.reason, sizeof(rep.reason));
