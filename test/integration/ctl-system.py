@@ -225,6 +225,9 @@ def enrollment_missing_then_disabled():
             expect(p, EXIT_PROVISIONING, "Failed to reprovision", "the enrollment is disabled",
                    "Enrollment is disabled", "enable the enrollment", stream="stderr")
             assert [e["route"] for e in sim.requests(since=seq)] == ["register-challenge"]
+            # the daemon's log names the disabled enrollment, not a refused attestation
+            log = d.log_since_start()
+            assert "the enrollment is disabled in DPS" in log and "refused the TPM attestation" not in log, log
             p = ctl("system", "status", env=env)
             expect(p, EXIT_PROVISIONING, "Enrollment is disabled", "401002", "the enrollment is disabled")
 
