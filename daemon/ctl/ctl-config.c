@@ -323,10 +323,13 @@ static int verb_apply(int argc, char **argv) {
          * down are written even when the daemon's file is up to date. */
         bool act = !root && !no_reload && ctl_systemd_running();
         bool start_tpmidd = false;
-        r = ctl_iotedge_add_principal(c, root);
-        if (r >= 0)
+        /* -o elsewhere (without --root): a configuration for some other
+         * tpmidd; this system's aziot and keyd files are not its business. */
+        bool system_wide = root || !out_arg || streq(out_arg, CONFIG_APPLIED_PATH);
+        r = system_wide ? ctl_iotedge_add_principal(c, root) : 0;
+        if (r >= 0 && system_wide)
                 r = ctl_keyd_principal_apply(root, act);
-        if (r >= 0) {
+        if (r >= 0 && system_wide) {
                 r = ctl_aziot_replace(root, act);
                 start_tpmidd = r > 0;
         }
@@ -337,7 +340,7 @@ static int verb_apply(int argc, char **argv) {
                 config_free(c);
                 return r == -EACCES || r == -EPERM ? CTL_EXIT_PERMISSION : CTL_EXIT_FAILURE;
         }
-        if (!act && !root && ctl_aziot_installed(NULL))
+        if (system_wide && !act && !root && ctl_aziot_installed(NULL))
                 printf("aziot-identity-service is installed: if aziot-identityd or aziot-tpmd run, stop them "
                        "(`systemctl stop aziot-identityd.service aziot-identityd.socket aziot-tpmd.service "
                        "aziot-tpmd.socket`) and restart tpmidd's sockets.\n");
