@@ -210,9 +210,12 @@ int ctl_keyd_principal_apply(const char *root, bool act) {
         _cleanup_free_ char *dir = ctl_prefixed(root, KEYD_DIR "/config.d");
         if (!dir)
                 return -ENOMEM;
+        bool made = access(dir, F_OK) != 0;
         int r = mkdir_p(dir, KEYD_DROPIN_DIR_MODE);
         if (r < 0)
                 return r;
+        if (made && own && chown(dir, kuid, kgid) < 0) /* keyd (aziotks) must read it, as aziot's package has it */
+                return -errno;
         r = write_file_atomic_owned(path, text, strlen(text), KEYD_DROPIN_MODE, own ? kuid : (uid_t)-1,
                                     own ? kgid : (gid_t)-1);
         if (r < 0)

@@ -228,6 +228,20 @@ def without_iotedge():
 
 
 @R.case
+def keyd_config_dir_created_for_keyd():
+    """/etc/aziot/keyd without config.d: apply creates it 0700 and (as root) owned by aziotks, so keyd
+    can read the principal file."""
+    root = make_root()
+    os.rmdir(root + "/etc/aziot/keyd/config.d")
+    ok(ctl("config", "apply", "--root", root), KEYD_DROPIN)
+    st = os.stat(root + "/etc/aziot/keyd/config.d")
+    assert stat.S_IMODE(st.st_mode) == 0o700, oct(st.st_mode)
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (UIDS["aziotks"], UIDS["aziotks"]), (st.st_uid, st.st_gid)
+    shutil.rmtree(root)
+
+
+@R.case
 def principal_kept_when_configured():
     """A [[principal]] the user wrote for iotedge's uid is kept as written, not duplicated."""
     root = make_root()
