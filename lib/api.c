@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "b64.h"
+#include "log.h"
 #include "util.h"
 
 static const char *const api_op_table[_API_OP_MAX] = {
@@ -30,6 +31,7 @@ static const char *const api_op_table[_API_OP_MAX] = {
         [API_OP_MODULES_UPDATE] = "identity.modules.update",
         [API_OP_MODULES_DELETE] = "identity.modules.delete",
         [API_OP_TRUST_BUNDLE] = "trust-bundle",
+        [API_OP_LOG_LEVEL] = "log_level",
 };
 
 const char *api_op_to_string(enum api_op op) {
@@ -87,6 +89,7 @@ static const struct route routes[] = {
         { API_SOCKET_IDENTITY, "DELETE", MODULES_PATH "/", API_OP_MODULES_DELETE, API_VERSION_2020_09_01,
           "GET, PUT, DELETE", true },
         { API_SOCKET_IDENTITY, "GET", "/trust-bundle", API_OP_TRUST_BUNDLE, API_VERSION_2020_09_01, "GET", false },
+        { API_SOCKET_IDENTITY, "PUT", "/log_level", API_OP_LOG_LEVEL, API_VERSION_2020_09_01, "PUT", false },
 };
 
 enum api_socket api_op_socket(enum api_op op) {
@@ -740,4 +743,34 @@ int api_encode_report(enum api_report_action a, char **ret) {
 
 int api_encode_error(const char *message, char **ret) {
         return dump(json_pack("{s:s}", "message", message), ret);
+}
+
+/* ---- PUT /log_level ---- */
+
+int api_decode_log_level(const uint8_t *body, size_t len, int *level, struct api_error *err) {
+        json_auto_t *root = parse_body(body, len, err);
+        if (!root)
+                return -EINVAL;
+        const char *name = NULL;
+        size_t name_len = 0;
+        int r = unpack_string(root, "level", &name, &name_len, err);
+        if (r < 0)
+                return r;
+        int l = strlen(name) == name_len ? log_level_from_string(name) : -EINVAL;
+        if (l < 0) {
+                api_error_set(err, 422, "field 'level' must be one of error, warn, info, debug, trace");
+                return -EINVAL;
+        }
+        *level = l;
+        return 0;
+}
+
+int api_encode_log_level(int level, char **ret) {
+        const char *name = log_level_to_string(level);
+        if (!name)
+                return -EINVAL;
+        json_t *o = json_pack("{s:s}", "level", name);
+        if (!o)
+                return -ENOMEM;
+        return dump(o, ret);
 }

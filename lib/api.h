@@ -26,6 +26,7 @@
  *   POST /identities/device/token {"lifetime_sec":N}? -> {"sasToken","expiresOn","hubName","deviceId"}
  *   POST /identities/device/report {"hubStatus":N,"reason":"..."?} -> 202 {"action":"..."}
  *   GET  /status                           -> see api_encode_status()
+ *   PUT  /log_level {"level":"error|warn|info|debug|trace"} -> {"level":"..."}
  */
 #pragma once
 
@@ -71,6 +72,7 @@ enum api_op {
         API_OP_MODULES_UPDATE,         /* "identity.modules.update" */
         API_OP_MODULES_DELETE,         /* "identity.modules.delete" */
         API_OP_TRUST_BUNDLE,           /* "trust-bundle" */
+        API_OP_LOG_LEVEL,              /* "log_level": tpmidctl system set-log-level */
         _API_OP_MAX,
 };
 
@@ -319,3 +321,11 @@ int api_encode_error(const char *message, char **ret);
 
 /* Fill err (NULL-safe) with a status and a printf-formatted message (truncated to fit). */
 void api_error_set(struct api_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- PUT /log_level (tpmidctl system set-log-level) ----
+ * {"level": NAME} -> *level, a syslog priority (lib/log.h's names: error, warn,
+ * info, debug, trace, ...; a digit 0-7). Body required (400 when empty); level
+ * missing, not a string, or unknown is 422 naming the accepted names.
+ * api_encode_log_level: {"level": log_level_to_string(level)}. */
+int api_decode_log_level(const uint8_t *body, size_t len, int *level, struct api_error *err);
+int api_encode_log_level(int level, char **ret);

@@ -62,6 +62,8 @@ uint32_t authz_op_bit(enum api_op op) {
         case API_OP_STATUS:
         case API_OP_TRUST_BUNDLE:
                 return CONFIG_OP_IDENTITY_GET;
+        case API_OP_LOG_LEVEL:
+                return CONFIG_OP_ALL; /* a daemon-wide setting: only who may do everything */
         case _API_OP_MAX:
                 break;
         }
@@ -128,6 +130,7 @@ bool authz_op_allowed(const struct config_principal *principals, size_t n_princi
         case API_OP_IDENTITY_PROVISIONING:
         case API_OP_IDENTITY_REPROVISION:
         case API_OP_IDENTITY_REPORT:
+        case API_OP_LOG_LEVEL:
                 break;
         case _API_OP_MAX:
                 return false;

@@ -772,7 +772,10 @@ static void interpret_failure(enum dps_request req, const struct prov_dps_answer
                  * answer: retry. */
                 bool verdict = have_err && (err.code != 0 || err.message[0]);
                 cls = verdict ? DPS_CLASS_PERMANENT : DPS_CLASS_TRANSIENT;
-                reason = verdict ? "DPS refused the TPM attestation" : "DPS answered 401 without a usable challenge";
+                /* A disabled enrollment is not a failed attestation: say which. */
+                reason = !verdict ? "DPS answered 401 without a usable challenge"
+                         : strcasestr(err.message, "disabled") ? "the enrollment is disabled in DPS"
+                                                               : "DPS refused the TPM attestation";
         }
         if (have_err && err.message[0])
                 snprintf(out->message, sizeof(out->message), "%s (HTTP %ld): %s", reason ? reason : "DPS error",

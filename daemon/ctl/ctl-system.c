@@ -681,6 +681,48 @@ static int system_restart_stop(int argc, char **argv) {
         return CTL_EXIT_OK;
 }
 
+/* ---- system set-log-level ---- */
+
+/* The names aziotctl's set-log-level takes; the daemon accepts them (and
+ * lib/log.h's aliases) in PUT /log_level. */
+static const char *const log_levels[] = {"error", "warn", "info", "debug", "trace"};
+
+static int system_set_log_level(int argc, char **argv) {
+        if (argc != 2) {
+                fprintf(stderr, "Usage: tpmidctl system set-log-level error|warn|info|debug|trace\n");
+                return CTL_EXIT_USAGE;
+        }
+        bool known = false;
+        for (size_t i = 0; i < ELEMENTSOF(log_levels); i++)
+                known = known || streq(argv[1], log_levels[i]);
+        if (!known) {
+                fprintf(stderr, "tpmidctl system set-log-level: unknown level '%s' (error, warn, info, debug, "
+                        "trace)\n", argv[1]);
+                return CTL_EXIT_USAGE;
+        }
+        json_t *o = json_pack("{s:s}", "level", argv[1]);
+        char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!body) {
+                fprintf(stderr, "tpmidctl: out of memory\n");
+                return CTL_EXIT_FAILURE;
+        }
+        struct ctl_response resp = {0};
+        int code = identity_call("PUT", "/log_level?api-version=" API_VERSION_2020_09_01, body, 0, 200,
+                                 "set-log-level", &resp);
+        free(body);
+        if (code != CTL_EXIT_OK)
+                return code;
+        json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
+        const char *now = j ? jstr(j, "level") : NULL;
+        printf("tpmidd logs at level %s now (until it restarts, or a reload changes log_level in its "
+               "configuration; to keep it, set log_level in /etc/aziot/config.toml and run `tpmidctl config "
+               "apply`).\n", now ? now : argv[1]);
+        json_decref(j);
+        ctl_response_done(&resp);
+        return CTL_EXIT_OK;
+}
+
 /* ---- entry points ---- */
 
 static void system_usage(FILE *f) {
@@ -688,6 +730,8 @@ static void system_usage(FILE *f) {
               "       tpmidctl system logs [-- JOURNALCTL-ARGS...]\n"
               "       tpmidctl system reprovision\n"
               "       tpmidctl system restart|stop\n"
+              "       tpmidctl system set-log-level error|warn|info|debug|trace\n"
+              "       tpmidctl system restore-aziot [--root DIR]\n"
               "\n"
               "  status       unit states and the daemon's provisioning/TPM status\n"
               "  logs         journalctl -u " SYSTEM_SERVICE " -e --no-pager (arguments after -- replace -e\n"
@@ -695,7 +739,11 @@ static void system_usage(FILE *f) {
               "  reprovision  run DPS registration again and wait for its outcome (the current\n"
               "               identity stays until DPS assigns a new one)\n"
               "  restart      restart the service and its sockets\n"
-              "  stop         stop the service and its sockets\n",
+              "  stop         stop the service and its sockets\n"
+              "  set-log-level  the running daemon's log level, through its socket (kept across reloads\n"
+              "               unless the configuration's log_level changes; lost on restart)\n"
+              "  restore-aziot  give /run/aziot/identityd.sock and tpmd.sock back to aziot-identityd and\n"
+              "               aziot-tpmd (undoes what config apply did for them; config apply redoes it)\n",
               f);
 }
 
@@ -724,6 +772,10 @@ int ctl_system_main(int argc, char **argv) {
                 return system_reprovision(argc - 1, argv + 1);
         if (streq(verb, "restart") || streq(verb, "stop"))
                 return system_restart_stop(argc - 1, argv + 1);
+        if (streq(verb, "set-log-level"))
+                return system_set_log_level(argc - 1, argv + 1);
+        if (streq(verb, "restore-aziot"))
+                return ctl_aziot_restore_main(argc - 1, argv + 1);
         fprintf(stderr, "tpmidctl system: unknown command '%s'. Try 'tpmidctl system --help'.\n", verb);
         return CTL_EXIT_USAGE;
 }

@@ -25,6 +25,8 @@ static void usage(FILE *f) {
               "  system logs [-- JOURNALCTL-ARGS]            the daemon's journal\n"
               "  system reprovision                          run DPS registration again, show its states and outcome\n"
               "  system restart | system stop                the units\n"
+              "  system set-log-level LEVEL                  the running daemon's log level (error|warn|info|debug|trace)\n"
+              "  system restore-aziot [--root DIR]           give the aziot sockets back to aziot-identityd/tpmd\n"
               "  identity show                               the device identity (hub, device id)\n"
               "  identity token [--lifetime SEC]             a hub SAS token signed in the TPM\n"
               "  check [-o json] [--warnings-as-errors]      TPM-aware health checks, each with its fix\n"

@@ -44,6 +44,25 @@ int ctl_check_main(int argc, char **argv);   /* ctl-check.c: check */
 int ctl_identity_main(int argc, char **argv);/* ctl-system.c: identity show|token */
 int ctl_bundle_main(int argc, char **argv);  /* ctl-bundle.c: support-bundle */
 
+/* ctl-aziot.c: tpmidd beside aziot-identity-service and IoT Edge (see the
+ * file's top comment). root: --root (NULL = /); act: systemctl may be run. */
+#define CTL_AZIOT_MARKER "/etc/aziot/tpmidd/replaces-aziot" /* units/aziot-coexist.conf's condition */
+#define CTL_KEYD_DROPIN "/etc/aziot/keyd/config.d/50-tpmidd.toml"
+char *ctl_prefixed(const char *root, const char *path); /* heap: root + path, or a copy of path */
+bool ctl_aziot_installed(const char *root);             /* aziot-identityd.service is installed */
+bool ctl_iotedge_present(const char *root);             /* the iotedge user exists */
+/* Add edged's principal to c (IoT Edge present, none for its uid yet):
+ * 1 added, 0 not needed, -errno. Prints what it did. */
+int ctl_iotedge_add_principal(struct tpmid_config *c, const char *root);
+/* Write (or remove when IoT Edge/keyd are gone) CTL_KEYD_DROPIN: 1 written,
+ * 0 nothing to do, -errno. */
+int ctl_keyd_principal_apply(const char *root, bool act);
+/* Create CTL_AZIOT_MARKER; with act, stop aziot's identityd/tpmd units that
+ * run and bind tpmidd's sockets again (tpmidd.service is left stopped for
+ * the caller to start). 1 units stopped, 0 none, -errno. */
+int ctl_aziot_replace(const char *root, bool act);
+int ctl_aziot_restore_main(int argc, char **argv); /* system restore-aziot */
+
 /* ctl-run.c: the programs tpmidctl drives. Each returns the program's exit
  * status, 127 when it could not be run, 128 when a signal ended it, or -errno. */
 bool ctl_systemd_running(void); /* systemd is PID 1, or TPMIDCTL_ASSUME_SYSTEMD=1 says to act as if */

@@ -56,9 +56,17 @@ _tpmidctl() {
                 esac
                 ;;
         system)
-                verbs="status logs reprovision restart stop"
+                verbs="status logs reprovision restart stop set-log-level restore-aziot"
                 case $verb in
                 status) opts="--help --json" ;;
+                set-log-level)
+                        if [ "$cword" -eq 3 ]; then
+                                COMPREPLY=($(compgen -W "error warn info debug trace" -- "$cur"))
+                                return
+                        fi
+                        opts="--help"
+                        ;;
+                restore-aziot) opts="--help --root" ;;
                 esac
                 ;;
         identity)

@@ -391,6 +391,7 @@ static void module_done(const struct modules_result *res, void *userdata) {
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
         case API_OP_TRUST_BUNDLE:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }
@@ -435,6 +436,7 @@ static void start_module_call(struct identity_api *api, struct server_request *r
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
         case API_OP_TRUST_BUNDLE:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }
@@ -481,6 +483,23 @@ static void handle_status(struct identity_api *api, struct server_request *req) 
         reply_json(req, r, json);
 }
 
+static void handle_log_level(struct identity_api *api, struct server_request *req) {
+        struct api_error err = {0};
+        int level;
+        if (api_decode_log_level(req->http->body, req->http->body_len, &level, &err) < 0) {
+                (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
+                return;
+        }
+        /* before the change, so that a lower level still shows who set it */
+        log_struct(LOG_NOTICE, NULL, LOG_FIELDS(LOG_NUM("CLIENT_UID", req->uid)),
+                   "log level set to %s by uid %u (tpmidctl system set-log-level)", log_level_to_string(level),
+                   (unsigned)req->uid);
+        manager_set_log_level(api->manager, level);
+        char *json = NULL;
+        int r = api_encode_log_level(level, &json);
+        reply_json(req, r, json);
+}
+
 /* Routed and authorized requests. may_wait: the request has not waited for
  * the saved-state check yet. */
 static void dispatch(struct identity_api *api, struct server_request *req, enum api_op op, bool may_wait) {
@@ -515,6 +534,9 @@ static void dispatch(struct identity_api *api, struct server_request *req, enum 
         case API_OP_MODULES_UPDATE:
         case API_OP_MODULES_DELETE:
                 /* they carry a module id: identity_api_handle() starts them */
+        case API_OP_LOG_LEVEL:
+                handle_log_level(api, req);
+                return;
         case API_OP_TPM_GET_KEYS:
         case API_OP_TPM_IMPORT:
         case API_OP_TPM_SIGN:
@@ -608,6 +630,11 @@ void identity_api_handle(struct server_request *req, void *userdata) {
                 }
                 handle_module(api, req, op, type, body_id);
                 return;
+        case API_OP_LOG_LEVEL:
+                /* every operation: root, the socket's group, daemon principals */
+                if (!authorized(api, req, op, NULL))
+                        return;
+                break;
         case API_OP_TPM_GET_KEYS:
         case API_OP_TPM_IMPORT:
         case API_OP_TPM_SIGN:

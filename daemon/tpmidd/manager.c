@@ -24,6 +24,7 @@ struct waiters {
 
 struct manager {
         uv_loop_t *loop;
+        int log_override; /* set-log-level's syslog level, -1 none; kept by reloads that leave log_level alone */
         struct tpmid_config *config; /* the running configuration */
         void (*changed)(void *userdata);
         void *userdata;
@@ -71,6 +72,11 @@ int manager_log_level(const struct tpmid_config *c) {
         if (l >= 0)
                 return l;
         return c->log_level; /* a LOG_* priority already (config.c) */
+}
+
+void manager_set_log_level(struct manager *m, int level) {
+        m->log_override = level;
+        log_set_max_level(level);
 }
 
 /* ---- what the views read ---- */
@@ -625,7 +631,10 @@ void manager_reload(struct manager *m, struct tpmid_config *file) {
                 log_error("reload: config_diff() names restart keys the reload kept: %s", why ? why : "?");
         struct tpmid_config *old = m->config;
         m->config = file;
-        log_set_max_level(manager_log_level(file));
+        if (m->log_override < 0 || file->log_level != old->log_level) {
+                m->log_override = -1;
+                log_set_max_level(manager_log_level(file));
+        }
         tpm_worker_set_max_queued(m->worker, file->limits.max_queued_tpm_jobs);
         /* The driver compares old and new provisioning settings: old is still alive. */
         if (m->prov)
@@ -658,6 +667,7 @@ int manager_new(uv_loop_t *loop, struct tpmid_config *config, void (*changed_cb)
                 return -ENOMEM;
         }
         m->loop = loop;
+        m->log_override = -1;
         m->config = config;
         m->started_ms = uv_now(loop);
         snprintf(m->tpm_error, sizeof m->tpm_error, "the TPM has not answered yet");

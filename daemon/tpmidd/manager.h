@@ -84,6 +84,11 @@ struct manager;
  * set-log-level` sets) wins, as in aziot, else log_level. */
 int manager_log_level(const struct tpmid_config *c);
 
+/* `tpmidctl system set-log-level` (PUT /log_level): the daemon logs at level
+ * (a syslog priority) from now on, also after reloads, until a reload whose
+ * configuration changes log_level. */
+void manager_set_log_level(struct manager *m, int level);
+
 /* Takes config (freed by the manager, also on failure). Starts the TPM worker
  * thread and, for source "dps", the provisioning driver; the TPM is not
  * opened before manager_start(). changed(userdata) runs on the loop after

@@ -63,6 +63,7 @@ static uint32_t op_permission(enum api_op op) {
         case API_OP_MODULES_UPDATE:
         case API_OP_MODULES_DELETE:
         case API_OP_TRUST_BUNDLE:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }
@@ -273,6 +274,7 @@ void tpmd_api_handle(struct server_request *req, void *userdata) {
         case API_OP_MODULES_UPDATE:
         case API_OP_MODULES_DELETE:
         case API_OP_TRUST_BUNDLE:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }

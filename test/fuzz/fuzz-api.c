@@ -118,6 +118,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort();
         if (api_decode_module_delete(ct, data, size, &err) < 0 && err.status != 422)
                 abort();
+        int level;
+        if (api_decode_log_level(data, size, &level, &err) == 0) {
+                char *j = NULL;
+                if (level < 0 || level > 7 || api_encode_log_level(level, &j) < 0)
+                        abort();
+                free(j);
+        }
         struct api_report rep;
         if (api_decode_report(data, size, &rep, &err) == 0) {
                 size_t n = strnlen(rep.reason, sizeof(rep.reason));

@@ -8,8 +8,10 @@ systemd is not PID 1 here: status must say so and still show the daemon."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
@@ -17,8 +19,8 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_getcap", "setpriv")
-from daemon import (HUB1, HUB2, Daemon, Device, Sim, hub_get, offline_config, tamper,  # noqa: E402
-                    tpm_info, tpmidctl_path)
+from daemon import (HUB1, HUB2, ID_API, Daemon, Device, Sim, hub_get, offline_config, tamper,  # noqa: E402
+                    tpm_info, tpmidctl_path, wait_for)
 
 R = harness.Runner("ctl-system")
 
@@ -223,6 +225,9 @@ def enrollment_missing_then_disabled():
             expect(p, EXIT_PROVISIONING, "Failed to reprovision", "the enrollment is disabled",
                    "Enrollment is disabled", "enable the enrollment", stream="stderr")
             assert [e["route"] for e in sim.requests(since=seq)] == ["register-challenge"]
+            # the daemon's log names the disabled enrollment, not a refused attestation
+            log = d.log_since_start()
+            assert "the enrollment is disabled in DPS" in log and "refused the TPM attestation" not in log, log
             p = ctl("system", "status", env=env)
             expect(p, EXIT_PROVISIONING, "Enrollment is disabled", "401002", "the enrollment is disabled")
 
@@ -273,6 +278,38 @@ def status_units_with_systemd():
         assert j["systemd"] is True and j["exitCode"] == EXIT_FAILURE, j
         assert j["units"]["tpmidd.service"]["healthy"] is False, j
         assert j["units"]["tpmidd-tpmd.socket"]["state"] == "Listening", j
+
+
+@R.case
+def set_log_level_runtime():
+    """system set-log-level: the running daemon's level changes through its socket, a reload
+    that leaves log_level alone keeps it, one that changes log_level replaces it; a bad level
+    is a usage error in the CLI and 422 from the daemon."""
+    with harness.Swtpm() as tpm, Sim() as sim:
+        with Daemon(tpm, sim, log_level="debug") as d:
+            env = denv(d)
+            expect(ctl("system", "set-log-level", "loud", env=env), EXIT_USAGE, "unknown level", stream="stderr")
+            expect(ctl("system", "set-log-level", env=env), EXIT_USAGE, "Usage", stream="stderr")
+            mark = len(d.log_since_start())
+            expect(ctl("system", "set-log-level", "warn", env=env), EXIT_OK, "level warn")
+            log = d.log_since_start()[mark:]
+            # control: at debug the daemon logs each connection, so its absence below means something
+            assert "connection from uid" in log and "log level set to warn by uid %d" % os.getuid() in log, log
+            mark = len(d.log_since_start())
+            assert d.request("GET", "/status?" + ID_API).status == 200
+            d.proc.send_signal(signal.SIGHUP)  # log_level unchanged: the runtime level stays
+            time.sleep(1.5)
+            d.check_alive()
+            assert d.request("GET", "/status?" + ID_API).status == 200
+            log = d.log_since_start()[mark:]
+            assert "connection from uid" not in log and "reloaded " not in log, log
+            d.write_config(log_level="info")  # log_level changed: the file's level wins
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded " in d.log_since_start()[mark:], 10, what="the reload at info")
+            r = d.request("PUT", "/log_level?" + ID_API, body=b'{"level":"loud"}')
+            assert r.status == 422 and "error, warn, info, debug, trace" in r.message, r
+            r = d.request("PUT", "/log_level?" + ID_API, body=b'{"level":"debug"}')
+            assert r.status == 200 and r.json == {"level": "debug"}, r
 
 
 @R.case

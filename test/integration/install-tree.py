@@ -118,6 +118,9 @@ def install_tree():
     }
     for u in UNITS:
         expect[os.path.join(UNITDIR, u)] = 0
+    # the coexistence drop-in for aziot-identity-service's units (test/integration/coexist.py)
+    for u in ("aziot-identityd.service", "aziot-identityd.socket", "aziot-tpmd.service", "aziot-tpmd.socket"):
+        expect[os.path.join(UNITDIR, u + ".d", "50-tpmidd.conf")] = 0
     for m in MAN_PAGES:
         expect[os.path.join(MANDIR, m)] = 0
     missing = [p for p in expect if not os.path.isfile(D(p))]

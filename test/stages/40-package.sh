@@ -62,9 +62,22 @@ for f in /usr/sbin/tpmidd /usr/bin/tpmidctl /usr/libexec/tpmidd-https \
         /usr/lib/systemd/catalog/tpmidd.catalog /usr/share/bash-completion/completions/tpmidctl \
         /etc/aziot/config.toml.template /usr/share/man/man8/tpmidd.8.gz /usr/share/man/man1/tpmidctl.1.gz \
         /usr/share/man/man5/tpmidd.toml.5.gz /usr/share/man/man7/tpmidd-api.7.gz \
-        /usr/share/doc/tpmidd/copyright; do
+        /usr/share/doc/tpmidd/copyright /usr/share/doc/tpmidd/README.Debian \
+        /lib/systemd/system/aziot-identityd.service.d/50-tpmidd.conf \
+        /lib/systemd/system/aziot-identityd.socket.d/50-tpmidd.conf \
+        /lib/systemd/system/aziot-tpmd.service.d/50-tpmidd.conf \
+        /lib/systemd/system/aziot-tpmd.socket.d/50-tpmidd.conf; do
         expect_file "$f"
 done
+# The relation to aziot-identity-service (debian/README.Debian): no
+# Conflicts/Provides/Breaks that would keep aziot-edge from installing.
+rel=$(dpkg-query -W -f='${Conflicts}|${Provides}|${Breaks}|${Enhances}' tpmidd)
+case "$rel" in
+"||"*aziot-identity-service*) ;;
+*) fail "package relations: '$rel' (want no Conflicts/Provides/Breaks, Enhances aziot-identity-service)" ;;
+esac
+grep -qx 'ConditionPathExists=!/etc/aziot/tpmidd/replaces-aziot' \
+        /lib/systemd/system/aziot-identityd.socket.d/50-tpmidd.conf || fail "the aziot coexistence drop-in's condition"
 dpkg-query -W -f='${Conffiles}\n' tpmidd | grep -q '/etc/aziot/config.toml.template' ||
         fail "/etc/aziot/config.toml.template is not a conffile"
 /usr/sbin/tpmidd --version | grep -q '^tpmidd ' || fail "tpmidd --version"
@@ -93,11 +106,14 @@ fi
 
 echo "-- apt-get purge tpmidd"
 mkdir -p /var/lib/tpmidd && echo x >/var/lib/tpmidd/state-marker
+# what `tpmidctl config apply` writes for aziot coexistence goes with a purge
+echo x >/etc/aziot/tpmidd/replaces-aziot
 if ! DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tpmidd >"$work/purge.log" 2>&1; then
         tail -40 "$work/purge.log"
         fail "apt-get purge"
 fi
 for f in /usr/sbin/tpmidd /usr/bin/tpmidctl /var/lib/tpmidd /etc/aziot/tpmidd /etc/aziot/config.toml.template \
+        /lib/systemd/system/aziot-identityd.socket.d/50-tpmidd.conf \
         /etc/systemd/system/sockets.target.wants/tpmidd-tpmd.socket; do
         [ -e "$f" ] && fail "still there after purge: $f"
 done

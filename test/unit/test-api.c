@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "log.h"
 #include "b64.h"
 #include "util.h"
 
@@ -20,7 +21,8 @@ static void test_op_strings(void **state) {
         const char *names[] = { "tpm.get_keys", "tpm.import", "tpm.sign", "identity.get", "identity.device",
                                 "identity.provisioning", "identity.reprovision", "identity.token", "identity.report",
                                 "status", "identity.modules.list", "identity.modules.get", "identity.modules.create",
-                                "identity.modules.update", "identity.modules.delete", "trust-bundle" };
+                                "identity.modules.update", "identity.modules.delete", "trust-bundle",
+                                "log_level" };
         assert_int_equal(ELEMENTSOF(names), _API_OP_MAX);
         for (int i = 0; i < _API_OP_MAX; i++) {
                 assert_string_equal(api_op_to_string((enum api_op)i), names[i]);
@@ -53,6 +55,7 @@ static void test_route_ok(void **state) {
                   API_OP_IDENTITY_REPROVISION },
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/token", "2020-09-01", API_OP_IDENTITY_TOKEN },
                 { API_SOCKET_IDENTITY, "GET", "/status", "2022-08-01", API_OP_STATUS },
+                { API_SOCKET_IDENTITY, "PUT", "/log_level", "2020-09-01", API_OP_LOG_LEVEL },
                 /* an extension: every identity api-version */
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2020-09-01", API_OP_IDENTITY_REPORT },
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2021-12-01", API_OP_IDENTITY_REPORT },
@@ -527,6 +530,29 @@ static void test_decode_token(void **state) {
         assert_string_equal(err.message, "field 'lifetime_sec' must be an integer");
 }
 
+/* PUT /log_level (tpmidctl system set-log-level) */
+static void test_decode_log_level(void **state) {
+        struct api_error err = { 0 };
+        int level = -1;
+        assert_int_equal(api_decode_log_level((const uint8_t *)"{\"level\":\"warn\"}", 16, &level, &err), 0);
+        assert_int_equal(level, LOG_WARNING);
+        assert_int_equal(api_decode_log_level((const uint8_t *)"{\"level\":\"trace\"}", 17, &level, &err), 0);
+        assert_int_equal(level, LOG_DEBUG);
+        const char *bad[] = { "", "{}", "{\"level\":1}", "{\"level\":\"loud\"}", "{\"level\":\"info\\u0000x\"}" };
+        const int status[] = { 400, 422, 422, 422, 422 };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                memset(&err, 0, sizeof(err));
+                level = -1;
+                assert_int_equal(api_decode_log_level((const uint8_t *)bad[i], strlen(bad[i]), &level, &err), -EINVAL);
+                assert_int_equal(err.status, status[i]);
+                assert_int_equal(level, -1);
+        }
+        char *j = NULL;
+        assert_int_equal(api_encode_log_level(LOG_DEBUG, &j), 0);
+        assert_string_equal(j, "{\"level\":\"debug\"}");
+        free(j);
+}
+
 static void test_decode_device(void **state) {
         struct api_error err;
         assert_int_equal(api_decode_device((const uint8_t *)"{\"type\":\"aziot\"}", 16, &err), 0);
@@ -897,6 +923,7 @@ int main(void) {
                 cmocka_unit_test(test_decode_sign),
                 cmocka_unit_test(test_decode_token),
                 cmocka_unit_test(test_decode_device),
+                cmocka_unit_test(test_decode_log_level),
                 cmocka_unit_test(test_decode_report),
                 cmocka_unit_test(test_encoders),
                 cmocka_unit_test(test_encode_status),

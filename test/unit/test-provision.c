@@ -1146,7 +1146,9 @@ static void test_dps_interpret(void **state) {
         assert_int_equal(r.data.http_status, 401);
         assert_string_equal(r.status, "failed");
         assert_non_null(strstr(r.message, "Enrollment is disabled"));
-        assert_non_null(strstr(r.message, "attestation"));
+        /* a disabled enrollment is named, not called a refused attestation (issue 15) */
+        assert_non_null(strstr(r.message, "the enrollment is disabled in DPS"));
+        assert_null(strstr(r.message, "attestation"));
         prov_dps_result_clear(&r);
         /* A challenge-shaped 401 whose challenge cannot be used is a broken
          * answer, not a verdict, though DPS's challenges carry a "message"
