@@ -142,7 +142,9 @@ static void op_free(struct op *o) {
                         *p = o->next;
                         break;
                 }
-        free(o->h_body ? (explicit_zero(o->h_body, strlen(o->h_body)), o->h_body) : NULL);
+        if (o->h_body)
+                explicit_zero(o->h_body, strlen(o->h_body)); /* an update body holds the module's keys */
+        free(o->h_body);
         free(o->sr);
         free(o->sts);
         free(o->list);
@@ -318,12 +320,15 @@ static void hub_signed(struct tpm_job *job, void *userdata) {
  * Takes body. Failures to start end in done too, as UNAVAILABLE. */
 static void hub_call(struct op *o, const char *method, bool module, char *body, bool if_match, hub_done_fn done) {
         struct modules *m = o->m;
+        if (o->h_body)
+                explicit_zero(o->h_body, strlen(o->h_body));
         free(o->h_body);
         o->h_body = body;
         o->h_method = method;
         o->h_module = module;
         o->h_if_match = if_match;
         o->h_done = done;
+        o->retry_after_s = 0;
         free(o->sr);
         free(o->sts);
         o->sr = o->sts = NULL;
@@ -998,6 +1003,20 @@ static void rec_run(struct modules *m) {
         uv_timer_stop(&m->timer);
         if (!manager_identity(m->mgr, &hub, &dev)) {
                 snprintf(m->last, sizeof m->last, "skipped: not provisioned");
+                return;
+        }
+        /* Nothing declared now, nothing a principal declared before: no hub
+         * call. A plain (not IoT Edge) device, whose module registry IoT Hub
+         * refuses, then never asks it. */
+        const char *ids[CONFIG_MAX_PRINCIPALS];
+        size_t n = 0;
+        declared_ids(manager_config(m->mgr), ids, ELEMENTSOF(ids), &n, false);
+        bool marked = false;
+        for (size_t i = 0; cache_is_for(m, hub, dev) && i < m->cache.n_modules && !marked; i++)
+                marked = m->cache.modules[i].principal;
+        if (n == 0 && !marked) {
+                snprintf(m->last, sizeof m->last, "ok: no module principals");
+                log_debug("modules: no [[principal]] declares a module; nothing to reconcile (%s)", m->rec_why);
                 return;
         }
         m->rec_running = true;
