@@ -743,6 +743,11 @@ void manager_begin_stop(struct manager *m, const char *why) {
         uv_timer_stop(&m->retry_timer);
         waiters_answer(&m->reprovision, MANAGER_OUTCOME_STOPPING, "tpmidd is stopping");
         answer_identity_waiters(m, MANAGER_OUTCOME_STOPPING);
+        /* Module calls waiting for the hub or keyd are answered now (503), so
+         * that the sockets drain without waiting for them; the object goes
+         * once its own TPM jobs are back. */
+        modules_close(m->modules);
+        m->modules = NULL;
         changed(m);
 }
 

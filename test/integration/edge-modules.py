@@ -9,6 +9,7 @@ same SAS tampered: 401. The requests are aziot-edged 1.5's (iotedge edgelet/azio
 sign.rs)."""
 import base64
 import http.client
+import threading
 import json
 import os
 import socket
@@ -171,6 +172,37 @@ def keyd_down_or_refusing_is_named():
         s.keyd.set_mode("up")
         r = s.d.request("GET", "/identities/modules/$edgeAgent?" + API + "&type=aziot")
         assert r.status == 200, r
+
+
+@R.case
+def stop_with_a_module_call_in_flight():
+    """SIGTERM while a module request waits for keyd: the caller is answered (or its connection
+    closed), the daemon exits 0 with every handle closed (and, under ASan, no leak)."""
+    with Setup() as s:
+        s.provision()
+        r = s.d.request("PUT", "/identities/modules/$edgeAgent?" + API + "&type=aziot",
+                        {"type": "aziot", "moduleId": "$edgeAgent"})
+        assert r.status == 200, r
+        s.keyd.set_mode("stall:8")
+        n = len(s.keyd.requests())
+        out = {}
+
+        def call():
+            try:
+                out["r"] = s.d.request("GET", "/identities/modules/$edgeAgent?" + API + "&type=aziot", timeout=20)
+            except OSError as e:
+                out["e"] = e
+        t = threading.Thread(target=call)
+        t.start()
+        wait_for(lambda: len(s.keyd.requests()) > n or "identity.modules.get" in s.d.log_since_start(), 10,
+                 what="the module call")
+        time.sleep(0.5)
+        t0 = time.time()
+        s.d.stop()  # asserts exit 0
+        assert time.time() - t0 < 8, "the stop waited for keyd"
+        t.join(20)
+        assert "e" in out or out["r"].status == 503, out
+        s.keyd.set_mode("up")
 
 
 if __name__ == "__main__":
