@@ -533,7 +533,7 @@ int module_cache_format(const struct module_cache *c, char **ret, size_t *ret_le
         char *out = malloc(n + 1 + TRAILER_LEN + 1);
         if (!out)
                 return -ENOMEM;
-        memcpy(out, line, n);
+        memcpy(out, line, n); // NOLINT(bugprone-not-null-terminated-result): '\n' and the trailer follow, snprintf ends it
         out[n] = '\n';
         uint8_t dig[SHA256_DIGEST_LEN];
         sha256(out, n + 1, dig);
@@ -696,8 +696,13 @@ int module_reconcile_plan(const struct module_hub_entry *hub, size_t n_hub, cons
                 if (!module_id_is_valid(declared[i]))
                         return -EINVAL;
         size_t cap = n_hub + n_declared, n = 0;
-        _cleanup_free_ struct module_plan_step *v = NULL;
-        if (cap > 0 && !(v = calloc(cap, sizeof *v)))
+        if (cap == 0) {
+                *ret = NULL;
+                *ret_n = 0;
+                return 0;
+        }
+        _cleanup_free_ struct module_plan_step *v = calloc(cap, sizeof *v);
+        if (!v)
                 return -ENOMEM;
         for (size_t i = 0; i < n_hub; i++) {
                 const char *id = hub[i].module_id;

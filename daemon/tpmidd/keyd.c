@@ -96,7 +96,10 @@ static void finish(struct keyd_req *q, int r, int status, const char *body, size
                 principal_hint(hint, sizeof hint);
         if (r < 0)
                 snprintf(res.message, sizeof res.message, "aziot-keyd at %s: %s%s", q->socket_path,
-                         r == -ETIMEDOUT ? "no answer in time" : r == -EBADMSG ? "not an HTTP answer" : strerror(-r),
+                         r == -ETIMEDOUT                    ? "no answer in time"
+                         : r == -EBADMSG                    ? "not an HTTP answer"
+                         : r == -ECONNRESET || r == -EPIPE ? "closed the connection without an answer"
+                                                            : strerror(-r),
                          hint);
         else if (status != 200) {
                 char m[MODULE_ERROR_MAX];
@@ -146,7 +149,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
         if (r == 0)
                 return;
         if (r < 0)
-                finish(q, r == -EPIPE ? -EBADMSG : r, 0, NULL, 0);
+                finish(q, r == -EPIPE ? -ECONNRESET : r, 0, NULL, 0); /* EOF before a whole answer */
         else
                 finish(q, 0, status, body, blen);
 }

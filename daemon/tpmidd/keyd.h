@@ -22,7 +22,8 @@ struct keyd;
 
 struct keyd_result {
         int r;             /* 0: keyd answered (any status); -errno: no answer (-ENOENT, -ECONNREFUSED,
-                            * -EACCES: cannot reach keyd; -ETIMEDOUT; -EBADMSG: not HTTP; -E2BIG) */
+                            * -EACCES: cannot reach keyd; -ECONNRESET, -EPIPE: closed without an answer;
+                            * -ETIMEDOUT; -EBADMSG: not HTTP; -E2BIG) */
         int status;        /* keyd's HTTP status when r == 0 */
         const char *body;  /* the response body, valid during the callback only */
         size_t body_len;

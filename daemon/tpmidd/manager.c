@@ -34,6 +34,7 @@ struct manager {
         struct prov_driver *prov; /* NULL when source is "none" */
         struct modules *modules;  /* the module identities; NULL when source is "none" */
         bool was_provisioned;     /* the driver's state was PROVISIONED at its last change */
+        bool dps_ran;             /* a DPS run happened since the last reconciliation trigger */
         char reconciled_hub[DPS_HUB_NAME_MAX + 1], reconciled_device[DPS_DEVICE_ID_MAX + 1];
 
         /* TPM */
@@ -289,17 +290,42 @@ static void answer_identity_waiters(struct manager *m, enum manager_outcome o) {
 /* ---- provisioning ---- */
 
 /* Reconciliation of the module identities after every (re)provisioning:
- * whenever the driver settles with an identity it did not have settled
- * before (the saved one at start, a new one from DPS). */
+ * whenever the driver settles with an identity for the first time (the
+ * saved one at start), after a DPS run (a reprovisioning, also to the same
+ * hub) or with another identity. A hub check alone (Dynamic mode, a
+ * client's report) is no reprovisioning. */
 static void maybe_reconcile(struct manager *m) {
-        bool now = prov_driver_state(m->prov) == PROV_PROVISIONED;
+        enum prov_state state = prov_driver_state(m->prov);
+        bool now = state == PROV_PROVISIONED;
+        switch (state) {
+        case PROV_REGISTERING:
+        case PROV_IMPORTING_CHALLENGE:
+        case PROV_AUTHENTICATING:
+        case PROV_POLLING:
+        case PROV_IMPORTING_FINAL:
+        case PROV_SAVING:
+                m->dps_ran = true;
+                break;
+        case PROV_IDLE:
+        case PROV_LOADING_STATE:
+        case PROV_RECOVERING:
+        case PROV_CHECKING_HUB:
+        case PROV_RETIRING:
+        case PROV_PROVISIONED:
+        case PROV_BACKING_OFF:
+        case PROV_FAILED_PERMANENT:
+        case _PROV_STATE_MAX:
+                break;
+        }
         const char *hub = NULL, *dev = NULL;
-        if (now && m->modules && prov_driver_identity(m->prov, &hub, &dev) &&
-            (!m->was_provisioned || !streq(hub, m->reconciled_hub) || !streq(dev, m->reconciled_device))) {
+        if (now && !m->was_provisioned && m->modules && prov_driver_identity(m->prov, &hub, &dev) &&
+            (m->dps_ran || !m->reconciled_hub[0] || !streq(hub, m->reconciled_hub) ||
+             !streq(dev, m->reconciled_device))) {
                 bool first = !m->reconciled_hub[0];
                 snprintf(m->reconciled_hub, sizeof m->reconciled_hub, "%s", hub);
                 snprintf(m->reconciled_device, sizeof m->reconciled_device, "%s", dev);
                 modules_reconcile(m->modules, first ? "start" : "provisioned");
+                m->dps_ran = false;
         }
         m->was_provisioned = now;
 }
@@ -727,6 +753,11 @@ void manager_begin_stop(struct manager *m, const char *why) {
         uv_timer_stop(&m->retry_timer);
         waiters_answer(&m->reprovision, MANAGER_OUTCOME_STOPPING, "tpmidd is stopping");
         answer_identity_waiters(m, MANAGER_OUTCOME_STOPPING);
+        /* Module calls waiting for the hub or keyd are answered now (503), so
+         * that the sockets drain without waiting for them; the object goes
+         * once its own TPM jobs are back. */
+        modules_close(m->modules);
+        m->modules = NULL;
         changed(m);
 }
 

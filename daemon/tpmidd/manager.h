@@ -109,8 +109,9 @@ void manager_reload(struct manager *m, struct tpmid_config *file);
  * pings that came back (the progress the watchdog asks for). */
 void manager_watchdog_ping(struct manager *m);
 
-/* Shutdown, step 1: answer every waiter with MANAGER_OUTCOME_STOPPING, stop
- * retrying; the status says "stopping: why". */
+/* Shutdown, step 1: answer every waiter with MANAGER_OUTCOME_STOPPING, and
+ * every module call in flight with 503; stop retrying and reconciling; the
+ * status says "stopping: why". */
 void manager_begin_stop(struct manager *m, const char *why);
 /* Shutdown, step 2 (after the sockets drained): let the worker finish its
  * queued jobs (their done callbacks run), close the TPM, stop provisioning,

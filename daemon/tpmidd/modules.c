@@ -111,6 +111,7 @@ struct modules {
 
         bool closing;
         unsigned tpm_jobs; /* our TPM jobs in flight */
+        unsigned kicks;    /* idle handles of ops not started yet */
         bool timer_closed;
 };
 
@@ -125,7 +126,7 @@ static void wipe_free(void *p, size_t n) {
 }
 
 static void maybe_free_modules(struct modules *m) {
-        if (!m->closing || m->tpm_jobs > 0 || !m->timer_closed || m->ops)
+        if (!m->closing || m->tpm_jobs > 0 || m->kicks > 0 || !m->timer_closed || m->ops)
                 return;
         module_cache_clear(&m->cache);
         free(m->plan);
@@ -141,7 +142,9 @@ static void op_free(struct op *o) {
                         *p = o->next;
                         break;
                 }
-        free(o->h_body ? (explicit_zero(o->h_body, strlen(o->h_body)), o->h_body) : NULL);
+        if (o->h_body)
+                explicit_zero(o->h_body, strlen(o->h_body)); /* an update body holds the module's keys */
+        free(o->h_body);
         free(o->sr);
         free(o->sts);
         free(o->list);
@@ -317,12 +320,15 @@ static void hub_signed(struct tpm_job *job, void *userdata) {
  * Takes body. Failures to start end in done too, as UNAVAILABLE. */
 static void hub_call(struct op *o, const char *method, bool module, char *body, bool if_match, hub_done_fn done) {
         struct modules *m = o->m;
+        if (o->h_body)
+                explicit_zero(o->h_body, strlen(o->h_body));
         free(o->h_body);
         o->h_body = body;
         o->h_method = method;
         o->h_module = module;
         o->h_if_match = if_match;
         o->h_done = done;
+        o->retry_after_s = 0;
         free(o->sr);
         free(o->sts);
         o->sr = o->sts = NULL;
@@ -700,7 +706,11 @@ struct kick {
 };
 
 static void kick_closed(uv_handle_t *h) {
-        free(h->data);
+        struct kick *k = h->data;
+        struct modules *m = k->m;
+        free(k);
+        m->kicks--;
+        maybe_free_modules(m);
 }
 
 static void op_begin(struct op *o) {
@@ -757,6 +767,8 @@ static int start(struct modules *m, enum op_kind kind, const char *module_id, mo
         struct op *o = NULL;
         int status = 0;
         char msg[MODULES_ERROR_MAX] = "";
+        if (!m)
+                return -ENODEV; /* the manager could not set up its module identities */
         int r = op_new(m, kind, module_id, cb, userdata, internal, &o, &status, msg, sizeof msg);
         if (r < 0 && status > 0) {
                 /* Not provisioned, an invalid id: the caller gets the answer
@@ -788,6 +800,7 @@ static int start(struct modules *m, enum op_kind kind, const char *module_id, mo
         k->m = m;
         k->id = o->id;
         k->idle.data = k;
+        m->kicks++;
         uv_idle_start(&k->idle, op_kick);
         if (ret_id)
                 *ret_id = o->id;
@@ -811,7 +824,7 @@ int modules_delete(struct modules *m, const char *module_id, modules_cb cb, void
 }
 
 int modules_cancel(struct modules *m, uint64_t id) {
-        for (struct op *o = m->ops; o; o = o->next)
+        for (struct op *o = m ? m->ops : NULL; o; o = o->next)
                 if (o->id == id && !o->internal && !o->cancelled) {
                         o->cancelled = true;
                         if (o->cloud_busy || o->keyd_busy)
@@ -992,6 +1005,20 @@ static void rec_run(struct modules *m) {
                 snprintf(m->last, sizeof m->last, "skipped: not provisioned");
                 return;
         }
+        /* Nothing declared now, nothing a principal declared before: no hub
+         * call. A plain (not IoT Edge) device, whose module registry IoT Hub
+         * refuses, then never asks it. */
+        const char *ids[CONFIG_MAX_PRINCIPALS];
+        size_t n = 0;
+        declared_ids(manager_config(m->mgr), ids, ELEMENTSOF(ids), &n, false);
+        bool marked = false;
+        for (size_t i = 0; cache_is_for(m, hub, dev) && i < m->cache.n_modules && !marked; i++)
+                marked = m->cache.modules[i].principal;
+        if (n == 0 && !marked) {
+                snprintf(m->last, sizeof m->last, "ok: no module principals");
+                log_debug("modules: no [[principal]] declares a module; nothing to reconcile (%s)", m->rec_why);
+                return;
+        }
         m->rec_running = true;
         int r = start(m, OP_LIST, NULL, rec_listed, m, true, NULL);
         if (r < 0) {
@@ -1078,13 +1105,23 @@ void modules_close(struct modules *m) {
         if (!m || m->closing)
                 return;
         m->closing = true;
+        /* Every caller still waiting is answered (modules.h: exactly one
+         * callback); reconciliation's own ops just end. */
         struct op *o = m->ops;
         while (o) {
                 struct op *next = o->next;
-                /* An op waiting for its kick is freed by the kick. */
-                o->cancelled = true;
-                if (o->cloud_busy || o->keyd_busy)
-                        op_abandon(o);
+                bool waits = !o->internal && !o->cancelled;
+                if (o->cloud_busy && m->cloud)
+                        (void)cloud_cancel(m->cloud, o->cloud_id);
+                if (o->keyd_busy && m->keyd)
+                        (void)keyd_cancel(m->keyd, o->keyd_id);
+                o->cloud_busy = o->keyd_busy = false;
+                if (waits)
+                        fail(o, -ESHUTDOWN, 503, "tpmidd is stopping");
+                else if (o->tpm_busy)
+                        o->cancelled = true;
+                else
+                        op_free(o);
                 o = next;
         }
         cloud_close(m->cloud);
