@@ -19,6 +19,16 @@
 #define TPM_AUTH_KEY_BASE 0x81000000u
 #define TPM_AUTH_KEY_INDEX_DEFAULT 0x100u
 #define TPM_AUTH_KEY_INDEX_MAX 0x7fffffu
+/* Index of the DPS challenge key for tpm_import_auth_key_at() and
+ * tpm_sign_at(): imported and kept loaded on this connection, never
+ * persisted (no NV write); a new one replaces it, a persistent import or
+ * tpm_persist_challenge_key_at() ends it, and a reopened connection has
+ * none (-ENOKEY: the registration starts again). Under a resource manager
+ * (/dev/tpmrm0) it lives as long as the connection, which the TPM worker
+ * keeps open; on swtpm it stays loaded across tpm_idle() (the simulator
+ * keeps objects between connections), and tpm_open()'s flush_leftovers
+ * removes one a crashed run left. */
+#define TPM_AUTH_KEY_TRANSIENT UINT32_MAX
 #define TPM_EK_CERT_NV_RSA 0x01c00002u
 #define TPM_DEFAULT_TCTI "device:/dev/tpmrm0"
 #define TPM_PUBLIC_MAX 1024 /* bytes of a marshalled TPM2B_PUBLIC we accept */
@@ -110,6 +120,11 @@ int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct t
 int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err);
 int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm_error *err);
+/* Persist the loaded challenge key (TPM_AUTH_KEY_TRANSIENT) at slot
+ * TPM_AUTH_KEY_BASE + index and flush it: for an assignment that carries no
+ * key of its own. One NV write into an empty slot; a key already there is
+ * replaced (two). -ENOKEY if none is loaded. */
+int tpm_persist_challenge_key_at(struct tpm *t, uint32_t index, struct tpm_error *err);
 /* Remove the auth key at TPM_AUTH_KEY_BASE + index, if there is one (one
  * TPM2_ReadPublic, and one TPM2_EvictControl, an NV write, only when a key is
  * there). *evicted (may be NULL) says whether one was removed. Returns 0, or

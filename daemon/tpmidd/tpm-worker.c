@@ -49,7 +49,7 @@ struct tpm_worker {
 
 static bool job_counts(const struct tpm_job *job) {
         return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT || job->kind == TPM_JOB_HAS_KEY ||
-               job->kind == TPM_JOB_EVICT;
+               job->kind == TPM_JOB_EVICT || job->kind == TPM_JOB_PERSIST;
 }
 
 static void set_err(struct tpm_error *err, const char *step, const char *msg) {
@@ -108,6 +108,9 @@ static void run_job_on_tpm(struct tpm_worker *w, struct tpm_job *job) {
                 break;
         case TPM_JOB_EVICT:
                 job->r = tpm_evict_auth_key_at(w->tpm, job->key_index, &job->present, &job->err);
+                break;
+        case TPM_JOB_PERSIST:
+                job->r = tpm_persist_challenge_key_at(w->tpm, job->key_index, &job->err);
                 break;
         case TPM_JOB_PING:
                 job->r = tpm_ping(w->tpm, &job->err);

@@ -42,6 +42,7 @@ enum tpm_job_kind {
         TPM_JOB_PING,   /* cheap liveness probe; on failure the TPM is closed (re-open with START) */
         TPM_JOB_HAS_KEY, /* is there an auth key (configured slot, or key_index) → present */
         TPM_JOB_EVICT,   /* remove the auth key at key_index if there is one → present: one was there */
+        TPM_JOB_PERSIST, /* persist the loaded DPS challenge key (TPM_AUTH_KEY_TRANSIENT) at key_index */
         TPM_JOB_SET_SERVING, /* from this job on, SIGN/IMPORT/HAS_KEY without has_key_index use key_index
                               * (the provisioning driver's serving slot, provision.h "A/B slots") */
 };
@@ -61,7 +62,8 @@ struct tpm_job {
         size_t in_len;
         struct tpm_keys *keys_out; /* START: receives EK/SRK publics on success */
         bool has_key_index;        /* SIGN/IMPORT/HAS_KEY: use key_index instead of the serving slot */
-        uint32_t key_index;        /* offset from TPM_AUTH_KEY_BASE (EVICT, SET_SERVING: always used) */
+        uint32_t key_index;        /* offset from TPM_AUTH_KEY_BASE (EVICT, PERSIST, SET_SERVING: always
+                                    * used); TPM_AUTH_KEY_TRANSIENT: the DPS challenge key (SIGN, IMPORT) */
         tpm_job_done_t done;       /* runs on the loop thread; may free the job */
         void *userdata;
 
