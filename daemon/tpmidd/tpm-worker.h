@@ -5,8 +5,13 @@
  * The loop submits jobs into one bounded FIFO; the thread takes them from
  * its head, runs each (opening the TPM, imports, lookups, signatures of any
  * length: the same path for all) and returns it through one uv_async_t,
- * whose callback calls the job's done callback on the loop thread. Between
- * jobs the thread keeps the TPM connection; TPM_IDLE_RELEASE_MS after the
+ * whose callback calls the job's done callback on the loop thread. An
+ * import runs one TPM command at a time (tpm_import_step()); between two of
+ * its commands the signatures at the head of the FIFO go first, so a
+ * signature arriving during a reprovisioning waits behind at most one
+ * command of the import (a priority between steps, not a second path:
+ * every other job keeps its FIFO place). Between jobs the thread keeps the
+ * TPM connection; TPM_IDLE_RELEASE_MS after the
  * last job it gives it back (tpm_idle()) from a timed wait, so nothing on
  * the loop has to watch for idleness.
  *
@@ -34,6 +39,11 @@
  * connection). Long enough to keep it through a burst of requests, short
  * enough that tpm2-tools run next to the daemon hardly notice the wait. */
 #define TPM_IDLE_RELEASE_MS 2
+/* Signatures the worker runs between two steps (TPM commands) of an import
+ * before the import's next step: a signature waits for at most one command
+ * of a background import, and a flood of signatures cannot stall the
+ * import. */
+#define TPM_WORKER_SIGNS_BETWEEN_STEPS 16
 
 enum tpm_job_kind {
         TPM_JOB_START,  /* open the TPM if closed, ensure EK/SRK, read their publics into keys_out */
