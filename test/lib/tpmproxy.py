@@ -78,6 +78,13 @@ class _ProxiedTpm:
         return getattr(self._tpm, name)
 
 
+def modelled_busy_s(log, model=None):
+    """Seconds a discrete TPM (DISCRETE_TPM_MODEL_MS) would be busy with the
+    commands in log (command codes)."""
+    model = DISCRETE_TPM_MODEL_MS if model is None else model
+    return sum(model.get(cc, MODEL_DEFAULT_MS) for cc in log) / 1000.0
+
+
 class TpmProxy:
     def __init__(self, upstream, path, model=None, scale=1.0):
         """model: {command code: ms} (DISCRETE_TPM_MODEL_MS) to delay each
