@@ -275,6 +275,11 @@ static void *worker_main(void *arg) {
                                 bg = job; /* its steps follow */
                         else {
                                 job->r = r;
+                                if (tpm_lost(w->tpm)) { /* the old challenge key's flush broke it */
+                                        w->tpm = tpm_close(w->tpm);
+                                        job->lost = true;
+                                        job->r = -ENOTCONN;
+                                }
                                 finish_job(w, job);
                         }
                         signs_since_step = 0;

@@ -1,6 +1,7 @@
 /* The TPM worker: the one owner of the struct tpm. Every TPM command runs
- * on one worker thread, one job after another in submission order, with
- * blocking calls; the libuv loop never waits for the TPM.
+ * on one worker thread, one job after another in submission order (but for
+ * signatures between an import's commands, below), with blocking calls; the
+ * libuv loop never waits for the TPM.
  *
  * The loop submits jobs into one bounded FIFO; the thread takes them from
  * its head, runs each (opening the TPM, imports, lookups, signatures of any

@@ -96,6 +96,7 @@ class TpmProxy:
         self.counts = {}            # command code -> commands swtpm ran
         self.log = []               # command codes swtpm answered (an error too), in order
         self.busy_s = 0.0           # modelled TPM time of those commands
+        self.timeline = []          # (start, end, command code) on time.monotonic(), modelled time included
         self._cut_cc = None         # cut the line after the n-th command cc from now ...
         self._cut_left = 0
         self._cut_ran = True
@@ -129,6 +130,7 @@ class TpmProxy:
             self.counts = {}
             self.log = []
             self.busy_s = 0.0
+            self.timeline = []
 
     def total(self):
         """Commands swtpm ran since the last reset."""
@@ -203,6 +205,7 @@ class TpmProxy:
                     left = self.model_ms(cc) / 1000.0 - (time.monotonic() - t0)
                     if left > 0:
                         time.sleep(left)
+                    t1 = time.monotonic()
                 if rbody is None:
                     return  # swtpm went away: so does the client's connection
                 ok = struct.unpack(">I", rh[6:10])[0] == 0
@@ -210,6 +213,7 @@ class TpmProxy:
                     # every command the TPM answered costs its time, an error too
                     self.log.append(cc)
                     self.busy_s += self.model_ms(cc) / 1000.0
+                    self.timeline.append((t0, t1, cc))
                     if ok:
                         self.counts[cc] = self.counts.get(cc, 0) + 1
                     if ok and cc == self._cut_cc and self._cut_ran:
