@@ -39,6 +39,7 @@
 #define FAKE_GATE_MAX_MS 3000  /* ms a held command waits before it gives up (then the test fails) */
 #define WAIT_MAX_MS 5000       /* ms a test waits for the worker before it fails */
 #define AUTH_KEY_HANDLE (TPM_AUTH_KEY_BASE + TPM_AUTH_KEY_INDEX_DEFAULT)
+#define FAKE_LOADED_HANDLE 0x80000001u /* what TPM2_Load answers: the key it loaded, until flushed */
 
 /* ---- the fake TPM ------------------------------------------------------------ */
 
@@ -187,7 +188,7 @@ static void answer_hmac(struct fake *f, const uint8_t *cmd, size_t size) {
                 error_response(f, code);
                 return;
         }
-        if (!f->key_present) {
+        if (!f->key_present && get32(cmd + 10) != FAKE_LOADED_HANDLE) {
                 error_response(f, TPM2_RC_HANDLE | TPM2_RC_1);
                 return;
         }
@@ -251,7 +252,7 @@ static bool answer_import_command(struct fake *f, uint32_t cc, const uint8_t *cm
                 finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
                 return true;
         case TPM2_CC_Load:
-                put32(f->resp, &off, 0x80000001); /* objectHandle */
+                put32(f->resp, &off, FAKE_LOADED_HANDLE); /* objectHandle */
                 put32(f->resp, &off, 2);
                 put16(f->resp, &off, 0); /* name */
                 put_auths(f, &off, 1);
@@ -1180,6 +1181,83 @@ static void test_import_lost_between_steps(void **state) {
         fixture_free(fx);
 }
 
+static void expect_cmds(const struct fake *f, unsigned from, const uint32_t *want, size_t n) {
+        assert_int_equal(f->n_cmds - from, n);
+        for (unsigned i = 0; i < n; i++)
+                if (f->cc[from + i] != want[i])
+                        fail_msg("command %u: 0x%x, expected 0x%x", i, f->cc[from + i], want[i]);
+}
+
+/* The DPS challenge key (TPM_AUTH_KEY_TRANSIENT) is imported and kept
+ * loaded: no check, no NV write, no flush; it signs on its transient
+ * handle; PERSIST makes it the key of a slot seen empty with one NV write
+ * and no lookup; then that slot signs with no lookup either. */
+static void test_challenge_key_and_empty_slot(void **state) {
+        (void)state;
+        struct fixture *fx = fixture_new(64);
+        struct tjob has, imp, sign, persist, sign2;
+        const struct fake *f = &fx->fake;
+        start_tpm(fx);
+        pthread_mutex_lock(&fx->fake.lock);
+        fx->fake.key_present = false;
+        pthread_mutex_unlock(&fx->fake.lock);
+
+        assert_int_equal(submit(fx, &has, TPM_JOB_HAS_KEY, NULL), 0);
+        run_until_done(fx, &has);
+        assert_false(has.job.present); /* the slot is seen empty */
+
+        unsigned base = fake_get(fx, &fx->fake.n_cmds);
+        tjob_init(&imp, fx, TPM_JOB_IMPORT, NULL);
+        imp.job.in = blob;
+        imp.job.in_len = make_blob(blob, sizeof blob);
+        imp.job.has_key_index = true;
+        imp.job.key_index = TPM_AUTH_KEY_TRANSIENT;
+        assert_int_equal(tpm_worker_submit(fx->w, &imp.job), 0);
+        run_until_done(fx, &imp);
+        assert_int_equal(imp.job.r, 0);
+        static const uint32_t import_cmds[] = {
+                TPM2_CC_StartAuthSession, TPM2_CC_PolicySecret, TPM2_CC_ActivateCredential,
+                TPM2_CC_FlushContext,     TPM2_CC_Import,       TPM2_CC_Load,
+        };
+        expect_cmds(f, base, import_cmds, ELEMENTSOF(import_cmds));
+
+        base = fake_get(fx, &fx->fake.n_cmds);
+        tjob_init(&sign, fx, TPM_JOB_SIGN, "dps sas");
+        sign.job.has_key_index = true;
+        sign.job.key_index = TPM_AUTH_KEY_TRANSIENT;
+        assert_int_equal(tpm_worker_submit(fx->w, &sign.job), 0);
+        run_until_done(fx, &sign);
+        assert_signed(&sign);
+        assert_int_equal(f->n_cmds - base, 1);
+        assert_int_equal(f->handle[base], FAKE_LOADED_HANDLE);
+
+        base = fake_get(fx, &fx->fake.n_cmds);
+        tjob_init(&persist, fx, TPM_JOB_PERSIST, NULL);
+        persist.job.key_index = TPM_AUTH_KEY_INDEX_DEFAULT;
+        assert_int_equal(tpm_worker_submit(fx->w, &persist.job), 0);
+        run_until_done(fx, &persist);
+        assert_int_equal(persist.job.r, 0);
+        static const uint32_t persist_cmds[] = { TPM2_CC_EvictControl, TPM2_CC_FlushContext };
+        expect_cmds(f, base, persist_cmds, ELEMENTSOF(persist_cmds));
+        assert_true(f->key_present);
+
+        base = fake_get(fx, &fx->fake.n_cmds);
+        assert_int_equal(submit(fx, &sign2, TPM_JOB_SIGN, "hub sas"), 0);
+        run_until_done(fx, &sign2);
+        assert_signed(&sign2);
+        assert_int_equal(f->n_cmds - base, 1); /* HMAC only: the slot is known to hold the key */
+        assert_int_equal(f->handle[base], AUTH_KEY_HANDLE);
+
+        /* no challenge key any more: its signature says so */
+        tjob_init(&sign, fx, TPM_JOB_SIGN, "late");
+        sign.job.has_key_index = true;
+        sign.job.key_index = TPM_AUTH_KEY_TRANSIENT;
+        assert_int_equal(tpm_worker_submit(fx->w, &sign.job), 0);
+        run_until_done(fx, &sign);
+        assert_int_equal(sign.job.r, -ENOKEY);
+        fixture_free(fx);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_fifo_order),
@@ -1194,6 +1272,7 @@ int main(void) {
                 cmocka_unit_test(test_sign_between_import_steps),
                 cmocka_unit_test(test_import_not_starved),
                 cmocka_unit_test(test_import_lost_between_steps),
+                cmocka_unit_test(test_challenge_key_and_empty_slot),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
