@@ -1208,8 +1208,9 @@ int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct t
         return tpm_import_auth_key_at(t, t->auth_key_handle - TPM_AUTH_KEY_BASE, blob, len, err);
 }
 
-/* An import, one TPM command per step (tpm_import_step()), so that the TPM
- * worker can run a signature between two steps. */
+/* An import, one TPM command per step (tpm_import_step(); replacing an old
+ * key is the one step of two: evict, persist), so that the TPM worker can
+ * run a signature between two steps. */
 enum import_stage {
         IMPORT_START_SESSION, /* TPM2_StartAuthSession(EK policy) */
         IMPORT_POLICY,        /* TPM2_PolicySecret(endorsement) */
@@ -1219,7 +1220,7 @@ enum import_stage {
         IMPORT_LOAD,          /* TPM2_Load; a challenge key ends here, loaded */
         IMPORT_LOOKUP,        /* TPM2_ReadPublic(old auth key), when the slot is unknown */
         IMPORT_CHECK,         /* TPM2_HMAC(new auth key check), when an old key is replaced */
-        IMPORT_EVICT_OLD,     /* TPM2_EvictControl(remove old auth key) */
+        IMPORT_EVICT_OLD,     /* TPM2_EvictControl(remove old auth key), then IMPORT_PERSIST in the same step */
         IMPORT_PERSIST,       /* TPM2_EvictControl(persist auth key) */
         IMPORT_FLUSH_KEY,     /* TPM2_FlushContext(new auth key) */
         IMPORT_FLUSH_CHALLENGE, /* TPM2_FlushContext(challenge key): its registration is over */
@@ -1470,12 +1471,14 @@ static int import_stage_run(struct tpm *t, struct tpm_import_op *op, struct tpm_
         }
         case IMPORT_EVICT_OLD:
                 /* Point of no return: the new key is loaded and works. Only
-                 * now remove the old one, then persist the new one. */
+                 * now remove the old one, then persist the new one, in one
+                 * step: nothing runs between the two, so no signature finds
+                 * the slot empty. */
                 rc = evict_control(t, op->handle, op->handle);
                 if (rc != TSS2_RC_SUCCESS)
                         return hierarchy_error(rc, "TPM2_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
                 op->stage = IMPORT_PERSIST;
-                return 0;
+                /* fall through */
         case IMPORT_PERSIST:
                 rc = evict_control(t, op->key, op->handle);
                 if (rc != TSS2_RC_SUCCESS)

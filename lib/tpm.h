@@ -124,7 +124,8 @@ int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, s
  * a signature between two commands of a long import (on a discrete TPM
  * ActivateCredential and Import take 100+ ms each). tpm_import_begin()
  * parses the blob (no TPM command, but the flush of an old challenge key)
- * and returns the operation; each tpm_import_step() sends one command and
+ * and returns the operation; each tpm_import_step() sends one command (two
+ * for the eviction of an old key and the persist of the new one) and
  * returns 1 while more follow, 0 when the import is done, or -errno (as
  * tpm_import_auth_key_at()); op is freed on 0 and on -errno. Other commands
  * may run on t between steps, but no other import. tpm_import_abort() ends

@@ -174,6 +174,14 @@ static void finish_job(struct tpm_worker *w, struct tpm_job *job) {
         uv_async_send(&w->async);
 }
 
+/* Background work that signatures may overtake: an import into a slot that
+ * does not serve (the provisioning driver's staging slot, the DPS challenge
+ * key). An import into the serving slot replaces the key that signs, so a
+ * signature sent after it waits for it and gets the new key (one job). */
+static bool import_is_background(const struct tpm_worker *w, const struct tpm_job *job) {
+        return job->has_key_index && (job->key_index == TPM_AUTH_KEY_TRANSIENT || job->key_index != w->serving_index);
+}
+
 /* One step (one TPM command) of the background import bg. Returns true
  * while more steps follow; else bg is finished. */
 static bool import_step(struct tpm_worker *w, struct tpm_job *bg, struct tpm_import_op **op) {
@@ -265,7 +273,7 @@ static void *worker_main(void *arg) {
                                 finish_job(w, bg);
                                 bg = NULL;
                         }
-                } else if (job->kind == TPM_JOB_IMPORT && w->tpm) {
+                } else if (job->kind == TPM_JOB_IMPORT && w->tpm && import_is_background(w, job)) {
                         memset(&job->err, 0, sizeof job->err);
                         job->r = 0;
                         job->lost = false;

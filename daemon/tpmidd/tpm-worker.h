@@ -7,11 +7,14 @@
  * its head, runs each (opening the TPM, imports, lookups, signatures of any
  * length: the same path for all) and returns it through one uv_async_t,
  * whose callback calls the job's done callback on the loop thread. An
- * import runs one TPM command at a time (tpm_import_step()); between two of
- * its commands the signatures at the head of the FIFO go first, so a
- * signature arriving during a reprovisioning waits behind at most one
- * command of the import (a priority between steps, not a second path:
- * every other job keeps its FIFO place). Between jobs the thread keeps the
+ * import into a slot that does not serve (background work: the
+ * provisioning driver's staging slot, the DPS challenge key) runs one TPM
+ * command at a time (tpm_import_step()); between two of its commands the
+ * signatures at the head of the FIFO go first, so a signature arriving
+ * during a reprovisioning waits behind at most one command of the import (a
+ * priority between steps, not a second path: every other job keeps its
+ * FIFO place). An import into the serving slot stays one job: a signature
+ * sent after it waits and signs with the new key. Between jobs the thread keeps the
  * TPM connection; TPM_IDLE_RELEASE_MS after the
  * last job it gives it back (tpm_idle()) from a timed wait, so nothing on
  * the loop has to watch for idleness.

@@ -1056,11 +1056,21 @@ static size_t make_blob(uint8_t *b, size_t cap) {
 
 static uint8_t blob[512];
 
-static void submit_import(struct fixture *fx, struct tjob *t) {
+#define STAGING_INDEX (TPM_AUTH_KEY_INDEX_DEFAULT + 1) /* a slot that does not serve */
+
+/* An import into the staging slot (background work, run in steps), or with
+ * serving into the serving slot (one job). */
+static void submit_import_to(struct fixture *fx, struct tjob *t, bool serving) {
         tjob_init(t, fx, TPM_JOB_IMPORT, NULL);
         t->job.in = blob;
         t->job.in_len = make_blob(blob, sizeof blob);
+        t->job.has_key_index = !serving;
+        t->job.key_index = STAGING_INDEX;
         assert_int_equal(tpm_worker_submit(fx->w, &t->job), 0);
+}
+
+static void submit_import(struct fixture *fx, struct tjob *t) {
+        submit_import_to(fx, t, false);
 }
 
 static unsigned index_of(const struct fake *f, uint32_t cc, unsigned nth) {
@@ -1071,10 +1081,12 @@ static unsigned index_of(const struct fake *f, uint32_t cc, unsigned nth) {
         return 0;
 }
 
-/* An import replacing the key (the longest one: 10 commands) runs as steps:
+/* An import into the staging slot (background work) runs as steps:
  * signatures that arrive while its first command runs go right after that
  * command, not after the whole import, and answer first; a job that is not
- * a signature keeps its FIFO place behind the import. */
+ * a signature keeps its FIFO place behind the import. An import into the
+ * serving slot is one job: a signature sent during it waits for all of it
+ * (and so signs with the new key). */
 static void test_sign_between_import_steps(void **state) {
         (void)state;
         struct fixture *fx = fixture_new(64);
@@ -1101,9 +1113,8 @@ static void test_sign_between_import_steps(void **state) {
         const struct fake *f = &fx->fake;
         static const uint32_t want[] = {
                 TPM2_CC_StartAuthSession, TPM2_CC_HMAC /* fg 0 */, TPM2_CC_PolicySecret, TPM2_CC_ActivateCredential,
-                TPM2_CC_FlushContext, TPM2_CC_Import, TPM2_CC_Load,
-                TPM2_CC_HMAC /* check: a key is replaced (seen by "warm": no lookup) */, TPM2_CC_EvictControl, TPM2_CC_EvictControl, TPM2_CC_FlushContext,
-                TPM2_CC_ReadPublic /* HAS_KEY */, TPM2_CC_HMAC /* fg 1 */,
+                TPM2_CC_FlushContext, TPM2_CC_Import, TPM2_CC_Load, TPM2_CC_ReadPublic /* the staging slot: empty */,
+                TPM2_CC_EvictControl, TPM2_CC_FlushContext, TPM2_CC_ReadPublic /* HAS_KEY */, TPM2_CC_HMAC /* fg 1 */,
         };
         /* fg 1 sits behind HAS_KEY, which keeps its place behind the import */
         assert_int_equal(f->n_cmds - base, ELEMENTSOF(want));
@@ -1114,6 +1125,28 @@ static void test_sign_between_import_steps(void **state) {
         assert_true(sign[0].order < imp.order); /* answered before the import */
         assert_true(imp.order < has.order && has.order < sign[1].order);
         assert_true(f->key_present);
+
+        /* into the serving slot, replacing its key: the signature waits */
+        base = fake_get(fx, &fx->fake.n_cmds);
+        fake_set_hold(fx, true);
+        submit_import_to(fx, &imp, true);
+        wait_held(fx);
+        assert_int_equal(submit(fx, &sign[0], TPM_JOB_SIGN, "after"), 0);
+        fake_set_hold(fx, false);
+        run_until_done(fx, &sign[0]);
+        assert_int_equal(imp.job.r, 0);
+        assert_signed(&sign[0]);
+        assert_true(imp.order < sign[0].order);
+        static const uint32_t whole[] = {
+                TPM2_CC_StartAuthSession, TPM2_CC_PolicySecret, TPM2_CC_ActivateCredential, TPM2_CC_FlushContext,
+                TPM2_CC_Import, TPM2_CC_Load, /* no lookup: HAS_KEY above saw the key */
+                TPM2_CC_HMAC /* check: a key is replaced */, TPM2_CC_EvictControl, TPM2_CC_EvictControl,
+                TPM2_CC_FlushContext, TPM2_CC_HMAC /* "after" */,
+        };
+        assert_int_equal(f->n_cmds - base, ELEMENTSOF(whole));
+        for (unsigned i = 0; i < ELEMENTSOF(whole); i++)
+                if (f->cc[base + i] != whole[i])
+                        fail_msg("command %u: 0x%x, expected 0x%x", i, f->cc[base + i], whole[i]);
         fixture_free(fx);
 }
 
