@@ -236,8 +236,11 @@ static void act_evict(struct prov_machine *m, struct prov_action *a, enum prov_s
 }
 
 static void start_dps(struct prov_machine *m, enum prov_reason reason, struct prov_action *a) {
-        /* Never the slot of a key being served; with none, the serving slot itself. */
-        m->staging_slot = m->serving ? prov_slot_other(m->serving_slot) : m->serving_slot;
+        /* Never the slot of a key being served; with none, the serving slot
+         * itself. After a failed save the state file still names the other
+         * slot, whose key a restart needs: then the served key's slot
+         * stages (the import replaces it only once DPS assigned). */
+        m->staging_slot = m->serving && !m->save_failed ? prov_slot_other(m->serving_slot) : m->serving_slot;
         m->state = PROV_REGISTERING;
         m->reason = reason;
         m->polls = 0;
@@ -314,14 +317,11 @@ static void save_new(struct prov_machine *m, struct prov_action *a) {
 static void assigned(struct prov_machine *m, const struct prov_event_data *d, struct prov_action *a) {
         m->assigned_has_key = d->has_auth_key;
         m->sas_refusals = 0; /* DPS accepted this run's signatures */
-        if (!m->assigned_has_key) {
-                /* The challenge key in the staging slot is the hub key: no NV write. */
-                save_new(m, a);
-                return;
-        }
+        /* Without a key of its own the challenge key (loaded, not
+         * persisted) is the hub key: persist it into the staging slot. */
         m->state = PROV_IMPORTING_FINAL;
         act(a, PROV_ACT_TPM_IMPORT_FINAL, 0);
-        a->blob = PROV_BLOB_ASSIGNED;
+        a->blob = m->assigned_has_key ? PROV_BLOB_ASSIGNED : PROV_BLOB_CHALLENGE;
 }
 
 /* The saved identity and its key are there: what the mode does with it. */

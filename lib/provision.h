@@ -29,11 +29,13 @@
  * nothing is served (no usable file, or its key is gone): then no key needs
  * protecting and the serving slot itself stages (a first provisioning puts
  * the hub key in A, where it always was). A DPS run imports
- * the 401 challenge blob into the staging slot, which signs the second PUT
- * and the polls, so the serving key keeps working while DPS runs. After DPS
- * assigned, registrationState.tpm.authenticationKey (if DPS sent one) is
- * imported into the staging slot too, replacing the challenge key; without
- * one the challenge key already there is the hub key. Then the swap, in this
+ * the 401 challenge blob as a transient key (TPM_AUTH_KEY_TRANSIENT: loaded,
+ * not persisted, no NV write), which signs the second PUT and the polls, so
+ * the serving key keeps working while DPS runs. After DPS assigned,
+ * registrationState.tpm.authenticationKey (if DPS sent one) is imported
+ * into the staging slot (IMPORT_FINAL, blob ASSIGNED); without one the
+ * challenge key is the hub key and is persisted there (IMPORT_FINAL, blob
+ * CHALLENGE). Then the swap, in this
  * order, so that at every instant the state file names a key that exists:
  *   1. the new key is persisted in the staging slot (the import above);
  *   2. SAVE_STATE writes the state file naming the staging slot (atomic
@@ -51,11 +53,10 @@
  * (TPM_JOB_SET_SERVING) before any later TPM job runs; tpmidctl reads the
  * state file's keySlot.
  *
- * NV writes (TPM2_EvictControl) per run: one to persist the challenge key in
- * the (empty) staging slot; two more (evict the challenge key, persist the
- * assigned one) when DPS sends its own key; one to retire the old serving key
- * if there is one. First provisioning: 1 (3 when DPS sends a key);
- * reprovisioning: 2 (4 when DPS sends a key).
+ * NV writes (TPM2_EvictControl) per run: one to persist the hub key (the
+ * assigned one, or the challenge key) in the empty staging slot; one to
+ * retire the old serving key if there is one. First provisioning: 1;
+ * reprovisioning: 2 (test/integration/tpm-counts.py holds them there).
  *
  * ---------------------------------------------------------------------------
  * auto_reprovisioning_mode (exact semantics; the man page copies this)

@@ -70,17 +70,29 @@ static const uint8_t ek_policy[32] = {
  * persistent objects (0x81..) are never 0. */
 #define TPM_NO_HANDLE 0u
 
+/* What this connection saw at an auth key slot. Neither flag: unknown
+ * (ask the TPM). present: no lookup before a signature. absent: a lookup or
+ * our own eviction found it empty, so an import into it needs no lookup and
+ * protects no old key. Someone else writing the slot behind our back makes
+ * a command fail, which resets what we know. */
+struct key_seen {
+        bool present, absent;
+};
+
 struct tpm {
         TSS2_TCTI_CONTEXT *tcti;
         TSS2_SYS_CONTEXT *sys;
         char tcti_conf[256];
         TPM2B_AUTH endorsement_auth, owner_auth; /* hierarchy passwords, wiped at close */
         uint32_t auth_key_handle;
-        bool key_known; /* an object was seen at auth_key_handle (no lookup before a signature) */
-        /* A second auth key slot (e.g. the DPS challenge key that is staged
-         * while the serving key keeps working), looked up on demand. */
+        struct key_seen key; /* what we know of auth_key_handle */
+        /* A second auth key slot (the staging slot of an A/B swap), looked
+         * up on demand. */
         uint32_t alt_handle;
-        bool alt_known;
+        struct key_seen alt;
+        /* The DPS challenge key (TPM_AUTH_KEY_TRANSIENT): loaded, never
+         * persisted; it signs one registration and is flushed after it. */
+        TPM2_HANDLE challenge_key;
         bool keys_cached;
         struct tpm_public ek_pub, srk_pub;
         uint16_t nv_buffer_max;
@@ -403,25 +415,35 @@ static bool tcti_has_resource_manager(const char *conf) {
 /* Flush transient objects and loaded sessions in the TPM. Only the daemon,
  * which owns the TPM, does this at start: after a crash (kill -9 during an
  * import) a TPM without a resource manager keeps the dead run's policy
- * session and objects, and a few such crashes exhaust its slots. */
-static void flush_leftovers(struct tpm *t) {
+ * session and objects (the DPS challenge key is such an object on purpose),
+ * and a few such crashes exhaust its slots. Two GetCapability: transient
+ * objects, and loaded sessions (TPM_HT_LOADED_SESSION lists HMAC and policy
+ * sessions alike; saved sessions need a ContextSave, which tpmidd never
+ * does). A failure of the first one, which no TPM refuses, is the open's
+ * probe failing (-errno, *err). */
+static int flush_leftovers(struct tpm *t, struct tpm_error *err) {
         /* The handle-range starts (TPM2_TRANSIENT_FIRST, ...) written out:
          * tss2's macros shift a signed 0x80 into the sign bit (UB). */
-        static const TPM2_HANDLE ranges[] = { 0x80000000u, 0x02000000u, 0x03000000u };
+        static const TPM2_HANDLE ranges[] = { 0x80000000u, 0x02000000u };
         for (size_t i = 0; i < ELEMENTSOF(ranges); i++) {
                 TPMS_CAPABILITY_DATA cd = { 0 };
                 TPMI_YES_NO more = TPM2_NO;
-                if (SYS_CALL(Tss2_Sys_GetCapability(t->sys, NULL, TPM2_CAP_HANDLES, ranges[i], TPM_LEFTOVER_SCAN_MAX,
-                                                    &more, &cd, NULL)) != TSS2_RC_SUCCESS)
-                        continue; /* best effort: a TPM that cannot list handles has nothing we could flush */
+                TSS2_RC rc = SYS_CALL(Tss2_Sys_GetCapability(t->sys, NULL, TPM2_CAP_HANDLES, ranges[i],
+                                                             TPM_LEFTOVER_SCAN_MAX, &more, &cd, NULL));
+                if (rc != TSS2_RC_SUCCESS && i == 0)
+                        return tpm_error_from_rc(rc, "TPM2_GetCapability(transient handles)", err);
+                if (rc != TSS2_RC_SUCCESS)
+                        continue; /* best effort: a TPM that cannot list sessions has none we could flush */
                 for (UINT32 k = 0; k < cd.data.handles.count && k < TPM2_MAX_CAP_HANDLES; k++) {
                         TPM2_HANDLE h = cd.data.handles.handle[k];
-                        if ((h >> 24) != (ranges[i] >> 24)) /* the handle type byte */
+                        uint32_t type = h >> 24; /* the handle type byte */
+                        if (i == 0 ? type != 0x80 : type != 0x02 && type != 0x03)
                                 continue;
                         if (Tss2_Sys_FlushContext(t->sys, h) == TSS2_RC_SUCCESS)
                                 t->leftovers_flushed++;
                 }
         }
+        return 0;
 }
 
 unsigned tpm_leftovers_flushed(const struct tpm *t) {
@@ -502,17 +524,20 @@ int tpm_open(const struct tpm_options *opts, struct tpm **ret, struct tpm_error 
         }
 
         /* A TCTI may not talk to the TPM before the first command, so "not
-         * running" would show up only then: probe now so tpm_open() reports it. */
-        uint32_t v = 0;
-        r = get_fixed_property(t, TPM2_PT_NV_BUFFER_MAX, &v, "TPM2_GetCapability(NV_BUFFER_MAX)", err);
+         * running" would show up only then: probe now so tpm_open() reports
+         * it. The leftover scan's first GetCapability is that probe where
+         * there is one; else one fixed property (the manufacturer). */
+        if (opts && opts->flush_leftovers && !tcti_has_resource_manager(t->tcti_conf))
+                r = flush_leftovers(t, err);
+        else {
+                uint32_t v = 0;
+                r = get_fixed_property(t, TPM2_PT_MANUFACTURER, &v, "TPM2_GetCapability(probe)", err);
+        }
         if (r < 0) {
                 if (err && (err->rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER)
                         r = explain_tcti_failure(t->tcti_conf, err->rc, err);
                 goto fail;
         }
-        t->nv_buffer_max = (uint16_t)(v == 0 || v > TPM2_MAX_NV_BUFFER_SIZE ? 512 : v);
-        if (opts && opts->flush_leftovers && !tcti_has_resource_manager(t->tcti_conf))
-                flush_leftovers(t);
         *ret = t;
         return 0;
 fail:
@@ -524,6 +549,9 @@ struct tpm *tpm_close(struct tpm *t) {
         if (!t)
                 return NULL;
         if (t->sys) {
+                /* Not left to flush_leftovers of the next run (best effort). */
+                if (t->challenge_key != TPM_NO_HANDLE && !t->lost)
+                        (void)Tss2_Sys_FlushContext(t->sys, t->challenge_key);
                 Tss2_Sys_Finalize(t->sys);
                 free(t->sys);
         }
@@ -863,6 +891,12 @@ int tpm_read_ek_cert(struct tpm *t, uint8_t **ret, size_t *ret_len, struct tpm_e
                               "NV index 0x%08x exists but holds no EK certificate", TPM_EK_CERT_NV_RSA);
         /* Makers set AUTHREAD (empty index password) and/or OWNERREAD. */
         bool by_index = attrs & TPMA_NV_AUTHREAD;
+        if (t->nv_buffer_max == 0) { /* asked once per connection, and only here */
+                uint32_t v = 0;
+                if (get_fixed_property(t, TPM2_PT_NV_BUFFER_MAX, &v, "TPM2_GetCapability(NV_BUFFER_MAX)", NULL) < 0)
+                        v = 0;
+                t->nv_buffer_max = (uint16_t)(v == 0 || v > TPM2_MAX_NV_BUFFER_SIZE ? 512 : v);
+        }
         TPMI_RH_NV_AUTH auth_handle = by_index ? TPM_EK_CERT_NV_RSA : TPM2_RH_OWNER;
         buf = malloc(size);
         if (!buf)
@@ -897,33 +931,35 @@ out:
 
 /* ---- auth key ---------------------------------------------------------- */
 
-/* Whether an object was seen at handle: the configured slot, or the one
- * alternative slot (re-pointed when another is asked for). */
-static bool *key_known(struct tpm *t, uint32_t handle) {
+/* What was seen at handle: the configured slot, or the one alternative
+ * slot (re-pointed, and forgotten, when another is asked for). */
+static struct key_seen *key_seen(struct tpm *t, uint32_t handle) {
         if (handle == t->auth_key_handle)
-                return &t->key_known;
+                return &t->key;
         if (t->alt_handle != handle) {
-                t->alt_known = false;
+                t->alt = (struct key_seen){ 0 };
                 t->alt_handle = handle;
         }
-        return &t->alt_known;
+        return &t->alt;
 }
 
 /* A signature on a persistent handle needs no lookup first; only the first
  * one asks the TPM whether the key is there, so the caller gets -ENOKEY
  * with a sentence instead of a bare TPM_RC_HANDLE. */
 static int resolve_auth_key(struct tpm *t, uint32_t handle, struct tpm_error *err) {
-        bool *known = key_known(t, handle);
-        if (*known)
+        struct key_seen *seen = key_seen(t, handle);
+        if (seen->present)
                 return 0;
         struct tpm_public pub;
         int r = read_public(t, handle, "TPM2_ReadPublic(auth key)", &pub, err);
-        if (r == -ENOENT)
+        if (r == -ENOENT) {
+                seen->absent = true;
                 return seterr(err, -ENOKEY, 0, "TPM2_ReadPublic(auth key)",
                               "there is no auth key at 0x%08x: the device is not provisioned yet", handle);
+        }
         if (r < 0)
                 return r;
-        *known = true;
+        *seen = (struct key_seen){ .present = true };
         return 0;
 }
 
@@ -949,7 +985,7 @@ int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm
         if (r < 0)
                 return r;
         /* Not cached: the key may have been removed by someone else. */
-        *key_known(t, handle) = false;
+        *key_seen(t, handle) = (struct key_seen){ 0 };
         r = resolve_auth_key(t, handle, err);
         if (r == -ENOKEY) {
                 *present = false;
@@ -972,15 +1008,27 @@ int tpm_evict_auth_key_at(struct tpm *t, uint32_t index, bool *evicted, struct t
         int r = index_to_handle(index, &handle, err);
         if (r < 0)
                 return r;
-        *key_known(t, handle) = false;
-        r = read_public(t, handle, "TPM2_ReadPublic(auth key to remove)", &pub, err);
-        if (r == -ENOENT)
-                return 0; /* nothing there: no NV write */
-        if (r < 0)
-                return r;
+        struct key_seen *seen = key_seen(t, handle);
+        if (seen->absent)
+                return 0; /* we saw it empty: no command, no NV write */
+        if (!seen->present) { /* a key we signed with needs no lookup */
+                r = read_public(t, handle, "TPM2_ReadPublic(auth key to remove)", &pub, err);
+                if (r == -ENOENT) {
+                        seen->absent = true;
+                        return 0; /* nothing there: no NV write */
+                }
+                if (r < 0)
+                        return r;
+        }
+        *seen = (struct key_seen){ 0 };
         TSS2_RC rc = evict_control(t, handle, handle);
+        if (rc_is(rc, TPM2_RC_HANDLE)) {
+                seen->absent = true; /* gone behind our back: what we wanted */
+                return 0;
+        }
         if (rc != TSS2_RC_SUCCESS)
                 return hierarchy_error(rc, "TPM2_EvictControl(remove auth key)", HIERARCHY_OWNER, err);
+        seen->absent = true;
         if (evicted)
                 *evicted = true;
         return 0;
@@ -1066,7 +1114,7 @@ static int hmac_any(struct tpm *t, TPM2_HANDLE key, const uint8_t *data, size_t 
 static int sign_result(struct tpm *t, uint32_t handle, int r, const struct tpm_error *e, uint8_t md[32],
                        uint8_t out[32], struct tpm_error *err) {
         if (r < 0 && rc_is(e->rc, TPM2_RC_HANDLE)) {
-                *key_known(t, handle) = false;
+                *key_seen(t, handle) = (struct key_seen){ 0 };
                 return seterr(err, -ENOKEY, e->rc, "TPM2_HMAC",
                               "the auth key at 0x%08x is gone: the device needs to be provisioned again", handle);
         }
@@ -1094,13 +1142,33 @@ int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, 
 
         if (!t || (!data && len > 0) || !out)
                 return -EINVAL;
+        struct tpm_error e;
+        if (index == TPM_AUTH_KEY_TRANSIENT) {
+                if (t->challenge_key == TPM_NO_HANDLE)
+                        return seterr(err, -ENOKEY, 0, "TPM2_HMAC(challenge key)",
+                                      "no DPS challenge key is loaded on this TPM connection (it was reopened): "
+                                      "the registration starts again");
+                r = hmac_any(t, t->challenge_key, data ? data : (const uint8_t *)"", len, md, &e);
+                if (r < 0 && rc_is(e.rc, TPM2_RC_HANDLE)) {
+                        t->challenge_key = TPM_NO_HANDLE; /* flushed behind our back */
+                        return seterr(err, -ENOKEY, e.rc, "TPM2_HMAC(challenge key)",
+                                      "the DPS challenge key is no longer loaded: the registration starts again");
+                }
+                if (r < 0) {
+                        if (err)
+                                *err = e;
+                        return r;
+                }
+                memcpy(out, md, 32);
+                explicit_zero(md, 32);
+                return 0;
+        }
         r = index_to_handle(index, &handle, err);
         if (r < 0)
                 return r;
         r = resolve_auth_key(t, handle, err);
         if (r < 0)
                 return r;
-        struct tpm_error e;
         r = hmac_any(t, handle, data ? data : (const uint8_t *)"", len, md, &e);
         return sign_result(t, handle, r, &e, md, out, err);
 }
@@ -1140,165 +1208,357 @@ int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct t
         return tpm_import_auth_key_at(t, t->auth_key_handle - TPM_AUTH_KEY_BASE, blob, len, err);
 }
 
-int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err) {
-        uint32_t handle = 0;
+/* An import, one TPM command per step (tpm_import_step(); replacing an old
+ * key is the one step of two: evict, persist), so that the TPM worker can
+ * run a signature between two steps. */
+enum import_stage {
+        IMPORT_START_SESSION, /* TPM2_StartAuthSession(EK policy) */
+        IMPORT_POLICY,        /* TPM2_PolicySecret(endorsement) */
+        IMPORT_ACTIVATE,      /* TPM2_ActivateCredential */
+        IMPORT_FLUSH_SESSION, /* TPM2_FlushContext(EK policy session) */
+        IMPORT_IMPORT,        /* TPM2_Import */
+        IMPORT_LOAD,          /* TPM2_Load; a challenge key ends here, loaded */
+        IMPORT_LOOKUP,        /* TPM2_ReadPublic(old auth key), when the slot is unknown */
+        IMPORT_CHECK,         /* TPM2_HMAC(new auth key check), when an old key is replaced */
+        IMPORT_EVICT_OLD,     /* TPM2_EvictControl(remove old auth key), then IMPORT_PERSIST in the same step */
+        IMPORT_PERSIST,       /* TPM2_EvictControl(persist auth key) */
+        IMPORT_FLUSH_KEY,     /* TPM2_FlushContext(new auth key) */
+        IMPORT_FLUSH_CHALLENGE, /* TPM2_FlushContext(challenge key): its registration is over */
+        IMPORT_DONE,
+};
+
+struct tpm_import_op {
+        enum import_stage stage;
+        bool transient; /* TPM_AUTH_KEY_TRANSIENT */
+        bool replace;   /* an old key is at handle */
+        uint32_t handle;
+        TPM2B_ID_OBJECT cred;
+        TPM2B_ENCRYPTED_SECRET secret, seed;
+        TPM2B_PRIVATE dup, priv;
+        TPM2B_PUBLIC pub;
+        TPM2B_DATA inner;
+        TPM2_HANDLE sess, key;
+};
+
+int tpm_import_begin(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_import_op **ret,
+                     struct tpm_error *err) {
         struct authblob ab;
         struct authblob_error abe;
-        TSS2L_SYS_AUTH_COMMAND auth;
-        TPM2B_ID_OBJECT cred = { 0 };
-        TPM2B_ENCRYPTED_SECRET secret = { 0 }, seed = { 0 }, no_salt = { 0 };
-        TPM2B_PRIVATE dup = { 0 }, priv = { 0 };
-        TPM2B_PUBLIC pub = { 0 };
-        TPM2B_DATA inner = { 0 };
-        TPM2B_DIGEST cert_info = { 0 }, no_cphash = { 0 };
-        TPM2B_NONCE nonce_caller = { 0 }, nonce_tpm = { 0 }, no_nonce = { 0 }, no_ref = { 0 };
-        TPM2B_TIMEOUT timeout = { 0 };
-        TPMT_TK_AUTH ticket = { 0 };
-        TPM2B_NAME name = { 0 };
-        TPM2_HANDLE sess = TPM_NO_HANDLE, key = TPM_NO_HANDLE;
-        struct tpm_public old;
-        uint8_t md[32];
+        struct tpm_import_op *op;
         size_t off = 0;
-        TSS2_RC rc;
         int r;
 
-        if (!t || (!blob && len > 0))
+        if (!t || (!blob && len > 0) || !ret)
                 return -EINVAL;
-        r = index_to_handle(index, &handle, err);
-        if (r < 0)
-                return r;
-        bool *known = key_known(t, handle);
+        op = calloc(1, sizeof(*op));
+        if (!op)
+                return seterr(err, -ENOMEM, 0, "tpm_import_begin", "out of memory");
+        op->transient = index == TPM_AUTH_KEY_TRANSIENT;
+        if (!op->transient) {
+                r = index_to_handle(index, &op->handle, err);
+                if (r < 0)
+                        goto fail;
+        }
         r = authblob_parse(blob, len, &ab, &abe);
         if (r < 0) {
                 char msg[sizeof(err->msg)];
                 authblob_error_format(&abe, msg, sizeof(msg));
-                return seterr(err, -EBADMSG, 0, "authblob_parse", "%s", msg);
+                r = seterr(err, -EBADMSG, 0, "authblob_parse", "%s", msg);
+                goto fail;
         }
         const struct authblob_span *el = ab.el;
-        cred.size = (UINT16)el[AUTHBLOB_CRED_BLOB].body_len;
-        memcpy(cred.credential, el[AUTHBLOB_CRED_BLOB].body, cred.size);
-        secret.size = (UINT16)el[AUTHBLOB_ENC_SECRET].body_len;
-        memcpy(secret.secret, el[AUTHBLOB_ENC_SECRET].body, secret.size);
-        dup.size = (UINT16)el[AUTHBLOB_DUPLICATE].body_len;
-        memcpy(dup.buffer, el[AUTHBLOB_DUPLICATE].body, dup.size);
-        seed.size = (UINT16)el[AUTHBLOB_IN_SYM_SEED].body_len;
-        memcpy(seed.secret, el[AUTHBLOB_IN_SYM_SEED].body, seed.size);
-        if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(el[AUTHBLOB_ID_KEY_PUB].raw, el[AUTHBLOB_ID_KEY_PUB].raw_len, &off, &pub) !=
-                    TSS2_RC_SUCCESS ||
-            off != el[AUTHBLOB_ID_KEY_PUB].raw_len)
-                return seterr(err, -EBADMSG, 0, "Tss2_MU_TPM2B_PUBLIC_Unmarshal",
-                              "the authenticationKey blob is malformed: the %s is not a valid TPM2B_PUBLIC",
-                              authblob_element_name(AUTHBLOB_ID_KEY_PUB));
-        if (pub.publicArea.type != TPM2_ALG_KEYEDHASH || !(pub.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) ||
-            (pub.publicArea.parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_HMAC &&
-             pub.publicArea.parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_NULL))
-                return seterr(err, -EBADMSG, 0, "Tss2_MU_TPM2B_PUBLIC_Unmarshal",
-                              "the authenticationKey blob does not carry an HMAC signing key (it is %s)",
-                              alg_article_name(pub.publicArea.type));
-
+        op->cred.size = (UINT16)el[AUTHBLOB_CRED_BLOB].body_len;
+        memcpy(op->cred.credential, el[AUTHBLOB_CRED_BLOB].body, op->cred.size);
+        op->secret.size = (UINT16)el[AUTHBLOB_ENC_SECRET].body_len;
+        memcpy(op->secret.secret, el[AUTHBLOB_ENC_SECRET].body, op->secret.size);
+        op->dup.size = (UINT16)el[AUTHBLOB_DUPLICATE].body_len;
+        memcpy(op->dup.buffer, el[AUTHBLOB_DUPLICATE].body, op->dup.size);
+        op->seed.size = (UINT16)el[AUTHBLOB_IN_SYM_SEED].body_len;
+        memcpy(op->seed.secret, el[AUTHBLOB_IN_SYM_SEED].body, op->seed.size);
+        if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(el[AUTHBLOB_ID_KEY_PUB].raw, el[AUTHBLOB_ID_KEY_PUB].raw_len, &off,
+                                           &op->pub) != TSS2_RC_SUCCESS ||
+            off != el[AUTHBLOB_ID_KEY_PUB].raw_len) {
+                r = seterr(err, -EBADMSG, 0, "Tss2_MU_TPM2B_PUBLIC_Unmarshal",
+                           "the authenticationKey blob is malformed: the %s is not a valid TPM2B_PUBLIC",
+                           authblob_element_name(AUTHBLOB_ID_KEY_PUB));
+                goto fail;
+        }
+        const TPMT_PUBLIC *pa = &op->pub.publicArea;
+        if (pa->type != TPM2_ALG_KEYEDHASH || !(pa->objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) ||
+            (pa->parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_HMAC &&
+             pa->parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_NULL)) {
+                r = seterr(err, -EBADMSG, 0, "Tss2_MU_TPM2B_PUBLIC_Unmarshal",
+                           "the authenticationKey blob does not carry an HMAC signing key (it is %s)",
+                           alg_article_name(pa->type));
+                goto fail;
+        }
+        /* EK and SRK publics: cached after the start, so no command here. */
         r = load_keys(t, false, NULL, NULL, err);
         if (r < 0)
-                return r;
+                goto fail;
+        /* A new challenge replaces the previous one (a new registration):
+         * the one command outside the steps, and only then. */
+        if (op->transient) {
+                r = flush(t, &t->challenge_key, "TPM2_FlushContext(old challenge key)", 0, err);
+                if (r < 0)
+                        goto fail;
+        }
+        *ret = op;
+        return 0;
+fail:
+        free(op);
+        return r;
+}
 
-        /* The EK's adminWithPolicy needs PolicySecret(endorsement): an
-         * unsalted, unbound policy session. No parameter encryption: nothing
-         * secret crosses the bus here that is not already encrypted to the
-         * EK/SRK, and no HMAC: the policy has no PolicyAuthValue. The TPM
-         * wants a caller nonce of at least 16 bytes to start a session. */
-        nonce_caller.size = 16;
-        if (getrandom(nonce_caller.buffer, nonce_caller.size, 0) != nonce_caller.size)
-                return seterr(err, -errno ? -errno : -EIO, 0, "getrandom", "no random bytes for the session nonce");
-        TPMT_SYM_DEF sym = { .algorithm = TPM2_ALG_NULL };
-        rc = SYS_CALL(Tss2_Sys_StartAuthSession(t->sys, TPM2_RH_NULL, TPM2_RH_NULL, NULL, &nonce_caller, &no_salt,
-                                                TPM2_SE_POLICY, &sym, TPM2_ALG_SHA256, &sess, &nonce_tpm, NULL));
-        if (rc != TSS2_RC_SUCCESS) {
-                sess = TPM_NO_HANDLE;
-                r = tpm_error_from_rc(rc, "TPM2_StartAuthSession(EK policy)", err);
-                goto out;
+/* Forget what op holds (secrets wiped); with flush, flush it first (after a
+ * failure on a live connection). Returns r, or a flush's error if r >= 0. */
+static int import_end(struct tpm *t, struct tpm_import_op *op, bool do_flush, int r, struct tpm_error *err) {
+        if (do_flush) {
+                r = flush(t, &op->sess, "TPM2_FlushContext(EK policy session)", r, err);
+                r = flush(t, &op->key, "TPM2_FlushContext(new auth key)", r, err);
         }
-        password_auth(&auth, &t->endorsement_auth);
-        rc = SYS_CALL(Tss2_Sys_PolicySecret(t->sys, TPM2_RH_ENDORSEMENT, sess, &auth, &no_nonce, &no_cphash, &no_ref, 0,
-                                            &timeout, &ticket, NULL));
-        explicit_zero(&auth, sizeof(auth));
-        if (rc != TSS2_RC_SUCCESS) {
-                r = hierarchy_error(rc, "TPM2_PolicySecret(endorsement)", HIERARCHY_ENDORSEMENT, err);
-                goto out;
-        }
-        /* SRK (empty password), then the EK under the policy session. */
-        auth = empty_password;
-        auth.count = 2;
-        auth.auths[1] = (TPMS_AUTH_COMMAND){ .sessionHandle = sess, .sessionAttributes = TPMA_SESSION_CONTINUESESSION };
-        rc = SYS_CALL(Tss2_Sys_ActivateCredential(t->sys, TPM_SRK_HANDLE, TPM_EK_HANDLE, &auth, &cred, &secret,
-                                                  &cert_info, NULL));
-        if (rc != TSS2_RC_SUCCESS) {
-                r = import_error(t, rc, "TPM2_ActivateCredential", err);
-                goto out;
-        }
-        r = flush(t, &sess, "TPM2_FlushContext(EK policy session)", 0, err);
-        if (r < 0)
-                goto out;
-        if (cert_info.size > sizeof(inner.buffer)) {
-                r = seterr(err, -EBADMSG, 0, "TPM2_ActivateCredential", "the activated credential is %u bytes, too "
-                           "long for an inner wrapper key", (unsigned)cert_info.size);
-                goto out;
-        }
-        inner.size = cert_info.size;
-        memcpy(inner.buffer, cert_info.buffer, inner.size);
+        explicit_zero(op, sizeof(*op));
+        free(op);
+        return r;
+}
 
-        /* keyBits follows the key DPS chose (Node/Java/TSS.MSR do the same;
-         * 16 bytes -> AES-128 in practice). No key means no inner wrapper. */
-        TPMT_SYM_DEF_OBJECT wrap = { .algorithm = TPM2_ALG_NULL };
-        if (inner.size > 0) {
-                wrap.algorithm = TPM2_ALG_AES;
-                wrap.keyBits.aes = (TPMI_AES_KEY_BITS)(8 * inner.size);
-                wrap.mode.aes = TPM2_ALG_CFB;
-        }
-        rc = SYS_CALL(Tss2_Sys_Import(t->sys, TPM_SRK_HANDLE, &empty_password, &inner, &pub, &dup, &seed, &wrap, &priv,
-                                      NULL));
-        if (rc != TSS2_RC_SUCCESS) {
-                r = import_error(t, rc, "TPM2_Import", err);
-                goto out;
-        }
-        rc = SYS_CALL(Tss2_Sys_Load(t->sys, TPM_SRK_HANDLE, &empty_password, &priv, &pub, &key, &name, NULL));
-        if (rc != TSS2_RC_SUCCESS) {
-                key = TPM_NO_HANDLE;
-                r = import_error(t, rc, "TPM2_Load(auth key)", err);
-                goto out;
-        }
-        r = hmac_once(t, key, (const uint8_t *)TPM_IMPORT_CHECK_MSG, strlen(TPM_IMPORT_CHECK_MSG), md,
-                      "TPM2_HMAC(new auth key check)", err);
-        explicit_zero(md, sizeof(md));
-        if (r < 0)
-                goto out;
+void tpm_import_abort(struct tpm *t, struct tpm_import_op *op) {
+        if (!op)
+                return;
+        (void)import_end(t, op, t && !t->lost, 0, NULL);
+}
 
-        /* Point of no return: the new key is loaded and works. Only now
-         * remove the old one, then persist the new one at its handle. */
-        *known = false;
-        r = read_public(t, handle, "TPM2_ReadPublic(old auth key)", &old, err);
-        if (r < 0 && r != -ENOENT)
-                goto out;
-        if (r >= 0) { /* -ENOENT: no old key to remove */
-                rc = evict_control(t, handle, handle);
+/* One TPM command of the import. */
+static int import_stage_run(struct tpm *t, struct tpm_import_op *op, struct tpm_error *err) {
+        TSS2L_SYS_AUTH_COMMAND auth;
+        TSS2_RC rc;
+        int r;
+
+        switch (op->stage) {
+        case IMPORT_START_SESSION: {
+                /* The EK's adminWithPolicy needs PolicySecret(endorsement): an
+                 * unsalted, unbound policy session. No parameter encryption:
+                 * nothing secret crosses the bus here that is not already
+                 * encrypted to the EK/SRK, and no HMAC: the policy has no
+                 * PolicyAuthValue. The TPM wants a caller nonce of at least 16
+                 * bytes to start a session. */
+                TPM2B_NONCE nonce_caller = { .size = 16 }, nonce_tpm = { 0 };
+                TPM2B_ENCRYPTED_SECRET no_salt = { 0 };
+                TPMT_SYM_DEF sym = { .algorithm = TPM2_ALG_NULL };
+                if (getrandom(nonce_caller.buffer, nonce_caller.size, 0) != nonce_caller.size)
+                        return seterr(err, -errno ? -errno : -EIO, 0, "getrandom",
+                                      "no random bytes for the session nonce");
+                rc = SYS_CALL(Tss2_Sys_StartAuthSession(t->sys, TPM2_RH_NULL, TPM2_RH_NULL, NULL, &nonce_caller,
+                                                        &no_salt, TPM2_SE_POLICY, &sym, TPM2_ALG_SHA256, &op->sess,
+                                                        &nonce_tpm, NULL));
                 if (rc != TSS2_RC_SUCCESS) {
-                        r = hierarchy_error(rc, "TPM2_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
-                        goto out;
+                        op->sess = TPM_NO_HANDLE;
+                        return tpm_error_from_rc(rc, "TPM2_StartAuthSession(EK policy)", err);
                 }
+                op->stage = IMPORT_POLICY;
+                return 0;
         }
-        rc = evict_control(t, key, handle);
-        if (rc != TSS2_RC_SUCCESS) {
-                r = hierarchy_error(rc, "TPM2_EvictControl(persist auth key)", HIERARCHY_OWNER, err);
-                goto out;
+        case IMPORT_POLICY: {
+                TPM2B_NONCE no_nonce = { 0 };
+                TPM2B_DIGEST no_cphash = { 0 };
+                TPM2B_NONCE no_ref = { 0 };
+                TPM2B_TIMEOUT timeout = { 0 };
+                TPMT_TK_AUTH ticket = { 0 };
+                password_auth(&auth, &t->endorsement_auth);
+                rc = SYS_CALL(Tss2_Sys_PolicySecret(t->sys, TPM2_RH_ENDORSEMENT, op->sess, &auth, &no_nonce,
+                                                    &no_cphash, &no_ref, 0, &timeout, &ticket, NULL));
+                explicit_zero(&auth, sizeof(auth));
+                if (rc != TSS2_RC_SUCCESS)
+                        return hierarchy_error(rc, "TPM2_PolicySecret(endorsement)", HIERARCHY_ENDORSEMENT, err);
+                op->stage = IMPORT_ACTIVATE;
+                return 0;
         }
-        r = 0;
-out:
-        explicit_zero(&inner, sizeof(inner));
-        explicit_zero(&cert_info, sizeof(cert_info));
-        explicit_zero(&priv, sizeof(priv));
-        r = flush(t, &sess, "TPM2_FlushContext(EK policy session)", r, err);
-        r = flush(t, &key, "TPM2_FlushContext(new auth key)", r, err);
+        case IMPORT_ACTIVATE: {
+                TPM2B_DIGEST cert_info = { 0 };
+                /* SRK (empty password), then the EK under the policy session. */
+                auth = empty_password;
+                auth.count = 2;
+                auth.auths[1] = (TPMS_AUTH_COMMAND){ .sessionHandle = op->sess,
+                                                     .sessionAttributes = TPMA_SESSION_CONTINUESESSION };
+                rc = SYS_CALL(Tss2_Sys_ActivateCredential(t->sys, TPM_SRK_HANDLE, TPM_EK_HANDLE, &auth, &op->cred,
+                                                          &op->secret, &cert_info, NULL));
+                if (rc != TSS2_RC_SUCCESS)
+                        return import_error(t, rc, "TPM2_ActivateCredential", err);
+                if (cert_info.size > sizeof(op->inner.buffer)) {
+                        explicit_zero(&cert_info, sizeof(cert_info));
+                        return seterr(err, -EBADMSG, 0, "TPM2_ActivateCredential",
+                                      "the activated credential is %u bytes, too long for an inner wrapper key",
+                                      (unsigned)cert_info.size);
+                }
+                op->inner.size = cert_info.size;
+                memcpy(op->inner.buffer, cert_info.buffer, op->inner.size);
+                explicit_zero(&cert_info, sizeof(cert_info));
+                op->stage = IMPORT_FLUSH_SESSION;
+                return 0;
+        }
+        case IMPORT_FLUSH_SESSION:
+                r = flush(t, &op->sess, "TPM2_FlushContext(EK policy session)", 0, err);
+                if (r < 0)
+                        return r;
+                op->stage = IMPORT_IMPORT;
+                return 0;
+        case IMPORT_IMPORT: {
+                /* keyBits follows the key DPS chose (Node/Java/TSS.MSR do the
+                 * same; 16 bytes -> AES-128 in practice). No key means no inner
+                 * wrapper. */
+                TPMT_SYM_DEF_OBJECT wrap = { .algorithm = TPM2_ALG_NULL };
+                if (op->inner.size > 0) {
+                        wrap.algorithm = TPM2_ALG_AES;
+                        wrap.keyBits.aes = (TPMI_AES_KEY_BITS)(8 * op->inner.size);
+                        wrap.mode.aes = TPM2_ALG_CFB;
+                }
+                rc = SYS_CALL(Tss2_Sys_Import(t->sys, TPM_SRK_HANDLE, &empty_password, &op->inner, &op->pub,
+                                              &op->dup, &op->seed, &wrap, &op->priv, NULL));
+                explicit_zero(&op->inner, sizeof(op->inner));
+                if (rc != TSS2_RC_SUCCESS)
+                        return import_error(t, rc, "TPM2_Import", err);
+                op->stage = IMPORT_LOAD;
+                return 0;
+        }
+        case IMPORT_LOAD: {
+                TPM2B_NAME name = { 0 };
+                rc = SYS_CALL(Tss2_Sys_Load(t->sys, TPM_SRK_HANDLE, &empty_password, &op->priv, &op->pub, &op->key,
+                                            &name, NULL));
+                explicit_zero(&op->priv, sizeof(op->priv));
+                if (rc != TSS2_RC_SUCCESS) {
+                        op->key = TPM_NO_HANDLE;
+                        return import_error(t, rc, "TPM2_Load(auth key)", err);
+                }
+                if (op->transient) {
+                        /* Kept loaded, not persisted: no NV write for a key
+                         * that signs one registration. Its first signature
+                         * (the SAS of the second PUT) is its check. */
+                        t->challenge_key = op->key;
+                        op->key = TPM_NO_HANDLE;
+                        op->stage = IMPORT_DONE;
+                        return 0;
+                }
+                /* Is there an old key to replace? Not asked when this
+                 * connection saw the slot empty (the A/B staging slot always
+                 * is). */
+                struct key_seen *seen = key_seen(t, op->handle);
+                op->replace = seen->present;
+                op->stage = !seen->present && !seen->absent ? IMPORT_LOOKUP
+                            : op->replace                  ? IMPORT_CHECK
+                                                           : IMPORT_PERSIST;
+                *seen = (struct key_seen){ 0 };
+                return 0;
+        }
+        case IMPORT_LOOKUP: {
+                struct tpm_public old;
+                r = read_public(t, op->handle, "TPM2_ReadPublic(old auth key)", &old, err);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                op->replace = r >= 0;
+                op->stage = op->replace ? IMPORT_CHECK : IMPORT_PERSIST;
+                return 0;
+        }
+        case IMPORT_CHECK: {
+                /* An old key is destroyed next: prove the new one works first. */
+                uint8_t md[32];
+                r = hmac_once(t, op->key, (const uint8_t *)TPM_IMPORT_CHECK_MSG, strlen(TPM_IMPORT_CHECK_MSG), md,
+                              "TPM2_HMAC(new auth key check)", err);
+                explicit_zero(md, sizeof(md));
+                if (r < 0)
+                        return r;
+                op->stage = IMPORT_EVICT_OLD;
+                return 0;
+        }
+        case IMPORT_EVICT_OLD:
+                /* Point of no return: the new key is loaded and works. Only
+                 * now remove the old one, then persist the new one, in one
+                 * step: nothing runs between the two, so no signature finds
+                 * the slot empty. */
+                rc = evict_control(t, op->handle, op->handle);
+                if (rc != TSS2_RC_SUCCESS)
+                        return hierarchy_error(rc, "TPM2_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
+                op->stage = IMPORT_PERSIST;
+                /* fall through */
+        case IMPORT_PERSIST:
+                rc = evict_control(t, op->key, op->handle);
+                if (rc != TSS2_RC_SUCCESS)
+                        return hierarchy_error(rc, "TPM2_EvictControl(persist auth key)", HIERARCHY_OWNER, err);
+                *key_seen(t, op->handle) = (struct key_seen){ .present = true };
+                op->stage = IMPORT_FLUSH_KEY;
+                return 0;
+        case IMPORT_FLUSH_KEY:
+                r = flush(t, &op->key, "TPM2_FlushContext(new auth key)", 0, err);
+                if (r < 0)
+                        return r;
+                op->stage = t->challenge_key != TPM_NO_HANDLE ? IMPORT_FLUSH_CHALLENGE : IMPORT_DONE;
+                return 0;
+        case IMPORT_FLUSH_CHALLENGE:
+                /* The registration the challenge key signed for is over. */
+                r = flush(t, &t->challenge_key, "TPM2_FlushContext(challenge key)", 0, err);
+                if (r < 0)
+                        return r;
+                op->stage = IMPORT_DONE;
+                return 0;
+        case IMPORT_DONE:
+                break;
+        }
+        return 0;
+}
+
+int tpm_import_step(struct tpm *t, struct tpm_import_op *op, struct tpm_error *err) {
+        if (!t || !op)
+                return -EINVAL;
+        int r = import_stage_run(t, op, err);
+        if (r < 0)
+                return import_end(t, op, true, r, err);
+        if (op->stage != IMPORT_DONE)
+                return 1;
+        return import_end(t, op, false, 0, err);
+}
+
+int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err) {
+        struct tpm_import_op *op = NULL;
+        int r = tpm_import_begin(t, index, blob, len, &op, err);
+        while (r >= 0 && (r = tpm_import_step(t, op, err)) > 0)
+                ;
+        return r;
+}
+
+int tpm_persist_challenge_key_at(struct tpm *t, uint32_t index, struct tpm_error *err) {
+        uint32_t handle = 0;
+        struct tpm_public old;
+
+        if (!t)
+                return -EINVAL;
+        int r = index_to_handle(index, &handle, err);
         if (r < 0)
                 return r;
-        *known = true;
+        if (t->challenge_key == TPM_NO_HANDLE)
+                return seterr(err, -ENOKEY, 0, "TPM2_EvictControl(persist challenge key)",
+                              "no DPS challenge key is loaded on this TPM connection (it was reopened): the "
+                              "registration starts again");
+        struct key_seen *seen = key_seen(t, handle);
+        bool replace = seen->present;
+        if (!seen->present && !seen->absent) {
+                r = read_public(t, handle, "TPM2_ReadPublic(old auth key)", &old, err);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                replace = r >= 0;
+        }
+        *seen = (struct key_seen){ 0 };
+        TSS2_RC rc;
+        if (replace) { /* the challenge key signed DPS's acceptance: it works */
+                rc = evict_control(t, handle, handle);
+                if (rc != TSS2_RC_SUCCESS)
+                        return hierarchy_error(rc, "TPM2_EvictControl(remove old auth key)", HIERARCHY_OWNER, err);
+        }
+        rc = evict_control(t, t->challenge_key, handle);
+        if (rc != TSS2_RC_SUCCESS)
+                return hierarchy_error(rc, "TPM2_EvictControl(persist challenge key)", HIERARCHY_OWNER, err);
+        r = flush(t, &t->challenge_key, "TPM2_FlushContext(challenge key)", 0, err);
+        if (r < 0)
+                return r;
+        *seen = (struct key_seen){ .present = true };
         return 0;
 }
 

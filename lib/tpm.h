@@ -19,6 +19,16 @@
 #define TPM_AUTH_KEY_BASE 0x81000000u
 #define TPM_AUTH_KEY_INDEX_DEFAULT 0x100u
 #define TPM_AUTH_KEY_INDEX_MAX 0x7fffffu
+/* Index of the DPS challenge key for tpm_import_auth_key_at() and
+ * tpm_sign_at(): imported and kept loaded on this connection, never
+ * persisted (no NV write); a new one replaces it, a persistent import or
+ * tpm_persist_challenge_key_at() ends it, and a reopened connection has
+ * none (-ENOKEY: the registration starts again). Under a resource manager
+ * (/dev/tpmrm0) it lives as long as the connection, which the TPM worker
+ * keeps open; on swtpm it stays loaded across tpm_idle() (the simulator
+ * keeps objects between connections), and tpm_open()'s flush_leftovers
+ * removes one a crashed run left. */
+#define TPM_AUTH_KEY_TRANSIENT UINT32_MAX
 #define TPM_EK_CERT_NV_RSA 0x01c00002u
 #define TPM_DEFAULT_TCTI "device:/dev/tpmrm0"
 #define TPM_PUBLIC_MAX 1024 /* bytes of a marshalled TPM2B_PUBLIC we accept */
@@ -94,10 +104,12 @@ int tpm_get_keys(struct tpm *t, struct tpm_public *ek, struct tpm_public *srk, s
 int tpm_read_ek_cert(struct tpm *t, uint8_t **ret, size_t *ret_len, struct tpm_error *err);
 
 /* Import a DPS authenticationKey blob (raw bytes, already base64-decoded):
- * ActivateCredential(SRK, EK) -> Import -> Load -> verify -> persist at the
- * auth key handle. The old key at that handle stays usable unless the new one
- * was fully imported and loaded. -EBADMSG for a malformed blob, -EACCES for a
- * blob not bound to this TPM's EK/SRK. */
+ * ActivateCredential(SRK, EK) -> Import -> Load -> persist at the auth key
+ * handle; when a key is there already, the new one is verified (one HMAC)
+ * before the old one is removed, so the old key stays usable unless the new
+ * one was fully imported, loaded and works. Into a slot this connection saw
+ * empty: no lookup, no check (nothing is destroyed). -EBADMSG for a
+ * malformed blob, -EACCES for a blob not bound to this TPM's EK/SRK. */
 int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct tpm_error *err);
 
 /* The same three operations for the auth key slot at TPM_AUTH_KEY_BASE + index
@@ -108,8 +120,28 @@ int tpm_import_auth_key(struct tpm *t, const uint8_t *blob, size_t len, struct t
  * slots (A/B, provision.h); the socket's and tpmidctl's imports replace the
  * serving key in place as before. */
 int tpm_import_auth_key_at(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_error *err);
+/* The same import one TPM command at a time, so that the TPM worker can run
+ * a signature between two commands of a long import (on a discrete TPM
+ * ActivateCredential and Import take 100+ ms each). tpm_import_begin()
+ * parses the blob (no TPM command, but the flush of an old challenge key)
+ * and returns the operation; each tpm_import_step() sends one command (two
+ * for the eviction of an old key and the persist of the new one) and
+ * returns 1 while more follow, 0 when the import is done, or -errno (as
+ * tpm_import_auth_key_at()); op is freed on 0 and on -errno. Other commands
+ * may run on t between steps, but no other import. tpm_import_abort() ends
+ * an op early (flushing what it holds unless the connection is lost). */
+struct tpm_import_op;
+int tpm_import_begin(struct tpm *t, uint32_t index, const uint8_t *blob, size_t len, struct tpm_import_op **ret,
+                     struct tpm_error *err);
+int tpm_import_step(struct tpm *t, struct tpm_import_op *op, struct tpm_error *err);
+void tpm_import_abort(struct tpm *t, struct tpm_import_op *op);
 int tpm_sign_at(struct tpm *t, uint32_t index, const uint8_t *data, size_t len, uint8_t out[32], struct tpm_error *err);
 int tpm_has_auth_key_at(struct tpm *t, uint32_t index, bool *present, struct tpm_error *err);
+/* Persist the loaded challenge key (TPM_AUTH_KEY_TRANSIENT) at slot
+ * TPM_AUTH_KEY_BASE + index and flush it: for an assignment that carries no
+ * key of its own. One NV write into an empty slot; a key already there is
+ * replaced (two). -ENOKEY if none is loaded. */
+int tpm_persist_challenge_key_at(struct tpm *t, uint32_t index, struct tpm_error *err);
 /* Remove the auth key at TPM_AUTH_KEY_BASE + index, if there is one (one
  * TPM2_ReadPublic, and one TPM2_EvictControl, an NV write, only when a key is
  * there). *evicted (may be NULL) says whether one was removed. Returns 0, or

@@ -90,6 +90,11 @@ struct prov_driver {
         size_t sts_len;
         char *sr; /* its encoded resource */
         uint64_t sas_expiry;
+        /* the DPS SAS of the current registration (sr, sas_expiry), made by
+         * its challenge key: reused while PROV_SAS_REUSE_MARGIN_S are left */
+        bool dps_sas_valid;
+        uint8_t dps_sas_digest[32];
+        bool key_lookup_retrying; /* logged once per outage */
         bool cloud_busy;
         uint64_t cloud_id;
 
@@ -107,6 +112,8 @@ struct prov_driver {
 
 static void perform(struct prov_driver *d);
 static void switch_identity(struct prov_driver *d);
+static void timer_cb(void *userdata);
+static void send_signed(struct prov_driver *d);
 
 static void maybe_free(struct prov_driver *d) {
         if (!d->closing || !d->io_closed || d->job_busy || d->serving_job_busy)
@@ -235,6 +242,11 @@ static int submit_job(struct prov_driver *d, enum tpm_job_kind kind, const uint8
         d->job.userdata = d;
         d->job.has_key_index = true; /* the driver always names its slot */
         d->job.key_index = prov_slot_key_index(d->cfg->tpm.auth_key_index, slot);
+        /* The DPS challenge key signs one registration: loaded, never
+         * persisted (TPM_AUTH_KEY_TRANSIENT, no NV write). */
+        if (d->cur.kind == PROV_ACT_TPM_IMPORT_CHALLENGE || d->cur.kind == PROV_ACT_DPS_AUTH_REGISTER ||
+            d->cur.kind == PROV_ACT_DPS_POLL)
+                d->job.key_index = TPM_AUTH_KEY_TRANSIENT;
         int r = d->io.tpm_submit(d->io.userdata, &d->job);
         if (r < 0)
                 return r;
@@ -331,6 +343,13 @@ static int prepare_sas(struct prov_driver *d, char *sr, uint64_t lifetime) {
 static void start_signing(struct prov_driver *d) {
         bool hub = d->cur.kind == PROV_ACT_CHECK_HUB;
         char *sr = NULL;
+        if (!hub && d->dps_sas_valid &&
+            (uint64_t)d->io.now_unix(d->io.userdata) + PROV_SAS_REUSE_MARGIN_S < d->sas_expiry) {
+                memcpy(d->job.digest, d->dps_sas_digest, sizeof(d->job.digest));
+                send_signed(d); /* the registration's token, still valid: no TPM command */
+                return;
+        }
+        d->dps_sas_valid = false;
         int r = hub ? sas_hub_resource(d->hub, d->device_id, &sr)
                     : sas_dps_resource(d->cfg->provisioning.id_scope, d->regid, &sr);
         if (r >= 0)
@@ -349,6 +368,10 @@ static char *signed_token(struct prov_driver *d, const char *skn) {
         char *tok = NULL;
         if (sas_token_format(d->sr, d->job.digest, d->sas_expiry, skn, &tok) < 0)
                 return NULL;
+        if (skn && !d->dps_sas_valid) { /* a DPS token: good for the rest of the registration */
+                memcpy(d->dps_sas_digest, d->job.digest, sizeof(d->dps_sas_digest));
+                d->dps_sas_valid = true;
+        }
         return tok;
 }
 
@@ -399,6 +422,8 @@ static void send_signed(struct prov_driver *d) {
 
 static void start_register(struct prov_driver *d) {
         _cleanup_free_ char *url = NULL, *body = NULL;
+        d->dps_sas_valid = false; /* a new registration, a new challenge key */
+        explicit_zero(d->dps_sas_digest, sizeof(d->dps_sas_digest));
         dps_challenge_clear(&d->challenge);
         dps_registration_clear(&d->reg);
         d->reg_valid = false;
@@ -437,7 +462,16 @@ static void start_import(struct prov_driver *d) {
                 break;
         }
         const char *why = "no authenticationKey to import";
-        int r = blob ? submit_job(d, TPM_JOB_IMPORT, blob, len, d->cur.slot, STEP_IMPORT) : -ENODATA;
+        d->dps_sas_valid = false; /* a new key signs from now on */
+        int r;
+        if (d->cur.kind == PROV_ACT_TPM_IMPORT_FINAL && d->cur.blob == PROV_BLOB_CHALLENGE) {
+                /* the assignment has no key of its own: the loaded challenge key is the hub key */
+                r = submit_job(d, TPM_JOB_PERSIST, NULL, 0, d->cur.slot, STEP_IMPORT);
+                if (r >= 0)
+                        return;
+                blob = d->challenge.blob; /* for the message below */
+        } else
+                r = blob ? submit_job(d, TPM_JOB_IMPORT, blob, len, d->cur.slot, STEP_IMPORT) : -ENODATA;
         if (r >= 0)
                 return;
         if (blob)
@@ -492,8 +526,26 @@ static void load_state(struct prov_driver *d) {
 
 static void key_found_both(struct prov_driver *d, const struct tpm_job *job, const struct tpm_job *other);
 
+/* A lookup that got no answer from the TPM (the connection broke, or the
+ * TPM is not open again yet) says nothing about the key: look again once
+ * the TPM worker reconnected, instead of provisioning from scratch. */
+static bool key_lookup_unanswered(struct prov_driver *d, const struct tpm_job *job) {
+        if (job->r != -ENOTCONN && job->r != -ENODEV)
+                return false;
+        if (!d->key_lookup_retrying)
+                log_warn("provisioning: could not look for the saved identity's key (%s); looking again when the "
+                         "TPM is back",
+                         job->err.msg);
+        d->key_lookup_retrying = true;
+        d->step = STEP_DELAY;
+        d->io.timer_start(d->io.userdata, PROV_KEY_LOOKUP_RETRY_MS, timer_cb, d);
+        return true;
+}
+
 static void key_found(struct prov_driver *d, const struct tpm_job *job) {
         enum prov_slot named = prov_slot_of_state(d->loaded.key_slot);
+        if (key_lookup_unanswered(d, job))
+                return;
         d->loaded_key_r = job->r;
         d->loaded_key_present = job->present;
         if (job->r >= 0 && job->present) {
@@ -511,6 +563,9 @@ static void key_found(struct prov_driver *d, const struct tpm_job *job) {
 
 static void key_found_both(struct prov_driver *d, const struct tpm_job *job, const struct tpm_job *other) {
         enum prov_slot named = prov_slot_of_state(d->loaded.key_slot);
+        if (other == job && key_lookup_unanswered(d, other)) /* the other slot's own lookup */
+                return;
+        d->key_lookup_retrying = false;
         enum prov_event ev = prov_state_event(0, d->loaded_match, d->loaded_key_r, d->loaded_key_present);
         struct prov_event_data ed = {.state_slot = named, .other_present = other->r >= 0 && other->present};
         if (ev != PROV_EV_STATE_MISSING_OR_CORRUPT) {
@@ -560,7 +615,9 @@ static void timer_cb(void *userdata) {
         if (d->closing || d->step != STEP_DELAY)
                 return;
         d->step = STEP_NONE;
-        if (d->cur.kind == PROV_ACT_DPS_POLL)
+        if (d->cur.kind == PROV_ACT_LOAD_STATE)
+                load_state(d); /* key_lookup_unanswered(): look again */
+        else if (d->cur.kind == PROV_ACT_DPS_POLL)
                 start_signing(d);
         else
                 feed_simple(d, PROV_EV_TIMER);

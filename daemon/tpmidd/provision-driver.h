@@ -28,6 +28,13 @@
 
 #define PROV_HUB_API_VERSION "2021-04-12" /* IoT Hub api-version of the hub credential check */
 #define PROV_HUB_CHECK_TIMEOUT_MS 30000   /* ms for the hub credential check */
+/* ms between lookups of the saved identity's key while the TPM connection
+ * is lost or not open yet: the lookup is retried, never taken for "no key" */
+#define PROV_KEY_LOOKUP_RETRY_MS 1000
+/* s of validity a DPS SAS token must have left to be used again for
+ * another request of the same registration (one TPM signature per
+ * registration instead of one per request) */
+#define PROV_SAS_REUSE_MARGIN_S 300
 
 /* What the driver needs from the world. Every function gets userdata first.
  * The asynchronous ones follow libuv's contract: 0 and exactly one callback

@@ -49,7 +49,7 @@ struct tpm_worker {
 
 static bool job_counts(const struct tpm_job *job) {
         return job->kind == TPM_JOB_SIGN || job->kind == TPM_JOB_IMPORT || job->kind == TPM_JOB_HAS_KEY ||
-               job->kind == TPM_JOB_EVICT;
+               job->kind == TPM_JOB_EVICT || job->kind == TPM_JOB_PERSIST;
 }
 
 static void set_err(struct tpm_error *err, const char *step, const char *msg) {
@@ -109,6 +109,9 @@ static void run_job_on_tpm(struct tpm_worker *w, struct tpm_job *job) {
         case TPM_JOB_EVICT:
                 job->r = tpm_evict_auth_key_at(w->tpm, job->key_index, &job->present, &job->err);
                 break;
+        case TPM_JOB_PERSIST:
+                job->r = tpm_persist_challenge_key_at(w->tpm, job->key_index, &job->err);
+                break;
         case TPM_JOB_PING:
                 job->r = tpm_ping(w->tpm, &job->err);
                 if (job->r < 0)
@@ -156,16 +159,79 @@ static struct timespec deadline_after_ms(unsigned ms) {
         return ts;
 }
 
+/* Hand a finished job to the loop thread (called without the lock). One
+ * wake-up of the loop per job: a signature's answer does not wait for the
+ * jobs queued behind it. */
+static void finish_job(struct tpm_worker *w, struct tpm_job *job) {
+        pthread_mutex_lock(&w->lock);
+        job->next = NULL;
+        if (w->done_tail)
+                w->done_tail->next = job;
+        else
+                w->done_head = job;
+        w->done_tail = job;
+        pthread_mutex_unlock(&w->lock);
+        uv_async_send(&w->async);
+}
+
+/* Background work that signatures may overtake: an import into a slot that
+ * does not serve (the provisioning driver's staging slot, the DPS challenge
+ * key). An import into the serving slot replaces the key that signs, so a
+ * signature sent after it waits for it and gets the new key (one job). */
+static bool import_is_background(const struct tpm_worker *w, const struct tpm_job *job) {
+        return job->has_key_index && (job->key_index == TPM_AUTH_KEY_TRANSIENT || job->key_index != w->serving_index);
+}
+
+/* One step (one TPM command) of the background import bg. Returns true
+ * while more steps follow; else bg is finished. */
+static bool import_step(struct tpm_worker *w, struct tpm_job *bg, struct tpm_import_op **op) {
+        int r = tpm_import_step(w->tpm, *op, &bg->err);
+        if (r <= 0)
+                *op = NULL; /* freed by the step */
+        if (tpm_lost(w->tpm)) {
+                tpm_import_abort(NULL, *op); /* its handles died with the connection */
+                *op = NULL;
+                w->tpm = tpm_close(w->tpm);
+                bg->lost = true;
+                if (r >= 0)
+                        set_err(&bg->err, "TPM connection", "lost the connection to the TPM after the command");
+                r = -ENOTCONN;
+        }
+        if (r > 0)
+                return true;
+        bg->r = r;
+        finish_job(w, bg);
+        return false;
+}
+
 static void *worker_main(void *arg) {
         struct tpm_worker *w = arg;
         /* A job ran since the TPM was last given back: release it at idle_at
          * unless another job comes first. */
         bool holding = false;
         struct timespec idle_at = { 0 };
+        /* The import in progress, one TPM command per step (tpm_import_step()):
+         * between two steps the signatures at the head of the FIFO go first
+         * (at most TPM_WORKER_SIGNS_BETWEEN_STEPS), so a signature waits for
+         * one command of it, not for the whole import. Every other job keeps
+         * its place behind the import. */
+        struct tpm_job *bg = NULL;
+        struct tpm_import_op *bg_op = NULL;
+        unsigned signs_since_step = 0;
 
         pthread_mutex_lock(&w->lock);
         for (;;) {
                 struct tpm_job *job = w->queue_head;
+                if (bg && !(job && job->kind == TPM_JOB_SIGN && signs_since_step < TPM_WORKER_SIGNS_BETWEEN_STEPS)) {
+                        pthread_mutex_unlock(&w->lock);
+                        signs_since_step = 0;
+                        if (!import_step(w, bg, &bg_op))
+                                bg = NULL;
+                        holding = true;
+                        idle_at = deadline_after_ms(TPM_IDLE_RELEASE_MS);
+                        pthread_mutex_lock(&w->lock);
+                        continue;
+                }
                 if (!job) {
                         if (w->stopping)
                                 break; /* drained */
@@ -193,19 +259,42 @@ static void *worker_main(void *arg) {
                         w->n_queued--;
                 pthread_mutex_unlock(&w->lock);
 
-                run_job(w, job);
-
-                pthread_mutex_lock(&w->lock);
-                job->next = NULL;
-                if (w->done_tail)
-                        w->done_tail->next = job;
-                else
-                        w->done_head = job;
-                w->done_tail = job;
-                pthread_mutex_unlock(&w->lock);
-                /* One wake-up of the loop per job: a signature's answer does
-                 * not wait for the jobs queued behind it. */
-                uv_async_send(&w->async);
+                if (bg) {
+                        /* a signature between two steps of the import */
+                        signs_since_step++;
+                        run_job(w, job);
+                        finish_job(w, job);
+                        if (!w->tpm) {
+                                /* the connection broke under it: so did the import's */
+                                tpm_import_abort(NULL, bg_op);
+                                bg_op = NULL;
+                                bg->r = -ENOTCONN;
+                                set_err(&bg->err, "TPM connection", "lost the connection to the TPM during the import");
+                                finish_job(w, bg);
+                                bg = NULL;
+                        }
+                } else if (job->kind == TPM_JOB_IMPORT && w->tpm && import_is_background(w, job)) {
+                        memset(&job->err, 0, sizeof job->err);
+                        job->r = 0;
+                        job->lost = false;
+                        uint32_t index = job->has_key_index ? job->key_index : w->serving_index;
+                        int r = tpm_import_begin(w->tpm, index, job->in, job->in_len, &bg_op, &job->err);
+                        if (r >= 0)
+                                bg = job; /* its steps follow */
+                        else {
+                                job->r = r;
+                                if (tpm_lost(w->tpm)) { /* the old challenge key's flush broke it */
+                                        w->tpm = tpm_close(w->tpm);
+                                        job->lost = true;
+                                        job->r = -ENOTCONN;
+                                }
+                                finish_job(w, job);
+                        }
+                        signs_since_step = 0;
+                } else {
+                        run_job(w, job);
+                        finish_job(w, job);
+                }
                 holding = true;
                 idle_at = deadline_after_ms(TPM_IDLE_RELEASE_MS);
                 pthread_mutex_lock(&w->lock);

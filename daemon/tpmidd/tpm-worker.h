@@ -1,12 +1,21 @@
 /* The TPM worker: the one owner of the struct tpm. Every TPM command runs
- * on one worker thread, one job after another in submission order, with
- * blocking calls; the libuv loop never waits for the TPM.
+ * on one worker thread, one job after another in submission order (but for
+ * signatures between an import's commands, below), with blocking calls; the
+ * libuv loop never waits for the TPM.
  *
  * The loop submits jobs into one bounded FIFO; the thread takes them from
  * its head, runs each (opening the TPM, imports, lookups, signatures of any
  * length: the same path for all) and returns it through one uv_async_t,
- * whose callback calls the job's done callback on the loop thread. Between
- * jobs the thread keeps the TPM connection; TPM_IDLE_RELEASE_MS after the
+ * whose callback calls the job's done callback on the loop thread. An
+ * import into a slot that does not serve (background work: the
+ * provisioning driver's staging slot, the DPS challenge key) runs one TPM
+ * command at a time (tpm_import_step()); between two of its commands the
+ * signatures at the head of the FIFO go first, so a signature arriving
+ * during a reprovisioning waits behind at most one command of the import (a
+ * priority between steps, not a second path: every other job keeps its
+ * FIFO place). An import into the serving slot stays one job: a signature
+ * sent after it waits and signs with the new key. Between jobs the thread keeps the
+ * TPM connection; TPM_IDLE_RELEASE_MS after the
  * last job it gives it back (tpm_idle()) from a timed wait, so nothing on
  * the loop has to watch for idleness.
  *
@@ -34,6 +43,11 @@
  * connection). Long enough to keep it through a burst of requests, short
  * enough that tpm2-tools run next to the daemon hardly notice the wait. */
 #define TPM_IDLE_RELEASE_MS 2
+/* Signatures the worker runs between two steps (TPM commands) of an import
+ * before the import's next step: a signature waits for at most one command
+ * of a background import, and a flood of signatures cannot stall the
+ * import. */
+#define TPM_WORKER_SIGNS_BETWEEN_STEPS 16
 
 enum tpm_job_kind {
         TPM_JOB_START,  /* open the TPM if closed, ensure EK/SRK, read their publics into keys_out */
@@ -42,6 +56,7 @@ enum tpm_job_kind {
         TPM_JOB_PING,   /* cheap liveness probe; on failure the TPM is closed (re-open with START) */
         TPM_JOB_HAS_KEY, /* is there an auth key (configured slot, or key_index) → present */
         TPM_JOB_EVICT,   /* remove the auth key at key_index if there is one → present: one was there */
+        TPM_JOB_PERSIST, /* persist the loaded DPS challenge key (TPM_AUTH_KEY_TRANSIENT) at key_index */
         TPM_JOB_SET_SERVING, /* from this job on, SIGN/IMPORT/HAS_KEY without has_key_index use key_index
                               * (the provisioning driver's serving slot, provision.h "A/B slots") */
 };
@@ -61,7 +76,8 @@ struct tpm_job {
         size_t in_len;
         struct tpm_keys *keys_out; /* START: receives EK/SRK publics on success */
         bool has_key_index;        /* SIGN/IMPORT/HAS_KEY: use key_index instead of the serving slot */
-        uint32_t key_index;        /* offset from TPM_AUTH_KEY_BASE (EVICT, SET_SERVING: always used) */
+        uint32_t key_index;        /* offset from TPM_AUTH_KEY_BASE (EVICT, PERSIST, SET_SERVING: always
+                                    * used); TPM_AUTH_KEY_TRANSIENT: the DPS challenge key (SIGN, IMPORT) */
         tpm_job_done_t done;       /* runs on the loop thread; may free the job */
         void *userdata;
 

@@ -26,10 +26,11 @@ R = harness.Runner("key-swap")
 
 SLOT_HANDLES = {"a": "0x81000100", "b": "0x81000101"}  # TPM_AUTH_KEY_BASE + auth_key_index (+1)
 # TPM2_EvictControl per run, with the simulator's assignment carrying its own key
-# (as DPS's does): persist the challenge key in the empty staging slot, evict it
-# and persist the assigned key there; a reprovisioning also retires the old key.
-FIRST_PROVISIONING_NV_WRITES = 3
-REPROVISIONING_NV_WRITES = 4
+# (as DPS's does): persist the assigned key in the empty staging slot (the
+# challenge key is only loaded, never persisted); a reprovisioning also retires
+# the old key.
+FIRST_PROVISIONING_NV_WRITES = 1
+REPROVISIONING_NV_WRITES = 2
 CUT_TIMEOUT = 60  # seconds for a reprovisioning to reach the cut
 
 

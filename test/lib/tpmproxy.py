@@ -22,11 +22,38 @@ import threading
 import time
 
 CC_EVICT_CONTROL = 0x120
+CC_NV_WRITE = 0x137
+CC_CREATE_PRIMARY = 0x131
+CC_FLUSH_CONTEXT = 0x165
+CC_GET_CAPABILITY = 0x17A
+CC_READ_PUBLIC = 0x173
+CC_START_AUTH_SESSION = 0x176
+CC_POLICY_SECRET = 0x151
 CC_HMAC = 0x155
 CC_IMPORT = 0x156
 CC_LOAD = 0x157
 CC_ACTIVATE_CREDENTIAL = 0x147
 TPM_HEADER_BYTES = 10  # tag (2), size (4), command or response code (4)
+NV_WRITE_CCS = (CC_EVICT_CONTROL, CC_NV_WRITE)  # commands that write the TPM's NV memory
+
+# A discrete TPM's time per command, in ms (HACKING.md "The modelled TPM"
+# gives the sources and says which values are estimates). Commands not
+# listed take MODEL_DEFAULT_MS.
+DISCRETE_TPM_MODEL_MS = {
+    CC_HMAC: 12,
+    CC_ACTIVATE_CREDENTIAL: 180,
+    CC_IMPORT: 140,
+    CC_LOAD: 35,
+    CC_EVICT_CONTROL: 60,
+    CC_NV_WRITE: 60,
+    CC_CREATE_PRIMARY: 6000,
+    CC_START_AUTH_SESSION: 15,
+    CC_POLICY_SECRET: 10,
+    CC_READ_PUBLIC: 5,
+    CC_GET_CAPABILITY: 3,
+    CC_FLUSH_CONTEXT: 3,
+}
+MODEL_DEFAULT_MS = 5
 
 
 def read_exact(s, n):
@@ -51,11 +78,25 @@ class _ProxiedTpm:
         return getattr(self._tpm, name)
 
 
+def modelled_busy_s(log, model=None):
+    """Seconds a discrete TPM (DISCRETE_TPM_MODEL_MS) would be busy with the
+    commands in log (command codes)."""
+    model = DISCRETE_TPM_MODEL_MS if model is None else model
+    return sum(model.get(cc, MODEL_DEFAULT_MS) for cc in log) / 1000.0
+
+
 class TpmProxy:
-    def __init__(self, upstream, path):
+    def __init__(self, upstream, path, model=None, scale=1.0):
+        """model: {command code: ms} (DISCRETE_TPM_MODEL_MS) to delay each
+        command by as a discrete TPM would take, times scale; None: no delay."""
         self.upstream, self.path = upstream, path
+        self.model, self.scale = model, scale
         self.lock = threading.Lock()
+        self.tpm_lock = threading.Lock()  # one command at a time, as one TPM chip runs them
         self.counts = {}            # command code -> commands swtpm ran
+        self.log = []               # command codes swtpm answered (an error too), in order
+        self.busy_s = 0.0           # modelled TPM time of those commands
+        self.timeline = []          # (start, end, command code) on time.monotonic(), modelled time included
         self._cut_cc = None         # cut the line after the n-th command cc from now ...
         self._cut_left = 0
         self._cut_ran = True
@@ -87,6 +128,23 @@ class TpmProxy:
     def reset_counts(self):
         with self.lock:
             self.counts = {}
+            self.log = []
+            self.busy_s = 0.0
+            self.timeline = []
+
+    def total(self):
+        """Commands swtpm ran since the last reset."""
+        with self.lock:
+            return len(self.log)
+
+    def nv_writes(self):
+        with self.lock:
+            return sum(1 for cc in self.log if cc in NV_WRITE_CCS)
+
+    def model_ms(self, cc):
+        if self.model is None:
+            return 0.0
+        return self.model.get(cc, MODEL_DEFAULT_MS) * self.scale
 
     def cut_after(self, cc, n, ran=True):
         """After swtpm ran the n-th command cc from now (ran=False: instead of
@@ -138,13 +196,24 @@ class TpmProxy:
                 if up is None:
                     up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     up.connect(self.upstream)
-                up.sendall(hdr + body)
-                rh = read_exact(up, TPM_HEADER_BYTES)
-                rbody = read_exact(up, struct.unpack(">HII", rh)[1] - TPM_HEADER_BYTES) if rh else None
+                with self.tpm_lock:
+                    t0 = time.monotonic()
+                    up.sendall(hdr + body)
+                    rh = read_exact(up, TPM_HEADER_BYTES)
+                    rbody = read_exact(up, struct.unpack(">HII", rh)[1] - TPM_HEADER_BYTES) if rh else None
+                    # the chip is busy for the modelled time, swtpm's own included
+                    left = self.model_ms(cc) / 1000.0 - (time.monotonic() - t0)
+                    if left > 0:
+                        time.sleep(left)
+                    t1 = time.monotonic()
                 if rbody is None:
                     return  # swtpm went away: so does the client's connection
                 ok = struct.unpack(">I", rh[6:10])[0] == 0
                 with self.lock:
+                    # every command the TPM answered costs its time, an error too
+                    self.log.append(cc)
+                    self.busy_s += self.model_ms(cc) / 1000.0
+                    self.timeline.append((t0, t1, cc))
                     if ok:
                         self.counts[cc] = self.counts.get(cc, 0) + 1
                     if ok and cc == self._cut_cc and self._cut_ran:

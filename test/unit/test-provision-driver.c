@@ -281,15 +281,40 @@ static void found_key(struct world *w, bool other) {
         complete_job(w, 0, other);
 }
 
-static void expect_import(struct world *w, bool challenge_slot, const uint8_t blob[4]) {
-        expect_job(w, TPM_JOB_IMPORT, challenge_slot);
+static const uint8_t challenge_blob[4];
+
+/* The challenge goes in as a transient key (loaded, never persisted); any
+ * other blob into the staging slot (staging) or slot A. The final import
+ * tells which slot stages: B next to a served key in A, A with none. */
+static void expect_import(struct world *w, bool staging, const uint8_t blob[4]) {
+        assert_non_null(w->f.job);
+        if (blob == challenge_blob)
+                expect_job_at(w, TPM_JOB_IMPORT, TPM_AUTH_KEY_TRANSIENT);
+        else {
+                if (staging && w->f.job->key_index != TPM_AUTH_KEY_TRANSIENT)
+                        w->stage = w->f.job->key_index;
+                assert_true(w->stage == 0x100 || w->stage == 0x101);
+                expect_job(w, TPM_JOB_IMPORT, staging);
+        }
         assert_int_equal(w->f.job->in_len, 4);
         assert_memory_equal(w->f.job->in, blob, 4);
 }
 
-static void sign(struct world *w, bool challenge_slot) {
-        expect_job(w, TPM_JOB_SIGN, challenge_slot);
+static void sign(struct world *w, bool staging) {
+        expect_job(w, TPM_JOB_SIGN, staging);
         complete_job(w, 0, false);
+}
+
+/* The second PUT is signed by the challenge key (loaded, not persisted). */
+static void sign_challenge(struct world *w) {
+        expect_job_at(w, TPM_JOB_SIGN, TPM_AUTH_KEY_TRANSIENT);
+        complete_job(w, 0, false);
+}
+
+/* A poll goes out with the registration's token: no TPM signature. */
+static void poll_reuses_token(struct world *w) {
+        assert_null(w->f.job);
+        assert_true(w->f.req_busy);
 }
 
 #define NO_AUTH NULL
@@ -373,14 +398,14 @@ static void challenge(struct world *w) {
         assert_non_null(strstr(w->f.body, "\"endorsementKey\""));
         reply(w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\",\"keyName\":\"registration\"}", NULL);
         assert_string_equal(state(w), "importing-challenge");
-        /* the challenge goes to the staging slot: B next to a served key in A, A with none */
-        assert_non_null(w->f.job);
-        w->stage = w->f.job->key_index;
-        assert_true(w->stage == 0x100 || w->stage == 0x101);
+        /* the run stages in the other slot next to a served key, in the serving slot with none */
+        uint32_t serving = w->f.serving_sets ? w->f.serving_index : 0x100;
+        const char *hub, *dev;
+        w->stage = prov_driver_identity(w->d, &hub, &dev) ? serving ^ 1 : serving;
         expect_import(w, true, challenge_blob);
         complete_job(w, 0, false);
         assert_string_equal(state(w), "authenticating");
-        sign(w, true); /* the second PUT is signed with the challenge key */
+        sign_challenge(w); /* the second PUT is signed with the challenge key */
         expect_request(w, "PUT", "/registrations/" REGID "/register?api-version=", DPS_AUTH);
         assert_null(strstr(w->f.body, "endorsementKey"));
 }
@@ -392,9 +417,13 @@ static void finish(struct world *w, const char *hub) {
         assert_true(w->f.timer_armed);
         assert_int_equal(w->f.timer_ms, 1000);
         assert_null(w->f.job);
+        char put_auth[sizeof(w->f.auth)];
+        snprintf(put_auth, sizeof(put_auth), "%s", w->f.auth);
         fire_timer(w);
-        sign(w, true); /* so are the polls */
+        /* the polls reuse the second PUT's token: no TPM signature */
+        assert_null(w->f.job);
         expect_request(w, "GET", "/registrations/" REGID "/operations/op-1?api-version=", DPS_AUTH);
+        assert_string_equal(w->f.auth, put_auth);
         reply(w, 200, assigned_body(hub, true), NULL);
         assert_string_equal(state(w), "importing-final");
         expect_import(w, true, assigned_blob); /* the assigned key goes to the staging slot too */
@@ -452,12 +481,15 @@ static void test_whole_provisioning(void **unused) {
         assert_int_equal(w.f.requests, 3);
         world_done(&w);
 
-        /* an assignment without its own key: the challenge key in the staging slot is the
-         * hub key; no import, no NV write but the challenge's */
+        /* an assignment without its own key: the loaded challenge key is the hub key and is
+         * persisted into the staging slot (its one NV write); no second import */
         world_init(&w, PROV_MODE_DYNAMIC);
         start(&w);
         challenge(&w);
         reply(&w, 200, assigned_body(HUB, false), NULL); /* 200 to the second PUT: no polls */
+        assert_int_equal(w.f.saves, 0);
+        expect_job_at(&w, TPM_JOB_PERSIST, 0x100);
+        complete_job(&w, 0, false);
         assert_int_equal(w.f.saves, 1);
         assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_A);
         assert_true(prov_driver_identity(w.d, &hub, &dev));
@@ -529,6 +561,81 @@ static void test_saved_identity(void **unused) {
         world_done(&w);
 }
 
+/* A lookup of the saved identity's key that the TPM never answered (the
+ * connection broke: -ENOTCONN; not open again yet: -ENODEV) is not "no
+ * key": the driver looks again after PROV_KEY_LOOKUP_RETRY_MS and serves
+ * the identity once the TPM answers, with no DPS run. */
+static void test_key_lookup_lost(void **unused) {
+        struct world w;
+        const char *hub, *dev;
+
+        for (int other = 0; other < 2; other++) { /* the named slot's lookup, or the other slot's */
+                world_init(&w, PROV_MODE_ON_ERROR_ONLY);
+                save_identity(&w, HUB);
+                start(&w);
+                if (other) {
+                        expect_job(&w, TPM_JOB_HAS_KEY, false);
+                        complete_job(&w, 0, true);
+                }
+                expect_job(&w, TPM_JOB_HAS_KEY, other);
+                complete_job(&w, -ENOTCONN, false);
+                assert_string_equal(state(&w), "loading-state"); /* not registering */
+                assert_false(w.f.req_busy);
+                assert_true(w.f.timer_armed);
+                assert_int_equal(w.f.timer_ms, PROV_KEY_LOOKUP_RETRY_MS);
+                fire_timer(&w);
+                expect_job(&w, TPM_JOB_HAS_KEY, false); /* still reconnecting */
+                complete_job(&w, -ENODEV, false);
+                assert_string_equal(state(&w), "loading-state");
+                fire_timer(&w);
+                found_key(&w, false); /* the TPM is back */
+                assert_string_equal(state(&w), "provisioned");
+                assert_true(prov_driver_identity(w.d, &hub, &dev));
+                assert_string_equal(hub, HUB);
+                assert_int_equal(w.f.requests, 0);
+                world_done(&w);
+        }
+
+        /* an answer that says the key is not there still provisions */
+        world_init(&w, PROV_MODE_ON_ERROR_ONLY);
+        save_identity(&w, HUB);
+        start(&w);
+        complete_job(&w, 0, false);
+        assert_string_equal(state(&w), "registering");
+        world_done(&w);
+}
+
+/* One TPM signature per registration: the polls reuse the second PUT's
+ * token while PROV_SAS_REUSE_MARGIN_S of its lifetime are left; then a new
+ * one is signed, and a new registration always signs its own. */
+static void test_sas_reuse(void **unused) {
+        struct world w;
+
+        world_init(&w, PROV_MODE_DYNAMIC);
+        start(&w);
+        challenge(&w);
+        reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", "1");
+        fire_timer(&w);
+        poll_reuses_token(&w);
+        /* the next poll (1 s later) is the last one inside the margin: still reused */
+        w.f.now_unix += SAS_DPS_LIFETIME_S - PROV_SAS_REUSE_MARGIN_S - 3;
+        reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", "1");
+        fire_timer(&w);
+        poll_reuses_token(&w);
+        /* past it: signed again, with the challenge key */
+        reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", "1");
+        fire_timer(&w);
+        assert_false(w.f.req_busy);
+        sign_challenge(&w);
+        expect_request(&w, "GET", "/operations/op-1?", DPS_AUTH);
+        /* a refused token ends the registration: the next one signs anew */
+        reply(&w, 401, "{\"errorCode\":401002,\"message\":\"Unauthorized\"}", NULL);
+        assert_string_equal(state(&w), "backing-off");
+        fire_timer(&w);
+        challenge(&w); /* its second PUT is signed (sign_challenge in challenge()) */
+        world_done(&w);
+}
+
 /* Startup recovery after a crashed key swap: the driver looks at both slots
  * and removes the key the state file does not name, before anything else. */
 static void test_startup_recovery(void **unused) {
@@ -575,7 +682,7 @@ static void test_startup_recovery(void **unused) {
         assert_false(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(state(&w), "registering");
         reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
-        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* nothing served: B, the serving slot, stages */
+        expect_job_at(&w, TPM_JOB_IMPORT, TPM_AUTH_KEY_TRANSIENT); /* the challenge key: loaded only */
         /* a driver closed with a job in flight is freed when the job ends */
         struct tpm_job *job = w.f.job;
         world_done(&w);
@@ -707,7 +814,7 @@ static void test_save_retried(void **unused) {
         w.f.save_r = -ENOSPC;
         reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", "1");
         fire_timer(&w);
-        sign(&w, true);
+        poll_reuses_token(&w);
         reply(&w, 200, assigned_body(HUB, true), NULL);
         complete_job(&w, 0, false);
         assert_int_equal(w.f.saves, 1);
@@ -768,12 +875,12 @@ static void test_429_retry_after(void **unused) {
         reply(&w, 202, "{\"operationId\":\"op-1\",\"status\":\"assigning\"}", NULL);
         assert_int_equal(w.f.timer_ms, PROV_POLL_DEFAULT_MS);
         fire_timer(&w);
-        sign(&w, true);
+        poll_reuses_token(&w);
         reply(&w, 429, NULL, "4");
         assert_string_equal(state(&w), "polling");
         assert_int_equal(w.f.timer_ms, 4000);
         fire_timer(&w);
-        sign(&w, true);
+        poll_reuses_token(&w);
         expect_request(&w, "GET", "/operations/op-1?", DPS_AUTH);
         reply(&w, 200, assigned_body(HUB, true), NULL);
         complete_job(&w, 0, false);
@@ -841,7 +948,7 @@ static void test_reprovision_while_busy(void **unused) {
         assert_true(w.f.timer_armed);
         assert_int_equal(prov_driver_report_bad_credentials(w.d, 401), API_REPORT_ALREADY_PROVISIONING);
         fire_timer(&w);
-        sign(&w, true);
+        poll_reuses_token(&w);
         /* while a request is in flight: coalesced too */
         assert_int_equal(prov_driver_reprovision(w.d), 0);
         assert_true(w.f.req_busy);
@@ -865,12 +972,12 @@ static void test_reprovision_while_busy(void **unused) {
         assert_string_equal(state(&w), "registering");
         assert_true(w.f.req_busy);
         reply(&w, 401, "{\"authenticationKey\":\"" CHALLENGE_B64 "\"}", NULL);
-        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* the first run's key serves from A: B stages now */
+        expect_job_at(&w, TPM_JOB_IMPORT, TPM_AUTH_KEY_TRANSIENT); /* the challenge key: loaded only */
         complete_job(&w, 0, false);
-        expect_job_at(&w, TPM_JOB_SIGN, 0x101);
+        expect_job_at(&w, TPM_JOB_SIGN, TPM_AUTH_KEY_TRANSIENT);
         complete_job(&w, 0, false);
         reply(&w, 200, assigned_body(HUB2, true), NULL);
-        expect_job_at(&w, TPM_JOB_IMPORT, 0x101);
+        expect_job_at(&w, TPM_JOB_IMPORT, 0x101); /* the first run's key serves from A: B stages now */
         complete_job(&w, 0, false);
         assert_int_equal(w.f.stored.key_slot, STATE_KEY_SLOT_B);
         expect_job_at(&w, TPM_JOB_EVICT, 0x100); /* the first run's key */
@@ -980,6 +1087,8 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_whole_provisioning),
                 cmocka_unit_test(test_startup_recovery),
+                cmocka_unit_test(test_key_lookup_lost),
+                cmocka_unit_test(test_sas_reuse),
                 cmocka_unit_test(test_saved_identity),
                 cmocka_unit_test(test_401_without_challenge),
                 cmocka_unit_test(test_stale_challenge),

@@ -665,14 +665,19 @@ static void test_slots_and_blobs(void **state) {
         assert_int_equal(m.state, PROV_PROVISIONED);
         assert_int_equal(a.serving_slot, PROV_SLOT_B);
 
-        /* the next run stages in A; an assignment without its own key needs no import */
+        /* the next run stages in A; an assignment without its own key
+         * persists the (loaded, not persisted) challenge key there */
         a = step(&m, PROV_EV_CLIENT_REPROVISION);
         a = step(&m, PROV_EV_DPS_401_CHALLENGE);
         assert_int_equal(a.slot, PROV_SLOT_A);
         step(&m, PROV_EV_IMPORT_OK);
         a = step_d(&m, PROV_EV_POLL_ASSIGNED, &no_key);
+        assert_int_equal(a.kind, PROV_ACT_TPM_IMPORT_FINAL);
+        assert_int_equal(a.blob, PROV_BLOB_CHALLENGE);
+        assert_int_equal(m.state, PROV_IMPORTING_FINAL);
+        assert_int_equal(a.slot, PROV_SLOT_A);
+        a = step(&m, PROV_EV_IMPORT_OK);
         assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
-        assert_int_equal(m.state, PROV_SAVING);
         assert_int_equal(a.slot, PROV_SLOT_A);
         a = step(&m, PROV_EV_SAVED);
         assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
@@ -781,6 +786,42 @@ static void test_save_failed_keeps_old_key(void **state) {
         a = step(&m, PROV_EV_SAVE_FAILED);
         assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
         assert_int_equal(a.serving_slot, PROV_SLOT_B);
+}
+
+/* After a failed save the state file still names the old slot: the next
+ * DPS run must not stage there (its key is what a restart serves), but in
+ * the served key's slot, and retire the file's slot only once saved. */
+static void test_save_failed_next_run_slot(void **state) {
+        struct prov_machine m;
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_ALWAYS_ON_STARTUP, PROV_EV_STATE_LOADED_VALID); /* the file names A */
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        step(&m, PROV_EV_POLL_ASSIGNED);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_SAVE_FAILED); /* B serves; the file still names A */
+        assert_int_equal(a.serving_slot, PROV_SLOT_B);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        a = step(&m, PROV_EV_DPS_401_CHALLENGE);
+        assert_int_equal(a.kind, PROV_ACT_TPM_IMPORT_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_POLL_ASSIGNED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_IMPORT_FINAL);
+        assert_int_equal(a.slot, PROV_SLOT_B); /* never A, which the file names */
+        a = step(&m, PROV_EV_IMPORT_OK);
+        assert_int_equal(a.kind, PROV_ACT_SAVE_STATE);
+        assert_int_equal(a.slot, PROV_SLOT_B);
+        a = step(&m, PROV_EV_SAVED);
+        assert_int_equal(a.kind, PROV_ACT_TPM_EVICT);
+        assert_int_equal(a.slot, PROV_SLOT_A); /* the file names B now */
+        /* saved again: the next run swaps as usual */
+        step(&m, PROV_EV_EVICTED);
+        step(&m, PROV_EV_CLIENT_REPROVISION);
+        step(&m, PROV_EV_DPS_401_CHALLENGE);
+        step(&m, PROV_EV_IMPORT_OK);
+        a = step(&m, PROV_EV_POLL_ASSIGNED);
+        assert_int_equal(a.slot, PROV_SLOT_A);
 }
 
 /* A first provisioning (nothing served) stages in the serving slot, A, and
@@ -1455,6 +1496,7 @@ int main(void) {
                 cmocka_unit_test(test_slots_and_blobs),
                 cmocka_unit_test(test_startup_recovery),
                 cmocka_unit_test(test_save_failed_keeps_old_key),
+                cmocka_unit_test(test_save_failed_next_run_slot),
                 cmocka_unit_test(test_first_provisioning_slots),
                 cmocka_unit_test(test_sas_refused),
                 cmocka_unit_test(test_malformed_answers_bounded),

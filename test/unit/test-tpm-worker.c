@@ -39,6 +39,7 @@
 #define FAKE_GATE_MAX_MS 3000  /* ms a held command waits before it gives up (then the test fails) */
 #define WAIT_MAX_MS 5000       /* ms a test waits for the worker before it fails */
 #define AUTH_KEY_HANDLE (TPM_AUTH_KEY_BASE + TPM_AUTH_KEY_INDEX_DEFAULT)
+#define FAKE_LOADED_HANDLE 0x80000001u /* what TPM2_Load answers: the key it loaded, until flushed */
 
 /* ---- the fake TPM ------------------------------------------------------------ */
 
@@ -187,7 +188,7 @@ static void answer_hmac(struct fake *f, const uint8_t *cmd, size_t size) {
                 error_response(f, code);
                 return;
         }
-        if (!f->key_present) {
+        if (!f->key_present && get32(cmd + 10) != FAKE_LOADED_HANDLE) {
                 error_response(f, TPM2_RC_HANDLE | TPM2_RC_1);
                 return;
         }
@@ -200,6 +201,80 @@ static void answer_hmac(struct fake *f, const uint8_t *cmd, size_t size) {
         f->resp[off++] = TPMA_SESSION_CONTINUESESSION;
         put16(f->resp, &off, 0);                /* hmac */
         finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
+}
+
+/* The response auth area of a command with n sessions: an empty nonce,
+ * continueSession, an empty HMAC each. */
+static void put_auths(struct fake *f, size_t *off, unsigned n) {
+        for (unsigned i = 0; i < n; i++) {
+                put16(f->resp, off, 0);
+                f->resp[(*off)++] = TPMA_SESSION_CONTINUESESSION;
+                put16(f->resp, off, 0);
+        }
+}
+
+/* The import's commands (lib/tpm.c tpm_import_step()), each answered with
+ * a well-formed success that carries nothing but sizes. Returns false for
+ * a command it does not know. */
+static bool answer_import_command(struct fake *f, uint32_t cc, const uint8_t *cmd, size_t size) {
+        size_t off = 10;
+        switch (cc) {
+        case TPM2_CC_StartAuthSession:
+                put32(f->resp, &off, 0x03000000); /* the policy session */
+                put16(f->resp, &off, 16);         /* nonceTPM */
+                memset(f->resp + off, 0x5a, 16);
+                off += 16;
+                finish_response(f, TPM2_ST_NO_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        case TPM2_CC_PolicySecret:
+                put32(f->resp, &off, 2 + 2 + 4 + 2); /* parameterSize */
+                put16(f->resp, &off, 0);             /* timeout */
+                put16(f->resp, &off, TPM2_ST_AUTH_SECRET);
+                put32(f->resp, &off, TPM2_RH_NULL);
+                put16(f->resp, &off, 0); /* ticket digest */
+                put_auths(f, &off, 1);
+                finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        case TPM2_CC_ActivateCredential:
+                put32(f->resp, &off, 2 + 16);
+                put16(f->resp, &off, 16); /* certInfo: the inner wrapper key */
+                memset(f->resp + off, 0x11, 16);
+                off += 16;
+                put_auths(f, &off, 2);
+                finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        case TPM2_CC_Import:
+                put32(f->resp, &off, 2 + 4);
+                put16(f->resp, &off, 4); /* outPrivate */
+                memset(f->resp + off, 0x22, 4);
+                off += 4;
+                put_auths(f, &off, 1);
+                finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        case TPM2_CC_Load:
+                put32(f->resp, &off, FAKE_LOADED_HANDLE); /* objectHandle */
+                put32(f->resp, &off, 2);
+                put16(f->resp, &off, 0); /* name */
+                put_auths(f, &off, 1);
+                finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        case TPM2_CC_EvictControl: {
+                FAKE_CHECK(size >= 22);
+                size_t at = 22 + get32(cmd + 18);
+                FAKE_CHECK(at + 4 <= size);
+                if (get32(cmd + at) == AUTH_KEY_HANDLE)
+                        f->key_present = get32(cmd + 14) != AUTH_KEY_HANDLE; /* evict, or persist */
+                put32(f->resp, &off, 0);
+                put_auths(f, &off, 1);
+                finish_response(f, TPM2_ST_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        }
+        case TPM2_CC_FlushContext:
+                finish_response(f, TPM2_ST_NO_SESSIONS, off, TPM2_RC_SUCCESS);
+                return true;
+        default:
+                return false;
+        }
 }
 
 static TSS2_RC fake_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t *cmd) {
@@ -233,7 +308,8 @@ static TSS2_RC fake_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t 
                 answer_hmac(f, cmd, size);
                 break;
         default:
-                error_response(f, TPM2_RC_COMMAND_CODE);
+                if (!answer_import_command(f, cc, cmd, size))
+                        error_response(f, TPM2_RC_COMMAND_CODE);
                 break;
         }
         if (f->cut_response > 0) {
@@ -955,6 +1031,266 @@ static void test_retry(void **state) {
         fixture_free(fx);
 }
 
+/* ---- imports in steps ------------------------------------------------------------ */
+
+/* A well-formed authenticationKey blob as far as the parser and
+ * tpm_import_begin() look (the fake TPM does not decrypt anything). */
+static size_t make_blob(uint8_t *b, size_t cap) {
+        TPM2B_PUBLIC pub = { 0 };
+        pub.publicArea.type = TPM2_ALG_KEYEDHASH;
+        pub.publicArea.nameAlg = TPM2_ALG_SHA256;
+        pub.publicArea.objectAttributes = TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_USERWITHAUTH;
+        pub.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_HMAC;
+        pub.publicArea.parameters.keyedHashDetail.scheme.details.hmac.hashAlg = TPM2_ALG_SHA256;
+        pub.publicArea.unique.keyedHash.size = 32;
+        size_t off = 0;
+        for (int e = 0; e < 4; e++) { /* credential, secret, duplicate, seed: 4 bytes each */
+                put16(b, &off, 4);
+                memset(b + off, 0x30 + e, 4);
+                off += 4;
+        }
+        assert_int_equal(Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, b, cap, &off), TSS2_RC_SUCCESS);
+        put16(b, &off, 0); /* no encrypted URI */
+        return off;
+}
+
+static uint8_t blob[512];
+
+#define STAGING_INDEX (TPM_AUTH_KEY_INDEX_DEFAULT + 1) /* a slot that does not serve */
+
+/* An import into the staging slot (background work, run in steps), or with
+ * serving into the serving slot (one job). */
+static void submit_import_to(struct fixture *fx, struct tjob *t, bool serving) {
+        tjob_init(t, fx, TPM_JOB_IMPORT, NULL);
+        t->job.in = blob;
+        t->job.in_len = make_blob(blob, sizeof blob);
+        t->job.has_key_index = !serving;
+        t->job.key_index = STAGING_INDEX;
+        assert_int_equal(tpm_worker_submit(fx->w, &t->job), 0);
+}
+
+static void submit_import(struct fixture *fx, struct tjob *t) {
+        submit_import_to(fx, t, false);
+}
+
+static unsigned index_of(const struct fake *f, uint32_t cc, unsigned nth) {
+        for (unsigned i = 0; i < f->n_cmds && i < FAKE_LOG_MAX; i++)
+                if (f->cc[i] == cc && nth-- == 0)
+                        return i;
+        fail_msg("command 0x%x not seen", cc);
+        return 0;
+}
+
+/* An import into the staging slot (background work) runs as steps:
+ * signatures that arrive while its first command runs go right after that
+ * command, not after the whole import, and answer first; a job that is not
+ * a signature keeps its FIFO place behind the import. An import into the
+ * serving slot is one job: a signature sent during it waits for all of it
+ * (and so signs with the new key). */
+static void test_sign_between_import_steps(void **state) {
+        (void)state;
+        struct fixture *fx = fixture_new(64);
+        struct tjob imp, sign[2], has, warm;
+        done_seq = 0;
+        start_tpm(fx);
+        assert_int_equal(submit(fx, &warm, TPM_JOB_SIGN, "warm"), 0); /* the key's one lookup */
+        run_until_done(fx, &warm);
+        unsigned base = fake_get(fx, &fx->fake.n_cmds);
+
+        fake_set_hold(fx, true);
+        submit_import(fx, &imp);
+        wait_held(fx); /* TPM2_StartAuthSession runs */
+        assert_int_equal(submit(fx, &sign[0], TPM_JOB_SIGN, "fg 0"), 0);
+        assert_int_equal(submit(fx, &has, TPM_JOB_HAS_KEY, NULL), 0);
+        assert_int_equal(submit(fx, &sign[1], TPM_JOB_SIGN, "fg 1"), 0);
+        fake_set_hold(fx, false);
+        run_until_done(fx, &sign[1]);
+
+        assert_int_equal(imp.job.r, 0);
+        assert_signed(&sign[0]);
+        assert_signed(&sign[1]);
+        assert_true(has.job.present);
+        const struct fake *f = &fx->fake;
+        static const uint32_t want[] = {
+                TPM2_CC_StartAuthSession, TPM2_CC_HMAC /* fg 0 */, TPM2_CC_PolicySecret, TPM2_CC_ActivateCredential,
+                TPM2_CC_FlushContext, TPM2_CC_Import, TPM2_CC_Load, TPM2_CC_ReadPublic /* the staging slot: empty */,
+                TPM2_CC_EvictControl, TPM2_CC_FlushContext, TPM2_CC_ReadPublic /* HAS_KEY */, TPM2_CC_HMAC /* fg 1 */,
+        };
+        /* fg 1 sits behind HAS_KEY, which keeps its place behind the import */
+        assert_int_equal(f->n_cmds - base, ELEMENTSOF(want));
+        for (unsigned i = 0; i < ELEMENTSOF(want); i++)
+                if (f->cc[base + i] != want[i])
+                        fail_msg("command %u: 0x%x, expected 0x%x", i, f->cc[base + i], want[i]);
+        assert_string_equal(f->hmac_data[1], "fg 0");
+        assert_true(sign[0].order < imp.order); /* answered before the import */
+        assert_true(imp.order < has.order && has.order < sign[1].order);
+        assert_true(f->key_present);
+
+        /* into the serving slot, replacing its key: the signature waits */
+        base = fake_get(fx, &fx->fake.n_cmds);
+        fake_set_hold(fx, true);
+        submit_import_to(fx, &imp, true);
+        wait_held(fx);
+        assert_int_equal(submit(fx, &sign[0], TPM_JOB_SIGN, "after"), 0);
+        fake_set_hold(fx, false);
+        run_until_done(fx, &sign[0]);
+        assert_int_equal(imp.job.r, 0);
+        assert_signed(&sign[0]);
+        assert_true(imp.order < sign[0].order);
+        static const uint32_t whole[] = {
+                TPM2_CC_StartAuthSession, TPM2_CC_PolicySecret, TPM2_CC_ActivateCredential, TPM2_CC_FlushContext,
+                TPM2_CC_Import, TPM2_CC_Load, /* no lookup: HAS_KEY above saw the key */
+                TPM2_CC_HMAC /* check: a key is replaced */, TPM2_CC_EvictControl, TPM2_CC_EvictControl,
+                TPM2_CC_FlushContext, TPM2_CC_HMAC /* "after" */,
+        };
+        assert_int_equal(f->n_cmds - base, ELEMENTSOF(whole));
+        for (unsigned i = 0; i < ELEMENTSOF(whole); i++)
+                if (f->cc[base + i] != whole[i])
+                        fail_msg("command %u: 0x%x, expected 0x%x", i, f->cc[base + i], whole[i]);
+        fixture_free(fx);
+}
+
+/* A flood of signatures cannot stall the import: after each of its steps at
+ * most TPM_WORKER_SIGNS_BETWEEN_STEPS signatures run before the next step. */
+static void test_import_not_starved(void **state) {
+        (void)state;
+        struct fixture *fx = fixture_new(64);
+        struct tjob imp, sign[TPM_WORKER_SIGNS_BETWEEN_STEPS + 3];
+        done_seq = 0;
+        start_tpm(fx);
+
+        fake_set_hold(fx, true);
+        submit_import(fx, &imp);
+        wait_held(fx);
+        for (unsigned i = 0; i < ELEMENTSOF(sign); i++) {
+                char d[16];
+                snprintf(d, sizeof d, "s%u", i);
+                assert_int_equal(submit(fx, &sign[i], TPM_JOB_SIGN, d), 0);
+        }
+        fake_set_hold(fx, false);
+        run_until_done(fx, &imp);
+        run_until_done(fx, &sign[ELEMENTSOF(sign) - 1]);
+        for (unsigned i = 0; i < ELEMENTSOF(sign); i++)
+                assert_signed(&sign[i]);
+        assert_int_equal(imp.job.r, 0);
+        const struct fake *f = &fx->fake;
+        unsigned session = index_of(f, TPM2_CC_StartAuthSession, 0), policy = index_of(f, TPM2_CC_PolicySecret, 0),
+                 activate = index_of(f, TPM2_CC_ActivateCredential, 0);
+        unsigned hmacs = 0; /* the first signature also looks the key up (ReadPublic) */
+        for (unsigned i = session + 1; i < policy; i++)
+                hmacs += f->cc[i] == TPM2_CC_HMAC;
+        assert_int_equal(hmacs, TPM_WORKER_SIGNS_BETWEEN_STEPS);
+        assert_int_equal(activate - policy - 1, 3); /* the rest, then the import's next step */
+        fixture_free(fx);
+}
+
+/* A connection that breaks under a signature between two steps takes the
+ * import with it: both fail, the TPM is closed, and the next START opens it
+ * again for a clean import. */
+static void test_import_lost_between_steps(void **state) {
+        (void)state;
+        struct fixture *fx = fixture_new(64);
+        struct tjob imp, sign, again;
+        start_tpm(fx);
+
+        fake_set_hold(fx, true);
+        submit_import(fx, &imp);
+        wait_held(fx);
+        assert_int_equal(submit(fx, &sign, TPM_JOB_SIGN, "cut"), 0);
+        pthread_mutex_lock(&fx->fake.lock);
+        fx->fake.fail_transmit = 1; /* the signature's HMAC */
+        pthread_mutex_unlock(&fx->fake.lock);
+        fake_set_hold(fx, false);
+        run_until_done(fx, &imp);
+        assert_int_equal(sign.job.r, -ENOTCONN);
+        assert_true(sign.job.lost);
+        assert_int_equal(imp.job.r, -ENOTCONN);
+        assert_true(sign.order < imp.order);
+        assert_int_equal(fake_get(fx, &fx->fake.closes), 1);
+        start_tpm(fx);
+        submit_import(fx, &again);
+        run_until_done(fx, &again);
+        assert_int_equal(again.job.r, 0);
+        fixture_free(fx);
+}
+
+static void expect_cmds(const struct fake *f, unsigned from, const uint32_t *want, size_t n) {
+        assert_int_equal(f->n_cmds - from, n);
+        for (unsigned i = 0; i < n; i++)
+                if (f->cc[from + i] != want[i])
+                        fail_msg("command %u: 0x%x, expected 0x%x", i, f->cc[from + i], want[i]);
+}
+
+/* The DPS challenge key (TPM_AUTH_KEY_TRANSIENT) is imported and kept
+ * loaded: no check, no NV write, no flush; it signs on its transient
+ * handle; PERSIST makes it the key of a slot seen empty with one NV write
+ * and no lookup; then that slot signs with no lookup either. */
+static void test_challenge_key_and_empty_slot(void **state) {
+        (void)state;
+        struct fixture *fx = fixture_new(64);
+        struct tjob has, imp, sign, persist, sign2;
+        const struct fake *f = &fx->fake;
+        start_tpm(fx);
+        pthread_mutex_lock(&fx->fake.lock);
+        fx->fake.key_present = false;
+        pthread_mutex_unlock(&fx->fake.lock);
+
+        assert_int_equal(submit(fx, &has, TPM_JOB_HAS_KEY, NULL), 0);
+        run_until_done(fx, &has);
+        assert_false(has.job.present); /* the slot is seen empty */
+
+        unsigned base = fake_get(fx, &fx->fake.n_cmds);
+        tjob_init(&imp, fx, TPM_JOB_IMPORT, NULL);
+        imp.job.in = blob;
+        imp.job.in_len = make_blob(blob, sizeof blob);
+        imp.job.has_key_index = true;
+        imp.job.key_index = TPM_AUTH_KEY_TRANSIENT;
+        assert_int_equal(tpm_worker_submit(fx->w, &imp.job), 0);
+        run_until_done(fx, &imp);
+        assert_int_equal(imp.job.r, 0);
+        static const uint32_t import_cmds[] = {
+                TPM2_CC_StartAuthSession, TPM2_CC_PolicySecret, TPM2_CC_ActivateCredential,
+                TPM2_CC_FlushContext,     TPM2_CC_Import,       TPM2_CC_Load,
+        };
+        expect_cmds(f, base, import_cmds, ELEMENTSOF(import_cmds));
+
+        base = fake_get(fx, &fx->fake.n_cmds);
+        tjob_init(&sign, fx, TPM_JOB_SIGN, "dps sas");
+        sign.job.has_key_index = true;
+        sign.job.key_index = TPM_AUTH_KEY_TRANSIENT;
+        assert_int_equal(tpm_worker_submit(fx->w, &sign.job), 0);
+        run_until_done(fx, &sign);
+        assert_signed(&sign);
+        assert_int_equal(f->n_cmds - base, 1);
+        assert_int_equal(f->handle[base], FAKE_LOADED_HANDLE);
+
+        base = fake_get(fx, &fx->fake.n_cmds);
+        tjob_init(&persist, fx, TPM_JOB_PERSIST, NULL);
+        persist.job.key_index = TPM_AUTH_KEY_INDEX_DEFAULT;
+        assert_int_equal(tpm_worker_submit(fx->w, &persist.job), 0);
+        run_until_done(fx, &persist);
+        assert_int_equal(persist.job.r, 0);
+        static const uint32_t persist_cmds[] = { TPM2_CC_EvictControl, TPM2_CC_FlushContext };
+        expect_cmds(f, base, persist_cmds, ELEMENTSOF(persist_cmds));
+        assert_true(f->key_present);
+
+        base = fake_get(fx, &fx->fake.n_cmds);
+        assert_int_equal(submit(fx, &sign2, TPM_JOB_SIGN, "hub sas"), 0);
+        run_until_done(fx, &sign2);
+        assert_signed(&sign2);
+        assert_int_equal(f->n_cmds - base, 1); /* HMAC only: the slot is known to hold the key */
+        assert_int_equal(f->handle[base], AUTH_KEY_HANDLE);
+
+        /* no challenge key any more: its signature says so */
+        tjob_init(&sign, fx, TPM_JOB_SIGN, "late");
+        sign.job.has_key_index = true;
+        sign.job.key_index = TPM_AUTH_KEY_TRANSIENT;
+        assert_int_equal(tpm_worker_submit(fx->w, &sign.job), 0);
+        run_until_done(fx, &sign);
+        assert_int_equal(sign.job.r, -ENOKEY);
+        fixture_free(fx);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_fifo_order),
@@ -966,6 +1302,10 @@ int main(void) {
                 cmocka_unit_test(test_idle_release),
                 cmocka_unit_test(test_errors),
                 cmocka_unit_test(test_retry),
+                cmocka_unit_test(test_sign_between_import_steps),
+                cmocka_unit_test(test_import_not_starved),
+                cmocka_unit_test(test_import_lost_between_steps),
+                cmocka_unit_test(test_challenge_key_and_empty_slot),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
