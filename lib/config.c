@@ -1266,6 +1266,16 @@ const struct config_principal *config_principal_for_uid(const struct tpmid_confi
         return NULL;
 }
 
+bool config_declares_iot_edge(const struct tpmid_config *c) {
+        for (size_t i = 0; c && i < c->n_principals; i++) {
+                const struct config_principal *p = &c->principals[i];
+                if ((p->idtype & CONFIG_IDTYPE_MODULE) ||
+                    (p->idtype == 0 && p->name && streq(p->name, CONFIG_EDGED_PRINCIPAL_NAME)))
+                        return true;
+        }
+        return false;
+}
+
 uint32_t config_role_default_allow(unsigned idtype) {
         if (idtype == 0)
                 return CONFIG_OP_ALL;

@@ -230,6 +230,13 @@ const struct config_principal *config_principal_for_uid(const struct tpmid_confi
 /* The operations aziot grants a role: no idtype (daemon) → everything;
  * with idtype → identity.get, identity.provisioning and identity.token. */
 uint32_t config_role_default_allow(unsigned idtype);
+/* The [[principal]] name `iotedge config apply` (and `tpmidctl config apply`)
+ * gives aziot-edged in the identity service's config. */
+#define CONFIG_EDGED_PRINCIPAL_NAME "aziot-edge"
+/* Whether the config declares an IoT Edge device: a principal with idtype
+ * "module", or aziot-edged's principal. The hub check asks, because IoT Hub
+ * grants its module registry to an Edge device's SAS only (tpmidd(8)). */
+bool config_declares_iot_edge(const struct tpmid_config *c);
 
 /* Names ↔ enums/bits. *_to_string return static strings (NULL if out of range);
  * *_from_string return the value, or -EINVAL if unknown. */

@@ -382,16 +382,20 @@ static void send_signed(struct prov_driver *d) {
                             *dev = NULL;
         int r = tok ? 0 : -ENOMEM;
         if (r >= 0 && hub) {
-                /* The hub liveness check: the device-side cloud-to-device
-                 * receive, which IoT Hub grants to the device's own SAS
-                 * (DeviceConnect) for IoT Edge and plain devices alike; its
-                 * module registry (GET .../modules) answers a plain device
-                 * 401, which would read as "moved". No message queued: 204.
-                 * See tpmidd(8), HUB CHECK. */
-                static const char c2d_api_version[] = "2020-03-13";
+                /* The hub liveness check, a call IoT Hub grants to the
+                 * device's own SAS. An IoT Edge device: its module list
+                 * (what aziot-identityd lists at every start; no side
+                 * effect). A plain device, whose SAS the module registry
+                 * refuses with 401 (which would read as "moved"): the
+                 * device side of cloud-to-device receive, 204 when no
+                 * message waits (one waiting is locked, not completed: it
+                 * costs one delivery attempt). See tpmidd(8), the hub check. */
+                static const char modules_api_version[] = "2017-11-08-preview", c2d_api_version[] = "2020-03-13";
+                bool edge = config_declares_iot_edge(d->cfg);
                 r = sas_percent_encode(d->device_id, strlen(d->device_id), &dev);
-                if (r >= 0 && asprintf(&url, "https://%s/devices/%s/messages/deviceBound?api-version=%s", d->hub,
-                                       dev, c2d_api_version) < 0) {
+                if (r >= 0 && asprintf(&url, "https://%s/devices/%s/%s?api-version=%s", d->hub, dev,
+                                       edge ? "modules" : "messages/deviceBound",
+                                       edge ? modules_api_version : c2d_api_version) < 0) {
                         url = NULL;
                         r = -ENOMEM;
                 }

@@ -26,7 +26,6 @@
 #include "state.h"
 #include "tpm-worker.h"
 
-#define PROV_HUB_API_VERSION "2021-04-12" /* IoT Hub api-version of the hub credential check */
 #define PROV_HUB_CHECK_TIMEOUT_MS 30000   /* ms for the hub credential check */
 /* ms between lookups of the saved identity's key while the TPM connection
  * is lost or not open yet: the lookup is retried, never taken for "no key" */

@@ -560,6 +560,22 @@ static void test_limits_keys(void **state) {
         }
 }
 
+/* The hub check's question: an IoT Edge device? (lib/config.h) */
+static void test_declares_iot_edge(void **state) {
+        struct tpmid_config *c = expect_ok(PROV "[[principal]]\nuid = 1001\nname = \"aziot-edge\"\n");
+        assert_true(config_declares_iot_edge(c)); /* edged's principal, as config apply writes it */
+        config_free(c);
+        c = expect_ok(PROV "[[principal]]\nuid = 1001\nname = \"aziot-edge\"\nidtype = [\"device\"]\n");
+        assert_false(config_declares_iot_edge(c)); /* the name alone, on a host-process entry: not edged */
+        config_free(c);
+        c = expect_ok(PROV "[[principal]]\nuid = 1002\nname = \"mod1\"\nidtype = [\"module\"]\n");
+        assert_true(config_declares_iot_edge(c)); /* a declared module needs the module registry */
+        config_free(c);
+        c = expect_ok(PROV);
+        assert_false(config_declares_iot_edge(c));
+        config_free(c);
+}
+
 static void test_principals(void **state) {
         struct tpmid_config *c = expect_ok(PROV "[[principal]]\nuid = 1001\nname = \"edge\"\n"
                                                 "[[principal]]\nuid = 1002\nname = \"app\"\nidtype = [\"device\", \"local\"]\n"
@@ -578,6 +594,9 @@ static void test_principals(void **state) {
         /* what each may do is lib/authz's rule, tested in test-authz.c */
         assert_non_null(config_principal_for_uid(c, 1002));
         assert_null(config_principal_for_uid(c, 4242));
+        /* a daemon principal that is not edged's, a device/local one: not IoT Edge */
+        assert_false(config_declares_iot_edge(c));
+        assert_false(config_declares_iot_edge(NULL));
         config_free(c);
 
         c = expect_ok(PROV "[[principal]]\nuid = 5\nname = \"all\"\nallow = [\"*\"]\n");
@@ -949,6 +968,7 @@ int main(void) {
                 cmocka_unit_test(test_format_roundtrip),
                 cmocka_unit_test(test_diff),
                 cmocka_unit_test(test_names_and_misc),
+                cmocka_unit_test(test_declares_iot_edge),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -534,6 +534,22 @@ static void test_saved_identity(void **unused) {
         assert_int_equal(w.f.requests, 1);
         world_done(&w);
 
+        /* an IoT Edge device (edged's principal): the check is its module
+         * list, which the hub grants an Edge device's SAS, with no side effect */
+        world_init(&w, PROV_MODE_DYNAMIC);
+        struct config_principal edged = { .uid = 995, .name = (char *)CONFIG_EDGED_PRINCIPAL_NAME,
+                                          .allow = CONFIG_OP_ALL };
+        w.cfg.principals = &edged;
+        w.cfg.n_principals = 1;
+        save_identity(&w, HUB);
+        start(&w);
+        found_key(&w, false);
+        sign(&w, false);
+        expect_request(&w, "GET", "https://" HUB "/devices/" REGID "/modules?api-version=2017-11-08-preview", HUB_AUTH);
+        reply(&w, 200, NULL, NULL);
+        assert_string_equal(state(&w), "provisioned");
+        world_done(&w);
+
         /* the key is gone: not served, provision */
         world_init(&w, PROV_MODE_DYNAMIC);
         save_identity(&w, HUB);
