@@ -247,6 +247,7 @@ static void start_dps(struct prov_machine *m, enum prov_reason reason, struct pr
         m->pending = false;
         m->pending_reason = PROV_REASON_NONE;
         m->last_permanent = false;
+        m->retry_auth = false;
         act(a, PROV_ACT_DPS_REGISTER, 0);
 }
 
@@ -494,7 +495,14 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                         poll_failed(m, d, a);
                 else if (ev == PROV_EV_DPS_SAS_REFUSED)
                         sas_refused(m, d, a);
-                else
+                else if (ev == PROV_EV_TRANSIENT_ERROR && !d->malformed && !m->pending &&
+                         (d->http_status == 429 || d->http_status == 503)) {
+                        /* throttled: resend this PUT later, not a new run (provision.h) */
+                        record_error(m, d, "DPS throttled the registration", false);
+                        m->state = PROV_BACKING_OFF;
+                        m->retry_auth = true;
+                        act(a, PROV_ACT_ARM_TIMER, backoff_next(&m->backoff, (uint64_t)d->retry_after_s * 1000));
+                } else
                         return run_common(m, ev, d, a) ? 0 : -EINVAL;
                 return 0;
 
@@ -588,7 +596,11 @@ static int transition(struct prov_machine *m, enum prov_event ev, const struct p
                 return 0;
 
         case PROV_BACKING_OFF:
-                if (ev == PROV_EV_TIMER || (ev == PROV_EV_CLOCK_STEPPED && m->clock_skewed))
+                if (ev == PROV_EV_TIMER && m->retry_auth) {
+                        m->retry_auth = false;
+                        m->state = PROV_AUTHENTICATING;
+                        act(a, PROV_ACT_DPS_AUTH_REGISTER, 0);
+                } else if (ev == PROV_EV_TIMER || (ev == PROV_EV_CLOCK_STEPPED && m->clock_skewed))
                         start_dps(m, m->reason, a); /* a step may have fixed the clock DPS refused */
                 else if (ev == PROV_EV_CLOCK_STEPPED)
                         act(a, PROV_ACT_NONE, 0); /* DPS's trouble was not the clock: keep waiting */

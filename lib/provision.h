@@ -129,7 +129,13 @@
  * PROV_POLL_MAX times) → assigned → IMPORTING_FINAL (only when DPS sent a key)
  * → SAVING → RETIRING → PROVISIONED.
  * A 200 "assigned" answer to the second PUT may be fed as POLL_ASSIGNED
- * directly. Every DPS run starts again with the first PUT. */
+ * directly. Every DPS run starts again with the first PUT, with one
+ * exception: DPS answering the second PUT with 429 or 503 (throttled, busy)
+ * is retried after the backoff as that PUT, with the challenge key still
+ * loaded, since DPS keeps a registration's latest challenge; a new run would
+ * spend another request of DPS's registration quota on a challenge and a
+ * TPM import. A 401 to the retried PUT (the challenge is gone) is
+ * DPS_SAS_REFUSED, which starts a new run. */
 #pragma once
 
 #include <stdbool.h>
@@ -341,6 +347,7 @@ struct prov_machine {
         bool assigned_has_key;   /* the current run's assignment carried its own key blob */
         uint32_t sas_refusals;   /* DPS_SAS_REFUSED in a row (PROV_STALE_CHALLENGE_RUNS) */
         uint32_t malformed_runs; /* runs in a row ended by a malformed answer (PROV_MALFORMED_ANSWER_RUNS) */
+        bool retry_auth;         /* BACKING_OFF after DPS throttled the signed PUT: the timer resends it */
         bool report_checked;     /* a client report started a hub check ... */
         uint64_t report_check_ms; /* ... at this time (the caller's monotonic clock) */
 };

@@ -861,6 +861,54 @@ static void to_authenticating(struct prov_machine *m) {
         assert_int_equal(m->state, PROV_AUTHENTICATING);
 }
 
+/* DPS throttling the signed PUT (429/503): that PUT is resent after the
+ * backoff, not a new run; a transport error, a 500 or a pending request
+ * still start over; a 401 to the resent PUT is a stale challenge. */
+static void test_throttled_auth_retried(void **state) {
+        struct prov_machine m;
+        struct prov_event_data d = {.http_status = 429, .retry_after_s = 5};
+        struct prov_action a;
+
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        enum prov_slot staging = m.staging_slot;
+        to_authenticating(&m);
+        a = step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        assert_int_equal(a.kind, PROV_ACT_ARM_TIMER);
+        assert_true(a.delay_ms >= 5000);
+        assert_int_equal(m.state, PROV_BACKING_OFF);
+        assert_string_equal(m.last_message, "DPS throttled the registration");
+        a = step(&m, PROV_EV_TIMER);
+        assert_int_equal(a.kind, PROV_ACT_DPS_AUTH_REGISTER); /* the same PUT, not DPS_REGISTER */
+        assert_int_equal(a.slot, staging);
+        assert_int_equal(m.state, PROV_AUTHENTICATING);
+        d.http_status = 503;
+        step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_AUTH_REGISTER, PROV_AUTHENTICATING);
+        /* DPS dropped the challenge meanwhile: a new run */
+        struct prov_event_data refused = {.http_status = 401};
+        a = step_d(&m, PROV_EV_DPS_SAS_REFUSED, &refused);
+        assert_true(a.kind == PROV_ACT_DPS_REGISTER || a.kind == PROV_ACT_ARM_TIMER);
+
+        /* no answer (transport error) or a 500: the old way, a new run */
+        const int others[] = { 0, 500 };
+        for (size_t i = 0; i < ELEMENTSOF(others); i++) {
+                boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+                to_authenticating(&m);
+                struct prov_event_data e = {.http_status = others[i]};
+                step_d(&m, PROV_EV_TRANSIENT_ERROR, &e);
+                assert_int_equal(m.state, PROV_BACKING_OFF);
+                EXPECT(&m, PROV_EV_TIMER, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        }
+
+        /* a client's reprovisioning while throttled starts over and forgets the resend */
+        boot(&m, PROV_MODE_DYNAMIC, PROV_EV_STATE_MISSING_OR_CORRUPT);
+        to_authenticating(&m);
+        d.http_status = 429;
+        step_d(&m, PROV_EV_TRANSIENT_ERROR, &d);
+        EXPECT(&m, PROV_EV_CLIENT_REPROVISION, PROV_ACT_DPS_REGISTER, PROV_REGISTERING);
+        assert_false(m.retry_auth);
+}
+
 /* Malformed DPS answers: retried as transient faults, at most
  * PROV_MALFORMED_ANSWER_RUNS runs in a row, then final; a usable challenge
  * ends the series; a client request after the verdict counts afresh. */
@@ -1500,6 +1548,7 @@ int main(void) {
                 cmocka_unit_test(test_first_provisioning_slots),
                 cmocka_unit_test(test_sas_refused),
                 cmocka_unit_test(test_malformed_answers_bounded),
+                cmocka_unit_test(test_throttled_auth_retried),
                 cmocka_unit_test(test_report),
                 cmocka_unit_test(test_set_mode),
                 cmocka_unit_test(test_hub_event),
