@@ -171,8 +171,10 @@ static void test_keyd_replies(void **state) {
                 assert_int_equal(module_keyd_parse_handle(bad[i], strlen(bad[i]), &x), -EBADMSG);
         /* a handle over MODULE_KEY_HANDLE_MAX */
         size_t n = MODULE_KEY_HANDLE_MAX + 1;
-        char *big = malloc(n + 32);
-        int len = sprintf(big, "{\"keyHandle\":\"");
+        static const char head[] = "{\"keyHandle\":\"";
+        static char big[MODULE_KEY_HANDLE_MAX + 1 + 32]; /* static: gcc 12's -Warray-bounds under ASan misreads a malloc'd one */
+        size_t len = sizeof(head) - 1;
+        memcpy(big, head, len);
         memset(big + len, 'a', n);
         strcpy(big + len + n, "\"}");
         assert_int_equal(module_keyd_parse_handle(big, strlen(big), &x), -EBADMSG);
@@ -181,7 +183,6 @@ static void test_keyd_replies(void **state) {
         big[len + n + 1] = '\0';
         assert_int_equal(module_keyd_parse_handle(big, strlen(big), &x), 0);
         free(x);
-        free(big);
 
         uint8_t *key = NULL;
         size_t klen = 0;
