@@ -174,6 +174,7 @@ static int handle_tpm(struct fake_tpm *tpm, const struct http_request *h, enum a
         case API_OP_MODULES_UPDATE:
         case API_OP_MODULES_DELETE:
         case API_OP_TRUST_BUNDLE:
+        case API_OP_LOG_LEVEL:
         case _API_OP_MAX:
                 break;
         }
@@ -237,6 +238,14 @@ static int handle_identity(const struct fake_tpm *tpm, const struct http_request
         case API_OP_TRUST_BUNDLE:
                 r = api_encode_trust_bundle("", &json);
                 return reply_json(200, r, json, h->keep_alive);
+        case API_OP_LOG_LEVEL: {
+                int level;
+                r = api_decode_log_level(h->body, h->body_len, &level, &err);
+                if (r < 0)
+                        return reply_error(err.status, err.message, h->keep_alive, NULL, 0);
+                r = api_encode_log_level(level, &json);
+                return reply_json(200, r, json, h->keep_alive);
+        }
         case API_OP_MODULES_LIST:
         case API_OP_MODULES_GET:
         case API_OP_MODULES_CREATE:
