@@ -178,8 +178,8 @@ int ctl_keyd_principal_apply(const char *root, bool act) {
                                edge ? "aziot-keyd is not installed" : "IoT Edge (user " IOTEDGE_USER ") is gone");
                 return 0;
         }
-        uid_t tuid, kuid;
-        gid_t tgid, kgid;
+        uid_t tuid = 0, kuid = 0; /* set by lookup_user(); 0 only for the analyzer, which cannot see that */
+        gid_t tgid = 0, kgid = 0;
         if (lookup_user(root, TPMIDD_USER, &tuid, &tgid) < 0) {
                 printf("IoT Edge: user %s does not exist, so aziot-keyd gets no principal for tpmidd; install the "
                        "tpmidd package (it creates the user) and run `tpmidctl config apply` again.\n", TPMIDD_USER);
