@@ -121,8 +121,11 @@ class DeviceHandler(_Handler):
             self._send(resp.status, resp.body, resp.headers)
             sim.record(self.command, self.path, self.headers.get("Host"), route, regid, resp)
             return
-        fault = sim.take_fault(route, regid) if target else None
-        if target is None:
+        throttled = sim.admit(route, regid) if target else None   # counted, and over the quota?
+        fault = sim.take_fault(route, regid) if target and not throttled else None
+        if throttled:
+            resp = throttled
+        elif target is None:
             resp = sim_core.dps_error(404, 404000, "NotFound", "No such resource")
         elif fault and fault["kind"] in ("throttle", "unavailable", "error", "status", "reset"):
             resp = self._fault_response(fault)
@@ -281,6 +284,11 @@ class ControlHandler(_Handler):
             if m == "PATCH":
                 sim.set_hub_device_status(p[1], p[3], body.get("status"))
                 return 200, sim.hub_device(p[1], p[3])
+        if p == ["quota"]:
+            if m == "GET":
+                return 200, sim.quota_status()
+            if m == "PUT":
+                return 200, sim.set_quota(body)
         if p == ["faults"]:
             if m == "GET":
                 return 200, sim.list_faults()
