@@ -8,9 +8,9 @@ Retry-After, as a site whose power comes back would start them.
         [--registrations Q] [--polls P] [--window S] [--timeout S]
 
 Per run it prints: the time until every device is provisioned against the
-ideal (the quota's own bound: 2 N registrations, each device's challenge PUT
-and signed PUT, at Q per window of S seconds, and as many polls at P per
-window), DPS requests per device against the minimum (2 PUTs + the polls the
+ideal (the quota's own bound, see ideal_seconds(): 2 N registrations, each
+device's challenge PUT and signed PUT, at Q per window of S seconds, and the
+polls at P per window, plus one device's own time), DPS requests per device against the minimum (2 PUTs + the polls the
 simulator answers "assigning" + the final poll), the 429s, the requests that
 arrived before the Retry-After the simulator gave that device ran out (must
 be 0), the devices that gave up (provisioning state "failed": must be 0) and
@@ -175,27 +175,33 @@ def minimum_requests():
     return 2 + ASSIGNING_POLLS + 1
 
 
-def ideal_seconds(n, quota):
-    """The quota's own bound on the time for n devices: registrations and polls
-    admitted at their limit's rate (per window), whichever is slower."""
+def ideal_seconds(n, quota, t1=0.0):
+    """The quota's own bound on the time for n devices. The simulator's windows
+    are fixed, so the last of R requests of a kind with limit Q per window W
+    can at best be admitted when window ceil(R/Q) - 1 opens; then that device
+    still needs t1, one device's own time without throttling (the fastest
+    device of the run stands in for it). R: 2 n registrations (each device's
+    challenge PUT and signed PUT), and (ASSIGNING_POLLS + 1) n polls; the
+    slower kind bounds. The issue's "N/quota" is this with one registration
+    per device and a rate instead of windows."""
     w = quota.get("windowSeconds", 60)
     units = quota.get("units", 1)
-    bounds = [0.0]
-    if quota.get("registrationsPerUnit"):
-        bounds.append(2 * n / (quota["registrationsPerUnit"] * units) * w)
-    if quota.get("pollsPerUnit"):
-        bounds.append((ASSIGNING_POLLS + 1) * n / (quota["pollsPerUnit"] * units) * w)
-    return max(bounds)
+    windows = 0
+    for key, demand in (("registrationsPerUnit", 2 * n), ("pollsPerUnit", (ASSIGNING_POLLS + 1) * n)):
+        if quota.get(key):
+            windows = max(windows, math.ceil(demand / (quota[key] * units)) - 1)
+    return windows * w + t1
 
 
 def summary(res, quota):
     per = sorted(res["per_device"])
-    ideal = ideal_seconds(res["n"], quota)
+    t1 = min(res["done"].values()) if res["done"] else 0.0
+    ideal = ideal_seconds(res["n"], quota, t1)
     t = res["all_s"]
-    return ("N %d: all provisioned %s (ideal %.1f s%s); DPS requests/device median %d max %d (min %d), "
+    return ("N %d: all provisioned %s (ideal %.1f s = quota windows + fastest device %.1f s%s); DPS requests/device median %d max %d (min %d), "
             "total %d; 429s %d; early %d; gave up %d; not provisioned %d; RSS tpmidd total %.1f MiB "
             "(%.2f MiB each; peak %.1f MiB), helpers %.1f MiB"
-            % (res["n"], "%.1f s" % t if t is not None else "NO", ideal,
+            % (res["n"], "%.1f s" % t if t is not None else "NO", ideal, t1,
                ", ratio %.2f" % (t / ideal) if t and ideal else "", per[len(per) // 2], per[-1],
                minimum_requests(), res["requests"], res["throttled"], res["early"], res["gave_up"],
                len(res["final"]), res["rss_kib"] / 1024, res["rss_kib"] / 1024 / max(1, res["n"]),
