@@ -688,9 +688,11 @@ static void on_connection(uv_stream_t *l, int status) {
                 log_refusal(s, &cred, st, why, msg);
                 if (s->n_rejected > SERVER_REFUSALS_MAX) {
                         /* A flood: SERVER_REFUSALS_MAX refusals already linger.
-                         * Answer and close now, so that refusals hold no fd,
-                         * memory or timer past this callback however many
-                         * come. A client whose request has arrived (the usual
+                         * Answer and close now: uv_close() releases the fd at
+                         * once and the struct in this loop turn's close
+                         * callbacks, so however many come, refusals never hold
+                         * more than SERVER_REFUSALS_MAX fds plus the one being
+                         * accepted. A client whose request has arrived (the usual
                          * case: the kernel queued connection and request before
                          * we accepted) reads the answer, then ECONNRESET
                          * instead of EOF; one still writing gets EPIPE and the

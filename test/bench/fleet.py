@@ -133,6 +133,8 @@ class Fleet:
                 final[i] = "timed out in %s" % self._state(d)
         rss = sum(rss_kib(d.proc.pid) for d in self.daemons if d.proc)
         helpers = sum(rss_kib(c) for d in self.daemons if d.proc for c in children(d.proc.pid))
+        swtpms = sum(rss_kib(t.pid) for t in self.tpms if t.pid)
+        sim_rss = rss_kib(self.sim.server.proc.pid)
         self.trace = {}
         for e in self.sim.client.log():
             if e["regid"]:
@@ -145,7 +147,8 @@ class Fleet:
                 "requests": c["requests"], "throttled": c["throttled"], "early": c["early"],
                 "per_device": per_dev, "devices": c["devices"], "regids": list(self.regids),
                 "gave_up": sum(1 for v in final.values() if v == "failed"),
-                "rss_kib": rss, "rss_peak_kib": rss_peak, "helpers_rss_kib": helpers}
+                "rss_kib": rss, "rss_peak_kib": rss_peak, "helpers_rss_kib": helpers,
+                "swtpm_rss_kib": swtpms, "sim_rss_kib": sim_rss}
 
     def stop(self):
         """Stop daemons (SIGTERM, exit 0 expected), then swtpms, then the simulator.
@@ -200,12 +203,13 @@ def summary(res, quota):
     t = res["all_s"]
     return ("N %d: all provisioned %s (ideal %.1f s = quota windows + fastest device %.1f s%s); DPS requests/device median %d max %d (min %d), "
             "total %d; 429s %d; early %d; gave up %d; not provisioned %d; RSS tpmidd total %.1f MiB "
-            "(%.2f MiB each; peak %.1f MiB), helpers %.1f MiB"
+            "(%.2f MiB each; peak %.1f MiB); helpers %.1f MiB, swtpms %.1f MiB, simulator %.1f MiB"
             % (res["n"], "%.1f s" % t if t is not None else "NO", ideal, t1,
                ", ratio %.2f" % (t / ideal) if t and ideal else "", per[len(per) // 2], per[-1],
                minimum_requests(), res["requests"], res["throttled"], res["early"], res["gave_up"],
                len(res["final"]), res["rss_kib"] / 1024, res["rss_kib"] / 1024 / max(1, res["n"]),
-               res["rss_peak_kib"] / 1024, res["helpers_rss_kib"] / 1024))
+               res["rss_peak_kib"] / 1024, res["helpers_rss_kib"] / 1024, res["swtpm_rss_kib"] / 1024,
+               res["sim_rss_kib"] / 1024))
 
 
 def main():
