@@ -695,8 +695,10 @@ static void on_connection(uv_stream_t *l, int status) {
                          * accepted. A client whose request has arrived (the usual
                          * case: the kernel queued connection and request before
                          * we accepted) reads the answer, then ECONNRESET
-                         * instead of EOF; one still writing gets EPIPE and the
-                         * answer is lost with its connection. */
+                         * instead of EOF. One that writes after the close gets
+                         * EPIPE; the answer still waits in its receive queue
+                         * (AF_UNIX delivers queued bytes before the error), but
+                         * most HTTP clients give up at the failed write. */
                         answer_at_once(c, st, msg, extra, n_extra);
                         conn_close(c);
                         return;

@@ -23,7 +23,8 @@
  * request can read the answer instead of failing with EPIPE. At most
  * SERVER_REFUSALS_MAX refusals of one server linger at once; past that (a
  * flood) each refusal is written in one non-blocking write and closed within
- * the accept callback, keeping nothing. Only when the process runs out of
+ * the accept callback, keeping no fd (a client still sending then gets
+ * EPIPE before it reads the answer). Only when the process runs out of
  * fds does a connection go unanswered: accept() fails and libuv closes the
  * waiting connections with its reserve fd; there is no fd to answer on. */
 #pragma once
