@@ -116,7 +116,7 @@ class Fleet:
         started = time.monotonic() - t0
         done = {}              # index -> seconds after t0 until "provisioned"
         final = {}             # index -> state it ended in, when not provisioned
-        rss_peak = 0
+        rss_peak = helpers_peak = 0
         while len(done) + len(final) < self.n and time.monotonic() - t0 < timeout:
             for i, d in enumerate(self.daemons):
                 if i in done or i in final:
@@ -127,6 +127,8 @@ class Fleet:
                 elif st == "failed" or st.startswith("exited"):
                     final[i] = st
             rss_peak = max(rss_peak, sum(rss_kib(d.proc.pid) for d in self.daemons if d.proc))
+            helpers_peak = max(helpers_peak, sum(rss_kib(c) for d in self.daemons if d.proc
+                                                 for c in children(d.proc.pid)))
             time.sleep(STATUS_POLL_S)
         for i, d in enumerate(self.daemons):
             if i not in done and i not in final:
@@ -147,7 +149,7 @@ class Fleet:
                 "requests": c["requests"], "throttled": c["throttled"], "early": c["early"],
                 "per_device": per_dev, "devices": c["devices"], "regids": list(self.regids),
                 "gave_up": sum(1 for v in final.values() if v == "failed"),
-                "rss_kib": rss, "rss_peak_kib": rss_peak, "helpers_rss_kib": helpers,
+                "rss_kib": rss, "rss_peak_kib": rss_peak, "helpers_rss_kib": helpers, "helpers_peak_kib": helpers_peak,
                 "swtpm_rss_kib": swtpms, "sim_rss_kib": sim_rss}
 
     def stop(self):
@@ -204,12 +206,14 @@ def summary(res, quota):
     t = res["all_s"]
     return ("N %d: all provisioned %s (ideal %.1f s%s); DPS requests/device median %d max %d (min %d), "
             "total %d; 429s %d; early %d; gave up %d; not provisioned %d; RSS tpmidd total %.1f MiB "
-            "(%.2f MiB each; peak %.1f MiB); helpers %.1f MiB, swtpms %.1f MiB, simulator %.1f MiB"
+            "(%.2f MiB each; peak %.1f MiB); tpmidd-https helpers %.1f MiB (peak %.1f MiB; they exit when "
+            "idle), swtpms %.1f MiB, simulator %.1f MiB"
             % (res["n"], "%.1f s" % t if t is not None else "NO", ideal,
                ", ratio %.2f" % (t / ideal) if t and ideal else "", per[len(per) // 2], per[-1],
                minimum_requests(), res["requests"], res["throttled"], res["early"], res["gave_up"],
                len(res["final"]), res["rss_kib"] / 1024, res["rss_kib"] / 1024 / max(1, res["n"]),
-               res["rss_peak_kib"] / 1024, res["helpers_rss_kib"] / 1024, res["swtpm_rss_kib"] / 1024,
+               res["rss_peak_kib"] / 1024, res["helpers_rss_kib"] / 1024, res["helpers_peak_kib"] / 1024,
+               res["swtpm_rss_kib"] / 1024,
                res["sim_rss_kib"] / 1024))
 
 
