@@ -85,15 +85,15 @@ CONTROL API  (HTTP/1.1 + JSON on the Unix socket STATE/control.sock, mode 0600;
               e.g. curl --unix-socket $S/control.sock http://x/enrollments)
     GET /info                       endpoint, port, caPath, idScope, config
     GET|PATCH /config               {idScope, assigningPolls, retryAfter, sasSkewSeconds}
-    GET /enrollments                all, with registrationState
-    GET|PUT|PATCH|DELETE /enrollments/{regid}
-    POST /enrollments/{regid}/move  {"hub": h, "revokeOld": true}
-    GET|PATCH|DELETE /hubs/{hub}/devices/{id}   (PATCH {"status":"disabled"}; GET shows primaryKey, messages)
     GET|PUT /quota                  PUT {windowSeconds, units, registrationsPerUnit, pollsPerUnit,
                                     pollsPerDevice, deviceWindowSeconds} (0 = no limit; resets the counters)
                                     -> {"quota", "counters": {requests, throttled, early, devices: {regid:
                                     {requests, registrations, polls, throttled, early}}}}; over a limit
                                     DPS requests get 429 + retry-after (see sim_core.QUOTA_DEFAULTS)
+    GET /enrollments                all, with registrationState
+    GET|PUT|PATCH|DELETE /enrollments/{regid}
+    POST /enrollments/{regid}/move  {"hub": h, "revokeOld": true}
+    GET|PATCH|DELETE /hubs/{hub}/devices/{id}   (PATCH {"status":"disabled"}; GET shows primaryKey, messages)
     GET|POST|DELETE /faults         POST {"route","kind","count","regid","status","body","retryAfter","seconds"}
     GET|DELETE /log[?since=SEQ]     [{seq, ts, method, path, host, route, regid, status,
                                       auth: none|valid|invalid, fault, reason}]

@@ -48,6 +48,16 @@ REGID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,126}[A-Za-z0-9]$|^[A-Za-z0
 POLICIES = ("hashed", "static", "custom")
 FAULT_KINDS = ("throttle", "unavailable", "error", "reset", "stall", "malformed", "status")
 FAULT_ROUTES = ("any", "register", "register-challenge", "register-auth", "operation", "hub")
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def new_etag():
+    return base64.b64encode(json.dumps(str(uuid.uuid4())).encode()).decode()
+
+
 DPS_ROUTES = ("register-challenge", "register-auth", "operation")
 
 # Throttling as DPS documents it (MicrosoftDocs/azure-docs includes/iot-dps-limits.md, "rate limits"):
@@ -67,14 +77,6 @@ QUOTA_DEFAULTS = {"windowSeconds": 60,          # window of the scope-wide limit
 # A request counts as early when it arrives before the Retry-After the simulator last gave that
 # registration id ran out, less this much: the client's timers tick in milliseconds (s).
 EARLY_SLACK = 0.002
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def new_etag():
-    return base64.b64encode(json.dumps(str(uuid.uuid4())).encode()).decode()
 
 
 class Response:

@@ -114,6 +114,10 @@ class DeviceHandler(_Handler):
     def _handle(self):
         sim = self.server.sim
         route, regid, target = self._route()
+        throttled = sim.admit(route, regid) if target else None   # counted; over the quota?
+        if throttled:
+            self._throttled(throttled, route, regid)
+            return
         try:
             body = self._read_body()
         except ValueError:
@@ -121,11 +125,8 @@ class DeviceHandler(_Handler):
             self._send(resp.status, resp.body, resp.headers)
             sim.record(self.command, self.path, self.headers.get("Host"), route, regid, resp)
             return
-        throttled = sim.admit(route, regid) if target else None   # counted, and over the quota?
-        fault = sim.take_fault(route, regid) if target and not throttled else None
-        if throttled:
-            resp = throttled
-        elif target is None:
+        fault = sim.take_fault(route, regid) if target else None
+        if target is None:
             resp = sim_core.dps_error(404, 404000, "NotFound", "No such resource")
         elif fault and fault["kind"] in ("throttle", "unavailable", "error", "status", "reset"):
             resp = self._fault_response(fault)
@@ -145,6 +146,18 @@ class DeviceHandler(_Handler):
         try:
             self._send(resp.status, resp.body, resp.headers)
         except OSError:              # client gave up (e.g. after a stall): nothing to tell it
+            self.close_connection = True
+
+    def _throttled(self, resp, route, regid):
+        """Answer the quota's 429; the body is read so that the connection stays usable."""
+        try:
+            self._read_body()
+        except ValueError:
+            self.close_connection = True
+        self.server.sim.record(self.command, self.path, self.headers.get("Host"), route, regid, resp)
+        try:
+            self._send(resp.status, resp.body, resp.headers)
+        except OSError:
             self.close_connection = True
 
     def _fault_response(self, f):
