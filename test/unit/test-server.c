@@ -754,17 +754,25 @@ static void test_refusal_flood_answered(void **state) {
         struct client *ok = client_new(fx);
         struct client **cs = calloc(N, sizeof *cs);
         assert_non_null(cs);
+        int64_t t0 = now_ms();
         for (size_t i = 0; i < N; i++) {
                 cs[i] = client_with_request(fx->path, GET("/refused"));
                 pump(fx); /* accepted (and answered) one at a time: the backlog never fills */
         }
+        /* Which refusals lingered is known only if none of them reached its
+         * linger timeout meanwhile (valgrind makes the loop above slow). */
+        bool timed = now_ms() - t0 < SERVER_LINGER_MS;
+        if (!timed)
+                print_message("the flood took %lld ms: not checking which refusals lingered\n",
+                              (long long)(now_ms() - t0));
         assert_int_equal(server_refused(fx->srv), N);
         assert_int_equal(server_refused_total() - total0, N);
         for (size_t i = 0; i < N; i++) {
                 expect_503_retry(fx, cs[i]);
                 expect_eof(fx, cs[i]);
                 /* lingering: read, shut down, EOF; past the limit: closed unread at once */
-                assert_int_equal(cs[i]->reset, i >= SERVER_REFUSALS_MAX);
+                if (timed)
+                        assert_int_equal(cs[i]->reset, i >= SERVER_REFUSALS_MAX);
         }
         assert_int_equal(fx->handled, 0);
         client_sends(fx, ok, GET("/x")); /* the accepted one was never disturbed */
@@ -787,7 +795,7 @@ static void test_refusal_flood_answered(void **state) {
 }
 
 /* A refused client that keeps sending is closed after SERVER_DISCARD_MAX_BYTES,
- * long before SERVER_LINGER_MS. */
+ * before SERVER_LINGER_MS. */
 static void test_refusal_discard_bounded(void **state) {
         struct server_limits l = default_limits();
         l.max_connections = 1;
@@ -812,7 +820,7 @@ static void test_refusal_discard_bounded(void **state) {
         }
         if (!closed)
                 expect_eof(fx, c);
-        assert_true(now_ms() - t0 < SERVER_LINGER_MS / 2);
+        assert_true(now_ms() - t0 < SERVER_LINGER_MS); /* closed for the bytes, not by the linger timer */
         client_free(c);
         client_free(ok);
         fixture_free(fx);
