@@ -53,6 +53,23 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_s(pid):
+    """User + system CPU seconds pid has used (0 when it is gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def fd_count(pid):
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return 0
+
+
 def children(pid):
     try:
         with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
@@ -116,7 +133,7 @@ class Fleet:
         started = time.monotonic() - t0
         done = {}              # index -> seconds after t0 until "provisioned"
         final = {}             # index -> state it ended in, when not provisioned
-        rss_peak = helpers_peak = 0
+        rss_peak = helpers_peak = sim_fds_peak = 0
         while len(done) + len(final) < self.n and time.monotonic() - t0 < timeout:
             for i, d in enumerate(self.daemons):
                 if i in done or i in final:
@@ -129,6 +146,7 @@ class Fleet:
             rss_peak = max(rss_peak, sum(rss_kib(d.proc.pid) for d in self.daemons if d.proc))
             helpers_peak = max(helpers_peak, sum(rss_kib(c) for d in self.daemons if d.proc
                                                  for c in children(d.proc.pid)))
+            sim_fds_peak = max(sim_fds_peak, fd_count(self.sim.server.proc.pid))
             time.sleep(STATUS_POLL_S)
         for i, d in enumerate(self.daemons):
             if i not in done and i not in final:
@@ -137,6 +155,8 @@ class Fleet:
         helpers = sum(rss_kib(c) for d in self.daemons if d.proc for c in children(d.proc.pid))
         swtpms = sum(rss_kib(t.pid) for t in self.tpms if t.pid)
         sim_rss = rss_kib(self.sim.server.proc.pid)
+        daemons_cpu = sum(cpu_s(d.proc.pid) for d in self.daemons if d.proc)
+        sim_cpu = cpu_s(self.sim.server.proc.pid)
         self.trace = {}
         for e in self.sim.client.log():
             if e["regid"]:
@@ -150,7 +170,8 @@ class Fleet:
                 "per_device": per_dev, "devices": c["devices"], "regids": list(self.regids),
                 "gave_up": sum(1 for v in final.values() if v == "failed"),
                 "rss_kib": rss, "rss_peak_kib": rss_peak, "helpers_rss_kib": helpers, "helpers_peak_kib": helpers_peak,
-                "swtpm_rss_kib": swtpms, "sim_rss_kib": sim_rss}
+                "swtpm_rss_kib": swtpms, "sim_rss_kib": sim_rss, "daemons_cpu_s": daemons_cpu,
+                "sim_cpu_s": sim_cpu, "sim_fds_peak": sim_fds_peak}
 
     def stop(self):
         """Stop daemons (SIGTERM, exit 0 expected), then swtpms, then the simulator.
@@ -207,14 +228,15 @@ def summary(res, quota):
     return ("N %d: all provisioned %s (ideal %.1f s%s); DPS requests/device median %d max %d (min %d), "
             "total %d; 429s %d; early %d; gave up %d; not provisioned %d; RSS tpmidd total %.1f MiB "
             "(%.2f MiB each; peak %.1f MiB); tpmidd-https helpers %.1f MiB (peak %.1f MiB; they exit when "
-            "idle), swtpms %.1f MiB, simulator %.1f MiB"
+            "idle), swtpms %.1f MiB, simulator %.1f MiB; CPU: tpmidd %.1f s in all, simulator %.1f s; "
+            "simulator fds peak %d"
             % (res["n"], "%.1f s" % t if t is not None else "NO", ideal,
                ", ratio %.2f" % (t / ideal) if t and ideal else "", per[len(per) // 2], per[-1],
                minimum_requests(), res["requests"], res["throttled"], res["early"], res["gave_up"],
                len(res["final"]), res["rss_kib"] / 1024, res["rss_kib"] / 1024 / max(1, res["n"]),
                res["rss_peak_kib"] / 1024, res["helpers_rss_kib"] / 1024, res["helpers_peak_kib"] / 1024,
                res["swtpm_rss_kib"] / 1024,
-               res["sim_rss_kib"] / 1024))
+               res["sim_rss_kib"] / 1024, res["daemons_cpu_s"], res["sim_cpu_s"], res["sim_fds_peak"]))
 
 
 def main():
