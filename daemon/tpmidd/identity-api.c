@@ -478,6 +478,7 @@ static void handle_trust_bundle(struct server_request *req) {
 static void handle_status(struct identity_api *api, struct server_request *req) {
         struct api_status st;
         manager_fill_status(api->manager, &st);
+        st.refused_connections = server_refused_total();
         char *json = NULL;
         int r = api_encode_status(&st, &json);
         reply_json(req, r, json);

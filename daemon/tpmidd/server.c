@@ -39,6 +39,7 @@ struct server_conn {
         struct server_conn *prev, *next;
         enum conn_state state;
         bool rejected;        /* over a connection limit: answered without reading */
+        size_t discarded;     /* bytes read and thrown away after a final answer */
         bool dead;            /* handles closed while the handler owed an answer */
         bool close_after;     /* close after the answer being written */
         bool in_request;      /* request timer (not idle timer) is armed */
@@ -71,7 +72,10 @@ struct server {
         int stranger_status;
         struct server_conn *conns;
         unsigned n_conns;    /* accepted and counted against the limits */
-        unsigned n_rejected; /* connections being answered 503/429 */
+        unsigned n_rejected; /* refused connections being answered or lingering (SERVER_REFUSALS_MAX) */
+        uint64_t refused;    /* connections refused at accept since the start */
+        int64_t refusal_log_ms;     /* monotonic ms of the last refusal log line; 0: none yet */
+        uint64_t refusals_unlogged; /* refusals since then that were not logged */
         uint64_t seq;
         void (*drained)(void *userdata);
         void *drained_userdata;
@@ -79,6 +83,9 @@ struct server {
         uint8_t rbuf[SERVER_READ_BUFFER_BYTES];
         bool rbuf_busy;
 };
+
+/* All servers of the process: one daemon has two, and its status reports both. */
+static uint64_t refused_total;
 
 struct server_limits server_limits_from_config(const struct config_limits *l) {
         return (struct server_limits){
@@ -402,8 +409,14 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
                 conn_close(c);
                 return;
         }
-        if (c->state == CONN_LINGER || c->rejected)
-                return; /* discard */
+        if (c->state == CONN_LINGER || c->rejected) {
+                /* Discard, but not without end: past one request's worth a
+                 * client is not sending a request but using our loop. */
+                c->discarded += (size_t)n;
+                if (c->discarded > SERVER_DISCARD_MAX_BYTES)
+                        conn_close(c);
+                return;
+        }
         if (c->state == CONN_BUSY || c->state == CONN_WRITING) {
                 /* The next request (pipelined, or sent right after our answer
                  * arrived) waits; past one maximal request, stop reading until
@@ -553,6 +566,40 @@ static unsigned conns_of_uid(const struct server *s, uid_t uid) {
         return n;
 }
 
+/* One line per refusal, but at most one per SERVER_REFUSAL_LOG_INTERVAL_MS:
+ * a flood of connections must not become a flood of journal writes (each a
+ * syscall on the loop). The next line says how many were not logged. */
+static void log_refusal(struct server *s, const struct ucred *cred, int status, const char *why, const char *msg) {
+        int64_t now = now_monotonic_ms();
+        if (s->refusal_log_ms && now - s->refusal_log_ms < SERVER_REFUSAL_LOG_INTERVAL_MS) {
+                s->refusals_unlogged++;
+                return;
+        }
+        char more[64] = "";
+        if (s->refusals_unlogged)
+                snprintf(more, sizeof more, " (and %llu more since the last such message)",
+                         (unsigned long long)s->refusals_unlogged);
+        log_struct(LOG_WARNING, LOG_MESSAGE_LIMIT_HIT,
+                   LOG_FIELDS(LOG_NUM("CLIENT_UID", cred->uid), LOG_NUM("CLIENT_PID", cred->pid),
+                              LOG_NUM("HTTP_STATUS", status), LOG_STR("LIMIT", why)),
+                   "%s: connection from uid %u refused with %d: %s%s", s->name, (unsigned)cred->uid, status, msg,
+                   more);
+        s->refusal_log_ms = now ? now : 1;
+        s->refusals_unlogged = 0;
+}
+
+/* The answer in one non-blocking write, nothing queued: the socket was just
+ * accepted, its send buffer is empty and far larger than this answer. */
+static void answer_at_once(struct server_conn *c, int status, const char *msg, const struct http_header *extra,
+                           size_t n_extra) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t len = 0;
+        if (http_response_format_error(status, msg, false, extra, n_extra, &buf, &len) < 0)
+                return;
+        uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+        (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+}
+
 static void on_connection(uv_stream_t *l, int status) {
         struct server *s = l->data;
         if (status < 0) {
@@ -629,27 +676,39 @@ static void on_connection(uv_stream_t *l, int status) {
                          s->limits.max_connections_per_uid);
         }
         if (st) {
-                /* Move from the counted connections to the rejected ones. Past
-                 * as many rejections again, close without answering: the
-                 * answers themselves must not become a way to use memory. */
+                /* Move from the counted connections to the refused ones. */
+                static const struct http_header retry_after[] = { { "Retry-After", SERVER_RETRY_AFTER_SEC } };
+                const struct http_header *extra = retry ? retry_after : NULL;
+                size_t n_extra = retry ? ELEMENTSOF(retry_after) : 0;
                 s->n_conns--;
                 s->n_rejected++;
                 c->rejected = true;
-                log_struct(LOG_WARNING, LOG_MESSAGE_LIMIT_HIT,
-                           LOG_FIELDS(LOG_NUM("CLIENT_UID", cred.uid), LOG_NUM("CLIENT_PID", cred.pid),
-                                      LOG_NUM("HTTP_STATUS", st), LOG_STR("LIMIT", why)),
-                           "%s: connection from uid %u refused with %d: %s", s->name, (unsigned)cred.uid, st, msg);
-                if (s->n_rejected > s->limits.max_connections) {
+                s->refused++;
+                refused_total++;
+                log_refusal(s, &cred, st, why, msg);
+                if (s->n_rejected > SERVER_REFUSALS_MAX) {
+                        /* A flood: SERVER_REFUSALS_MAX refusals already linger.
+                         * Answer and close now: uv_close() releases the fd at
+                         * once and the struct in this loop turn's close
+                         * callbacks, so however many come, refusals never hold
+                         * more than SERVER_REFUSALS_MAX fds plus the one being
+                         * accepted. A client whose request has arrived (the usual
+                         * case: the kernel queued connection and request before
+                         * we accepted) reads the answer, then ECONNRESET
+                         * instead of EOF. One that writes after the close gets
+                         * EPIPE; the answer still waits in its receive queue
+                         * (AF_UNIX delivers queued bytes before the error), but
+                         * most HTTP clients give up at the failed write. */
+                        answer_at_once(c, st, msg, extra, n_extra);
                         conn_close(c);
                         return;
                 }
-                static const struct http_header retry_after[] = { { "Retry-After", SERVER_RETRY_AFTER_SEC } };
                 if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) < 0) {
                         conn_close(c);
                         return;
                 }
                 c->reading = true;
-                conn_answer_error(c, st, msg, retry ? retry_after : NULL, retry ? ELEMENTSOF(retry_after) : 0);
+                conn_answer_error(c, st, msg, extra, n_extra);
                 return;
         }
 
@@ -889,6 +948,14 @@ void server_set_config(struct server *s, const struct tpmid_config *config) {
 
 unsigned server_connections(const struct server *s) {
         return s->n_conns;
+}
+
+uint64_t server_refused(const struct server *s) {
+        return s->refused;
+}
+
+uint64_t server_refused_total(void) {
+        return refused_total;
 }
 
 static void maybe_drained(struct server *s) {

@@ -14,7 +14,19 @@
  *   max_connections_per_uid  → 429 "too many connections for uid N" + Retry-After
  *   max_header_bytes → 431, max_body_bytes → 413 (from lib/http)
  *   request_timeout_sec      → 408 when a started request is not complete in time
- *   idle_timeout_sec         → a keep-alive connection with no request is closed */
+ *   idle_timeout_sec         → a keep-alive connection with no request is closed
+ *
+ * Refused connections (the first three) are answered at accept, without
+ * reading the request: the answer is written, our side shut down, and what
+ * the client still sends is discarded until its EOF (SERVER_LINGER_MS,
+ * SERVER_DISCARD_MAX_BYTES at most), so that a client still sending its
+ * request can read the answer instead of failing with EPIPE. At most
+ * SERVER_REFUSALS_MAX refusals of one server linger at once; past that (a
+ * flood) each refusal is written in one non-blocking write and closed within
+ * the accept callback, keeping no fd (a client still sending then gets
+ * EPIPE before it reads the answer). Only when the process runs out of
+ * fds does a connection go unanswered: accept() fails and libuv closes the
+ * waiting connections with its reserve fd; there is no fd to answer on. */
 #pragma once
 
 #include <stdbool.h>
@@ -33,6 +45,9 @@
 #define SERVER_SOCKET_MODE 0660          /* mode of a socket file we bind ourselves */
 #define SERVER_RUNDIR_MODE 0755          /* mode of a socket's parent directory we create */
 #define SERVER_ERROR_MAX 512             /* bytes that hold any sentence server_new() puts in opts->error */
+#define SERVER_REFUSALS_MAX 256          /* refused connections lingering at once, per server (1 fd each) */
+#define SERVER_DISCARD_MAX_BYTES 65536   /* bytes discarded after a final answer before closing anyway */
+#define SERVER_REFUSAL_LOG_INTERVAL_MS 1000 /* ms: at most one refusal log line per server in this time */
 
 struct server_limits {
         unsigned max_connections;
@@ -114,6 +129,12 @@ bool server_request_in_socket_group(const struct server_request *req);
 
 /* Counters for status and tests. */
 unsigned server_connections(const struct server *s);
+/* Connections s refused at accept (answered 503/429/401/403 or, past
+ * SERVER_REFUSALS_MAX lingering, answered and closed at once). */
+uint64_t server_refused(const struct server *s);
+/* The same, summed over every server of the process since it started (the
+ * "refusedConnections" of GET /status). */
+uint64_t server_refused_total(void);
 
 /* Shutdown, step 1: close the listening socket (new connects are refused by
  * the kernel) and close idle connections; requests in progress finish and

@@ -94,6 +94,11 @@ CONTROL API  (HTTP/1.1 + JSON on the Unix socket STATE/control.sock, mode 0600;
               e.g. curl --unix-socket $S/control.sock http://x/enrollments)
     GET /info                       endpoint, port, caPath, idScope, config
     GET|PATCH /config               {idScope, assigningPolls, retryAfter, sasSkewSeconds}
+    GET|PUT /quota                  PUT {windowSeconds, units, registrationsPerUnit, pollsPerUnit,
+                                    pollsPerDevice, deviceWindowSeconds} (0 = no limit; resets the counters)
+                                    -> {"quota", "counters": {requests, throttled, early, devices: {regid:
+                                    {requests, registrations, polls, throttled, early}}}}; over a limit
+                                    DPS requests get 429 + retry-after (see sim_core.QUOTA_DEFAULTS)
     GET /enrollments                all, with registrationState
     GET|PUT|PATCH|DELETE /enrollments/{regid}
     POST /enrollments/{regid}/move  {"hub": h, "revokeOld": true}

@@ -16,7 +16,7 @@ Error choices (real DPS does not document per-case codes; these follow the
 | EK differs from the enrollment               | 401  | 401002    | EndorsementKeyMismatch   |
 | enrollment disabled (first PUT)              | 401  | 401002    | EnrollmentDisabled       |
 | bad / expired / foreign SAS                  | 401  | 401002    | Unauthorized             |
-| injected throttle                            | 429  | 429001    | ThrottlingException      |
+| injected throttle, or over the quota         | 429  | 429001    | ThrottlingException      |
 | injected 500 / 503                           | 5xx  | 500000 / 503000 | InternalServerError / ServiceUnavailable |
 
 Assignment failures end the operation with status "failed" (HTTP 200) and
@@ -56,6 +56,27 @@ def utcnow():
 
 def new_etag():
     return base64.b64encode(json.dumps(str(uuid.uuid4())).encode()).decode()
+
+
+DPS_ROUTES = ("register-challenge", "register-auth", "operation")
+
+# Throttling as DPS documents it (MicrosoftDocs/azure-docs includes/iot-dps-limits.md, "rate limits"):
+# device registrations 1,000/min/unit, device polling operations 5/10 s/device; the two are
+# limited separately and both answer 429 with a Retry-After (Azure/azure-iot-sdk-c PR #1703,
+# from the DPS team). Here every PUT .../register (the challenge PUT and the signed one) counts
+# as a registration. Windows are fixed: counting starts over every windowSeconds, and a refused
+# request gets the seconds left in its window (at least 1) and does not count. 0 = no limit;
+# all limits are off by default. Change with PUT /quota (control API), which also resets the
+# counters below.
+QUOTA_DEFAULTS = {"windowSeconds": 60,          # window of the scope-wide limits (s)
+                  "units": 1,                   # DPS units bought: the scope-wide limits are per unit
+                  "registrationsPerUnit": 0,    # PUT .../register per window and unit (DPS: 1000/min)
+                  "pollsPerUnit": 0,            # GET .../operations/... per window and unit (scope-wide)
+                  "pollsPerDevice": 0,          # GET .../operations/... per device and device window (DPS: 5)
+                  "deviceWindowSeconds": 10}    # window of pollsPerDevice (s; DPS: 10)
+# A request counts as early when it arrives before the Retry-After the simulator last gave that
+# registration id ran out, less this much: the client's timers tick in milliseconds (s).
+EARLY_SLACK = 0.002
 
 
 class Response:
@@ -119,6 +140,8 @@ class Simulator:
         self.log = []
         self.log_seq = 0
         self._fault_seq = 0
+        self.quota = dict(QUOTA_DEFAULTS)
+        self._reset_quota_state()
         self._load()
         import sim_hub          # module registry + module telemetry (its own file and state)
         self.hub_modules = sim_hub.HubModules(self)
@@ -160,6 +183,10 @@ class Simulator:
 
     def record(self, method, path, host, route, regid, resp):
         with self.lock:
+            ra = resp.headers.get("retry-after")
+            if route in DPS_ROUTES and ra is not None and ra.isdigit():
+                # From now: the answer is about to be sent, the client cannot have it earlier.
+                self._not_before[regid] = time.monotonic() + int(ra)
             self.log_seq += 1
             self.log.append({"seq": self.log_seq, "ts": time.time(), "method": method, "path": path,
                              "host": host, "route": route, "regid": regid, "status": resp.status,
@@ -219,6 +246,84 @@ class Simulator:
                     self.faults.remove(f)
                 return dict(f)
         return None
+
+    # ------------------------------------------------------------ quota (throttling) and its counters
+
+    def _reset_quota_state(self):
+        self._epoch = time.monotonic()
+        self._windows = {}          # "registrations"/"polls" -> [window index, requests admitted]
+        self._device_windows = {}   # regid -> [device window index, polls admitted]
+        self._not_before = {}       # regid -> monotonic time before which it was told not to come back
+        self.counters = {"requests": 0, "throttled": 0, "early": 0, "devices": {}}
+
+    def set_quota(self, spec):
+        """Replace the quota (missing keys: defaults) and reset windows and counters."""
+        if not isinstance(spec, dict):
+            raise ValidationError("quota must be a JSON object")
+        extra = set(spec) - set(QUOTA_DEFAULTS)
+        if extra:
+            raise ValidationError("unknown quota keys: %s" % ", ".join(sorted(extra)))
+        q = dict(QUOTA_DEFAULTS, **spec)
+        for k, v in q.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValidationError("%s must be a non-negative integer" % k)
+        if q["windowSeconds"] < 1 or q["deviceWindowSeconds"] < 1 or q["units"] < 1:
+            raise ValidationError("windowSeconds, deviceWindowSeconds and units must be at least 1")
+        with self.lock:
+            self.quota = q
+            self._reset_quota_state()
+            return self.quota_status()
+
+    def quota_status(self):
+        with self.lock:
+            return {"quota": dict(self.quota), "counters": copy.deepcopy(self.counters)}
+
+    def _window_admit(self, table, key, index, limit):
+        """Count one request in window `index` of table[key]; False when it is full."""
+        w = table.get(key)
+        if w is None or w[0] != index:
+            w = table[key] = [index, 0]
+        if limit and w[1] >= limit:
+            return False
+        w[1] += 1
+        return True
+
+    def admit(self, route, regid):
+        """Count a DPS device request and apply the quota: None (go on) or the 429 to send."""
+        if route not in DPS_ROUTES:
+            return None
+        with self.lock:
+            now = time.monotonic()
+            c = self.counters
+            dev = c["devices"].setdefault(regid or "", {"requests": 0, "registrations": 0, "polls": 0,
+                                                      "throttled": 0, "early": 0})
+            c["requests"] += 1
+            dev["requests"] += 1
+            kind = "polls" if route == "operation" else "registrations"
+            dev[kind] += 1
+            if now < self._not_before.get(regid, 0) - EARLY_SLACK:
+                c["early"] += 1
+                dev["early"] += 1
+            q = self.quota
+            t = now - self._epoch
+            win, dwin = q["windowSeconds"], q["deviceWindowSeconds"]
+            limit = q["pollsPerUnit" if kind == "polls" else "registrationsPerUnit"] * q["units"]
+            retry = None
+            if not self._window_admit(self._windows, kind, int(t // win), limit):
+                retry = (int(t // win) + 1) * win - t
+            elif kind == "polls" and not self._window_admit(self._device_windows, regid, int(t // dwin),
+                                                            q["pollsPerDevice"]):
+                retry = (int(t // dwin) + 1) * dwin - t
+                self._windows[kind][1] -= 1   # refused: it does not use the scope-wide quota either
+            if retry is None:
+                return None
+            c["throttled"] += 1
+            dev["throttled"] += 1
+        r = dps_error(429, 429001, "ThrottlingException", "Operations are being throttled",
+                      headers={"retry-after": str(max(1, int(retry + 0.999)))})
+        r.reason = "over the %s quota" % kind
+        r.fault = "quota"
+        return r
 
     # ------------------------------------------------------------ config / enrollments (control API)
 

@@ -115,6 +115,10 @@ class DeviceHandler(_Handler):
     def _handle(self):
         sim = self.server.sim
         route, regid, target = self._route()
+        throttled = sim.admit(route, regid) if target else None   # counted; over the quota?
+        if throttled:
+            self._throttled(throttled, route, regid)
+            return
         try:
             body = self._read_body()
         except ValueError:
@@ -144,6 +148,18 @@ class DeviceHandler(_Handler):
         try:
             self._send(resp.status, resp.body, resp.headers)
         except OSError:              # client gave up (e.g. after a stall): nothing to tell it
+            self.close_connection = True
+
+    def _throttled(self, resp, route, regid):
+        """Answer the quota's 429; the body is read so that the connection stays usable."""
+        try:
+            self._read_body()
+        except ValueError:
+            self.close_connection = True
+        self.server.sim.record(self.command, self.path, self.headers.get("Host"), route, regid, resp)
+        try:
+            self._send(resp.status, resp.body, resp.headers)
+        except OSError:
             self.close_connection = True
 
     def _fault_response(self, f):
@@ -290,6 +306,11 @@ class ControlHandler(_Handler):
             if m == "PATCH":
                 sim.set_hub_device_status(p[1], p[3], body.get("status"))
                 return 200, sim.hub_device(p[1], p[3])
+        if p == ["quota"]:
+            if m == "GET":
+                return 200, sim.quota_status()
+            if m == "PUT":
+                return 200, sim.set_quota(body)
         if p == ["faults"]:
             if m == "GET":
                 return 200, sim.list_faults()

@@ -3,6 +3,7 @@
 answered with the documented status (and Retry-After for overload), then closed."""
 import hashlib
 import hmac
+import json
 import os
 import socket
 import sys
@@ -79,6 +80,71 @@ def max_connections_per_uid_429():
         with Client(d.sock) as again:
             again.keys()
         b.close()
+
+
+FLOOD = 300  # refused connections open at once: past the daemon's SERVER_REFUSALS_MAX (256) lingering
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def connect_patiently(path, timeout=10):
+    """Client(path), again while the listen backlog is full (EAGAIN: the kernel's
+    refusal, before the daemon could see the connection)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return Client(path)
+        except BlockingIOError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+@R.case
+def refusal_flood_answered():
+    """Far past 2 x max_connections refused connections at once: every one is
+    answered 503 + Retry-After, counted in /status, logged without a line each,
+    and none keeps an fd once its client is gone."""
+    with harness.Swtpm() as tpm, Daemon(tpm, limits=limits(max_connections=2, max_connections_per_uid=2)) as d:
+        held = [Client(d.sock) for _ in range(2)]
+        for c in held:
+            c.keys()
+        fds0 = fd_count(d.proc.pid)
+        flood = []
+        for _ in range(FLOOD):
+            c = connect_patiently(d.sock)
+            try:
+                c.send_raw(("GET /get_tpm_keys?%s HTTP/1.1\r\nHost: tpmd.sock\r\n\r\n" % API).encode())
+            except BrokenPipeError:
+                # Past SERVER_REFUSALS_MAX the answer is written and the connection closed at
+                # accept; a client slower to send than the daemon to accept finds it closed,
+                # and the answer waiting to be read.
+                pass
+            flood.append(c)
+        for c in flood:  # all still open: the early ones linger while the later ones arrive
+            assert_answer_then_close(c, 503, "too many connections", retry_after=True)
+            c.close()
+        time.sleep(1.1)  # past the log interval: the next refusal is logged with the count of the others
+        with Client(d.sock) as late:
+            assert_answer_then_close(late, 503, retry_after=True)
+        with Client(os.path.join(os.path.dirname(d.sock), "identityd.sock")) as ident:
+            st, body, _ = ident.request("GET", "/status?api-version=2020-09-01")
+        assert st == 200, (st, body)
+        refused = json.loads(body)["daemon"]["refusedConnections"]
+        assert refused == FLOOD + 1, refused  # this identityd connection itself is not refused
+        log = d.read_log()
+        assert log.count("refused with 503") < FLOOD // 10, log.count("refused with 503")
+        assert "more since the last such message" in log, log[-3000:]
+        for c in held:
+            c.keys()  # the accepted ones never noticed
+        deadline = time.time() + 5
+        while fd_count(d.proc.pid) > fds0 and time.time() < deadline:
+            time.sleep(0.05)
+        assert fd_count(d.proc.pid) <= fds0, (fd_count(d.proc.pid), fds0)
+        for c in held:
+            c.close()
 
 
 def head_of_len(n, target="/get_tpm_keys?" + API):

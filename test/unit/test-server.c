@@ -4,8 +4,10 @@
  * 503, max_connections_per_uid → 429 (all clients are this process's uid,
  * so the per-uid limit is tested as one uid), 431 and 413 at and over their
  * limits, request timeout → 408, idle timeout, drain, an answer owed to a
- * connection that went away, and server_request_allowed() wired to
- * lib/authz with the connection's real credentials.
+ * connection that went away, server_request_allowed() wired to lib/authz
+ * with the connection's real credentials, and refusals: every one answered
+ * and counted, past SERVER_REFUSALS_MAX lingering too, and the input
+ * discarded after an answer bounded.
  *
  * The clients are plain non-blocking sockets of this thread; every wait
  * turns the loop (UV_RUN_NOWAIT) until what is expected arrived or a
@@ -43,6 +45,7 @@ struct client {
         char buf[CLIENT_BUF_BYTES];
         size_t n;
         bool eof;
+        bool reset; /* the end was ECONNRESET: we closed with its input unread */
 };
 
 struct response {
@@ -215,6 +218,8 @@ static bool client_read(struct client *c) {
         }
         if (k == 0 || (k < 0 && errno == ECONNRESET))
                 c->eof = true;
+        if (k < 0 && errno == ECONNRESET)
+                c->reset = true;
         return false;
 }
 
@@ -715,6 +720,112 @@ static void test_stranger_answered_at_accept(void **state) {
         config_diags_free(&d);
 }
 
+/* A client that connects and sends its request before the server turns
+ * its loop (as under overload: the kernel queues both before accept). */
+static struct client *client_with_request(const char *path, const char *text) {
+        struct client *c = calloc(1, sizeof *c);
+        assert_non_null(c);
+        c->fd = try_connect(path);
+        assert_true(c->fd >= 0);
+        assert_int_equal(send(c->fd, text, strlen(text), MSG_NOSIGNAL), (ssize_t)strlen(text));
+        return c;
+}
+
+static void expect_503_retry(struct fixture *fx, struct client *c) {
+        struct response r;
+        expect_response(fx, c, &r);
+        assert_int_equal(r.status, 503);
+        assert_true(r.close);
+        assert_non_null(strstr(r.head, "\r\nRetry-After: " SERVER_RETRY_AFTER_SEC "\r\n"));
+        assert_non_null(strstr(r.body, "too many connections (1)"));
+}
+
+/* Past max_connections every connection is answered: SERVER_REFUSALS_MAX of
+ * them linger (answered, waiting for the client's EOF), the ones beyond are
+ * answered and closed at once; each is counted. Nothing is left once the
+ * clients are gone. */
+static void test_refusal_flood_answered(void **state) {
+        enum { EXTRA = 20, N = SERVER_REFUSALS_MAX + EXTRA };
+        struct server_limits l = default_limits();
+        l.max_connections = 1;
+        l.max_connections_per_uid = 1;
+        struct fixture *fx = fixture_new(&l, NULL);
+        uint64_t total0 = server_refused_total();
+        struct client *ok = client_new(fx);
+        struct client **cs = calloc(N, sizeof *cs);
+        assert_non_null(cs);
+        int64_t t0 = now_ms();
+        for (size_t i = 0; i < N; i++) {
+                cs[i] = client_with_request(fx->path, GET("/refused"));
+                pump(fx); /* accepted (and answered) one at a time: the backlog never fills */
+        }
+        /* Which refusals lingered is known only if none of them reached its
+         * linger timeout meanwhile (valgrind makes the loop above slow). */
+        bool timed = now_ms() - t0 < SERVER_LINGER_MS;
+        if (!timed)
+                print_message("the flood took %lld ms: not checking which refusals lingered\n",
+                              (long long)(now_ms() - t0));
+        assert_int_equal(server_refused(fx->srv), N);
+        assert_int_equal(server_refused_total() - total0, N);
+        for (size_t i = 0; i < N; i++) {
+                expect_503_retry(fx, cs[i]);
+                expect_eof(fx, cs[i]);
+                /* lingering: read, shut down, EOF; past the limit: closed unread at once */
+                if (timed)
+                        assert_int_equal(cs[i]->reset, i >= SERVER_REFUSALS_MAX);
+        }
+        assert_int_equal(fx->handled, 0);
+        client_sends(fx, ok, GET("/x")); /* the accepted one was never disturbed */
+        expect_status(fx, ok, 200);
+        for (size_t i = 0; i < N; i++)
+                client_free(cs[i]);
+        free(cs);
+        client_free(ok);
+        pump_ms(fx, 20);
+        assert_int_equal(server_connections(fx->srv), 0);
+        /* the lingering ones went with their clients: room for refusals to linger again */
+        ok = client_new(fx);
+        struct client *again = client_new(fx);
+        client_sends(fx, again, GET("/late")); /* still open (lingering) when this is sent */
+        expect_503_retry(fx, again);
+        expect_eof(fx, again);
+        client_free(again);
+        client_free(ok);
+        fixture_free(fx);
+}
+
+/* A refused client that keeps sending is closed after SERVER_DISCARD_MAX_BYTES,
+ * before SERVER_LINGER_MS. */
+static void test_refusal_discard_bounded(void **state) {
+        struct server_limits l = default_limits();
+        l.max_connections = 1;
+        l.max_connections_per_uid = 1;
+        struct fixture *fx = fixture_new(&l, NULL);
+        struct client *ok = client_new(fx), *c = client_new(fx);
+        expect_503_retry(fx, c);
+        static char junk[SERVER_DISCARD_MAX_BYTES / 4];
+        memset(junk, 'x', sizeof junk);
+        int64_t t0 = now_ms();
+        bool closed = false;
+        for (int i = 0; i < 16 && !closed; i++) {
+                size_t done = 0;
+                while (done < sizeof junk && !closed) {
+                        ssize_t k = send(c->fd, junk + done, sizeof junk - done, MSG_NOSIGNAL);
+                        if (k > 0)
+                                done += (size_t)k;
+                        else if (k < 0 && (errno == EPIPE || errno == ECONNRESET))
+                                closed = true;
+                        pump(fx);
+                }
+        }
+        if (!closed)
+                expect_eof(fx, c);
+        assert_true(now_ms() - t0 < SERVER_LINGER_MS); /* closed for the bytes, not by the linger timer */
+        client_free(c);
+        client_free(ok);
+        fixture_free(fx);
+}
+
 static bool server_new_at(const char *path, char *err, size_t n) {
         uv_loop_t loop;
         assert_int_equal(uv_loop_init(&loop), 0);
@@ -801,6 +912,8 @@ int main(void) {
                 cmocka_unit_test(test_authz_wiring),
                 cmocka_unit_test(test_half_close_pipelined),
                 cmocka_unit_test(test_stranger_answered_at_accept),
+                cmocka_unit_test(test_refusal_flood_answered),
+                cmocka_unit_test(test_refusal_discard_bounded),
                 cmocka_unit_test(test_unsafe_socket_dir),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
