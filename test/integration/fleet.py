@@ -34,7 +34,7 @@ FLEET_N = 10
 FLEET_QUOTA = {"windowSeconds": 3, "registrationsPerUnit": 6, "pollsPerUnit": 6,
                "pollsPerDevice": 5, "deviceWindowSeconds": 10}
 FLEET_TIMEOUT = 60      # s for the whole fleet to be provisioned (ideal 11 s; backoff jitter adds to it)
-PER_429_EXTRA = 2       # DPS requests a 429 may cost a device beyond the minimum
+PER_429_EXTRA = 1       # DPS requests a 429 may cost a device beyond the minimum: the refused one, resent
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_shutdown")
 if not os.path.exists(harness.program("tpmidd")):
