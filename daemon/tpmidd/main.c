@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -297,6 +298,22 @@ static void help(void) {
                CONFIG_ENV_PATH, CONFIG_APPLIED_PATH, CONFIG_DEFAULT_PATH, TPMIDD_EXIT_CONFIG);
 }
 
+/* Two sockets at [limits] max_connections (up to 4096) each, plus the
+ * refused connections server.c answers (SERVER_REFUSALS_MAX each), need more
+ * fds than the soft limit systemd gives services (1024). Raise it to the hard
+ * limit, as systemd.exec(5) (LimitNOFILE=) asks of programs that need more:
+ * the soft 1024 only protects select(), which libuv does not use. A failure
+ * leaves the soft limit; the server answers what it can past it. */
+static void raise_nofile_limit(void) {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+                return;
+        rlim_t soft = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                log_debug("could not raise RLIMIT_NOFILE from %llu: %s", (unsigned long long)soft, strerror(errno));
+}
+
 static void walk_cb(uv_handle_t *h, void *arg) {
         log_error("handle still open at exit: %s%s", uv_handle_type_name(uv_handle_get_type(h)),
                   uv_is_closing(h) ? " (closing)" : "");
@@ -375,6 +392,7 @@ int main(int argc, char **argv) {
         if (log_get_max_level() < LOG_DEBUG)
                 setenv("TSS2_LOG", "all+none", 0);
 
+        raise_nofile_limit();
         int r = uv_loop_init(&d.loop);
         if (r < 0) {
                 log_error("uv_loop_init: %s", uv_strerror(r));

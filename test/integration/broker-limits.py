@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import socket
 import sys
 import threading
@@ -262,6 +263,30 @@ def tpm_queue_full_503():
             assert c.sign(b"after") == (200, hmac.new(key, b"after", hashlib.sha256).digest())
             c.close()
         print("   statuses over %d bursts: %s" % (attempt + 1, seen))
+
+
+@R.case
+def nofile_soft_limit_raised():
+    """Started with systemd's soft RLIMIT_NOFILE of 1024 (hard higher), the
+    daemon runs with the soft limit raised to the hard one: two sockets at
+    max_connections 4096 and their refusals need more than 1024 fds."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = old[1] if old[1] != resource.RLIM_INFINITY else 65536
+    if hard <= 1024:
+        print("   hard RLIMIT_NOFILE %d: nothing to raise, skipped" % hard)
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the daemon inherits it
+    try:
+        with harness.Swtpm() as tpm, Daemon(tpm, limits=limits()) as d:
+            with Client(d.sock) as c:
+                c.keys()  # the daemon is past its start
+            soft = None
+            for line in open("/proc/%d/limits" % d.proc.pid):
+                if line.startswith("Max open files"):
+                    soft = line.split()[3]
+            assert soft == str(hard), (soft, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
 
 
 if __name__ == "__main__":
