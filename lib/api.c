@@ -709,7 +709,7 @@ int api_encode_status(const struct api_status *s, char **ret) {
         } else
                 last = json_null();
         return dump(json_pack("{s:{s:s, s:s?, s:s?, s:s?, s:o, s:o, s:s?, s:s?, s:b, s:o}, s:{s:s, s:s?, s:s?},"
-                              " s:{s:s, s:I, s:s, s:O, s:I}}",
+                              " s:{s:s, s:I, s:s, s:O, s:I}, s:{s:I, s:s?}}",
                               "provisioning", "state", s->provisioning_state, "hubName", s->hub_name, "deviceId",
                               s->device_id, "registrationId", s->registration_id, "lastResult", last,
                               "nextRetryAt", int_or_null(s->next_retry_at), "idScope", s->id_scope,
@@ -718,7 +718,8 @@ int api_encode_status(const struct api_status *s, char **ret) {
                               "tpm", "state", s->tpm_state, "lastError", s->tpm_last_error, "tcti", s->tcti,
                               "daemon", "version", s->version, "uptimeSec", (json_int_t)s->uptime_sec, "mode",
                               s->mode, "restartNeeded", restart, "refusedConnections",
-                              (json_int_t)s->refused_connections),
+                              (json_int_t)s->refused_connections, "modules", "count", (json_int_t)s->modules_count,
+                              "lastReconcile", s->modules_last_reconcile),
                     ret);
 }
 

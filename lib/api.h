@@ -293,12 +293,16 @@ struct api_status {
         const char *const *restart_needed; /* n_restart_needed config keys whose file value differs from */
         size_t n_restart_needed;           /* the running one (a restart applies them); [] when 0 */
         uint64_t refused_connections;      /* connections the sockets refused at accept since the start */
+        /* modules */
+        uint64_t modules_count;            /* module identities of the current identity (its cache) */
+        const char *modules_last_reconcile; /* the last reconciliation's result in words; NULL -> null */
 };
 /* {"provisioning":{"state","hubName","deviceId","registrationId",
  *                  "lastResult":{"status","errorCode","message","at"}|null,"nextRetryAt",
  *                  "idScope","globalEndpoint","persisted","clockSkewSec"},
  *  "tpm":{"state","lastError","tcti"},
- *  "daemon":{"version","uptimeSec","mode","restartNeeded":[key,...],"refusedConnections"}}
+ *  "daemon":{"version","uptimeSec","mode","restartNeeded":[key,...],"refusedConnections"},
+ *  "modules":{"count","lastReconcile"}}
  * -EINVAL when a required string or a restart_needed entry is NULL. */
 int api_encode_status(const struct api_status *s, char **ret);
 

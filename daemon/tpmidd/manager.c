@@ -202,6 +202,11 @@ void manager_fill_status(const struct manager *m, struct api_status *st) {
         };
         if (m->prov)
                 prov_driver_fill_status(m->prov, st);
+        if (m->modules) {
+                const char *last = modules_last_reconcile(m->modules);
+                st->modules_count = modules_count(m->modules);
+                st->modules_last_reconcile = last && last[0] ? last : NULL;
+        }
 }
 
 /* ---- waiters ---- */

@@ -84,6 +84,8 @@ def principals_between_restarts_and_offline_start():
         c = s.cache()
         assert c["version"] == 1 and c["hub"] == HUB1 and c["deviceId"] == s.device_id, c
         assert sorted((m["moduleId"], m["principal"]) for m in c["modules"]) == [("m1", True), ("m2", True)], c
+        st = s.d.status()["modules"]  # GET /status shows the cache and the verdict
+        assert st["count"] == 2 and st["lastReconcile"].startswith("ok: 2 modules on hub %s" % HUB1), st
         # edgeAgent's own module: not a principal's, never touched by reconciliation
         r = s.d.request("POST", "/identities/modules?" + API, {"type": "aziot", "moduleId": "agentmod"})
         assert r.status == 200, r

@@ -796,7 +796,7 @@ static void test_encode_status(void **state) {
                     "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
                     "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":true,\"clockSkewSec\":null},"
                     "\"tpm\":{\"state\":\"ready\",\"lastError\":null,\"tcti\":null},\"daemon\":{\"version\":"
-                    "\"0.1.0\",\"uptimeSec\":42,\"mode\":\"aziot\",\"restartNeeded\":[],\"refusedConnections\":0}}");
+                    "\"0.1.0\",\"uptimeSec\":42,\"mode\":\"aziot\",\"restartNeeded\":[],\"refusedConnections\":0},\"modules\":{\"count\":0,\"lastReconcile\":null}}");
         /* the running values and the refused reload changes */
         static const char *const kept[] = { "tpm.tcti", "endpoints.aziot_tpmd" };
         st.id_scope = "0ne00000001";
@@ -805,13 +805,15 @@ static void test_encode_status(void **state) {
         st.restart_needed = kept;
         st.n_restart_needed = ELEMENTSOF(kept);
         st.refused_connections = 7;
+        st.modules_count = 2;
+        st.modules_last_reconcile = "2 modules, in step with the hub";
         expect_json(api_encode_status(&st, &s), &s,
                     "{\"provisioning\":{\"state\":\"provisioned\",\"hubName\":\"h.azure-devices.net\",\"deviceId\":"
                     "\"d1\",\"registrationId\":\"r1\",\"lastResult\":{\"status\":\"assigned\",\"errorCode\":null,"
                     "\"message\":null,\"at\":1700000000},\"nextRetryAt\":null,\"idScope\":\"0ne00000001\","
                     "\"globalEndpoint\":\"https://dps.example/\",\"persisted\":true,\"clockSkewSec\":null},\"tpm\":{\"state\":\"ready\",\"lastError\":null,"
                     "\"tcti\":\"swtpm:path=/x\"},\"daemon\":{\"version\":\"0.1.0\",\"uptimeSec\":42,\"mode\":"
-                    "\"aziot\",\"restartNeeded\":[\"tpm.tcti\",\"endpoints.aziot_tpmd\"],\"refusedConnections\":7}}");
+                    "\"aziot\",\"restartNeeded\":[\"tpm.tcti\",\"endpoints.aziot_tpmd\"],\"refusedConnections\":7},\"modules\":{\"count\":2,\"lastReconcile\":\"2 modules, in step with the hub\"}}");
         struct api_status st2 = {
                 .provisioning_state = "backoff",
                 .has_last_result = true,
@@ -830,7 +832,7 @@ static void test_encode_status(void **state) {
                     "null,\"lastResult\":{\"status\":\"failed\",\"errorCode\":401002,\"message\":\"unauthorized\","
                     "\"at\":5},\"nextRetryAt\":65,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":true,\"clockSkewSec\":null},\"tpm\":{\"state\":"
                     "\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{\"version\":"
-                    "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[],\"refusedConnections\":0}}");
+                    "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[],\"refusedConnections\":0},\"modules\":{\"count\":0,\"lastReconcile\":null}}");
         /* a clock DPS refused and an identity not persisted (issue 14) */
         st2.not_persisted = true;
         st2.has_clock_skew = true;
@@ -841,7 +843,7 @@ static void test_encode_status(void **state) {
                     "\"at\":5},\"nextRetryAt\":65,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":false,"
                     "\"clockSkewSec\":-86400},\"tpm\":{\"state\":"
                     "\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{\"version\":"
-                    "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[],\"refusedConnections\":0}}");
+                    "\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[],\"refusedConnections\":0},\"modules\":{\"count\":0,\"lastReconcile\":null}}");
         st2.not_persisted = false;
         st2.has_clock_skew = false;
         st2.has_last_result = false;
@@ -850,7 +852,7 @@ static void test_encode_status(void **state) {
                     "{\"provisioning\":{\"state\":\"backoff\",\"hubName\":null,\"deviceId\":null,\"registrationId\":"
                     "null,\"lastResult\":null,\"nextRetryAt\":null,\"idScope\":null,\"globalEndpoint\":null,\"persisted\":true,\"clockSkewSec\":null},\"tpm\":{"
                     "\"state\":\"unavailable\",\"lastError\":\"TPM_RC_LOCKOUT\",\"tcti\":null},\"daemon\":{"
-                    "\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[],\"refusedConnections\":0}}");
+                    "\"version\":\"0.1.0\",\"uptimeSec\":0,\"mode\":\"standalone\",\"restartNeeded\":[],\"refusedConnections\":0},\"modules\":{\"count\":0,\"lastReconcile\":null}}");
 }
 
 static void test_encoder_errors(void **state) {
