@@ -24,6 +24,12 @@ static const char *const api_op_table[_API_OP_MAX] = {
         [API_OP_IDENTITY_TOKEN] = "identity.token",
         [API_OP_IDENTITY_REPORT] = "identity.report",
         [API_OP_STATUS] = "status",
+        [API_OP_MODULES_LIST] = "identity.modules.list",
+        [API_OP_MODULES_GET] = "identity.modules.get",
+        [API_OP_MODULES_CREATE] = "identity.modules.create",
+        [API_OP_MODULES_UPDATE] = "identity.modules.update",
+        [API_OP_MODULES_DELETE] = "identity.modules.delete",
+        [API_OP_TRUST_BUNDLE] = "trust-bundle",
 };
 
 const char *api_op_to_string(enum api_op op) {
@@ -44,26 +50,43 @@ int api_op_from_string(const char *s) {
 struct route {
         enum api_socket socket;
         const char *method;
-        const char *path;
+        const char *path;        /* exact path, or with param: the prefix before {moduleId} */
         enum api_op op;
         const char *min_version; /* oldest api-version the route accepts */
+        const char *allow;       /* every method the path takes, for the Allow header */
+        bool param;              /* path + one segment, the {moduleId} */
 };
 
+#define MODULES_PATH "/identities/modules"
+
 static const struct route routes[] = {
-        { API_SOCKET_TPM, "GET", "/get_tpm_keys", API_OP_TPM_GET_KEYS, API_VERSION_2020_09_01 },
-        { API_SOCKET_TPM, "POST", "/import_auth_key", API_OP_TPM_IMPORT, API_VERSION_2020_09_01 },
-        { API_SOCKET_TPM, "POST", "/sign_with_auth_key", API_OP_TPM_SIGN, API_VERSION_2020_09_01 },
-        { API_SOCKET_IDENTITY, "GET", "/identities/identity", API_OP_IDENTITY_GET, API_VERSION_2020_09_01 },
-        { API_SOCKET_IDENTITY, "POST", "/identities/device", API_OP_IDENTITY_DEVICE, API_VERSION_2020_09_01 },
+        { API_SOCKET_TPM, "GET", "/get_tpm_keys", API_OP_TPM_GET_KEYS, API_VERSION_2020_09_01, "GET", false },
+        { API_SOCKET_TPM, "POST", "/import_auth_key", API_OP_TPM_IMPORT, API_VERSION_2020_09_01, "POST", false },
+        { API_SOCKET_TPM, "POST", "/sign_with_auth_key", API_OP_TPM_SIGN, API_VERSION_2020_09_01, "POST", false },
+        { API_SOCKET_IDENTITY, "GET", "/identities/identity", API_OP_IDENTITY_GET, API_VERSION_2020_09_01, "GET",
+          false },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device", API_OP_IDENTITY_DEVICE, API_VERSION_2020_09_01, "POST",
+          false },
         { API_SOCKET_IDENTITY, "GET", "/identities/provisioning", API_OP_IDENTITY_PROVISIONING,
-          API_VERSION_2021_12_01 },
+          API_VERSION_2021_12_01, "GET", false },
         { API_SOCKET_IDENTITY, "POST", "/identities/device/reprovision", API_OP_IDENTITY_REPROVISION,
-          API_VERSION_2020_09_01 },
-        { API_SOCKET_IDENTITY, "POST", "/identities/device/token", API_OP_IDENTITY_TOKEN,
-          API_VERSION_2020_09_01 },
-        { API_SOCKET_IDENTITY, "POST", "/identities/device/report", API_OP_IDENTITY_REPORT,
-          API_VERSION_2020_09_01 },
-        { API_SOCKET_IDENTITY, "GET", "/status", API_OP_STATUS, API_VERSION_2020_09_01 },
+          API_VERSION_2020_09_01, "POST", false },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device/token", API_OP_IDENTITY_TOKEN, API_VERSION_2020_09_01,
+          "POST", false },
+        { API_SOCKET_IDENTITY, "POST", "/identities/device/report", API_OP_IDENTITY_REPORT, API_VERSION_2020_09_01,
+          "POST", false },
+        { API_SOCKET_IDENTITY, "GET", "/status", API_OP_STATUS, API_VERSION_2020_09_01, "GET", false },
+        { API_SOCKET_IDENTITY, "GET", MODULES_PATH, API_OP_MODULES_LIST, API_VERSION_2020_09_01, "GET, POST",
+          false },
+        { API_SOCKET_IDENTITY, "POST", MODULES_PATH, API_OP_MODULES_CREATE, API_VERSION_2020_09_01, "GET, POST",
+          false },
+        { API_SOCKET_IDENTITY, "GET", MODULES_PATH "/", API_OP_MODULES_GET, API_VERSION_2020_09_01,
+          "GET, PUT, DELETE", true },
+        { API_SOCKET_IDENTITY, "PUT", MODULES_PATH "/", API_OP_MODULES_UPDATE, API_VERSION_2020_09_01,
+          "GET, PUT, DELETE", true },
+        { API_SOCKET_IDENTITY, "DELETE", MODULES_PATH "/", API_OP_MODULES_DELETE, API_VERSION_2020_09_01,
+          "GET, PUT, DELETE", true },
+        { API_SOCKET_IDENTITY, "GET", "/trust-bundle", API_OP_TRUST_BUNDLE, API_VERSION_2020_09_01, "GET", false },
 };
 
 enum api_socket api_op_socket(enum api_op op) {
@@ -99,8 +122,93 @@ void api_error_set(struct api_error *err, int status, const char *fmt, ...) {
         va_end(ap);
 }
 
-int api_route(enum api_socket which, const char *method, const char *path, const char *api_version,
-              enum api_op *ret_op, struct api_error *err) {
+static int hex_value(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+/* Strict UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF), no NUL. */
+static bool utf8_valid(const unsigned char *s, size_t n) {
+        for (size_t i = 0; i < n;) {
+                unsigned char c = s[i];
+                size_t len;
+                uint32_t cp;
+                if (c == 0)
+                        return false;
+                if (c < 0x80) {
+                        i++;
+                        continue;
+                } else if ((c & 0xe0) == 0xc0) {
+                        len = 2;
+                        cp = c & 0x1f;
+                } else if ((c & 0xf0) == 0xe0) {
+                        len = 3;
+                        cp = c & 0x0f;
+                } else if ((c & 0xf8) == 0xf0) {
+                        len = 4;
+                        cp = c & 0x07;
+                } else
+                        return false;
+                if (n - i < len)
+                        return false;
+                for (size_t k = 1; k < len; k++) {
+                        if ((s[i + k] & 0xc0) != 0x80)
+                                return false;
+                        cp = (cp << 6) | (s[i + k] & 0x3f);
+                }
+                if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+                    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                        return false;
+                i += len;
+        }
+        return true;
+}
+
+int api_path_segment_decode(const char *text, size_t len, char **ret) {
+        if (!text && len)
+                return -EINVAL;
+        _cleanup_free_ char *out = malloc(len + 1);
+        if (!out)
+                return -ENOMEM;
+        size_t o = 0;
+        for (size_t i = 0; i < len; i++) {
+                int hi, lo;
+                if (text[i] == '%' && len - i >= 3 && (hi = hex_value(text[i + 1])) >= 0 &&
+                    (lo = hex_value(text[i + 2])) >= 0) {
+                        out[o++] = (char)(hi << 4 | lo);
+                        i += 2;
+                } else
+                        out[o++] = text[i];
+        }
+        out[o] = 0;
+        if (!utf8_valid((const unsigned char *)out, o))
+                return -EINVAL;
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
+/* Does path match route r? For a param route, *seg and *seg_len give the segment. */
+static bool route_matches(const struct route *r, const char *path, const char **seg, size_t *seg_len) {
+        if (!r->param)
+                return streq(r->path, path);
+        size_t n = strlen(r->path);
+        if (strncmp(path, r->path, n) != 0)
+                return false;
+        const char *s = path + n;
+        if (*s == 0 || strchr(s, '/'))
+                return false; /* aziot's ^/identities/modules/([^/]+)$ */
+        *seg = s;
+        *seg_len = strlen(s);
+        return true;
+}
+
+int api_route_param(enum api_socket which, const char *method, const char *path, const char *api_version,
+                    enum api_op *ret_op, char **ret_param, struct api_error *err) {
         if (!api_version) {
                 api_error_set(err, 400, "api-version not specified");
                 return -EINVAL;
@@ -109,28 +217,100 @@ int api_route(enum api_socket which, const char *method, const char *path, const
                 api_error_set(err, 400, "invalid api-version \"%s\"", api_version);
                 return -EINVAL;
         }
-        const struct route *found = NULL;
-        for (size_t i = 0; i < ELEMENTSOF(routes); i++)
-                if (routes[i].socket == which && path && streq(routes[i].path, path)) {
-                        found = &routes[i];
-                        break;
-                }
-        if (!found) {
+        /* aziot skips a route whose versions do not include this one, then
+         * matches the path; the method is checked on the route found. */
+        const struct route *path_match = NULL, *found = NULL;
+        const char *seg = NULL;
+        size_t seg_len = 0;
+        for (size_t i = 0; path && i < ELEMENTSOF(routes) && !found; i++) {
+                const struct route *r = &routes[i];
+                if (r->socket != which || strcmp(api_version, r->min_version) < 0 ||
+                    !route_matches(r, path, &seg, &seg_len))
+                        continue;
+                if (!path_match)
+                        path_match = r;
+                if (method && streq(r->method, method))
+                        found = r;
+        }
+        if (!path_match) {
                 api_error_set(err, 404, "not found");
                 return -ENOENT;
         }
-        if (!method || !streq(found->method, method)) {
+        _cleanup_free_ char *param = NULL;
+        if (path_match->param) {
+                int r = api_path_segment_decode(seg, seg_len, &param);
+                if (r == -ENOMEM) {
+                        api_error_set(err, 500, "internal error");
+                        return r;
+                }
+                if (r < 0) {
+                        /* aziot's from_uri() gives no route: 404 */
+                        api_error_set(err, 404, "not found");
+                        return -ENOENT;
+                }
+        }
+        if (!found) {
                 api_error_set(err, 400, "method not allowed");
                 if (err)
-                        err->allow = found->method;
-                return -EINVAL;
-        }
-        if (strcmp(api_version, found->min_version) < 0) {
-                api_error_set(err, 400, "invalid api-version \"%s\"", api_version);
+                        err->allow = path_match->allow;
                 return -EINVAL;
         }
         *ret_op = found->op;
+        if (ret_param)
+                *ret_param = TAKE_PTR(param);
         return 0;
+}
+
+int api_route(enum api_socket which, const char *method, const char *path, const char *api_version,
+              enum api_op *ret_op, struct api_error *err) {
+        return api_route_param(which, method, path, api_version, ret_op, NULL, err);
+}
+
+int api_check_module_id(const char *module_id, struct api_error *err) {
+        static const char extra[] = "-.+%_#*?!(),:=@$'";
+        const char *why = NULL;
+        size_t n = module_id ? strlen(module_id) : 0;
+        bool blank = true;
+        for (size_t i = 0; i < n; i++)
+                if (module_id[i] != ' ' && (module_id[i] < '\t' || module_id[i] > '\r'))
+                        blank = false;
+        if (blank)
+                why = "module name cannot be empty";
+        else if (n > API_MODULE_ID_MAX) {
+                api_error_set(err, 400,
+                              "parameter \"module_id\" has an invalid value\ncaused by: module name is longer "
+                              "than %d characters (IoT Hub's limit)",
+                              API_MODULE_ID_MAX);
+                return -EINVAL;
+        } else
+                for (size_t i = 0; i < n && !why; i++) {
+                        char c = module_id[i];
+                        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                              strchr(extra, c)))
+                                why = "module name may only hold ASCII letters, digits and - . + % _ # * ? ! ( ) , "
+                                      ": = @ $ ' (IoT Hub's rule)";
+                }
+        if (!why)
+                return 0;
+        api_error_set(err, 400, "parameter \"module_id\" has an invalid value\ncaused by: %s", why);
+        return -EINVAL;
+}
+
+int api_check_module_type(enum api_op op, const char *type, struct api_error *err) {
+        if (!type) {
+                api_error_set(err, 400, "parameter \"type\" has an invalid value\ncaused by: missing parameter");
+                return -EINVAL;
+        }
+        if (streq(type, "aziot"))
+                return 0;
+        if (streq(type, "local") && (op == API_OP_MODULES_GET || op == API_OP_MODULES_CREATE))
+                api_error_set(err, 400,
+                              "parameter \"type\" has an invalid value\ncaused by: local identities are not "
+                              "supported by tpmidd");
+        else
+                api_error_set(err, 400, "parameter \"type\" has an invalid value\ncaused by: invalid type: %s",
+                              type);
+        return -EINVAL;
 }
 
 /* ---- Request bodies ---- */
@@ -267,6 +447,75 @@ int api_decode_device(const uint8_t *body, size_t len, struct api_error *err) {
         return 0;
 }
 
+/* aziot's test: no Content-Type, or its media type (before ';', trimmed) is
+ * exactly application/json. */
+static bool content_type_json(const char *ct) {
+        if (!ct)
+                return true;
+        size_t n = strcspn(ct, ";");
+        while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+                n--;
+        while (n > 0 && (*ct == ' ' || *ct == '\t')) {
+                ct++;
+                n--;
+        }
+        return n == strlen("application/json") && strncmp(ct, "application/json", n) == 0;
+}
+
+/* Any JSON value (aziot's serde IgnoredAny). */
+static int parse_any(const uint8_t *body, size_t len, struct api_error *err) {
+        if (!body || len == 0) {
+                api_error_set(err, 422, "EOF while parsing a value at line 1 column 0");
+                return -EINVAL;
+        }
+        json_error_t jerr;
+        json_t *v = json_loadb((const char *)body, len, JSON_DECODE_ANY, &jerr);
+        if (!v) {
+                api_error_set(err, 422, "%s at line %d column %d", jerr.text, jerr.line, jerr.column);
+                return -EINVAL;
+        }
+        json_decref(v);
+        return 0;
+}
+
+int api_decode_module_create(const char *content_type, const uint8_t *body, size_t len, char **ret_type,
+                             char **ret_module_id, struct api_error *err) {
+        if (!content_type_json(content_type))
+                len = 0; /* aziot: a body of another type is no body */
+        json_auto_t *root = parse_body(body, len, err);
+        if (!root)
+                return -EINVAL;
+        const char *type, *id;
+        size_t type_len, id_len;
+        if (unpack_string(root, "type", &type, &type_len, err) < 0 ||
+            unpack_string(root, "moduleId", &id, &id_len, err) < 0)
+                return -EINVAL;
+        /* No NUL inside: parse_body() loads without JSON_ALLOW_NUL. */
+        _cleanup_free_ char *t = strdup(type);
+        _cleanup_free_ char *m = strdup(id);
+        if (!t || !m) {
+                api_error_set(err, 500, "internal error");
+                return -ENOMEM;
+        }
+        *ret_type = TAKE_PTR(t);
+        *ret_module_id = TAKE_PTR(m);
+        return 0;
+}
+
+int api_decode_module_update(const char *content_type, const uint8_t *body, size_t len, struct api_error *err) {
+        if (!content_type_json(content_type)) {
+                api_error_set(err, 415, "request body must be application/json");
+                return -EINVAL;
+        }
+        return parse_any(body, len, err);
+}
+
+int api_decode_module_delete(const char *content_type, const uint8_t *body, size_t len, struct api_error *err) {
+        if (!body || len == 0 || !content_type_json(content_type))
+                return 0;
+        return parse_any(body, len, err);
+}
+
 int api_decode_report(const uint8_t *body, size_t len, struct api_report *out, struct api_error *err) {
         json_auto_t *root = parse_body(body, len, err);
         if (!root)
@@ -377,6 +626,46 @@ int api_encode_identity(const struct api_device_identity *id, char **ret) {
                     ret);
 }
 
+static json_t *module_object(const struct api_module_identity *m) {
+        if (!m)
+                return NULL;
+        json_t *spec = json_pack("{s:s, s:s, s:s, s:s}", "hubName", m->hub_name, "gatewayHost", m->gateway_host,
+                                 "deviceId", m->device_id, "moduleId", m->module_id);
+        if (!spec)
+                return NULL;
+        if (m->gen_id && m->gen_id[0] && json_object_set_new(spec, "genId", json_string(m->gen_id)) < 0)
+                goto fail;
+        if (m->key_handle &&
+            json_object_set_new(spec, "auth", json_pack("{s:s, s:s}", "type", "sas", "keyHandle", m->key_handle)) < 0)
+                goto fail;
+        return json_pack("{s:s, s:o}", "type", "aziot", "spec", spec);
+fail:
+        json_decref(spec);
+        return NULL;
+}
+
+int api_encode_module(const struct api_module_identity *m, char **ret) {
+        return dump(module_object(m), ret);
+}
+
+int api_encode_module_list(const struct api_module_identity *list, size_t n, char **ret) {
+        if (!list && n)
+                return -EINVAL;
+        json_t *a = json_array();
+        if (!a)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                if (json_array_append_new(a, module_object(&list[i])) < 0) {
+                        json_decref(a);
+                        return -EINVAL;
+                }
+        return dump(json_pack("{s:o}", "identities", a), ret);
+}
+
+int api_encode_trust_bundle(const char *pem, char **ret) {
+        return dump(json_pack("{s:s}", "certificate", pem), ret);
+}
+
 int api_encode_provisioning(const struct api_provisioning *p, char **ret) {
         if (!p)
                 return -EINVAL;
@@ -384,12 +673,10 @@ int api_encode_provisioning(const struct api_provisioning *p, char **ret) {
                               "scope_id", p->scope_id, "registration_id", p->registration_id);
         if (!o)
                 return -EINVAL;
-        if (p->payload_json) {
-                json_t *payload = json_loads(p->payload_json, JSON_DECODE_ANY, NULL);
-                if (!payload || json_object_set_new(o, "payload", payload) < 0) {
-                        json_decref(o);
-                        return -EINVAL;
-                }
+        json_t *payload = p->payload_json ? json_loads(p->payload_json, JSON_DECODE_ANY, NULL) : json_null();
+        if (!payload || json_object_set_new(o, "payload", payload) < 0) {
+                json_decref(o);
+                return -EINVAL;
         }
         return dump(o, ret);
 }

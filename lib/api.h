@@ -12,6 +12,15 @@
  *   POST /identities/device  {"type":"aziot"} -> {"type":"aziot","spec":{...}}
  *   GET  /identities/provisioning          (>= 2021-12-01) -> {"source":"dps",...}
  *   POST /identities/device/reprovision    (body ignored) -> 204
+ *   GET  /identities/modules?type=aziot    -> {"identities":[module spec without auth, ...]}
+ *   POST /identities/modules {"type":"aziot","moduleId":M} -> module spec
+ *   GET  /identities/modules/{M}?type=aziot -> module spec (with auth.keyHandle)
+ *   PUT  /identities/modules/{M}?type=aziot (any JSON body, ignored) -> module spec
+ *   DELETE /identities/modules/{M}?type=aziot -> 204
+ *   GET  /trust-bundle                     -> {"certificate":""} (aziot's answer, see
+ *                                            api_encode_trust_bundle())
+ *   aziot's routes take every version from the one they appeared in; a version
+ *   a route does not take makes aziot skip the route: 404 "not found".
  *   tpmidd extensions, accepted with every identity api-version (a client that
  *   knows aziot's versions needs no new one; aziot answers 404 for these paths):
  *   POST /identities/device/token {"lifetime_sec":N}? -> {"sasToken","expiresOn","hubName","deviceId"}
@@ -38,6 +47,7 @@
 #define API_REPORT_REASON_MAX 256     /* bytes (UTF-8, NUL excluded) of a report's "reason" */
 #define API_HTTP_STATUS_MIN 100       /* lowest HTTP status a report may carry */
 #define API_HTTP_STATUS_MAX 599       /* highest HTTP status a report may carry */
+#define API_MODULE_ID_MAX 128         /* chars of an IoT Hub module id (the hub's limit; = MODULES_ID_MAX) */
 
 enum api_socket {
         API_SOCKET_TPM,
@@ -55,6 +65,12 @@ enum api_op {
         API_OP_IDENTITY_TOKEN,         /* "identity.token" */
         API_OP_IDENTITY_REPORT,        /* "identity.report" */
         API_OP_STATUS,                 /* "status" */
+        API_OP_MODULES_LIST,           /* "identity.modules.list" */
+        API_OP_MODULES_GET,            /* "identity.modules.get" */
+        API_OP_MODULES_CREATE,         /* "identity.modules.create" */
+        API_OP_MODULES_UPDATE,         /* "identity.modules.update" */
+        API_OP_MODULES_DELETE,         /* "identity.modules.delete" */
+        API_OP_TRUST_BUNDLE,           /* "trust-bundle" */
         _API_OP_MAX,
 };
 
@@ -75,16 +91,52 @@ struct api_error {
                                               * takes ("GET"/"POST"), for an Allow header; else NULL */
 };
 
-/* Match a request. path is the raw path without the query; paths match exactly.
- * api_version is the decoded api-version query value or NULL when absent.
- * Check order (aziot's): api-version missing -> 400 "api-version not specified";
- * not one of this socket's versions -> 400 `invalid api-version "X"`; unknown path
- * -> 404 "not found"; known path, wrong method -> 400 "method not allowed"
- * (err->allow set); route needs a newer version -> 400 `invalid api-version "X"`.
- * Returns 0 and sets *ret_op, or -EINVAL / -ENOENT (404) with err filled (err may
- * be NULL). */
+/* Match a request. path is the raw path without the query; paths match exactly,
+ * except a route's {moduleId}: one non-empty path segment (no '/'), percent-
+ * decoded as a URL path is ('+' stays '+'), which must be UTF-8 without NUL
+ * (aziot: a segment that does not decode is no match: 404). api_version is the
+ * decoded api-version query value or NULL when absent.
+ * Check order (aziot's http-common): api-version missing -> 400 "api-version not
+ * specified"; not one of this socket's versions -> 400 `invalid api-version "X"`;
+ * no route for the path that takes this version -> 404 "not found"; known path,
+ * wrong method -> 400 "method not allowed" (err->allow set to the methods the
+ * path takes, e.g. "GET, POST", for an Allow header).
+ * Returns 0 and sets *ret_op, or -EINVAL / -ENOENT (404) / -ENOMEM (500) with
+ * err filled (err may be NULL). */
 int api_route(enum api_socket which, const char *method, const char *path, const char *api_version,
               enum api_op *ret_op, struct api_error *err);
+
+/* api_route() that also hands back the route's path parameter: on success
+ * *ret_param is the decoded {moduleId} (heap, caller frees) for
+ * API_OP_MODULES_GET/UPDATE/DELETE and NULL for every other op. ret_param may
+ * be NULL only when the caller does not want it. Not validated beyond the
+ * decoding: api_check_module_id() does that, after authorization (aziot's
+ * order). */
+int api_route_param(enum api_socket which, const char *method, const char *path, const char *api_version,
+                    enum api_op *ret_op, char **ret_param, struct api_error *err);
+
+/* Decode one URL path segment: %XX (either case) is a byte, a '%' not followed
+ * by two hex digits stays literal (aziot's percent_decode_str), '+' is '+'.
+ * The result must be valid UTF-8 without NUL. Returns 0 and *ret (heap),
+ * -EINVAL (not UTF-8, or a NUL) or -ENOMEM. */
+int api_path_segment_decode(const char *text, size_t len, char **ret);
+
+/* IoT Hub's module-id rules: 1..API_MODULE_ID_MAX characters of ASCII letters,
+ * digits and - . + % _ # * ? ! ( ) , : = @ $ ' (the hub's documented set;
+ * "$edgeAgent" is valid). aziot's answer for an empty (or all-blank) id is 400
+ * `parameter "module_id" has an invalid value` caused by "module name cannot be
+ * empty"; tpmidd refuses the rest the same way instead of letting the hub answer
+ * (aziot then says 404 "Hub client error"). Returns 0 or -EINVAL with err. */
+int api_check_module_id(const char *module_id, struct api_error *err);
+
+/* The identity type of a module request (aziot's match_id_type!): type is the
+ * decoded `type` query parameter (GET/PUT/DELETE and the list) or the body's
+ * "type" (POST), NULL when absent. "aziot" is 0. Absent: 400 `parameter "type"
+ * has an invalid value` caused by "missing parameter"; any other value 400
+ * caused by "invalid type: X", except "local" for get and create, where aziot
+ * issues a local (X.509) identity: tpmidd has none, 400 caused by "local
+ * identities are not supported by tpmidd". Returns 0 or -EINVAL with err. */
+int api_check_module_type(enum api_op op, const char *type, struct api_error *err);
 
 /* ---- Request bodies ----
  * All decoders: an empty body is 400 "missing request body"; text that is not JSON
@@ -134,6 +186,25 @@ bool api_report_is_rejection(int hub_status);
  * other than "aziot" is 400 (identityd: InvalidParameter). */
 int api_decode_device(const uint8_t *body, size_t len, struct api_error *err);
 
+/* POST /identities/modules: {"type":T,"moduleId":M} (aziot's create_module_identity
+ * Request; its "localIdOpts" is ignored). content_type: the request's header or
+ * NULL; aziot reads a body whose type is not application/json as no body at all:
+ * 400 "missing request body". *ret_type and *ret_module_id are heap strings (caller
+ * frees), checked later with api_check_module_type()/api_check_module_id(). */
+int api_decode_module_create(const char *content_type, const uint8_t *body, size_t len, char **ret_type,
+                             char **ret_module_id, struct api_error *err);
+
+/* PUT /identities/modules/{M}: aziot ignores the body (the path names the module)
+ * but requires it to be JSON: a Content-Type other than application/json is 415
+ * "request body must be application/json"; an empty body is 422 "EOF while
+ * parsing a value at line 1 column 0" (serde's text); other text that is not JSON
+ * 422. Any JSON value passes, {"moduleId"} naming another module included. */
+int api_decode_module_update(const char *content_type, const uint8_t *body, size_t len, struct api_error *err);
+
+/* DELETE /identities/modules/{M}: the body is optional and ignored; when present
+ * with no Content-Type or application/json it must be JSON (422 otherwise). */
+int api_decode_module_delete(const char *content_type, const uint8_t *body, size_t len, struct api_error *err);
+
 /* ---- Responses ----
  * All encoders: on success *ret is a compact NUL-terminated JSON heap string (caller
  * frees) with keys in the order documented; returns 0, -EINVAL for a NULL required
@@ -156,13 +227,33 @@ struct api_device_identity {
 /* {"type":"aziot","spec":{"hubName","gatewayHost","deviceId","auth":{"type":"tpm"}}} */
 int api_encode_identity(const struct api_device_identity *id, char **ret);
 
+/* A module identity (aziot's AzureIoTSpec with moduleId). */
+struct api_module_identity {
+        const char *hub_name;     /* required */
+        const char *gateway_host; /* required; the hub's name when not nested */
+        const char *device_id;    /* required */
+        const char *module_id;    /* required */
+        const char *gen_id;       /* NULL or "" -> "genId" omitted (aziot: the hub gave none) */
+        const char *key_handle;   /* NULL -> "auth" omitted (aziot's lists); else {"type":"sas","keyHandle"} */
+};
+/* {"type":"aziot","spec":{"hubName","gatewayHost","deviceId","moduleId","genId"?,
+ *  "auth"?:{"type":"sas","keyHandle"}}} */
+int api_encode_module(const struct api_module_identity *m, char **ret);
+/* {"identities":[<api_encode_module() of each>]}; n may be 0 ("[]"). */
+int api_encode_module_list(const struct api_module_identity *list, size_t n, char **ret);
+
+/* GET /trust-bundle: {"certificate":"<pem>"}. aziot-identityd 1.5 answers an
+ * empty PEM ("TODO: invoke get trust bundle" in its source); tpmidd passes "" too. */
+int api_encode_trust_bundle(const char *pem, char **ret);
+
 struct api_provisioning {
         const char *endpoint;        /* DPS global endpoint, required */
         const char *scope_id;        /* required */
         const char *registration_id; /* required */
-        const char *payload_json;    /* JSON text of the configured payload, or NULL to omit */
+        const char *payload_json;    /* JSON text of the configured payload, or NULL: null */
 };
-/* {"source":"dps","auth":"tpm","endpoint","scope_id","registration_id","payload"?}.
+/* {"source":"dps","auth":"tpm","endpoint","scope_id","registration_id","payload"}
+ * (aziot's Option<Value> serialises as null when there is no payload).
  * A payload_json that does not parse is -EINVAL. */
 int api_encode_provisioning(const struct api_provisioning *p, char **ret);
 

@@ -56,6 +56,10 @@ unsigned config_diff(const struct tpmid_config *a, const struct tpmid_config *b,
                 changed(&d, R, "endpoints.aziot_tpmd");
         if (!streq_ptr(a->endpoints.identityd_socket, b->endpoints.identityd_socket))
                 changed(&d, R, "endpoints.aziot_identityd");
+        if (!streq_ptr(a->endpoints.keyd_socket, b->endpoints.keyd_socket))
+                changed(&d, L, "endpoints.aziot_keyd");
+        if (a->prefer_module_identity_cache != b->prefer_module_identity_cache)
+                changed(&d, L, "prefer_module_identity_cache");
         if (!streq_ptr(a->state_dir, b->state_dir))
                 changed(&d, R, "state_dir");
         if (!streq_ptr(a->cloud_ca_bundle, b->cloud_ca_bundle))

@@ -85,6 +85,8 @@ static void write_config(FILE *f, const struct tpmid_config *c, const char *head
                 put_kv_str(f, "hostname", c->hostname);
         put_kv_str(f, "auto_reprovisioning_mode", prov_mode_to_string(c->auto_reprovisioning_mode));
         fprintf(f, "cloud_timeout_sec = %u\ncloud_retries = %u\n", c->cloud_timeout_sec, c->cloud_retries);
+        if (c->prefer_module_identity_cache)
+                fputs("prefer_module_identity_cache = true\n", f);
         put_kv_str(f, "state_dir", c->state_dir);
         put_kv_str(f, "log_level", log_level_to_string(c->log_level));
         if (c->cloud_ca_bundle)
@@ -117,6 +119,8 @@ static void write_config(FILE *f, const struct tpmid_config *c, const char *head
         put_kv_uri(f, "aziot_tpmd", "unix://", c->endpoints.tpmd_socket, false);
         fputc('\n', f);
         put_kv_uri(f, "aziot_identityd", "unix://", c->endpoints.identityd_socket, false);
+        fputc('\n', f);
+        put_kv_uri(f, "aziot_keyd", "unix://", c->endpoints.keyd_socket, false);
         fputc('\n', f);
 
         const struct config_limits *l = &c->limits;

@@ -236,6 +236,15 @@ static void p_uint(struct config_ctx *x, const struct key_def *k, const struct t
                 *(unsigned *)field_ptr(base, k->offset) = (unsigned)n;
 }
 
+static void p_bool(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key, void *base) {
+        if (toml_type(v) != TOML_BOOL) {
+                error_v(x, v, key, "%s must be true or false (no quotes), not %s; for example: %s", key,
+                        type_phrase(toml_type(v)), k->example);
+                return;
+        }
+        *(bool *)field_ptr(base, k->offset) = toml_bool(v);
+}
+
 static void p_auth_key_index(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                              void *base) {
         int64_t n;
@@ -744,6 +753,8 @@ static const struct key_def schema[] = {
          "auto_reprovisioning_mode = \"Dynamic\""},
         {"", "cloud_timeout_sec", KEY_VALUE, p_uint, CFG(cloud_timeout_sec), 1, 3600, "cloud_timeout_sec = 70"},
         {"", "cloud_retries", KEY_VALUE, p_uint, CFG(cloud_retries), 0, 100, "cloud_retries = 1"},
+        {"", "prefer_module_identity_cache", KEY_VALUE, p_bool, CFG(prefer_module_identity_cache), 0, 0,
+         "prefer_module_identity_cache = false"},
         {"", "state_dir", KEY_VALUE, p_path, CFG(state_dir), 0, 0, "state_dir = \"/var/lib/tpmidd\""},
         {"", "log_level", KEY_VALUE, p_log_level, CFG(log_level), 0, 0, "log_level = \"info\""},
         {"", "cloud_ca_bundle", KEY_VALUE, p_path, CFG(cloud_ca_bundle), 0, 0,
@@ -757,7 +768,6 @@ static const struct key_def schema[] = {
         {"", "local_gateway_hostname", KEY_VALUE, p_local_gateway, 0, 0, 0, ""},
         {"", "parent_hostname", KEY_VALUE, p_local_gateway, 0, 0, 0, ""},
         /* Microsoft keys tpmidd does not use */
-        {"", "prefer_module_identity_cache", KEY_IGNORED, NULL, 0, 0, 0, ""},
         {"", "trust_bundle_cert", KEY_IGNORED, NULL, 0, 0, 0, ""},
         {"", "allow_elevated_docker_permissions", KEY_IGNORED, NULL, 0, 0, 0, ""},
         {"", "homedir", KEY_IGNORED, NULL, 0, 0, 0, ""},
@@ -822,7 +832,8 @@ static const struct key_def schema[] = {
          "aziot_tpmd = \"unix:///run/aziot/tpmd.sock\""},
         {"endpoints", "aziot_identityd", KEY_VALUE, p_unix_uri, CFG(endpoints.identityd_socket), 0, 0,
          "aziot_identityd = \"unix:///run/aziot/identityd.sock\""},
-        {"endpoints", "aziot_keyd", KEY_IGNORED, NULL, 0, 0, 0, ""},
+        {"endpoints", "aziot_keyd", KEY_VALUE, p_unix_uri, CFG(endpoints.keyd_socket), 0, 0,
+         "aziot_keyd = \"unix:///run/aziot/keyd.sock\""},
         {"endpoints", "aziot_certd", KEY_IGNORED, NULL, 0, 0, 0, ""},
         {"endpoints", "aziot_edged", KEY_IGNORED, NULL, 0, 0, 0, ""},
         /* [limits] */
@@ -967,6 +978,7 @@ static void walk_principals(struct config_ctx *x, const struct key_def *k, const
 static void scan_ignored_table(struct config_ctx *x, const struct toml_value *t, const char *dpath, unsigned depth) {
         static const char *const top_keys[] = {
                 "auto_reprovisioning_mode", "cloud_timeout_sec", "cloud_retries", "state_dir", "log_level", "cloud_ca_bundle",
+                "prefer_module_identity_cache",
         };
         if (depth > TOML_MAX_DEPTH)
                 return;
@@ -1139,6 +1151,7 @@ struct tpmid_config *config_free(struct tpmid_config *c) {
         }
         free(c->endpoints.tpmd_socket);
         free(c->endpoints.identityd_socket);
+        free(c->endpoints.keyd_socket);
         free(c->state_dir);
         free(c->cloud_ca_bundle);
         for (size_t i = 0; i < c->n_principals; i++)
@@ -1168,6 +1181,7 @@ static struct tpmid_config *config_new(const char *origin) {
                 .tpm.owner_auth = strdup(""),
                 .endpoints.tpmd_socket = strdup(CONFIG_DEFAULT_TPMD_SOCKET),
                 .endpoints.identityd_socket = strdup(CONFIG_DEFAULT_IDENTITYD_SOCKET),
+                .endpoints.keyd_socket = strdup(CONFIG_DEFAULT_KEYD_SOCKET),
                 .state_dir = strdup(CONFIG_DEFAULT_STATE_DIR),
                 .log_level = LOG_INFO,
                 .limits =
@@ -1182,7 +1196,7 @@ static struct tpmid_config *config_new(const char *origin) {
                         },
         };
         if (!c->origin || !c->provisioning.global_endpoint || !c->tpm.tcti || !c->tpm.endorsement_auth ||
-            !c->tpm.owner_auth || !c->endpoints.tpmd_socket || !c->endpoints.identityd_socket || !c->state_dir)
+            !c->tpm.owner_auth || !c->endpoints.tpmd_socket || !c->endpoints.identityd_socket || !c->endpoints.keyd_socket || !c->state_dir)
                 return config_free(c);
         return c;
 }

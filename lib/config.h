@@ -75,6 +75,7 @@
 #define CONFIG_MAX_AUTH_KEY_INDEX 0x7FFFFFu
 #define CONFIG_DEFAULT_TPMD_SOCKET "/run/aziot/tpmd.sock"
 #define CONFIG_DEFAULT_IDENTITYD_SOCKET "/run/aziot/identityd.sock"
+#define CONFIG_DEFAULT_KEYD_SOCKET "/run/aziot/keyd.sock" /* aziot-keyd's socket ([endpoints] aziot_keyd) */
 #define CONFIG_DEFAULT_STATE_DIR "/var/lib/tpmidd"
 #define CONFIG_DEFAULT_CLOUD_TIMEOUT_SEC 70 /* seconds per cloud request, aziot's default */
 #define CONFIG_DEFAULT_CLOUD_RETRIES 1      /* extra attempts after a failed cloud request */
@@ -151,6 +152,10 @@ struct tpmid_config {
         enum prov_mode auto_reprovisioning_mode; /* lib/provision.h's enum, parsed with prov_mode_from_string() */
         unsigned cloud_timeout_sec; /* 1..3600 */
         unsigned cloud_retries;     /* 0..100 */
+        /* aziot-identityd's key: true = a module GET answers from the module
+         * cache and asks the hub only for a module the cache lacks; false =
+         * the hub first, the cache when the hub cannot be reached. */
+        bool prefer_module_identity_cache;
 
         struct {
                 enum config_provisioning_source source;
@@ -171,6 +176,7 @@ struct tpmid_config {
         struct {
                 char *tpmd_socket;      /* filesystem path (the unix:// URI without its scheme); never NULL */
                 char *identityd_socket; /* never NULL */
+                char *keyd_socket;      /* aziot-keyd's, for module keys; never NULL */
         } endpoints;
 
         char *state_dir;       /* never NULL */

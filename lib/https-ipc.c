@@ -71,10 +71,13 @@ static int validate(const struct https_ipc_msg *m) {
                 return 0;
         case HTTPS_IPC_REQUEST:
                 if ((r = check_str(m->request.method, true)) < 0 || (r = check_str(m->request.url, true)) < 0 ||
-                    (r = check_str(m->request.authorization, false)) < 0)
+                    (r = check_str(m->request.authorization, false)) < 0 ||
+                    (r = check_str(m->request.if_match, false)) < 0)
                         return r;
                 if (m->request.timeout_ms == 0)
                         return -EINVAL;
+                if (m->request.if_match && strpbrk(m->request.if_match, "\r\n"))
+                        return -EINVAL; /* one header line, never two */
                 if (m->request.body && m->request.body_len > HTTPS_IPC_MAX_BODY_BYTES)
                         return -EMSGSIZE;
                 return 0;
@@ -112,6 +115,7 @@ static void put_msg(struct wcur *w, const struct https_ipc_msg *m) {
                 put_str(w, m->request.method);
                 put_str(w, m->request.url);
                 put_str(w, m->request.authorization);
+                put_str(w, m->request.if_match);
                 put_bytes(w, m->request.body, m->request.body_len, m->request.body != NULL);
                 put_u32(w, m->request.timeout_ms);
                 return;
@@ -278,9 +282,10 @@ int https_ipc_decode(const uint8_t *buf, size_t len, struct https_ipc_msg *out) 
                 m.request.method = get_str(&c, &a, false);
                 m.request.url = get_str(&c, &a, false);
                 m.request.authorization = get_str(&c, &a, true);
+                m.request.if_match = get_str(&c, &a, true);
                 get_field(&c, &a, true, true, HTTPS_IPC_MAX_BODY_BYTES, &m.request.body, &m.request.body_len);
                 m.request.timeout_ms = get_u32(&c);
-                if (m.request.timeout_ms == 0)
+                if (m.request.timeout_ms == 0 || (m.request.if_match && strpbrk(m.request.if_match, "\r\n")))
                         c.bad = true;
                 break;
         case HTTPS_IPC_RESPONSE: {

@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HTTPS_IPC_VERSION 2u                            /* hello.version; bump on any layout change (2: response.date) */
+#define HTTPS_IPC_VERSION 3u                            /* hello.version; bump on any layout change (2: response.date, 3: request.if_match) */
 #define HTTPS_IPC_MAX_BODY_BYTES (256u * 1024u)         /* bytes of a request or response body */
 #define HTTPS_IPC_MAX_STRING_BYTES 8192u                /* bytes of any other string (url, token, path...) */
 #define HTTPS_IPC_MAX_STRINGS 6u                        /* strings in the largest frame type (response) */
@@ -54,6 +54,7 @@ struct https_ipc_request {
         const char *method;        /* required, e.g. "PUT" */
         const char *url;           /* required */
         const char *authorization; /* optional: the full header value; a secret, never log it */
+        const char *if_match;      /* optional: the If-Match header value (the hub's module update/delete: "*") */
         const uint8_t *body;       /* optional (NULL = no body) */
         size_t body_len;
         uint32_t timeout_ms; /* > 0 */

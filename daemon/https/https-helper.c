@@ -353,6 +353,17 @@ static int start_request(struct helper *h, const struct https_ipc_request *req) 
                         goto oom;
                 x->headers = n;
         }
+        if (req->if_match) {
+                _cleanup_free_ char *line = NULL;
+                if (asprintf(&line, "If-Match: %s", req->if_match) < 0) {
+                        line = NULL;
+                        goto oom;
+                }
+                struct curl_slist *n = curl_slist_append(x->headers, line);
+                if (!n)
+                        goto oom;
+                x->headers = n;
+        }
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
         if (req->body) {
                 x->body = malloc(req->body_len + 1);

@@ -745,6 +745,7 @@ int cloud_send(struct cloud *c, const struct cloud_request *req, cloud_cb cb, vo
                             .method = req->method,
                             .url = req->url,
                             .authorization = req->authorization,
+                            .if_match = req->if_match,
                             .body = (const uint8_t *)req->body,
                             .body_len = req->body ? req->body_len : 0,
                             .timeout_ms = timeout > (long)UINT32_MAX ? UINT32_MAX : (uint32_t)timeout},

@@ -29,9 +29,10 @@ struct cloud_options {
 };
 
 struct cloud_request {
-        const char *method;        /* "GET", "PUT", "POST" */
+        const char *method;        /* "GET", "PUT", "POST", "DELETE" */
         const char *url;           /* https://... */
         const char *authorization; /* full header value or NULL; never logged */
+        const char *if_match;      /* If-Match header value or NULL (the hub's module update and delete: "*") */
         const char *body;          /* JSON or NULL */
         size_t body_len;
         long timeout_ms; /* 0 = CLOUD_DEFAULT_TIMEOUT_MS */

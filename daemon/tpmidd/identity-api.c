@@ -9,7 +9,10 @@
 #include <jansson.h>
 
 #include "api.h"
+#include "authz.h"
+#include "http.h"
 #include "log.h"
+#include "modules.h"
 #include "dps.h"
 #include "sas.h"
 #include "tpmid-config.h"
@@ -40,6 +43,22 @@ struct token_req {
         char device_id[DPS_DEVICE_ID_MAX + 1];
 };
 
+/* A module request waiting for manager_modules()' answer. The server keeps
+ * req valid until it is answered (a reply to a connection that closed is
+ * dropped), as for token_req; the manager ends every modules_*() call before
+ * manager_close() reports closed. */
+struct module_req {
+        struct identity_api *api;
+        struct server_request *req;
+        enum api_op op; /* API_OP_MODULES_*, or API_OP_IDENTITY_GET for a module caller's own identity */
+        uint64_t id;
+};
+
+/* manager.c: the manager's module identities (issue 12). */
+struct modules *manager_modules(struct manager *m);
+
+_Static_assert(API_MODULE_ID_MAX == MODULES_ID_MAX, "lib/api.h and modules.h must agree on the module-id limit");
+
 static const struct http_header retry_later[] = { { "Retry-After", IDENTITY_API_RETRY_AFTER_SEC } };
 
 int identity_api_new(struct manager *m, struct identity_api **ret) {
@@ -51,16 +70,23 @@ int identity_api_new(struct manager *m, struct identity_api **ret) {
         return 0;
 }
 
-static bool authorized(struct identity_api *api, struct server_request *req, enum api_op op, uint32_t bit) {
-        if (server_request_allowed(req, bit))
+/* The caller's facts for lib/authz: listed entries decide by themselves;
+ * root and the socket's group count for the unlisted. */
+static bool authorized(struct identity_api *api, struct server_request *req, enum api_op op, const char *module_id) {
+        if (authz_op_allowed_by_config(manager_config(api->manager), req->uid, server_request_in_socket_group(req), op,
+                                       module_id))
                 return true;
+        if (module_id && api_check_module_id(module_id, NULL) < 0)
+                module_id = NULL; /* not valid yet: may hold newlines, kept out of the journal */
         log_struct(LOG_WARNING, LOG_MESSAGE_ACCESS_DENIED,
                    LOG_FIELDS(LOG_NUM("CLIENT_UID", req->uid), LOG_NUM("CLIENT_PID", req->pid),
                               LOG_STR("API_OP", api_op_to_string(op))),
-                   "identity API: uid %u may not call %s", (unsigned)req->uid, api_op_to_string(op));
+                   "identity API: uid %u may not call %s%s%s", (unsigned)req->uid, api_op_to_string(op),
+                   module_id ? " for module " : "", module_id ? module_id : "");
         server_reply_error(req, 401, NULL, 0,
-                           "authorization error: uid %u is not allowed to call %s (add a [[principal]] for it)",
-                           (unsigned)req->uid, api_op_to_string(op));
+                           "authorization error: uid %u is not allowed to call %s%s%s (add a [[principal]] for it)",
+                           (unsigned)req->uid, api_op_to_string(op), module_id ? " for module " : "",
+                           module_id ? module_id : "");
         return false;
 }
 
@@ -308,6 +334,148 @@ static void handle_token(struct identity_api *api, struct server_request *req, b
         }
 }
 
+static void module_done(const struct modules_result *res, void *userdata) {
+        struct module_req *mr = userdata;
+        struct server_request *req = mr->req;
+        enum api_op op = mr->op;
+        free(mr);
+        if (res->r < 0) {
+                int status = res->status >= 400 && res->status <= 599 ? res->status : 500;
+                bool later = status == 503 || status == 429;
+                (void)server_reply_error(req, status, later ? retry_later : NULL, later ? ELEMENTSOF(retry_later) : 0,
+                                         "%s", res->message[0] ? res->message : strerror(-res->r));
+                return;
+        }
+        char *json = NULL;
+        int r = -EINVAL; /* an op that never starts a module call */
+        switch (op) {
+        case API_OP_MODULES_DELETE:
+                (void)server_reply(req, 204, NULL, NULL, 0);
+                return;
+        case API_OP_MODULES_LIST: {
+                struct api_module_identity *list = calloc(res->n_list ? res->n_list : 1, sizeof(*list));
+                if (!list) {
+                        r = -ENOMEM;
+                        break;
+                }
+                for (size_t i = 0; i < res->n_list; i++) {
+                        const struct module_identity *m = &res->list[i];
+                        /* aziot lists specs without auth: key_handle stays NULL */
+                        list[i] = (struct api_module_identity){ .hub_name = m->hub, .gateway_host = m->hub,
+                                                                .device_id = m->device_id,
+                                                                .module_id = m->module_id, .gen_id = m->gen_id };
+                }
+                r = api_encode_module_list(list, res->n_list, &json);
+                free(list);
+                break;
+        }
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_CREATE:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_IDENTITY_GET: {
+                const struct module_identity *m = res->identity;
+                if (!m) {
+                        r = -EINVAL;
+                        break;
+                }
+                struct api_module_identity id = { .hub_name = m->hub, .gateway_host = m->hub,
+                                                  .device_id = m->device_id, .module_id = m->module_id,
+                                                  .gen_id = m->gen_id, .key_handle = m->key_handle };
+                r = api_encode_module(&id, &json);
+                break;
+        }
+        case API_OP_TPM_GET_KEYS:
+        case API_OP_TPM_IMPORT:
+        case API_OP_TPM_SIGN:
+        case API_OP_IDENTITY_DEVICE:
+        case API_OP_IDENTITY_PROVISIONING:
+        case API_OP_IDENTITY_REPROVISION:
+        case API_OP_IDENTITY_TOKEN:
+        case API_OP_IDENTITY_REPORT:
+        case API_OP_STATUS:
+        case API_OP_TRUST_BUNDLE:
+        case _API_OP_MAX:
+                break;
+        }
+        reply_json(req, r, json);
+}
+
+/* Ask manager_modules() for op on module_id (NULL for the list). */
+static void start_module_call(struct identity_api *api, struct server_request *req, enum api_op op,
+                              const char *module_id) {
+        struct modules *mods = manager_modules(api->manager);
+        struct module_req *mr = calloc(1, sizeof(*mr));
+        if (!mr) {
+                (void)server_reply_error(req, 500, NULL, 0, "out of memory");
+                return;
+        }
+        *mr = (struct module_req){ .api = api, .req = req, .op = op };
+        int r = -EINVAL;
+        switch (op) {
+        case API_OP_MODULES_LIST:
+                r = modules_list(mods, module_done, mr, &mr->id);
+                break;
+        case API_OP_MODULES_GET:
+        case API_OP_IDENTITY_GET:
+                r = modules_get(mods, module_id, module_done, mr, &mr->id);
+                break;
+        case API_OP_MODULES_CREATE:
+                r = modules_create(mods, module_id, module_done, mr, &mr->id);
+                break;
+        case API_OP_MODULES_UPDATE:
+                r = modules_update(mods, module_id, module_done, mr, &mr->id);
+                break;
+        case API_OP_MODULES_DELETE:
+                r = modules_delete(mods, module_id, module_done, mr, &mr->id);
+                break;
+        case API_OP_TPM_GET_KEYS:
+        case API_OP_TPM_IMPORT:
+        case API_OP_TPM_SIGN:
+        case API_OP_IDENTITY_DEVICE:
+        case API_OP_IDENTITY_PROVISIONING:
+        case API_OP_IDENTITY_REPROVISION:
+        case API_OP_IDENTITY_TOKEN:
+        case API_OP_IDENTITY_REPORT:
+        case API_OP_STATUS:
+        case API_OP_TRUST_BUNDLE:
+        case _API_OP_MAX:
+                break;
+        }
+        if (r >= 0)
+                return; /* module_done() answers */
+        free(mr);
+        if (r == -ENOMEM)
+                (void)server_reply_error(req, 500, NULL, 0, "out of memory");
+        else
+                (void)server_reply_error(req, 503, retry_later, ELEMENTSOF(retry_later),
+                                         "module identities are not available: %s", strerror(-r));
+}
+
+/* GET /identities/identity: the caller's own identity (lib/authz rule 8). */
+static void handle_caller_identity(struct identity_api *api, struct server_request *req, bool may_wait) {
+        const char *module_id = NULL;
+        switch (authz_caller_identity_by_config(manager_config(api->manager), req->uid,
+                                                server_request_in_socket_group(req), &module_id)) {
+        case AUTHZ_IDENTITY_DEVICE:
+                handle_device(api, req, API_OP_IDENTITY_GET, may_wait);
+                return;
+        case AUTHZ_IDENTITY_MODULE:
+                start_module_call(api, req, API_OP_IDENTITY_GET, module_id);
+                return;
+        case AUTHZ_IDENTITY_NONE:
+                break;
+        }
+        /* Only after a wait, when a reload took the caller's identity away. */
+        if (authorized(api, req, API_OP_IDENTITY_GET, NULL))
+                (void)server_reply_error(req, 500, NULL, 0, "internal error: no identity for an authorized caller");
+}
+
+static void handle_trust_bundle(struct server_request *req) {
+        char *json = NULL;
+        int r = api_encode_trust_bundle("", &json);
+        reply_json(req, r, json);
+}
+
 static void handle_status(struct identity_api *api, struct server_request *req) {
         struct api_status st;
         manager_fill_status(api->manager, &st);
@@ -321,6 +489,8 @@ static void handle_status(struct identity_api *api, struct server_request *req) 
 static void dispatch(struct identity_api *api, struct server_request *req, enum api_op op, bool may_wait) {
         switch (op) {
         case API_OP_IDENTITY_GET:
+                handle_caller_identity(api, req, may_wait);
+                return;
         case API_OP_IDENTITY_DEVICE:
                 handle_device(api, req, op, may_wait);
                 return;
@@ -339,6 +509,15 @@ static void dispatch(struct identity_api *api, struct server_request *req, enum 
         case API_OP_STATUS:
                 handle_status(api, req);
                 return;
+        case API_OP_TRUST_BUNDLE:
+                handle_trust_bundle(req);
+                return;
+        case API_OP_MODULES_LIST:
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_CREATE:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_MODULES_DELETE:
+                /* they carry a module id: identity_api_handle() starts them */
         case API_OP_TPM_GET_KEYS:
         case API_OP_TPM_IMPORT:
         case API_OP_TPM_SIGN:
@@ -348,52 +527,89 @@ static void dispatch(struct identity_api *api, struct server_request *req, enum 
         server_reply_error(req, 404, NULL, 0, "not found");
 }
 
+/* A module route, routed and with its body decoded: authorize for the
+ * module it names, then check type and id (aziot's order). type: the body's
+ * (create) or the query's. */
+static void handle_module(struct identity_api *api, struct server_request *req, enum api_op op, const char *type,
+                          const char *module_id) {
+        struct api_error err = { 0 };
+        if (!authorized(api, req, op, module_id))
+                return;
+        if (api_check_module_type(op, type, &err) < 0 || (op != API_OP_MODULES_LIST && api_check_module_id(module_id, &err) < 0)) {
+                (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
+                return;
+        }
+        if (op != API_OP_MODULES_LIST)
+                log_struct(LOG_INFO, NULL,
+                           LOG_FIELDS(LOG_NUM("CLIENT_UID", req->uid), LOG_STR("API_OP", api_op_to_string(op))),
+                           "identity API: uid %u calls %s for module %s", (unsigned)req->uid, api_op_to_string(op),
+                           module_id);
+        start_module_call(api, req, op, op == API_OP_MODULES_LIST ? NULL : module_id);
+}
+
 void identity_api_handle(struct server_request *req, void *userdata) {
         struct identity_api *api = userdata;
         struct http_request *h = req->http;
         enum api_op op;
         struct api_error err = {0};
-        if (api_route(API_SOCKET_IDENTITY, h->method, h->path, h->api_version, &op, &err) < 0) {
+        _cleanup_free_ char *param = NULL, *type = NULL, *body_id = NULL;
+        int r = api_route_param(API_SOCKET_IDENTITY, h->method, h->path, h->api_version, &op, &param, &err);
+        if (r < 0) {
                 struct http_header allow = {"Allow", err.allow};
                 server_reply_error(req, err.status, err.allow ? &allow : NULL, err.allow ? 1 : 0, "%s", err.message);
                 return;
         }
         switch (op) {
         case API_OP_IDENTITY_GET:
-                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
+        case API_OP_IDENTITY_PROVISIONING:
+        case API_OP_IDENTITY_REPROVISION:
+        case API_OP_IDENTITY_TOKEN:
+        case API_OP_IDENTITY_REPORT: /* any client that uses the identity may say the hub refused it */
+        case API_OP_STATUS:
+        case API_OP_TRUST_BUNDLE:
+                if (!authorized(api, req, op, NULL))
                         return;
                 break;
         case API_OP_IDENTITY_DEVICE:
-                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
+                if (!authorized(api, req, op, NULL))
                         return;
                 if (api_decode_device(h->body, h->body_len, &err) < 0) {
                         (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
                         return;
                 }
                 break;
-        case API_OP_IDENTITY_PROVISIONING:
-                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_PROVISIONING))
-                        return;
-                break;
-        case API_OP_IDENTITY_REPROVISION:
-                if (!authorized(api, req, op, CONFIG_OP_REPROVISION))
-                        return;
-                break;
-        case API_OP_IDENTITY_TOKEN:
-                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_TOKEN))
-                        return;
-                break;
-        case API_OP_IDENTITY_REPORT:
-                /* Any client that uses the identity may say the hub refused it. */
-                if (!authorized(api, req, op, CONFIG_OP_IDENTITY_GET))
-                        return;
-                break;
-        case API_OP_STATUS:
-                if (!server_request_in_socket_group(req) && !server_request_allowed(req, CONFIG_OP_IDENTITY_GET)) {
-                        authorized(api, req, op, CONFIG_OP_IDENTITY_GET);
+        case API_OP_MODULES_LIST:
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_MODULES_DELETE:
+                /* aziot reads the body before it looks at the caller */
+                if (op == API_OP_MODULES_UPDATE)
+                        r = api_decode_module_update(h->content_type, h->body, h->body_len, &err);
+                else if (op == API_OP_MODULES_DELETE)
+                        r = api_decode_module_delete(h->content_type, h->body, h->body_len, &err);
+                if (r < 0) {
+                        (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
                         return;
                 }
-                break;
+                r = http_query_get(h->query, "type", &type);
+                if (r == -ENOMEM) {
+                        (void)server_reply_error(req, 500, NULL, 0, "out of memory");
+                        return;
+                }
+                /* a type that decodes to a NUL is no type aziot knows: "" says "invalid type" */
+                if (r == -EINVAL && !(type = strdup(""))) {
+                        (void)server_reply_error(req, 500, NULL, 0, "out of memory");
+                        return;
+                }
+                handle_module(api, req, op, type, param);
+                return;
+        case API_OP_MODULES_CREATE:
+                if (api_decode_module_create(h->content_type, h->body, h->body_len, &type, &body_id, &err) < 0) {
+                        (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
+                        return;
+                }
+                handle_module(api, req, op, type, body_id);
+                return;
         case API_OP_TPM_GET_KEYS:
         case API_OP_TPM_IMPORT:
         case API_OP_TPM_SIGN:

@@ -11,9 +11,19 @@
  * for the check's end, at most MANAGER_IDENTITY_WAIT_MAX_MS
  * (manager_wait_identity()), and is answered from what the check found.
  *
- * Authorization (aziot §2.7): a [[principal]] entry decides by its allow
- * list; an unlisted root is allowed everything; anyone else is refused with
- * 401 "authorization error" (aziot's answer) naming the uid and operation. */
+ * Module identities (GET/POST /identities/modules, GET/PUT/DELETE
+ * /identities/modules/{id}) are asked of manager_modules() (modules.h) and
+ * answered from its callback; GET /identities/identity answers a module
+ * principal with its own module identity (the entry's name). GET
+ * /trust-bundle answers aziot's {"certificate":""}.
+ *
+ * Authorization: lib/authz.h (authz_op_allowed(), authz_caller_identity()):
+ * a [[principal]] entry decides by its idtype, name and allow list; an
+ * unlisted root or member of the socket's group is allowed everything; anyone
+ * else is refused with 401 "authorization error" (aziot's answer) naming the
+ * uid, the operation and, for a module route, the module. A module route is
+ * checked in aziot's order: body (400/415/422), caller (401), `type` (400),
+ * module id (400), then the module call. */
 #pragma once
 
 #include "manager.h"

@@ -8,6 +8,7 @@
 
 #include "config-diff.h"
 #include "log.h"
+#include "modules.h"
 #include "provision-driver.h"
 #include "provision.h"
 #include "tpm.h"
@@ -30,6 +31,10 @@ struct manager {
 
         struct tpm_worker *worker;
         struct prov_driver *prov; /* NULL when source is "none" */
+        struct modules *modules;  /* the module identities; NULL when source is "none" */
+        bool was_provisioned;     /* the driver's state was PROVISIONED at its last change */
+        bool dps_ran;             /* a DPS run happened since the last reconciliation trigger */
+        char reconciled_hub[DPS_HUB_NAME_MAX + 1], reconciled_device[DPS_DEVICE_ID_MAX + 1];
 
         /* TPM */
         enum manager_tpm_state tpm_state;
@@ -278,8 +283,50 @@ static void answer_identity_waiters(struct manager *m, enum manager_outcome o) {
 
 /* ---- provisioning ---- */
 
+/* Reconciliation of the module identities after every (re)provisioning:
+ * whenever the driver settles with an identity for the first time (the
+ * saved one at start), after a DPS run (a reprovisioning, also to the same
+ * hub) or with another identity. A hub check alone (Dynamic mode, a
+ * client's report) is no reprovisioning. */
+static void maybe_reconcile(struct manager *m) {
+        enum prov_state state = prov_driver_state(m->prov);
+        bool now = state == PROV_PROVISIONED;
+        switch (state) {
+        case PROV_REGISTERING:
+        case PROV_IMPORTING_CHALLENGE:
+        case PROV_AUTHENTICATING:
+        case PROV_POLLING:
+        case PROV_IMPORTING_FINAL:
+        case PROV_SAVING:
+                m->dps_ran = true;
+                break;
+        case PROV_IDLE:
+        case PROV_LOADING_STATE:
+        case PROV_RECOVERING:
+        case PROV_CHECKING_HUB:
+        case PROV_RETIRING:
+        case PROV_PROVISIONED:
+        case PROV_BACKING_OFF:
+        case PROV_FAILED_PERMANENT:
+        case _PROV_STATE_MAX:
+                break;
+        }
+        const char *hub = NULL, *dev = NULL;
+        if (now && !m->was_provisioned && m->modules && prov_driver_identity(m->prov, &hub, &dev) &&
+            (m->dps_ran || !m->reconciled_hub[0] || !streq(hub, m->reconciled_hub) ||
+             !streq(dev, m->reconciled_device))) {
+                bool first = !m->reconciled_hub[0];
+                snprintf(m->reconciled_hub, sizeof m->reconciled_hub, "%s", hub);
+                snprintf(m->reconciled_device, sizeof m->reconciled_device, "%s", dev);
+                modules_reconcile(m->modules, first ? "start" : "provisioned");
+                m->dps_ran = false;
+        }
+        m->was_provisioned = now;
+}
+
 static void prov_changed(void *userdata) {
         struct manager *m = userdata;
+        maybe_reconcile(m);
         if (m->reprovision.head) {
                 /* Reprovision requests are answered once the run they asked
                  * for settled. Compare states, not their status strings. */
@@ -328,6 +375,10 @@ enum api_report_action manager_report_bad_credentials(struct manager *m, int hub
         if (!m->prov)
                 return API_REPORT_IGNORED;
         return prov_driver_report_bad_credentials(m->prov, hub_status);
+}
+
+struct modules *manager_modules(struct manager *m) {
+        return m->modules;
 }
 
 int manager_submit(struct manager *m, struct tpm_job *job) {
@@ -606,6 +657,9 @@ void manager_reload(struct manager *m, struct tpmid_config *file) {
         if (m->prov)
                 prov_driver_set_config(m->prov, file);
         config_free(old);
+        /* aziot reconciles on every configuration update (principals). */
+        if (m->modules && m->was_provisioned)
+                modules_reconcile(m->modules, "reload");
         log_struct(LOG_INFO, LOG_MESSAGE_RELOADED, LOG_FIELDS(LOG_STR("CONFIG_FILE", file->origin)),
                    "reloaded %s (%s%s)", file->origin ? file->origin : "the configuration",
                    why ? "applied: " : "no changes applied", why ? why : "");
@@ -662,6 +716,12 @@ int manager_new(uv_loop_t *loop, struct tpmid_config *config, void (*changed_cb)
                         return r;
                 }
                 prov_driver_set_status_cb(m->prov, prov_changed, m);
+                r = modules_new(loop, m, &m->modules);
+                if (r < 0) {
+                        /* The daemon still serves the device identity. */
+                        log_error("module identities are not available: %s", strerror(-r));
+                        m->modules = NULL;
+                }
         }
         uv_timer_init(loop, &m->retry_timer);
         uv_timer_init(loop, &m->identity_timer);
@@ -683,6 +743,11 @@ void manager_begin_stop(struct manager *m, const char *why) {
         uv_timer_stop(&m->retry_timer);
         waiters_answer(&m->reprovision, MANAGER_OUTCOME_STOPPING, "tpmidd is stopping");
         answer_identity_waiters(m, MANAGER_OUTCOME_STOPPING);
+        /* Module calls waiting for the hub or keyd are answered now (503), so
+         * that the sockets drain without waiting for them; the object goes
+         * once its own TPM jobs are back. */
+        modules_close(m->modules);
+        m->modules = NULL;
         changed(m);
 }
 
@@ -690,6 +755,8 @@ static void worker_stopped(void *userdata) {
         struct manager *m = userdata;
         m->worker = NULL;
         /* Every TPM job has completed, so nothing answers into a view now. */
+        modules_close(m->modules);
+        m->modules = NULL;
         prov_driver_close(m->prov);
         m->prov = NULL;
         m->closed = true;

@@ -3,6 +3,8 @@
  *   - the TPM: its worker thread, the start/retry cycle, the watchdog ping,
  *     the TPM's state and its endorsement and storage root publics,
  *   - the provisioning driver (when [provisioning] source is "dps"),
+ *   - the module identities (modules.h; with the driver), reconciled after
+ *     every (re)provisioning and every reload,
  *   - reload, with one rule (below and in tpmidd(8)).
  *
  * The sockets' routes (tpmd-api.c, identity-api.c) and sd_notify (notify.c)
@@ -16,7 +18,8 @@
  * sd_notify messages.
  *
  * The reload rule (manager_reload()). Applied: log_level, [limits],
- * [[principal]], the provisioning settings ([provisioning] global_endpoint,
+ * [[principal]] (the module identities are reconciled again),
+ * [endpoints] aziot_keyd, prefer_module_identity_cache, the provisioning settings ([provisioning] global_endpoint,
  * id_scope, payload, [provisioning.attestation]) and auto_reprovisioning_mode.
  * A change of the provisioning settings starts a DPS run (CONFIG_CHANGED);
  * the state machine takes the new mode. Refused, keeping the running value
@@ -101,8 +104,9 @@ void manager_reload(struct manager *m, struct tpmid_config *file);
  * pings that came back (the progress the watchdog asks for). */
 void manager_watchdog_ping(struct manager *m);
 
-/* Shutdown, step 1: answer every waiter with MANAGER_OUTCOME_STOPPING, stop
- * retrying; the status says "stopping: why". */
+/* Shutdown, step 1: answer every waiter with MANAGER_OUTCOME_STOPPING, and
+ * every module call in flight with 503; stop retrying and reconciling; the
+ * status says "stopping: why". */
 void manager_begin_stop(struct manager *m, const char *why);
 /* Shutdown, step 2 (after the sockets drained): let the worker finish its
  * queued jobs (their done callbacks run), close the TPM, stop provisioning,
@@ -143,6 +147,10 @@ const char *manager_provisioning_text(const struct manager *m);
 void manager_fill_status(const struct manager *m, struct api_status *st);
 
 /* ---- asking it to act ---- */
+
+/* The module identities (modules.h), NULL when source is "none" or they
+ * could not be set up. */
+struct modules *manager_modules(struct manager *m);
 
 /* Queue a TPM job on the worker (tpm_worker_submit()'s contract). */
 int manager_submit(struct manager *m, struct tpm_job *job);

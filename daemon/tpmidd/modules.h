@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #define MODULES_ID_MAX 128      /* chars of an IoT Hub module id (the hub's own limit) */
 #define MODULES_GEN_ID_MAX 128  /* chars of a hub generationId we keep */
@@ -70,3 +71,25 @@ int modules_update(struct modules *m, const char *module_id, modules_cb cb, void
 int modules_delete(struct modules *m, const char *module_id, modules_cb cb, void *userdata, uint64_t *ret_id);
 /* The caller (a client connection) went away: its callback will not be called. -ENOENT if unknown. */
 int modules_cancel(struct modules *m, uint64_t id);
+
+/* ---- the manager's side (manager.c owns the object) ---- */
+
+struct manager;
+
+#define MODULES_RECONCILE_RETRY_MIN_MS 5000u    /* ms before a failed reconciliation runs again */
+#define MODULES_RECONCILE_RETRY_MAX_MS 300000u  /* ms: the retry interval doubles up to this */
+#define MODULES_STATUS_MAX 256                  /* bytes, NUL included, of the last reconciliation's result */
+
+/* Reads the module cache from the state directory (a corrupt one is logged
+ * and ignored). mgr must outlive it. Returns 0 and *ret, or -ENOMEM / -EIO. */
+int modules_new(uv_loop_t *loop, struct manager *mgr, struct modules **ret);
+/* Run reconciliation (why: for the log): now, or once the running one ended.
+ * Does nothing while the device has no identity. */
+void modules_reconcile(struct modules *m, const char *why);
+/* Modules in the cache of the current identity, and the last
+ * reconciliation's result in words ("" before the first). */
+size_t modules_count(const struct modules *m);
+const char *modules_last_reconcile(const struct modules *m);
+/* Cancel everything (no callback runs any more); m is freed once its handles
+ * closed and no TPM job of its own is in flight (run the loop). NULL-safe. */
+void modules_close(struct modules *m);

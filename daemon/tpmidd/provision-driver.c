@@ -359,9 +359,16 @@ static void send_signed(struct prov_driver *d) {
                             *dev = NULL;
         int r = tok ? 0 : -ENOMEM;
         if (r >= 0 && hub) {
+                /* The hub liveness check: the device-side cloud-to-device
+                 * receive, which IoT Hub grants to the device's own SAS
+                 * (DeviceConnect) for IoT Edge and plain devices alike; its
+                 * module registry (GET .../modules) answers a plain device
+                 * 401, which would read as "moved". No message queued: 204.
+                 * See tpmidd(8), HUB CHECK. */
+                static const char c2d_api_version[] = "2020-03-13";
                 r = sas_percent_encode(d->device_id, strlen(d->device_id), &dev);
-                if (r >= 0 && asprintf(&url, "https://%s/devices/%s/modules?api-version=%s", d->hub, dev,
-                                       PROV_HUB_API_VERSION) < 0) {
+                if (r >= 0 && asprintf(&url, "https://%s/devices/%s/messages/deviceBound?api-version=%s", d->hub,
+                                       dev, c2d_api_version) < 0) {
                         url = NULL;
                         r = -ENOMEM;
                 }

@@ -57,6 +57,12 @@ static uint32_t op_permission(enum api_op op) {
         case API_OP_IDENTITY_TOKEN:
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
+        case API_OP_MODULES_LIST:
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_CREATE:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_MODULES_DELETE:
+        case API_OP_TRUST_BUNDLE:
         case _API_OP_MAX:
                 break;
         }
@@ -261,6 +267,12 @@ void tpmd_api_handle(struct server_request *req, void *userdata) {
         case API_OP_IDENTITY_TOKEN:
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
+        case API_OP_MODULES_LIST:
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_CREATE:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_MODULES_DELETE:
+        case API_OP_TRUST_BUNDLE:
         case _API_OP_MAX:
                 break;
         }

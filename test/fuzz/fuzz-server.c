@@ -168,6 +168,12 @@ static int handle_tpm(struct fake_tpm *tpm, const struct http_request *h, enum a
         case API_OP_IDENTITY_TOKEN:
         case API_OP_IDENTITY_REPORT:
         case API_OP_STATUS:
+        case API_OP_MODULES_LIST:
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_CREATE:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_MODULES_DELETE:
+        case API_OP_TRUST_BUNDLE:
         case _API_OP_MAX:
                 break;
         }
@@ -226,6 +232,33 @@ static int handle_identity(const struct fake_tpm *tpm, const struct http_request
                                                .tpm_state = tpm->ready ? "ready" : "unavailable",
                                                .version = "0", .uptime_sec = 1, .mode = "aziot" };
                 r = api_encode_status(&st, &json);
+                return reply_json(200, r, json, h->keep_alive);
+        }
+        case API_OP_TRUST_BUNDLE:
+                r = api_encode_trust_bundle("", &json);
+                return reply_json(200, r, json, h->keep_alive);
+        case API_OP_MODULES_LIST:
+        case API_OP_MODULES_GET:
+        case API_OP_MODULES_CREATE:
+        case API_OP_MODULES_UPDATE:
+        case API_OP_MODULES_DELETE: {
+                /* identity-api.c's decoding; the module itself is a fixed one */
+                char *type = NULL, *id = NULL;
+                if (op == API_OP_MODULES_CREATE)
+                        r = api_decode_module_create(h->content_type, h->body, h->body_len, &type, &id, &err);
+                else if (op == API_OP_MODULES_UPDATE)
+                        r = api_decode_module_update(h->content_type, h->body, h->body_len, &err);
+                else
+                        r = api_decode_module_delete(h->content_type, h->body, h->body_len, &err);
+                free(type);
+                free(id);
+                if (r < 0)
+                        return reply_error(err.status, err.message, h->keep_alive, NULL, 0);
+                if (op == API_OP_MODULES_DELETE)
+                        return reply(204, NULL, h->keep_alive, NULL, 0);
+                const struct api_module_identity m = { "hub.azure-devices.net", "hub.azure-devices.net", "dev-01",
+                                                       "$edgeAgent", "637", op == API_OP_MODULES_LIST ? NULL : "kh" };
+                r = op == API_OP_MODULES_LIST ? api_encode_module_list(&m, 1, &json) : api_encode_module(&m, &json);
                 return reply_json(200, r, json, h->keep_alive);
         }
         case API_OP_TPM_GET_KEYS:

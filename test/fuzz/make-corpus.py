@@ -163,6 +163,12 @@ ROUTES = [  # (socket bit, method, path, api-version, body) from lib/api.h's tab
     (1, b"POST", b"/identities/device/reprovision", b"2020-09-01", b"{}"),
     (1, b"POST", b"/identities/device/token", b"2022-08-01", b'{"lifetime_sec":600}'),
     (1, b"GET", b"/status", b"2020-09-01", b""),
+    (1, b"GET", b"/identities/modules", b"2020-09-01", b""),
+    (1, b"POST", b"/identities/modules", b"2020-09-01", b'{"type":"aziot","moduleId":"$edgeHub"}'),
+    (1, b"PUT", b"/identities/modules/$edgeAgent", b"2020-09-01", b'{"type":"aziot","moduleId":"$edgeAgent"}'),
+    (1, b"GET", b"/identities/modules/%24edgeAgent", b"2021-12-01", b""),
+    (1, b"DELETE", b"/identities/modules/m1", b"2022-08-01", b""),
+    (1, b"GET", b"/trust-bundle", b"2020-09-01", b""),
 ]
 
 
@@ -244,20 +250,25 @@ def ipc_frame(tag, *fields):
 
 def seeds_https_ipc():
     # A byte stream of frames, as the socket delivers it (test/fuzz/fuzz-https-ipc.c).
-    hello = ipc_frame(1, ("u32", 2), ("str", b"/etc/ssl/certs/ca.pem"),
+    hello = ipc_frame(1, ("u32", 3), ("str", b"/etc/ssl/certs/ca.pem"),
                       ("str", b"hub1.azure-devices.net:443:127.0.0.1:8443"), ("str", b"tpmidd/0.1.0"))
-    hello_min = ipc_frame(1, ("u32", 2), ("str", None), ("str", None), ("str", b"tpmidd/0.1.0"))
+    hello_min = ipc_frame(1, ("u32", 3), ("str", None), ("str", None), ("str", b"tpmidd/0.1.0"))
     url = b"https://global.azure-devices-provisioning.net/0ne00000001/registrations/dev1/register?api-version=2021-06-01"
     body = b'{"registrationId":"dev1","tpm":{"endorsementKey":"AToAAQAL","storageRootKey":"ARgAAQAL"}}'
-    put = ipc_frame(2, ("u64", 1), ("str", b"PUT"), ("str", url), ("str", None), ("str", body), ("u32", 70000))
+    put = ipc_frame(2, ("u64", 1), ("str", b"PUT"), ("str", url), ("str", None), ("str", None), ("str", body),
+                    ("u32", 70000))
     get = ipc_frame(2, ("u64", 2), ("str", b"GET"), ("str", url), ("str", b"SharedAccessSignature sr=x&sig=y&se=1"),
-                    ("str", None), ("u32", 15000))
+                    ("str", None), ("str", None), ("u32", 15000))
+    update = ipc_frame(2, ("u64", 3), ("str", b"PUT"), ("str", b"https://h/devices/d/modules/m?api-version=2017-11-08-preview"),
+                       ("str", b"SharedAccessSignature sr=x&sig=y&se=1"), ("str", b"*"),
+                       ("str", b'{"moduleId":"m","deviceId":"d"}'), ("u32", 70000))
     ok = ipc_frame(3, ("u64", 1), ("u32", 0), ("str", b""), ("u32", 202), ("str", b'{"status":"assigning"}'),
                    ("str", b"3"), ("str", None), ("str", b"Tue, 01 Dec 2026 20:38:41 GMT"), ("u64", 250000))
     err = ipc_frame(3, ("u64", 2), ("u32", -110), ("str", b"Operation timed out"), ("u32", 0), ("str", b""),
                     ("str", None), ("str", b"ServiceUnavailable"), ("str", None), ("u64", 70000000))
     cancel = ipc_frame(4, ("u64", 2))
-    return [hello, hello_min, put, get, ok, err, cancel, hello + put + get + cancel, ok + err, put[:20], ok[:-3]]
+    return [hello, hello_min, put, get, update, ok, err, cancel, hello + put + get + cancel, ok + err, put[:20],
+            ok[:-3]]
 
 
 def seeds_httpdate():
@@ -291,7 +302,49 @@ def seeds_sha256():
     return out
 
 
+def module_literals():
+    return test_literals("test-module.c")
+
+
+def seeds_module_hub():
+    # Byte 0 mod 3: 0 one module, 1 a list, 2 an error body (test/fuzz/fuzz-module-hub.c).
+    lits = module_literals()
+    objs = [b for b in lits if b.startswith(b"{")]
+    lists = [b for b in lits if b.startswith(b"[")]
+    errs = [b for b in objs if b"Message" in b or b"errorMessage" in b]
+    out = [b"\x00" + o for o in objs] + [b"\x01" + l for l in lists] + [b"\x02" + e for e in errs]
+    mod = [b for b in objs if b.startswith(b'{"moduleId":"$edgeAgent","managedBy"')]
+    if mod:
+        out.append(b"\x01[" + mod[0] + b',{"moduleId":"m2","deviceId":"dev-1"}]')
+    return out
+
+
+def seeds_keyd():
+    # Byte 0 mod 4: 0 handle, 1 key, 2 error, 3 an HTTP response after a split byte (test/fuzz/fuzz-keyd.c).
+    lits = module_literals()
+    handles = [b for b in lits if b.startswith(b'{"keyHandle"')]
+    keys = [b for b in lits if b.startswith(b'{"key"')]
+    errs = [b for b in lits if b.startswith(b'{"message"')]
+    resps = [b for b in lits if b.startswith(b"HTTP/")]
+    out = [b"\x00" + h for h in handles] + [b"\x01" + k for k in keys] + [b"\x02" + e for e in errs]
+    for r in resps:
+        out.append(b"\x03" + bytes([min(len(r), 255) // 2]) + r)
+    return out
+
+
+def seeds_module_cache():
+    # Whole files, and byte 0 odd + the JSON line: the target appends the digest (test/fuzz/fuzz-module-cache.c).
+    lines = [b for b in module_literals() if b.startswith(b'{"version"')]
+    good = (b'{"version":1,"hub":"hub1.azure-devices.net","deviceId":"dev-1","modules":[{"moduleId":"$edgeAgent",'
+            b'"generationId":"111","principal":false},{"moduleId":"m2","generationId":"","principal":true}]}')
+    out = [state_file(good), b"\x01" + good]
+    for l in lines:
+        out.append(b"\x01" + l)
+    return out
+
+
 TARGETS = {
+    "module-hub": seeds_module_hub, "keyd": seeds_keyd, "module-cache": seeds_module_cache,
     "tcti": seeds_tcti,
     "authblob": seeds_authblob, "toml": seeds_toml, "config": seeds_config, "http": seeds_http,
     "api": seeds_api, "server": seeds_server, "dps": seeds_dps, "state": seeds_state,

@@ -360,9 +360,9 @@ def ipc_hello(user_agent="broker-systemd-test"):
 
 
 def ipc_request(rid, url, timeout_ms=5000):
-    """REQUEST: u8 2 | u64 id | method | url | authorization? | body? | u32 timeout_ms."""
+    """REQUEST: u8 2 | u64 id | method | url | authorization? | if_match? | body? | u32 timeout_ms."""
     return _ipc_frame(b"\x02" + struct.pack(">Q", rid) + _ipc_str("GET") + _ipc_str(url) + _ipc_str(None) +
-                      _ipc_str(None) + struct.pack(">I", timeout_ms))
+                      _ipc_str(None) + _ipc_str(None) + struct.pack(">I", timeout_ms))
 
 
 def ipc_read_response(s, timeout=20):

@@ -19,7 +19,8 @@
 static void test_op_strings(void **state) {
         const char *names[] = { "tpm.get_keys", "tpm.import", "tpm.sign", "identity.get", "identity.device",
                                 "identity.provisioning", "identity.reprovision", "identity.token", "identity.report",
-                                "status" };
+                                "status", "identity.modules.list", "identity.modules.get", "identity.modules.create",
+                                "identity.modules.update", "identity.modules.delete", "trust-bundle" };
         assert_int_equal(ELEMENTSOF(names), _API_OP_MAX);
         for (int i = 0; i < _API_OP_MAX; i++) {
                 assert_string_equal(api_op_to_string((enum api_op)i), names[i]);
@@ -30,6 +31,8 @@ static void test_op_strings(void **state) {
         assert_int_equal(api_op_from_string(NULL), -EINVAL);
         assert_int_equal(api_op_socket(API_OP_TPM_SIGN), API_SOCKET_TPM);
         assert_int_equal(api_op_socket(API_OP_STATUS), API_SOCKET_IDENTITY);
+        assert_int_equal(api_op_socket(API_OP_MODULES_DELETE), API_SOCKET_IDENTITY);
+        assert_int_equal(api_op_socket(API_OP_TRUST_BUNDLE), API_SOCKET_IDENTITY);
 }
 
 static void test_route_ok(void **state) {
@@ -54,6 +57,10 @@ static void test_route_ok(void **state) {
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2020-09-01", API_OP_IDENTITY_REPORT },
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2021-12-01", API_OP_IDENTITY_REPORT },
                 { API_SOCKET_IDENTITY, "POST", "/identities/device/report", "2022-08-01", API_OP_IDENTITY_REPORT },
+                { API_SOCKET_IDENTITY, "GET", "/identities/modules", "2020-09-01", API_OP_MODULES_LIST },
+                { API_SOCKET_IDENTITY, "POST", "/identities/modules", "2021-12-01", API_OP_MODULES_CREATE },
+                { API_SOCKET_IDENTITY, "GET", "/trust-bundle", "2020-09-01", API_OP_TRUST_BUNDLE },
+                { API_SOCKET_IDENTITY, "GET", "/trust-bundle", "2022-08-01", API_OP_TRUST_BUNDLE },
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 enum api_op op = _API_OP_MAX;
@@ -93,8 +100,9 @@ static void test_route_errors(void **state) {
         expect_route_error(API_SOCKET_TPM, "GET", "/identities/identity", "2020-09-01", -ENOENT, 404, "not found",
                            NULL);
         expect_route_error(API_SOCKET_IDENTITY, "GET", "/get_tpm_keys", "2020-09-01", -ENOENT, 404, "not found", NULL);
-        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules", "2020-09-01", -ENOENT, 404, "not found",
+        expect_route_error(API_SOCKET_TPM, "GET", "/identities/modules", "2020-09-01", -ENOENT, 404, "not found",
                            NULL);
+        expect_route_error(API_SOCKET_TPM, "GET", "/trust-bundle", "2020-09-01", -ENOENT, 404, "not found", NULL);
         expect_route_error(API_SOCKET_IDENTITY, "GET", NULL, "2020-09-01", -ENOENT, 404, "not found", NULL);
         expect_route_error(API_SOCKET_TPM, "GET", "/import_auth_key", "2020-09-01", -EINVAL, 400,
                            "method not allowed", "POST");
@@ -114,9 +122,13 @@ static void test_route_errors(void **state) {
                            "invalid api-version \"2019-01-01\"", NULL);
         expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/device/report", NULL, -EINVAL, 400,
                            "api-version not specified", NULL);
-        /* /identities/provisioning needs >= 2021-12-01. */
-        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/provisioning", "2020-09-01", -EINVAL, 400,
-                           "invalid api-version \"2020-09-01\"", NULL);
+        /* /identities/provisioning needs >= 2021-12-01; aziot skips the route: 404. */
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/provisioning", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/provisioning", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/provisioning", "2021-12-01", -EINVAL, 400,
+                           "method not allowed", "GET");
         /* A long version is truncated into the message, not overflowed. */
         char longv[600];
         memset(longv, 'v', sizeof(longv) - 1);
@@ -125,6 +137,236 @@ static void test_route_errors(void **state) {
         enum api_op op;
         assert_int_equal(api_route(API_SOCKET_TPM, "GET", "/get_tpm_keys", longv, &op, &err), -EINVAL);
         assert_int_equal(strlen(err.message), API_ERROR_MESSAGE_MAX - 1);
+}
+
+static void expect_param(const char *method, const char *path, enum api_op want_op, const char *want_param) {
+        enum api_op op = _API_OP_MAX;
+        char *param = (char *)"untouched";
+        struct api_error err = { 0 };
+        assert_int_equal(api_route_param(API_SOCKET_IDENTITY, method, path, "2020-09-01", &op, &param, &err), 0);
+        assert_int_equal(op, want_op);
+        if (want_param)
+                assert_string_equal(param, want_param);
+        else
+                assert_null(param);
+        if (want_param)
+                free(param);
+}
+
+static void test_route_modules(void **state) {
+        /* aziot-edged sends $edgeAgent unencoded (PATH_SEGMENT_ENCODE_SET keeps '$') */
+        expect_param("GET", "/identities/modules/$edgeAgent", API_OP_MODULES_GET, "$edgeAgent");
+        expect_param("PUT", "/identities/modules/$edgeAgent", API_OP_MODULES_UPDATE, "$edgeAgent");
+        expect_param("DELETE", "/identities/modules/$edgeHub", API_OP_MODULES_DELETE, "$edgeHub");
+        expect_param("GET", "/identities/modules/%24edgeAgent", API_OP_MODULES_GET, "$edgeAgent");
+        expect_param("GET", "/identities/modules/%2a%2A", API_OP_MODULES_GET, "**");
+        /* a path keeps '+' (no form decoding); a lone or bad '%' stays literal */
+        expect_param("GET", "/identities/modules/a+b", API_OP_MODULES_GET, "a+b");
+        expect_param("GET", "/identities/modules/100%", API_OP_MODULES_GET, "100%");
+        expect_param("GET", "/identities/modules/%zz%4", API_OP_MODULES_GET, "%zz%4");
+        /* %2F decodes inside the segment (aziot matches the raw path); api_check_module_id() refuses it */
+        expect_param("GET", "/identities/modules/a%2Fb", API_OP_MODULES_GET, "a/b");
+        expect_param("GET", "/identities/modules/%C3%A9", API_OP_MODULES_GET, "\xc3\xa9");
+        expect_param("GET", "/identities/modules", API_OP_MODULES_LIST, NULL);
+        expect_param("POST", "/identities/modules", API_OP_MODULES_CREATE, NULL);
+        expect_param("GET", "/identities/identity", API_OP_IDENTITY_GET, NULL);
+        for (size_t v = 0; v < 3; v++) {
+                static const char *const versions[] = { "2020-09-01", "2021-12-01", "2022-08-01" };
+                enum api_op op;
+                _cleanup_free_ char *param = NULL;
+                assert_int_equal(api_route_param(API_SOCKET_IDENTITY, "DELETE", "/identities/modules/m", versions[v],
+                                                 &op, &param, NULL),
+                                 0);
+                assert_int_equal(op, API_OP_MODULES_DELETE);
+                assert_string_equal(param, "m");
+        }
+        /* ret_param may be NULL: api_route() */
+        enum api_op op;
+        assert_int_equal(api_route(API_SOCKET_IDENTITY, "GET", "/identities/modules/m", "2020-09-01", &op, NULL), 0);
+        assert_int_equal(op, API_OP_MODULES_GET);
+
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/", "2020-09-01", -ENOENT, 404, "not found",
+                           NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/a/b", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/a/", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modulesX", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules//", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        /* a segment that is not UTF-8 (or holds NUL) is no match, as aziot's decode_utf8() */
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/%FF", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "PUT", "/identities/modules/%C0%AF", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/%ED%A0%80", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/a%00", "2020-09-01", -ENOENT, 404,
+                           "not found", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "PUT", "/identities/modules", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "GET, POST");
+        expect_route_error(API_SOCKET_IDENTITY, "DELETE", "/identities/modules", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "GET, POST");
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/identities/modules/m", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "GET, PUT, DELETE");
+        expect_route_error(API_SOCKET_IDENTITY, "PATCH", "/identities/modules/m", "2022-08-01", -EINVAL, 400,
+                           "method not allowed", "GET, PUT, DELETE");
+        expect_route_error(API_SOCKET_IDENTITY, "POST", "/trust-bundle", "2020-09-01", -EINVAL, 400,
+                           "method not allowed", "GET");
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/m", NULL, -EINVAL, 400,
+                           "api-version not specified", NULL);
+        expect_route_error(API_SOCKET_IDENTITY, "GET", "/identities/modules/m", "2019-01-01", -EINVAL, 400,
+                           "invalid api-version \"2019-01-01\"", NULL);
+}
+
+static void test_path_segment_decode(void **state) {
+        char *out = NULL;
+        assert_int_equal(api_path_segment_decode("", 0, &out), 0);
+        assert_string_equal(out, "");
+        free(out);
+        /* len bounds the input: "%4" of "%41" is literal */
+        assert_int_equal(api_path_segment_decode("%41", 2, &out), 0);
+        assert_string_equal(out, "%4");
+        free(out);
+        assert_int_equal(api_path_segment_decode("%f0%9f%98%80", 12, &out), 0);
+        assert_string_equal(out, "\xf0\x9f\x98\x80");
+        free(out);
+        out = NULL;
+        assert_int_equal(api_path_segment_decode("%f4%90%80%80", 12, &out), -EINVAL); /* > U+10FFFF */
+        assert_int_equal(api_path_segment_decode("%e0%80%80", 9, &out), -EINVAL);     /* overlong */
+        assert_int_equal(api_path_segment_decode("%c3", 3, &out), -EINVAL);           /* truncated */
+        assert_int_equal(api_path_segment_decode("%c3%28", 6, &out), -EINVAL);        /* bad continuation */
+        assert_int_equal(api_path_segment_decode("\x80", 1, &out), -EINVAL);
+        assert_int_equal(api_path_segment_decode(NULL, 1, &out), -EINVAL);
+        assert_null(out);
+}
+
+static void expect_id_error(const char *id, const char *cause) {
+        struct api_error err = { 0 };
+        assert_int_equal(api_check_module_id(id, &err), -EINVAL);
+        assert_int_equal(err.status, 400);
+        char want[API_ERROR_MESSAGE_MAX];
+        snprintf(want, sizeof(want), "parameter \"module_id\" has an invalid value\ncaused by: %s", cause);
+        assert_string_equal(err.message, want);
+        assert_int_equal(api_check_module_id(id, NULL), -EINVAL);
+}
+
+static void test_check_module_id(void **state) {
+        assert_int_equal(api_check_module_id("$edgeAgent", NULL), 0);
+        assert_int_equal(api_check_module_id("a-.+%_#*?!(),:=@$'Z9", NULL), 0);
+        char id[API_MODULE_ID_MAX + 2];
+        memset(id, 'm', API_MODULE_ID_MAX);
+        id[API_MODULE_ID_MAX] = 0;
+        assert_int_equal(api_check_module_id(id, NULL), 0); /* at the limit */
+        id[API_MODULE_ID_MAX] = 'm';
+        id[API_MODULE_ID_MAX + 1] = 0;
+        expect_id_error(id, "module name is longer than 128 characters (IoT Hub's limit)");
+        expect_id_error("", "module name cannot be empty");
+        expect_id_error(" \t ", "module name cannot be empty");
+        expect_id_error(NULL, "module name cannot be empty");
+        static const char *const bad[] = { "a/b", "a b", "\xc3\xa9", "a\nb", "a;b", "a&b", "a\"b", "a\\b", "{m}" };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                expect_id_error(bad[i], "module name may only hold ASCII letters, digits and - . + % _ # * ? ! ( ) "
+                                        ", : = @ $ ' (IoT Hub's rule)");
+}
+
+static void expect_type_error(enum api_op op, const char *type, const char *cause) {
+        struct api_error err = { 0 };
+        assert_int_equal(api_check_module_type(op, type, &err), -EINVAL);
+        assert_int_equal(err.status, 400);
+        char want[API_ERROR_MESSAGE_MAX];
+        snprintf(want, sizeof(want), "parameter \"type\" has an invalid value\ncaused by: %s", cause);
+        assert_string_equal(err.message, want);
+}
+
+static void test_check_module_type(void **state) {
+        const enum api_op ops[] = { API_OP_MODULES_LIST, API_OP_MODULES_GET, API_OP_MODULES_CREATE,
+                                    API_OP_MODULES_UPDATE, API_OP_MODULES_DELETE };
+        for (size_t i = 0; i < ELEMENTSOF(ops); i++) {
+                assert_int_equal(api_check_module_type(ops[i], "aziot", NULL), 0);
+                expect_type_error(ops[i], NULL, "missing parameter");
+                expect_type_error(ops[i], "AZIOT", "invalid type: AZIOT");
+                expect_type_error(ops[i], "", "invalid type: ");
+                bool local_exists = ops[i] == API_OP_MODULES_GET || ops[i] == API_OP_MODULES_CREATE;
+                expect_type_error(ops[i], "local",
+                                  local_exists ? "local identities are not supported by tpmidd" : "invalid type: local");
+        }
+}
+
+static int decode_create(const char *ct, const char *body, char **type, char **id, struct api_error *err) {
+        return api_decode_module_create(ct, (const uint8_t *)body, body ? strlen(body) : 0, type, id, err);
+}
+
+static void expect_create_error(const char *ct, const char *body, int status, const char *message) {
+        char *type = (char *)"t", *id = (char *)"i";
+        struct api_error err = { 0 };
+        assert_int_equal(decode_create(ct, body, &type, &id, &err), -EINVAL);
+        assert_string_equal(type, "t"); /* untouched */
+        assert_string_equal(id, "i");
+        assert_int_equal(err.status, status);
+        if (message)
+                assert_string_equal(err.message, message);
+}
+
+static void test_decode_module_create(void **state) {
+        static const char *const cts[] = { NULL, "application/json", "application/json; charset=utf-8",
+                                           " application/json ;x" };
+        for (size_t i = 0; i < ELEMENTSOF(cts); i++) {
+                _cleanup_free_ char *type = NULL, *id = NULL;
+                /* what aziot-edged sends, plus a field aziot ignores */
+                assert_int_equal(decode_create(cts[i], "{\"type\":\"aziot\",\"moduleId\":\"$edgeHub\",\"x\":1}",
+                                               &type, &id, NULL),
+                                 0);
+                assert_string_equal(type, "aziot");
+                assert_string_equal(id, "$edgeHub");
+        }
+        _cleanup_free_ char *type = NULL, *id = NULL;
+        /* the type is checked later (api_check_module_type), not here */
+        assert_int_equal(decode_create(NULL, "{\"type\":\"local\",\"moduleId\":\"\"}", &type, &id, NULL), 0);
+        assert_string_equal(type, "local");
+        assert_string_equal(id, "");
+        expect_create_error(NULL, NULL, 400, "missing request body");
+        expect_create_error(NULL, "", 400, "missing request body");
+        /* aziot reads a body of another type as none */
+        expect_create_error("text/plain", "{\"type\":\"aziot\",\"moduleId\":\"m\"}", 400, "missing request body");
+        expect_create_error("application/jsonx", "{\"type\":\"aziot\",\"moduleId\":\"m\"}", 400,
+                            "missing request body");
+        expect_create_error(NULL, "{", 422, NULL);
+        expect_create_error(NULL, "[]", 422, "request body must be a JSON object");
+        expect_create_error(NULL, "{\"moduleId\":\"m\"}", 422, "missing field 'type'");
+        expect_create_error(NULL, "{\"type\":\"aziot\"}", 422, "missing field 'moduleId'");
+        expect_create_error(NULL, "{\"type\":1,\"moduleId\":\"m\"}", 422, "field 'type' must be a string");
+        expect_create_error(NULL, "{\"type\":\"aziot\",\"moduleId\":null}", 422, "field 'moduleId' must be a string");
+        expect_create_error(NULL, "{\"type\":\"aziot\",\"moduleId\":\"a\\u0000b\"}", 422, NULL);
+        expect_create_error(NULL, "{\"type\":\"aziot\",\"moduleId\":\"m\",\"moduleId\":\"n\"}", 422, NULL);
+}
+
+static void test_decode_module_update_delete(void **state) {
+        struct api_error err = { 0 };
+        static const char *const ok[] = { "{\"type\":\"aziot\",\"moduleId\":\"$edgeAgent\"}", "{}", "null", "[1]",
+                                          "\"x\"", "{\"moduleId\":\"another\"}" };
+        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
+                /* aziot ignores the body, a different moduleId included: the path names the module */
+                assert_int_equal(api_decode_module_update(NULL, (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
+                assert_int_equal(api_decode_module_update("application/json", (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
+                assert_int_equal(api_decode_module_delete(NULL, (const uint8_t *)ok[i], strlen(ok[i]), &err), 0);
+        }
+        assert_int_equal(api_decode_module_update(NULL, NULL, 0, &err), -EINVAL);
+        assert_int_equal(err.status, 422);
+        assert_string_equal(err.message, "EOF while parsing a value at line 1 column 0");
+        assert_int_equal(api_decode_module_update(NULL, (const uint8_t *)"{", 1, &err), -EINVAL);
+        assert_int_equal(err.status, 422);
+        assert_int_equal(api_decode_module_update(NULL, (const uint8_t *)"{} {}", 5, NULL), -EINVAL);
+        assert_int_equal(api_decode_module_update("text/plain", (const uint8_t *)"{}", 2, &err), -EINVAL);
+        assert_int_equal(err.status, 415);
+        assert_string_equal(err.message, "request body must be application/json");
+        /* DELETE: no body is fine; a JSON body must parse; another type is not read */
+        assert_int_equal(api_decode_module_delete(NULL, NULL, 0, &err), 0);
+        assert_int_equal(api_decode_module_delete("application/json", (const uint8_t *)"", 0, &err), 0);
+        assert_int_equal(api_decode_module_delete("text/plain", (const uint8_t *)"{", 1, &err), 0);
+        assert_int_equal(api_decode_module_delete(NULL, (const uint8_t *)"{", 1, &err), -EINVAL);
+        assert_int_equal(err.status, 422);
 }
 
 static void expect_decode_error(int (*fn)(const uint8_t *, size_t, uint8_t **, size_t *, struct api_error *),
@@ -450,7 +692,7 @@ static void test_encoders(void **state) {
         struct api_provisioning p = { "https://global.azure-devices-provisioning.net/", "0ne00000000", "reg1", NULL };
         expect_json(api_encode_provisioning(&p, &s), &s,
                     "{\"source\":\"dps\",\"auth\":\"tpm\",\"endpoint\":\"https://global.azure-devices-provisioning."
-                    "net/\",\"scope_id\":\"0ne00000000\",\"registration_id\":\"reg1\"}");
+                    "net/\",\"scope_id\":\"0ne00000000\",\"registration_id\":\"reg1\",\"payload\":null}");
         p.payload_json = "{\"modelId\": \"dtmi:x;1\"}";
         expect_json(api_encode_provisioning(&p, &s), &s,
                     "{\"source\":\"dps\",\"auth\":\"tpm\",\"endpoint\":\"https://global.azure-devices-provisioning."
@@ -462,6 +704,30 @@ static void test_encoders(void **state) {
                     &s,
                     "{\"sasToken\":\"SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1700000000\","
                     "\"expiresOn\":1700000000,\"hubName\":\"h\",\"deviceId\":\"d\"}");
+
+        /* aziot's AzureIoTSpec order; genId and auth omitted when absent */
+        struct api_module_identity m = { "myhub.azure-devices.net", "myhub.azure-devices.net", "dev1", "$edgeAgent",
+                                         "638012345678901234", "sr=eyJrZXlfaWQiOnt9fQ==&sig=ab+/cd=" };
+        expect_json(api_encode_module(&m, &s), &s,
+                    "{\"type\":\"aziot\",\"spec\":{\"hubName\":\"myhub.azure-devices.net\",\"gatewayHost\":"
+                    "\"myhub.azure-devices.net\",\"deviceId\":\"dev1\",\"moduleId\":\"$edgeAgent\",\"genId\":"
+                    "\"638012345678901234\",\"auth\":{\"type\":\"sas\",\"keyHandle\":"
+                    "\"sr=eyJrZXlfaWQiOnt9fQ==&sig=ab+/cd=\"}}}");
+        m.gen_id = "";
+        expect_json(api_encode_module(&m, &s), &s,
+                    "{\"type\":\"aziot\",\"spec\":{\"hubName\":\"myhub.azure-devices.net\",\"gatewayHost\":"
+                    "\"myhub.azure-devices.net\",\"deviceId\":\"dev1\",\"moduleId\":\"$edgeAgent\",\"auth\":"
+                    "{\"type\":\"sas\",\"keyHandle\":\"sr=eyJrZXlfaWQiOnt9fQ==&sig=ab+/cd=\"}}}");
+        struct api_module_identity list[] = {
+                { "h", "gw", "d", "$edgeAgent", "1", NULL },
+                { "h", "gw", "d", "m2", NULL, NULL },
+        };
+        expect_json(api_encode_module_list(list, 2, &s), &s,
+                    "{\"identities\":[{\"type\":\"aziot\",\"spec\":{\"hubName\":\"h\",\"gatewayHost\":\"gw\","
+                    "\"deviceId\":\"d\",\"moduleId\":\"$edgeAgent\",\"genId\":\"1\"}},{\"type\":\"aziot\",\"spec\":"
+                    "{\"hubName\":\"h\",\"gatewayHost\":\"gw\",\"deviceId\":\"d\",\"moduleId\":\"m2\"}}]}");
+        expect_json(api_encode_module_list(NULL, 0, &s), &s, "{\"identities\":[]}");
+        expect_json(api_encode_trust_bundle("", &s), &s, "{\"certificate\":\"\"}");
 
         expect_json(api_encode_report(API_REPORT_CHECKING_HUB, &s), &s, "{\"action\":\"checking-hub\"}");
         expect_json(api_encode_report(API_REPORT_IGNORED, &s), &s, "{\"action\":\"ignored\"}");
@@ -591,6 +857,23 @@ static void test_encoder_errors(void **state) {
         st.n_restart_needed = 1;
         assert_int_equal(api_encode_status(&st, &s), -EINVAL);
         assert_int_equal(api_encode_status(NULL, &s), -EINVAL);
+        struct api_module_identity m = { "h", "h", "d", NULL, NULL, NULL };
+        assert_int_equal(api_encode_module(&m, &s), -EINVAL);
+        assert_int_equal(api_encode_module(NULL, &s), -EINVAL);
+        assert_int_equal(api_encode_module_list(&m, 1, &s), -EINVAL);
+        assert_int_equal(api_encode_module_list(NULL, 1, &s), -EINVAL);
+        m.module_id = "m";
+        m.gen_id = "\xff";
+        assert_int_equal(api_encode_module(&m, &s), -EINVAL); /* not UTF-8 */
+        m.gen_id = NULL;
+        m.key_handle = "\xff";
+        assert_int_equal(api_encode_module(&m, &s), -EINVAL);
+        m.key_handle = NULL;
+        m.hub_name = NULL;
+        assert_int_equal(api_encode_module(&m, &s), -EINVAL);
+        struct api_module_identity two[] = { { "h", "h", "d", "m", NULL, NULL }, { "h", "h", "d", NULL, NULL, NULL } };
+        assert_int_equal(api_encode_module_list(two, 2, &s), -EINVAL);
+        assert_int_equal(api_encode_trust_bundle(NULL, &s), -EINVAL);
         assert_null(s);
 }
 
@@ -599,6 +882,12 @@ int main(void) {
                 cmocka_unit_test(test_op_strings),
                 cmocka_unit_test(test_route_ok),
                 cmocka_unit_test(test_route_errors),
+                cmocka_unit_test(test_route_modules),
+                cmocka_unit_test(test_path_segment_decode),
+                cmocka_unit_test(test_check_module_id),
+                cmocka_unit_test(test_check_module_type),
+                cmocka_unit_test(test_decode_module_create),
+                cmocka_unit_test(test_decode_module_update_delete),
                 cmocka_unit_test(test_decode_import),
                 cmocka_unit_test(test_decode_limits),
                 cmocka_unit_test(test_decode_sign),

@@ -478,7 +478,17 @@ static void test_endpoint_keys(void **state) {
                                                 "aziot_identityd = \"unix:///tmp/i.sock\"\n");
         assert_string_equal(c->endpoints.tpmd_socket, "/tmp/t.sock");
         assert_string_equal(c->endpoints.identityd_socket, "/tmp/i.sock");
+        assert_string_equal(c->endpoints.keyd_socket, CONFIG_DEFAULT_KEYD_SOCKET);
+        assert_string_equal(CONFIG_DEFAULT_KEYD_SOCKET, "/run/aziot/keyd.sock");
+        assert_false(c->prefer_module_identity_cache);
         config_free(c);
+        /* aziot-keyd's socket (module keys) and aziot's module cache preference */
+        c = expect_ok("prefer_module_identity_cache = true\n" PROV "[endpoints]\naziot_keyd = \"unix:///tmp/k.sock\"\n");
+        assert_string_equal(c->endpoints.keyd_socket, "/tmp/k.sock");
+        assert_true(c->prefer_module_identity_cache);
+        config_free(c);
+        expect_one_error(PROV "[endpoints]\naziot_keyd = \"http://keyd\"\n", 7, "only unix://");
+        expect_one_error("prefer_module_identity_cache = \"yes\"\n" PROV, 1, "must be true or false");
         expect_one_error(PROV "[endpoints]\naziot_tpmd = \"http://localhost:8080\"\n", 7, "only unix://");
         expect_one_error(PROV "[endpoints]\naziot_identityd = \"unix://relative.sock\"\n", 7, "absolute socket path");
         char t[1024];
@@ -788,12 +798,14 @@ static void test_check_files(void **state) {
 
 static void test_format_roundtrip(void **state) {
         const char *t = "hostname = \"h\"\nauto_reprovisioning_mode = \"OnErrorOnly\"\nlog_level = \"warn\"\n"
+                        "prefer_module_identity_cache = true\n"
                         "cloud_ca_bundle = \"/etc/ca.pem\"\n"
                         "[provisioning]\nsource = \"dps\"\nid_scope = \"0ne1\"\n"
                         "payload = { uri = \"file:///etc/a%20b/p\\\"q.json\" }\n"
                         "[provisioning.attestation]\nmethod = \"tpm\"\nregistration_id = \"r1\"\n"
                         "[tpm]\ntcti = \"swtpm:port=2321\"\nauth_key_index = 0x123\n"
                         "[tpm.hierarchy_authorization]\nendorsement = \"e\\\"\\\\\\n\"\nowner = \"o\"\n"
+                        "[endpoints]\naziot_keyd = \"unix:///tmp/k.sock\"\n"
                         "[limits]\nmax_connections = 9\n"
                         "[[principal]]\nuid = 7\nname = \"n\"\nidtype = [\"module\"]\nallow = [\"reprovision\"]\n";
         struct tpmid_config *a = expect_ok(t);
@@ -807,6 +819,8 @@ static void test_format_roundtrip(void **state) {
         assert_null(why);
         assert_string_equal(b->tpm.endorsement_auth, "e\"\\\n");
         assert_int_equal(b->tpm.auth_key_index, 0x123);
+        assert_true(b->prefer_module_identity_cache);
+        assert_string_equal(b->endpoints.keyd_socket, "/tmp/k.sock");
         free(out);
         config_free(b);
 
@@ -843,6 +857,12 @@ static void test_diff(void **state) {
                       "[provisioning]\nsource = \"dps\"\nid_scope = \"0ne2\"\n[provisioning.attestation]\nmethod = \"tpm\"\n");
         assert_int_equal(config_diff(a, b, &why), CONFIG_CHANGED_RELOADABLE);
         assert_string_equal(why, "auto_reprovisioning_mode, provisioning.id_scope");
+        free(why);
+        config_free(b);
+        /* keyd's socket and the cache preference: reloadable (the next module call reads them) */
+        b = expect_ok("prefer_module_identity_cache = true\n" PROV "[endpoints]\naziot_keyd = \"unix:///k.sock\"\n");
+        assert_int_equal(config_diff(a, b, &why), CONFIG_CHANGED_RELOADABLE);
+        assert_string_equal(why, "endpoints.aziot_keyd, prefer_module_identity_cache");
         free(why);
         config_free(b);
         b = expect_ok("log_level = \"error\"\n" PROV "[endpoints]\naziot_tpmd = \"unix:///x.sock\"\n");

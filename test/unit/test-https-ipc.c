@@ -182,12 +182,13 @@ static void test_golden(void **state) {
         struct https_ipc_msg m = {.type = HTTPS_IPC_REQUEST,
                                   .request = {.id = 1, .method = "GET", .url = "https://h/", .timeout_ms = 1000}};
         static const uint8_t want[] = {
-                0, 0, 0, 42,                                  /* payload length */
+                0, 0, 0, 46,                                  /* payload length */
                 2,                                            /* REQUEST */
                 0, 0, 0, 0, 0, 0, 0, 1,                       /* id */
                 0, 0, 0, 3, 'G', 'E', 'T',                    /* method */
                 0, 0, 0, 10, 'h', 't', 't', 'p', 's', ':', '/', '/', 'h', '/', /* url */
                 0xff, 0xff, 0xff, 0xff,                       /* no authorization */
+                0xff, 0xff, 0xff, 0xff,                       /* no If-Match */
                 0xff, 0xff, 0xff, 0xff,                       /* no body */
                 0, 0, 0x03, 0xe8,                             /* timeout_ms */
         };

@@ -480,7 +480,7 @@ static void test_saved_identity(void **unused) {
         assert_true(prov_driver_identity(w.d, &hub, &dev));
         assert_string_equal(state(&w), "checking-hub");
         sign(&w, false); /* the hub check is signed with the serving key */
-        expect_request(&w, "GET", "https://" HUB "/devices/" REGID "/modules?api-version=", HUB_AUTH);
+        expect_request(&w, "GET", "https://" HUB "/devices/" REGID "/messages/deviceBound?api-version=2020-03-13", HUB_AUTH);
         reply(&w, 403, NULL, NULL);
         assert_string_equal(state(&w), "registering"); /* the device moved */
         assert_true(prov_driver_identity(w.d, &hub, &dev)); /* still served meanwhile */
