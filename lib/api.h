@@ -182,8 +182,9 @@ int api_decode_report(const uint8_t *body, size_t len, struct api_report *out, s
  * own hub check treats as rejection. */
 bool api_report_is_rejection(int hub_status);
 
-/* {"type":"aziot"} for POST /identities/device. aziot requires the body; a type
- * other than "aziot" is 400 (identityd: InvalidParameter). */
+/* {"type":"aziot"} for POST /identities/device. aziot requires the body and a
+ * string "type" (422 otherwise), whose value its get_device_identity() ignores:
+ * any string passes, as there. */
 int api_decode_device(const uint8_t *body, size_t len, struct api_error *err);
 
 /* POST /identities/modules: {"type":T,"moduleId":M} (aziot's create_module_identity

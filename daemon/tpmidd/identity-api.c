@@ -54,9 +54,6 @@ struct module_req {
         uint64_t id;
 };
 
-/* manager.c: the manager's module identities (issue 12). */
-struct modules *manager_modules(struct manager *m);
-
 _Static_assert(API_MODULE_ID_MAX == MODULES_ID_MAX, "lib/api.h and modules.h must agree on the module-id limit");
 
 static const struct http_header retry_later[] = { { "Retry-After", IDENTITY_API_RETRY_AFTER_SEC } };
@@ -535,7 +532,8 @@ static void handle_module(struct identity_api *api, struct server_request *req, 
         struct api_error err = { 0 };
         if (!authorized(api, req, op, module_id))
                 return;
-        if (api_check_module_type(op, type, &err) < 0 || (op != API_OP_MODULES_LIST && api_check_module_id(module_id, &err) < 0)) {
+        if (api_check_module_type(op, type, &err) < 0 ||
+            (op != API_OP_MODULES_LIST && api_check_module_id(module_id, &err) < 0)) {
                 (void)server_reply_error(req, err.status, NULL, 0, "%s", err.message);
                 return;
         }
