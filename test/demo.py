@@ -1,14 +1,21 @@
 #!/usr/bin/python3
 """The tpmidd demo: a fresh software TPM is provisioned through the local DPS
 simulator onto a simulated IoT Hub, following the steps of Microsoft's guide
-"Create and provision IoT Edge devices at scale on Linux with a TPM".
+"Create and provision IoT Edge devices at scale on Linux with a TPM", and then
+does what aziot-edged does first: it asks for the $edgeAgent module identity
+(its keys come from aziot-keyd; here the test stand-in test/keyd) and sends
+that module's telemetry to the simulated hub with a keyd-signed module SAS.
 
 Run by test/demo.sh (which installs packages and builds first); it uses the
 build in $TPMID_BUILD_DIR (default: build/). Exits non-zero if any step fails.
 Everything it starts is stopped and every temp file removed at the end."""
+import base64
+import http.client
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +27,12 @@ import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap", "setpriv")
 from daemon import HUB1, ID_SCOPE, Daemon, Sim, hub_get, tamper, tpmidctl_path  # noqa: E402
+from keyd import KeydSim, API as KEYD_API  # noqa: E402
+import simcrypto  # noqa: E402  (test/dps-sim, on the path through daemon)
+
+MODULE = "$edgeAgent"
+MODULE_API = "api-version=2020-09-01&type=aziot"
+TELEMETRY_API = "api-version=2020-03-13"
 
 T0 = time.time()
 
@@ -76,12 +89,38 @@ class LogFollower(threading.Thread):
         self.join(2)
 
 
+def hub_post(sim, hub, path, body, auth):
+    """POST https://HUB/path to the simulator, TLS checked against its CA; returns the status."""
+    ctx = ssl.create_default_context(cafile=sim.ca_path)
+    c = http.client.HTTPSConnection(hub, 443, context=ctx, timeout=15)
+    c.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", sim.port), 15), server_hostname=hub)
+    try:
+        c.request("POST", path, body=json.dumps(body).encode(),
+                  headers={"Authorization": auth, "Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def module_sas(keyd, handle, hub, dev, module, ttl=3600):
+    """A module SAS signed by keyd with the module's keyHandle, as aziot-edged's workload sign does."""
+    sr = simcrypto.encode_sr("%s/devices/%s/modules/%s" % (hub, dev, module))
+    se = int(time.time()) + ttl
+    r = keyd.request("POST", "/sign?" + KEYD_API, {"keyHandle": handle, "algorithm": "HMAC-SHA256", "parameters": {
+        "message": base64.b64encode(simcrypto.string_to_sign(sr, se)).decode()}})
+    if r.status != 200:
+        fail("keyd refused to sign with the module's keyHandle: %r" % r)
+    return simcrypto.sas_from_sig(sr, se, base64.b64decode(r.json["signature"]))
+
+
 def main():
     for tool in ("tpmidd", "tpmidctl"):
         if not os.path.exists(harness.program(tool)):
             fail("%s is not built (expected in %s/daemon)" % (tool, harness.BUILD))
     work = harness.tmpdir("tpmid-demo-")
-    tpm = sim = d = follower = None
+    tpm = sim = d = follower = keyd = None
     try:
         step(1, "A device with a TPM (a fresh software TPM, swtpm)")
         tpm = harness.Swtpm(workdir=os.path.join(work, "swtpm")).start()
@@ -107,12 +146,16 @@ def main():
         print("      Attestation mechanism: TPM")
         print("      Endorsement key:       %s...%s" % (ek_b64[:24], ek_b64[-12:]))
         print("      Registration ID:       %s" % regid)
+        print("      IoT Edge device:       True")
         print("      IoT Hub:               %s" % HUB1)
-        sim.client.enroll(regid, ek_b64, hubs=[HUB1])
+        sim.client.enroll(regid, ek_b64, hubs=[HUB1], iot_edge=True)
         print("    enrolled; status: %s" % sim.client.status(regid)["registrationState"]["status"])
 
         step(5, "Write /etc/aziot/config.toml (here: a temp file) as the guide says")
-        d = Daemon(tpm, sim, workdir=os.path.join(work, "tpmidd"), log_level="info")
+        # aziot-keyd keeps the module keys, as on an IoT Edge device (here the stand-in test/keyd)
+        keyd = KeydSim(workdir=os.path.join(work, "keyd")).start()
+        d = Daemon(tpm, sim, workdir=os.path.join(work, "tpmidd"), log_level="info",
+                   extra_toml='aziot_keyd = "%s"' % keyd.url)
         show(open(d.config).read(), "    | ")
         print("    $ tpmidctl config check -c %s" % d.config)
         p = subprocess.run([tpmidctl_path(), "config", "check", "-c", d.config], capture_output=True, text=True,
@@ -166,7 +209,30 @@ def main():
         if code != 401:
             fail("the hub accepted a tampered token")
 
-        step(11, "Clean up")
+        step(11, "IoT Edge: the module identity aziot-edged asks for, and that module's telemetry")
+        print("    $ PUT /identities/modules/%s?%s   (aziot-edged's watchdog)" % (MODULE, MODULE_API))
+        r = d.request("PUT", "/identities/modules/%s?%s" % (MODULE.replace("$", "%24"), MODULE_API),
+                      {"type": "aziot", "moduleId": MODULE})
+        if r.status != 200:
+            fail("no module identity for %s: %r" % (MODULE, r))
+        spec = r.json["spec"]
+        print("    module %s of device %s, genId %s, auth %s" % (spec["moduleId"], spec["deviceId"], spec.get("genId"),
+                                                               spec["auth"]["type"]))
+        print("    keyHandle (aziot-keyd's, for \"%s:%s:primary\"): %s..." % (MODULE, spec.get("genId"),
+                                                                           spec["auth"]["keyHandle"][:40]))
+        mtok = module_sas(keyd, spec["auth"]["keyHandle"], hub, dev, MODULE)
+        path = "/devices/%s/modules/%s/messages/events?%s" % (dev, MODULE.replace("$", "%24"), TELEMETRY_API)
+        code = hub_post(sim, hub, path, {"temperature": 21.5}, mtok)
+        print("    POST https://%s/devices/%s/modules/%s/messages/events (SAS signed by keyd) -> HTTP %d"
+              % (hub, dev, MODULE, code))
+        if code != 204:
+            fail("the hub rejected the module's telemetry")
+        code = hub_post(sim, hub, path, {"temperature": 21.5}, tamper(mtok))
+        print("    the same token with one signature character changed -> HTTP %d" % code)
+        if code != 401:
+            fail("the hub accepted a tampered module token")
+
+        step(12, "Clean up")
         d.stop()
         print("    tpmidd stopped (exit 0)")
         d = None
@@ -179,14 +245,16 @@ def main():
             follower.stop()
         if d is not None:
             d.kill()
+        if keyd is not None:
+            keyd.stop()
         if sim is not None:
             sim.stop()
         if tpm is not None:
             tpm.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print("    simulator and swtpm stopped, %s removed" % work)
-    print("\n" + sgr("32", "Demo complete in %.1f s: the TPM-backed device is provisioned and talks to its hub."
-                      % (time.time() - T0)))
+    print("    simulator, keyd stand-in and swtpm stopped, %s removed" % work)
+    print("\n" + sgr("32", "Demo complete in %.1f s: the TPM-backed device is provisioned and talks to its hub, "
+                            "and so does its module %s." % (time.time() - T0, MODULE)))
 
 
 if __name__ == "__main__":

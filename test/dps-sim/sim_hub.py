@@ -40,6 +40,10 @@ has a message queued):
 Errors have IoT Hub's shape: {"Message":"ErrorCode:<Name>;<text>","ExceptionMessage":"Tracking ID:<32 hex>
 -G:0-TimeStamp:MM/DD/YYYY HH:MM:SS"} with header iothub-errorcode: <Name>.
 
+Every IoT Edge device has the runtime's module identities $edgeAgent and $edgeHub from the start (with
+generated keys), as IoT Hub creates them with the device: aziot-edged's watchdog only updates $edgeAgent
+(identityd's update_module_identity GETs it from the hub first).
+
 Hubs are separate: the module table is per hub and per device incarnation (the device's generationId),
 so a device re-created in a hub, or provisioned to another hub, has no modules there. The table is kept in
 STATE/hub-modules.json, written atomically after each change.
@@ -61,6 +65,7 @@ import simcrypto
 from simcrypto import SasError
 
 MODULES_FILE = "hub-modules.json"
+SYSTEM_MODULES = ("$edgeAgent", "$edgeHub")     # created with every IoT Edge device
 MODULE_ID_RE = re.compile(r"^[A-Za-z0-9\-:.+%_#*?!(),=@;$']{1,128}$")   # IoT Hub's module id charset
 KEY_MIN = 16                # shortest symmetric key IoT Hub accepts (bytes, decoded)
 KEY_MAX = 64                # longest symmetric key IoT Hub accepts (bytes, decoded)
@@ -192,9 +197,17 @@ class HubModules:
             del devs[device_id]
             ent = None
         if ent is None:
-            if not create:
+            if not create and not rec.get("iotEdge"):
                 return None
+            if not create:
+                devs = self.table.setdefault(hub, {})
             ent = devs[device_id] = {"deviceGenerationId": rec["generationId"], "modules": {}}
+            if rec.get("iotEdge"):
+                # IoT Hub makes the runtime's two module identities with every IoT Edge device;
+                # aziot-edged's watchdog only updates $edgeAgent (a GET, then a PUT with If-Match)
+                for mid in SYSTEM_MODULES:
+                    ent["modules"][mid] = self._record(device_id, mid, self._auth_from_body({}), None, {})
+            self._save()
         return ent["modules"]
 
     def _count(self, hub, device_id, kind):
@@ -209,6 +222,16 @@ class HubModules:
     def _new_generation_id():
         # IoT Hub's look: 18 decimal digits (ticks of the creation time)
         return "63%016d" % (uuid.uuid4().int % 10 ** 16)
+
+    def _record(self, device_id, mid, auth, old, body):
+        """A stored module: old's generationId and counters (None: a new module), a new etag."""
+        old = old or {}
+        managed = body.get("managedBy")
+        return {"moduleId": mid, "deviceId": device_id,
+                "managedBy": managed if isinstance(managed, str) else old.get("managedBy", ""),
+                "generationId": old.get("generationId") or self._new_generation_id(),
+                "etag": self._new_etag(), "authentication": auth, "messages": old.get("messages", 0),
+                "lastMessage": old.get("lastMessage"), "lastActivityTime": old.get("lastActivityTime")}
 
     @staticmethod
     def view(rec):
@@ -352,14 +375,7 @@ class HubModules:
             auth = self._auth_from_body(body, old["authentication"] if old else None)
         except ValueError as e:
             return hub_error(400, "ArgumentInvalid", str(e), auth="valid")
-        mod = {"moduleId": mid, "deviceId": device_id,
-               "managedBy": body.get("managedBy") if isinstance(body.get("managedBy"), str) else
-               (old or {}).get("managedBy", ""),
-               "generationId": old["generationId"] if old else self._new_generation_id(),
-               "etag": self._new_etag(), "authentication": auth,
-               "messages": (old or {}).get("messages", 0), "lastMessage": (old or {}).get("lastMessage"),
-               "lastActivityTime": (old or {}).get("lastActivityTime")}
-        mods[mid] = mod
+        mod = mods[mid] = self._record(device_id, mid, auth, old, body)
         self._save()
         return _response(200, self.view(mod))
 
@@ -445,12 +461,7 @@ class HubModules:
                 auth = self._auth_from_body(body, old["authentication"] if old else None)
             except ValueError as e:
                 raise sim_core.ValidationError(str(e)) from None
-            mods[mid] = {"moduleId": mid, "deviceId": device_id,
-                         "managedBy": body.get("managedBy", (old or {}).get("managedBy", "")) or "",
-                         "generationId": old["generationId"] if old else self._new_generation_id(),
-                         "etag": self._new_etag(), "authentication": auth,
-                         "messages": (old or {}).get("messages", 0), "lastMessage": (old or {}).get("lastMessage"),
-                         "lastActivityTime": (old or {}).get("lastActivityTime")}
+            mods[mid] = self._record(device_id, mid, auth, old, body)
             self._save()
             return self.control_view(mods[mid])
 
