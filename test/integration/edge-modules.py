@@ -123,11 +123,12 @@ def edged_start_sequence_and_module_telemetry():
         r = d.request("GET", "/identities/modules?" + API + "&type=aziot")
         assert r.status == 200, r
         ids = sorted(i["spec"]["moduleId"] for i in r.json["identities"])
-        assert ids == ["$edgeAgent", "tempSensor"], r.json
+        # $edgeHub: the hub creates it with $edgeAgent for every IoT Edge device
+        assert ids == ["$edgeAgent", "$edgeHub", "tempSensor"], r.json
         r = d.request("DELETE", "/identities/modules/tempSensor?" + API + "&type=aziot")
         assert r.status == 204, r
         r = d.request("GET", "/identities/modules?" + API + "&type=aziot")
-        assert [i["spec"]["moduleId"] for i in r.json["identities"]] == ["$edgeAgent"], r.json
+        assert [i["spec"]["moduleId"] for i in r.json["identities"]] == ["$edgeAgent", "$edgeHub"], r.json
         # workload sign: GET the module → keyHandle → keyd POST /sign → a module SAS
         r = d.request("GET", "/identities/modules/$edgeAgent?" + API + "&type=aziot")
         assert r.status == 200, r

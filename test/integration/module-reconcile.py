@@ -54,7 +54,12 @@ class Setup(Device):
         self.d.write_config(extra_toml=toml(self.keyd, modules))
 
     def hub_ids(self, hub=HUB1):
-        return sorted(m["moduleId"] for m in self.sim.client.hub_modules(hub, self.device_id)["modules"])
+        """The hub's modules but the two the hub creates with every IoT Edge
+        device, which reconciliation must leave alone (asserted here)."""
+        ids = sorted(m["moduleId"] for m in self.sim.client.hub_modules(hub, self.device_id)["modules"])
+        if ids:
+            assert "$edgeAgent" in ids and "$edgeHub" in ids, ids
+        return [i for i in ids if i not in ("$edgeAgent", "$edgeHub")]
 
     def reconciled(self, hub=HUB1, since=0, timeout=30):
         wait_for(lambda: "modules: reconciled with hub %s" % hub in self.d.log_since_start()[since:], timeout,
@@ -83,9 +88,11 @@ def principals_between_restarts_and_offline_start():
         assert s.hub_ids() == ["m1", "m2"], s.hub_ids()
         c = s.cache()
         assert c["version"] == 1 and c["hub"] == HUB1 and c["deviceId"] == s.device_id, c
-        assert sorted((m["moduleId"], m["principal"]) for m in c["modules"]) == [("m1", True), ("m2", True)], c
+        # the hub's own $edgeAgent and $edgeHub are cached (edged asks for them), not a principal's
+        assert sorted((m["moduleId"], m["principal"]) for m in c["modules"]) == [
+            ("$edgeAgent", False), ("$edgeHub", False), ("m1", True), ("m2", True)], c
         st = s.d.status()["modules"]  # GET /status shows the cache and the verdict
-        assert st["count"] == 2 and st["lastReconcile"].startswith("ok: 2 modules on hub %s" % HUB1), st
+        assert st["count"] == 4 and st["lastReconcile"].startswith("ok: 4 modules on hub %s" % HUB1), st
         # edgeAgent's own module: not a principal's, never touched by reconciliation
         r = s.d.request("POST", "/identities/modules?" + API, {"type": "aziot", "moduleId": "agentmod"})
         assert r.status == 200, r
@@ -109,7 +116,7 @@ def principals_between_restarts_and_offline_start():
         assert sign(s.keyd, r.json["spec"]["auth"]["keyHandle"]) == sign(s.keyd, handle)
         r = s.d.request("GET", "/identities/modules?" + API + "&type=aziot")
         assert r.status == 200, r
-        assert sorted(i["spec"]["moduleId"] for i in r.json["identities"]) == ["agentmod", "m1", "m3"], r.json
+        assert sorted(i["spec"]["moduleId"] for i in r.json["identities"]) == ["$edgeAgent", "$edgeHub", "agentmod", "m1", "m3"], r.json
         # a damaged cache is refused whole, with a clear line, and the daemon still starts
         s.d.stop()
         path = os.path.join(s.d.state_dir, CACHE)
@@ -139,7 +146,7 @@ def reprovisioning_to_another_hub():
         s.reconciled(other, since=n)
         assert s.hub_ids(other) == ["m1"], s.hub_ids(other)
         c = s.cache()
-        assert c["hub"] == other and [m["moduleId"] for m in c["modules"]] == ["m1"], c
+        assert c["hub"] == other and [m["moduleId"] for m in c["modules"]] == ["$edgeAgent", "$edgeHub", "m1"], c
         r = s.module("m1")
         assert r.status == 200 and r.json["spec"]["hubName"] == other, r
 
