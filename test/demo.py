@@ -9,13 +9,9 @@ that module's telemetry to the simulated hub with a keyd-signed module SAS.
 Run by test/demo.sh (which installs packages and builds first); it uses the
 build in $TPMID_BUILD_DIR (default: build/). Exits non-zero if any step fails.
 Everything it starts is stopped and every temp file removed at the end."""
-import base64
-import http.client
 import json
 import os
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -26,9 +22,8 @@ sys.path.insert(0, os.path.join(HERE, "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap", "setpriv")
-from daemon import HUB1, ID_SCOPE, Daemon, Sim, hub_get, tamper, tpmidctl_path  # noqa: E402
-from keyd import KeydSim, API as KEYD_API  # noqa: E402
-import simcrypto  # noqa: E402  (test/dps-sim, on the path through daemon)
+from daemon import HUB1, ID_SCOPE, Daemon, Sim, hub_get, hub_post, tamper, tpmidctl_path  # noqa: E402
+from keyd import KeydSim, module_sas  # noqa: E402
 
 MODULE = "$edgeAgent"
 MODULE_API = "api-version=2020-09-01&type=aziot"
@@ -87,32 +82,6 @@ class LogFollower(threading.Thread):
     def stop(self):
         self.stop_flag.set()
         self.join(2)
-
-
-def hub_post(sim, hub, path, body, auth):
-    """POST https://HUB/path to the simulator, TLS checked against its CA; returns the status."""
-    ctx = ssl.create_default_context(cafile=sim.ca_path)
-    c = http.client.HTTPSConnection(hub, 443, context=ctx, timeout=15)
-    c.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", sim.port), 15), server_hostname=hub)
-    try:
-        c.request("POST", path, body=json.dumps(body).encode(),
-                  headers={"Authorization": auth, "Content-Type": "application/json"})
-        r = c.getresponse()
-        r.read()
-        return r.status
-    finally:
-        c.close()
-
-
-def module_sas(keyd, handle, hub, dev, module, ttl=3600):
-    """A module SAS signed by keyd with the module's keyHandle, as aziot-edged's workload sign does."""
-    sr = simcrypto.encode_sr("%s/devices/%s/modules/%s" % (hub, dev, module))
-    se = int(time.time()) + ttl
-    r = keyd.request("POST", "/sign?" + KEYD_API, {"keyHandle": handle, "algorithm": "HMAC-SHA256", "parameters": {
-        "message": base64.b64encode(simcrypto.string_to_sign(sr, se)).decode()}})
-    if r.status != 200:
-        fail("keyd refused to sign with the module's keyHandle: %r" % r)
-    return simcrypto.sas_from_sig(sr, se, base64.b64decode(r.json["signature"]))
 
 
 def main():
@@ -220,7 +189,10 @@ def main():
                                                                spec["auth"]["type"]))
         print("    keyHandle (aziot-keyd's, for \"%s:%s:primary\"): %s..." % (MODULE, spec.get("genId"),
                                                                            spec["auth"]["keyHandle"][:40]))
-        mtok = module_sas(keyd, spec["auth"]["keyHandle"], hub, dev, MODULE)
+        try:
+            mtok = module_sas(keyd, spec["auth"]["keyHandle"], hub, dev, MODULE)
+        except AssertionError as e:
+            fail("keyd refused to sign with the module's keyHandle: %s" % e)
         path = "/devices/%s/modules/%s/messages/events?%s" % (dev, MODULE.replace("$", "%24"), TELEMETRY_API)
         code = hub_post(sim, hub, path, {"temperature": 21.5}, mtok)
         print("    POST https://%s/devices/%s/modules/%s/messages/events (SAS signed by keyd) -> HTTP %d"

@@ -7,13 +7,8 @@ SAS (sr={hub}/devices/{d}/modules/{m}), and module telemetry with it to the simu
 same SAS tampered: 401. The requests are aziot-edged 1.5's (iotedge edgelet/aziot-edged/src/
 {provision,watchdog}.rs, edgelet-http-mgmt/src/identity/, edgelet-http-workload/src/module/data/
 sign.rs)."""
-import base64
-import http.client
 import threading
-import json
 import os
-import socket
-import ssl
 import sys
 import time
 import urllib.parse
@@ -24,8 +19,8 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap")
-from daemon import HUB1, Device, tamper, wait_for  # noqa: E402
-from keyd import KeydSim, MASTER_KEY  # noqa: E402
+from daemon import HUB1, Device, hub_post, tamper, wait_for  # noqa: E402
+from keyd import KeydSim, MASTER_KEY, module_sas  # noqa: E402
 
 R = harness.Runner("edge-modules")
 API = "api-version=2020-09-01"
@@ -53,32 +48,6 @@ class Setup(Device):
             super().__exit__(*exc)
         finally:
             self.keyd.cleanup()
-
-
-def hub_post(sim, hub, path, body, auth):
-    ctx = ssl.create_default_context(cafile=sim.ca_path)
-    c = http.client.HTTPSConnection(hub, 443, context=ctx, timeout=15)
-    c.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", sim.port), 15), server_hostname=hub)
-    try:
-        c.request("POST", path, body=json.dumps(body).encode(),
-                  headers={"Authorization": auth, "Content-Type": "application/json"})
-        r = c.getresponse()
-        r.read()
-        return r.status
-    finally:
-        c.close()
-
-
-def module_sas(keyd, handle, hub, device_id, module_id, ttl=3600):
-    """A module SAS signed by keyd with the module's keyHandle, as edged's workload sign does."""
-    sr = urllib.parse.quote("%s/devices/%s/modules/%s" % (hub, device_id, module_id), safe="")
-    se = int(time.time()) + ttl
-    r = keyd.request("POST", "/sign?" + API, {"keyHandle": handle, "algorithm": "HMAC-SHA256",
-                                              "parameters": {"message": base64.b64encode(
-                                                  ("%s\n%d" % (sr, se)).encode()).decode()}})
-    assert r.status == 200 and r.json and r.json.get("signature"), r
-    sig = urllib.parse.quote(r.json["signature"], safe="")
-    return "SharedAccessSignature sr=%s&sig=%s&se=%d" % (sr, sig, se)
 
 
 def telemetry(s, module_id, auth):

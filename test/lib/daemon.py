@@ -224,6 +224,20 @@ def hub_get(sim, hub, device_id, sas_token, sub="/modules"):
         c.close()
 
 
+def hub_post(sim, hub, path, body, auth):
+    """POST https://HUB/path (JSON body, Authorization: auth) to the simulator,
+    TLS checked against its CA. Returns the status."""
+    c = _HubConn(hub, sim.port, sim.ca_path)
+    try:
+        c.request("POST", path, body=json.dumps(body).encode(),
+                  headers={"Authorization": auth, "Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
 def tamper(token):
     """The same SAS token with one character of its signature changed."""
     i = token.index("sig=") + 4

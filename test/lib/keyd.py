@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 
 _LIB = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _LIB)
@@ -32,6 +33,21 @@ KEYD_SIM = os.path.join(_LIB, "..", "keyd", "keyd_sim.py")
 API = "api-version=2020-09-01"
 START_TIMEOUT = 10          # how long start() waits for the socket (seconds)
 MASTER_KEY = "aziot_identityd_master_id"
+
+
+def module_sas(keyd, handle, hub, device_id, module_id, ttl=3600):
+    """A module SAS token signed by keyd with the module's keyHandle, as
+    aziot-edged's workload sign does: sr = the URL-encoded
+    HUB/devices/DEVICE/modules/MODULE, signed "sr\\nse", no skn. Raises
+    AssertionError with keyd's answer when keyd refuses."""
+    sr = urllib.parse.quote("%s/devices/%s/modules/%s" % (hub, device_id, module_id), safe="")
+    se = int(time.time()) + ttl
+    r = keyd.request("POST", "/sign?" + API, {"keyHandle": handle, "algorithm": "HMAC-SHA256",
+                                              "parameters": {"message": base64.b64encode(
+                                                  ("%s\n%d" % (sr, se)).encode()).decode()}})
+    assert r.status == 200 and r.json and r.json.get("signature"), r
+    sig = urllib.parse.quote(r.json["signature"], safe="")
+    return "SharedAccessSignature sr=%s&sig=%s&se=%d" % (sr, sig, se)
 
 
 class KeydSim:
