@@ -125,15 +125,6 @@ void api_error_set(struct api_error *err, int status, const char *fmt, ...) {
         va_end(ap);
 }
 
-static int hex_value(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
 
 /* Strict UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF), no NUL. */
 static bool utf8_valid(const unsigned char *s, size_t n) {
@@ -181,8 +172,8 @@ int api_path_segment_decode(const char *text, size_t len, char **ret) {
         size_t o = 0;
         for (size_t i = 0; i < len; i++) {
                 int hi, lo;
-                if (text[i] == '%' && len - i >= 3 && (hi = hex_value(text[i + 1])) >= 0 &&
-                    (lo = hex_value(text[i + 2])) >= 0) {
+                if (text[i] == '%' && len - i >= 3 && (hi = hex_digit_value((unsigned char)text[i + 1])) >= 0 &&
+                    (lo = hex_digit_value((unsigned char)text[i + 2])) >= 0) {
                         out[o++] = (char)(hi << 4 | lo);
                         i += 2;
                 } else

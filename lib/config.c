@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "b64.h"
 #include "config-internal.h"
 
 #define CONFIG_MAX_STRING_BYTES 4096 /* bytes of any string value */
@@ -507,14 +508,6 @@ static void p_registration_id(struct config_ctx *x, const struct key_def *k, con
         set_str(x, field_ptr(base, k->offset), s);
 }
 
-static int hexval(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        c = (char)tolower((unsigned char)c);
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        return -1;
-}
 
 static void p_payload(struct config_ctx *x, const struct key_def *k, const struct toml_value *v, const char *key,
                       void *base) {
@@ -588,7 +581,8 @@ static void p_payload(struct config_ctx *x, const struct key_def *k, const struc
         size_t n = 0;
         for (const char *p = path; *p; p++) {
                 if (*p == '%') {
-                        int hi = p[1] ? hexval(p[1]) : -1, lo = (hi >= 0 && p[2]) ? hexval(p[2]) : -1;
+                        int hi = p[1] ? hex_digit_value((unsigned char)p[1]) : -1,
+                            lo = (hi >= 0 && p[2]) ? hex_digit_value((unsigned char)p[2]) : -1;
                         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
                                 error_v(x, uri, ukey, "%s \"%s\" has a bad %%-escape; for example: %s", ukey, s,
                                         k->example);
