@@ -200,6 +200,13 @@ static void print_status_text(json_t *st) {
                 format_time(n, buf, sizeof buf);
                 printf("    Next DPS attempt: %s (in %" PRId64 " s)\n", buf, n > now ? n - now : 0);
         }
+        /* Module identities (IoT Edge): shown once there are any, or when
+         * reconciling them with the hub is what fails. */
+        json_t *mods = json_object_get(st, "modules"), *count = json_object_get(mods, "count");
+        const char *rec = jstr(mods, "lastReconcile");
+        if (json_is_integer(count) && (json_integer_value(count) > 0 || (rec && !startswith(rec, "ok: "))))
+                printf("    Modules:          %" JSON_INTEGER_FORMAT " (%s)\n", json_integer_value(count),
+                       rec ? rec : "not reconciled with the hub yet");
         char fixbuf[512];
         const char *what, *fix;
         if (ctl_status_provisioning_failed(st) && ctl_status_explain(last, NULL, fixbuf, sizeof fixbuf, &what, &fix))

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
 import harness  # noqa: E402
 
 harness.need("swtpm", "swtpm_ioctl", "tpm2_getcap")
-from daemon import HUB1, HUB2, Device, wait_for  # noqa: E402
+from daemon import HUB1, HUB2, Device, tpmidctl_path, wait_for  # noqa: E402
 from keyd import KeydSim, MASTER_KEY  # noqa: E402
 
 R = harness.Runner("module-reconcile")
@@ -93,6 +93,9 @@ def principals_between_restarts_and_offline_start():
             ("$edgeAgent", False), ("$edgeHub", False), ("m1", True), ("m2", True)], c
         st = s.d.status()["modules"]  # GET /status shows the cache and the verdict
         assert st["count"] == 4 and st["lastReconcile"].startswith("ok: 4 modules on hub %s" % HUB1), st
+        p = harness.run([tpmidctl_path(), "system", "status"], env=dict(os.environ, TPMIDD_CONFIG=s.d.config),
+                        check=False, timeout=30)
+        assert "    Modules:          4 (ok: 4 modules on hub %s" % HUB1 in p.stdout, p.stdout
         # edgeAgent's own module: not a principal's, never touched by reconciliation
         r = s.d.request("POST", "/identities/modules?" + API, {"type": "aziot", "moduleId": "agentmod"})
         assert r.status == 200, r
