@@ -9,6 +9,7 @@ only inline code (no module of the checkout, which may be readable by root
 only)."""
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ R = harness.Runner("hostile")
 EX_CONFIG = 78
 STRANGER_UIDS = (40001, 40002, 40003, 40004)  # no passwd entry needed: setpriv takes numbers
 CONNS_PER_STRANGER = 16
+SERVER_REFUSAL_LOG_INTERVAL_S = 1.0  # server.h SERVER_REFUSAL_LOG_INTERVAL_MS
 
 
 def raw_connect(path, timeout=10):
@@ -154,7 +156,9 @@ sys.stdin.read()  # hold what is left until told to go
 def strangers_cost_nothing():
     """Four uids without rights, 16 idle connections each, on a socket anyone
     may connect to: each gets its 403 at once and is closed, none counts, and
-    root's next connection is served."""
+    root's next connection is served. The log names the strangers without a
+    line each (server.c: at most one refusal line a second, the next one says
+    how many it left out), and every refusal is in those lines' count."""
     with harness.Swtpm() as tpm, Daemon(tpm, limits={"max_connections": 64, "max_connections_per_uid": 16}) as d:
         os.chmod(d.sock, 0o666)
         procs = []
@@ -180,9 +184,19 @@ def strangers_cost_nothing():
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        # one more stranger past the log interval: its line counts the ones left out
+        time.sleep(SERVER_REFUSAL_LOG_INTERVAL_S + 0.1)
+        late = subprocess.run(
+            ["setpriv", "--reuid=%d" % STRANGER_UIDS[0], "--regid=%d" % STRANGER_UIDS[0], "--clear-groups",
+             "/usr/bin/python3", "-c", STRANGER_CODE, d.sock, "1"], input="", capture_output=True, text=True,
+            timeout=20)
+        assert "HTTP/1.1 403 Forbidden EOF" in late.stdout, (late.stdout, late.stderr)
         log = d.read_log()
-        for uid in STRANGER_UIDS:
-            assert "uid %d may not use this socket" % uid in log, log
+        lines = [ln for ln in log.splitlines() if "may not use this socket" in ln]
+        assert lines and all(any("uid %d may not" % u in ln for u in STRANGER_UIDS) for ln in lines), log
+        left_out = sum(int(m) for m in re.findall(r"\(and (\d+) more since the last such message\)", log))
+        assert len(lines) + left_out == len(STRANGER_UIDS) * CONNS_PER_STRANGER + 1, (len(lines), left_out, log)
+        assert len(lines) < len(STRANGER_UIDS) * CONNS_PER_STRANGER, "a line per refusal: %d" % len(lines)
 
 
 @R.case
