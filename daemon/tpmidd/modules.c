@@ -109,6 +109,15 @@ struct modules {
         enum module_hub_outcome rec_outcome; /* how reconciliation's last op ended */
         uint32_t rec_retry_after_s;
 
+        /* The last device SAS token for the hub, reused for every hub call
+         * while it has MODULES_SAS_REUSE_MARGIN_S left (one TPM HMAC an hour,
+         * not one per call, as the DPS registration reuses its token). It is
+         * dropped when the hub answers 401 and at every reconciliation (its
+         * triggers are the identity's changes: start, a DPS run, a reload). */
+        char *sas;         /* the token, secret; NULL = none */
+        char *sas_sr;      /* the resource it signs (hub/devices/device) */
+        uint64_t sas_expiry;
+
         bool closing;
         unsigned tpm_jobs; /* our TPM jobs in flight */
         unsigned kicks;    /* idle handles of ops not started yet */
@@ -116,6 +125,17 @@ struct modules {
 };
 
 static void rec_run(struct modules *m);
+
+#define MODULES_SAS_REUSE_MARGIN_S 300 /* s of validity a reused hub token must have left */
+
+static void sas_drop(struct modules *m) {
+        if (m->sas)
+                explicit_zero(m->sas, strlen(m->sas));
+        free(m->sas);
+        free(m->sas_sr);
+        m->sas = m->sas_sr = NULL;
+        m->sas_expiry = 0;
+}
 
 /* ---- life cycle of an op ---- */
 
@@ -125,12 +145,15 @@ static void wipe_free(void *p, size_t n) {
         free(p);
 }
 
+static void sas_drop(struct modules *m);
+
 static void maybe_free_modules(struct modules *m) {
         if (!m->closing || m->tpm_jobs > 0 || m->kicks > 0 || !m->timer_closed || m->ops)
                 return;
         module_cache_clear(&m->cache);
         free(m->plan);
         free(m->rec_list);
+        sas_drop(m);
         free(m->cache_path);
         free(m);
 }
@@ -260,11 +283,15 @@ static void hub_answered(const struct cloud_response *resp, void *userdata) {
                 if (resp->retry_after && dps_parse_retry_after(resp->retry_after, (int64_t)time(NULL), &s) == 0)
                         o->retry_after_s = s;
         }
-        if (o->outcome == MODULE_HUB_UNAUTHORIZED)
+        if (o->outcome == MODULE_HUB_UNAUTHORIZED) {
+                sas_drop(o->m); /* the next call signs afresh, with the key serving then */
                 /* The one who decides whether to ask DPS again. */
                 (void)manager_report_bad_credentials(o->m->mgr, 401);
+        }
         o->h_done(o, resp);
 }
+
+static void hub_send(struct op *o, int r, const char *tok);
 
 static void hub_signed(struct tpm_job *job, void *userdata) {
         struct op *o = userdata;
@@ -281,8 +308,29 @@ static void hub_signed(struct tpm_job *job, void *userdata) {
                 o->h_done(o, &none);
                 return;
         }
-        _cleanup_free_ char *tok = NULL, *dev = NULL, *mod = NULL, *url = NULL;
+        char *tok = NULL;
         int r = sas_token_format(o->sr, job->digest, o->expiry, NULL, &tok);
+        explicit_zero(job->digest, sizeof job->digest);
+        if (r >= 0) {
+                sas_drop(m);
+                m->sas = tok;
+                m->sas_sr = strdup(o->sr);
+                m->sas_expiry = o->expiry;
+                if (!m->sas_sr)
+                        m->sas = NULL; /* no reuse (out of memory); this call still goes, freed below */
+        }
+        bool cached = r >= 0 && m->sas == tok; /* then m owns tok (sas_drop() frees it) */
+        hub_send(o, r, tok);
+        if (!cached && tok) {
+                explicit_zero(tok, strlen(tok));
+                free(tok);
+        }
+}
+
+/* Send the op's hub request with tok (r < 0: it could not be made). */
+static void hub_send(struct op *o, int r, const char *tok) {
+        struct modules *m = o->m;
+        _cleanup_free_ char *dev = NULL, *mod = NULL, *url = NULL;
         if (r >= 0)
                 r = sas_percent_encode(o->device_id, strlen(o->device_id), &dev);
         if (r >= 0 && o->h_module)
@@ -292,7 +340,6 @@ static void hub_signed(struct tpm_job *job, void *userdata) {
                 url = NULL;
                 r = -ENOMEM;
         }
-        explicit_zero(job->digest, sizeof job->digest);
         struct cloud_request req = {
                 .method = o->h_method,
                 .url = url,
@@ -304,8 +351,6 @@ static void hub_signed(struct tpm_job *job, void *userdata) {
         };
         if (r >= 0)
                 r = cloud_send(m->cloud, &req, hub_answered, o, &o->cloud_id);
-        if (tok)
-                explicit_zero(tok, strlen(tok));
         if (r < 0) {
                 o->outcome = MODULE_HUB_UNAVAILABLE;
                 struct cloud_response none = { .error = r, .error_msg = strerror(-r), .body = "" };
@@ -335,7 +380,12 @@ static void hub_call(struct op *o, const char *method, bool module, char *body, 
         int r = manager_tpm_state(m->mgr) == MANAGER_TPM_READY ? 0 : -ENODEV;
         if (r >= 0)
                 r = sas_hub_resource(o->hub, o->device_id, &o->sr);
-        o->expiry = (uint64_t)time(NULL) + SAS_HUB_LIFETIME_S;
+        uint64_t now = (uint64_t)time(NULL);
+        if (r >= 0 && m->sas && streq(m->sas_sr, o->sr) && now + MODULES_SAS_REUSE_MARGIN_S < m->sas_expiry) {
+                hub_send(o, 0, m->sas); /* still valid: no TPM command */
+                return;
+        }
+        o->expiry = now + SAS_HUB_LIFETIME_S;
         if (r >= 0)
                 r = sas_string_to_sign(o->sr, o->expiry, &o->sts, &o->sts_len);
         if (r >= 0) {
@@ -1040,6 +1090,7 @@ void modules_reconcile(struct modules *m, const char *why) {
         }
         snprintf(m->rec_why, sizeof m->rec_why, "%s", why);
         backoff_reset(&m->backoff);
+        sas_drop(m); /* a trigger is a new identity, key or config: sign afresh */
         rec_run(m);
 }
 
