@@ -381,7 +381,8 @@ static void hub_call(struct op *o, const char *method, bool module, char *body, 
         if (r >= 0)
                 r = sas_hub_resource(o->hub, o->device_id, &o->sr);
         uint64_t now = (uint64_t)time(NULL);
-        if (r >= 0 && m->sas && streq(m->sas_sr, o->sr) && now + MODULES_SAS_REUSE_MARGIN_S < m->sas_expiry) {
+        if (r >= 0 && m->sas && o->sr && streq_ptr(m->sas_sr, o->sr) &&
+            now + MODULES_SAS_REUSE_MARGIN_S < m->sas_expiry) {
                 hub_send(o, 0, m->sas); /* still valid: no TPM command */
                 return;
         }
